@@ -1,0 +1,722 @@
+//! Configuration: raw TOML → validated, typed [`Config`].
+//!
+//! The documented file `config/neurostimd.toml` is compiled in as the
+//! defaults (it also holds the neuron presets, so presets are data, not code
+//! paths). A user file is laid over it key by key. Deserialisation checks
+//! only shapes and units (`Raw*` types, unknown keys refused); validation then
+//! enforces ranges and cross-field rules and derives what the daemon uses.
+//! Every error names the file, the line where it can be found and the key.
+
+use crate::neuron::integrate::Method;
+use crate::neuron::Params;
+use crate::units::{Conductance, Current, Quantity, Time, Voltage};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The documented defaults, compiled in.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/neurostimd.toml");
+const DEFAULT_NAME: &str = "config/neurostimd.toml (built-in defaults)";
+/// Name under which command-line settings are reported.
+pub const CLI_NAME: &str = "command line";
+
+/// A configuration problem a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `location` is `file:line` when the line is known, else `file`.
+    #[error("{location}: {key}: {message}")]
+    Invalid {
+        location: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about (e.g. `plant.sim.dt`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw layer
+
+/// Values that are plain numbers or quantities, read as f64 in their unit.
+trait AsF64: Copy {
+    fn f(self) -> f64;
+}
+impl AsF64 for f64 {
+    fn f(self) -> f64 {
+        self
+    }
+}
+impl<D: crate::units::Dimension> AsF64 for Quantity<D> {
+    fn f(self) -> f64 {
+        self.get()
+    }
+}
+
+fn finite(x: f64) -> Result<(), String> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{x} is not a finite number"))
+    }
+}
+fn non_negative(x: f64) -> Result<(), String> {
+    finite(x)?;
+    if x < 0.0 {
+        Err(format!("{x} is negative; it must be >= 0"))
+    } else {
+        Ok(())
+    }
+}
+fn positive(x: f64) -> Result<(), String> {
+    finite(x)?;
+    if x <= 0.0 {
+        Err(format!("{x} must be > 0"))
+    } else {
+        Ok(())
+    }
+}
+
+macro_rules! param_fields {
+    ($( $field:ident : $ty:ty => $rule:ident ),* $(,)?) => {
+        /// Parameter overrides of the CA1 model: a preset table, a plant's
+        /// `overrides` or a scheduled change. Absent keys leave the value.
+        #[derive(Clone, Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawParams { $( pub $field: Option<$ty>, )* }
+
+        impl RawParams {
+            /// Names of all keys, for documentation checks.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Keys this table sets, in declaration order.
+            pub fn set_keys(&self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$field.is_some() { out.push(stringify!($field)); } )*
+                out
+            }
+
+            pub fn apply(&self, p: &mut Params) {
+                $( if let Some(v) = self.$field { p.$field = v.f(); } )*
+            }
+
+            /// Range-check every key present; on error, (key, message).
+            fn check(&self, at: &str) -> Result<(), (String, String)> {
+                $(
+                    if let Some(v) = self.$field {
+                        $rule(v.f()).map_err(|m| (format!("{at}.{}", stringify!($field)), m))?;
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+param_fields! {
+    cm: f64 => positive,
+    g_l: Quantity<Conductance> => non_negative,
+    e_l: Quantity<Voltage> => finite,
+    g_na: Quantity<Conductance> => non_negative,
+    e_na: Quantity<Voltage> => finite,
+    g_nap: Quantity<Conductance> => non_negative,
+    theta_p: Quantity<Voltage> => finite,
+    g_kdr: Quantity<Conductance> => non_negative,
+    e_k: Quantity<Voltage> => finite,
+    g_a: Quantity<Conductance> => non_negative,
+    g_m: Quantity<Conductance> => non_negative,
+    g_ca: Quantity<Conductance> => non_negative,
+    e_ca: Quantity<Voltage> => finite,
+    g_kca: Quantity<Conductance> => non_negative,
+    a_c: f64 => positive,
+    g_kahp: Quantity<Conductance> => non_negative,
+    a_q: f64 => positive,
+    nu: f64 => non_negative,
+    tau_ca: Quantity<Time> => positive,
+    tau_b: Quantity<Time> => positive,
+    tau_z: Quantity<Time> => positive,
+    tau_r: Quantity<Time> => positive,
+    tau_c: Quantity<Time> => positive,
+    tau_q: Quantity<Time> => positive,
+    i_app: Quantity<Current> => finite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlantKind {
+    Sim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegratorKind {
+    Rk4,
+    Dopri5,
+}
+
+/// How the loop is clocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// One sample per sample period of wall-clock time.
+    Paced,
+    /// As fast as possible, in lockstep.
+    Free,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    plant: RawPlant,
+    run: RawRun,
+    presets: BTreeMap<String, RawParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlant {
+    kind: PlantKind,
+    sim: RawSim,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSim {
+    preset: String,
+    sample_period: Quantity<Time>,
+    integrator: IntegratorKind,
+    dt: Quantity<Time>,
+    tolerance: f64,
+    noise_sd: Quantity<Voltage>,
+    seed: u64,
+    #[serde(default)]
+    overrides: RawParams,
+    #[serde(default)]
+    schedule: Vec<RawChange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChange {
+    at: Quantity<Time>,
+    preset: Option<String>,
+    #[serde(default)]
+    overrides: RawParams,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    duration: Quantity<Time>,
+    clock: Clock,
+}
+
+// ----------------------------------------------------------- validated layer
+
+/// A parameter change at a point in simulated time.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ScheduledChange {
+    pub at_ms: f64,
+    /// What changed, for logs and recordings (e.g. `preset bursting`).
+    pub label: String,
+    pub params: Params,
+}
+
+/// The embedded simulator plant, validated.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SimConfig {
+    pub preset: String,
+    pub params: Params,
+    pub sample_period_ms: f64,
+    pub method: Method,
+    pub noise_sd_mv: f64,
+    pub seed: u64,
+    pub schedule: Vec<ScheduledChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RunConfig {
+    /// None: run until stopped.
+    pub duration_s: Option<f64>,
+    pub clock: Clock,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Config {
+    pub plant_kind: PlantKind,
+    pub sim: SimConfig,
+    pub run: RunConfig,
+    /// Every preset, resolved against the published model.
+    pub presets: BTreeMap<String, Params>,
+}
+
+/// Where the text of a key can be found, to point errors at a line.
+struct Sources<'a> {
+    files: Vec<(&'a str, &'a str)>,
+}
+
+impl Sources<'_> {
+    /// `file:line` of the first file (user first) that defines `path`.
+    fn locate(&self, path: &[PathSeg]) -> String {
+        for (name, text) in self.files.iter().rev() {
+            if *name == CLI_NAME {
+                if line_of(text, path).is_some() {
+                    return CLI_NAME.to_string();
+                }
+                continue;
+            }
+            if let Some(line) = line_of(text, path) {
+                return format!("{name}:{line}");
+            }
+        }
+        self.files
+            .last()
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
+fn parse_key_path(key: &str) -> Vec<PathSeg> {
+    let mut out = Vec::new();
+    for part in key.split('.') {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !name.is_empty() {
+            out.push(PathSeg::Key(name.to_string()));
+        }
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                out.push(PathSeg::Index(i));
+            }
+        }
+    }
+    out
+}
+
+/// 1-based line of the deepest part of `path` present in `text`.
+fn line_of(text: &str, path: &[PathSeg]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut cur: Option<&DeValue> = None;
+    let mut table = Some(root.get_ref());
+    for seg in path {
+        match seg {
+            PathSeg::Key(k) => {
+                let t = table?;
+                let (key, value) = t.get_key_value(k.as_str())?;
+                span = Some(key.span());
+                cur = Some(value.get_ref());
+            }
+            PathSeg::Index(i) => {
+                let arr = cur?.as_array()?;
+                let v = arr.get(*i)?;
+                span = Some(v.span());
+                cur = Some(v.get_ref());
+            }
+        }
+        table = cur.and_then(|v| v.as_table());
+    }
+    let start = span?.start;
+    Some(text[..start.min(text.len())].matches('\n').count() + 1)
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn defaults() -> Config {
+        Self::from_sources(&[]).expect("the built-in config/neurostimd.toml is valid")
+    }
+
+    /// Defaults overlaid with the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::from_sources(&[(&name, &text)])
+    }
+
+    /// Defaults, overlaid with an optional file, overlaid with settings from
+    /// the command line (a TOML table using the same keys), all validated
+    /// together so a flag gets the same checks as a config key.
+    pub fn load_layered(file: Option<&Path>, cli: &toml::Table) -> Result<Config, ConfigError> {
+        let file_text = match file {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let cli_text = toml::to_string(cli).expect("a TOML table serialises");
+        let mut layers: Vec<(&str, &str)> = Vec::new();
+        if let Some((name, text)) = &file_text {
+            layers.push((name, text));
+        }
+        layers.push((CLI_NAME, &cli_text));
+        Self::from_sources(&layers)
+    }
+
+    /// Defaults overlaid with `text`, reported as coming from `name`.
+    pub fn from_str_named(name: &str, text: &str) -> Result<Config, ConfigError> {
+        Self::from_sources(&[(name, text)])
+    }
+
+    fn from_sources(user: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut files = vec![(DEFAULT_NAME, DEFAULT_CONFIG)];
+        files.extend_from_slice(user);
+        let sources = Sources { files };
+        let mut merged = toml::Table::new();
+        for (name, text) in &sources.files {
+            let t: toml::Table = toml::from_str(text).map_err(|e| {
+                let location = match e.span() {
+                    Some(s) => format!("{name}:{}", line_of_offset(text, s.start)),
+                    None => name.to_string(),
+                };
+                ConfigError::Invalid {
+                    location,
+                    key: "(syntax)".into(),
+                    message: e.message().trim().to_string(),
+                }
+            })?;
+            merge(&mut merged, t);
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().trim().to_string();
+            // An unknown key is reported at its parent; point at the key
+            // itself when the message names it.
+            let mut path = parse_key_path(&key);
+            if let Some(unknown) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
+                if !key.ends_with(unknown) {
+                    path.push(PathSeg::Key(unknown.to_string()));
+                }
+            }
+            let shown_key = path_to_string(&path);
+            ConfigError::Invalid {
+                location: sources.locate(&path),
+                key: shown_key,
+                message,
+            }
+        })?;
+        Self::validate(raw, &sources)
+    }
+
+    fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError::Invalid {
+            location: sources.locate(&parse_key_path(key)),
+            key: key.to_string(),
+            message,
+        };
+        let check = |r: &RawParams, at: &str| r.check(at).map_err(|(k, m)| err(&k, m));
+
+        let mut presets = BTreeMap::new();
+        for (name, rp) in &raw.presets {
+            check(rp, &format!("presets.{name}"))?;
+            let mut p = Params::default();
+            rp.apply(&mut p);
+            presets.insert(name.clone(), p);
+        }
+        let preset = |name: &str, key: &str| {
+            presets.get(name).copied().ok_or_else(|| {
+                let known: Vec<&str> = presets.keys().map(String::as_str).collect();
+                err(
+                    key,
+                    format!(
+                        "no preset named `{name}`; defined presets: {}",
+                        known.join(", ")
+                    ),
+                )
+            })
+        };
+
+        let s = &raw.plant.sim;
+        let mut params = preset(&s.preset, "plant.sim.preset")?;
+        check(&s.overrides, "plant.sim.overrides")?;
+        s.overrides.apply(&mut params);
+
+        let sp = s.sample_period.get();
+        positive(sp).map_err(|m| err("plant.sim.sample_period", m))?;
+        if sp > 10.0 {
+            return Err(err(
+                "plant.sim.sample_period",
+                format!("{sp} ms is longer than 10 ms; the loop needs at least 100 Hz"),
+            ));
+        }
+        let method = match s.integrator {
+            IntegratorKind::Rk4 => {
+                let dt = s.dt.get();
+                positive(dt).map_err(|m| err("plant.sim.dt", m))?;
+                if dt > sp {
+                    return Err(err(
+                        "plant.sim.dt",
+                        format!(
+                            "integration step {dt} ms is larger than plant.sim.sample_period \
+                             ({sp} ms); it must be <= the sample period"
+                        ),
+                    ));
+                }
+                Method::Rk4 { dt_ms: dt }
+            }
+            IntegratorKind::Dopri5 => {
+                if !(1e-10..=1e-3).contains(&s.tolerance) {
+                    return Err(err(
+                        "plant.sim.tolerance",
+                        format!("{} is outside 1e-10 ..= 1e-3", s.tolerance),
+                    ));
+                }
+                Method::Dopri5 {
+                    tol: s.tolerance,
+                    max_dt_ms: sp,
+                }
+            }
+        };
+        non_negative(s.noise_sd.get()).map_err(|m| err("plant.sim.noise_sd", m))?;
+
+        let mut schedule = Vec::with_capacity(s.schedule.len());
+        let mut current = params;
+        let mut last_at = -1.0;
+        for (i, c) in s.schedule.iter().enumerate() {
+            let at_key = format!("plant.sim.schedule[{i}].at");
+            let at = c.at.get();
+            non_negative(at).map_err(|m| err(&at_key, m))?;
+            if at <= last_at {
+                return Err(err(
+                    &at_key,
+                    format!("{at} ms is not after the previous change ({last_at} ms); list changes in time order"),
+                ));
+            }
+            last_at = at;
+            let mut label = Vec::new();
+            if let Some(name) = &c.preset {
+                current = preset(name, &format!("plant.sim.schedule[{i}].preset"))?;
+                label.push(format!("preset {name}"));
+            }
+            check(&c.overrides, &format!("plant.sim.schedule[{i}].overrides"))?;
+            c.overrides.apply(&mut current);
+            label.extend(c.overrides.set_keys().iter().map(|k| k.to_string()));
+            if label.is_empty() {
+                return Err(err(
+                    &format!("plant.sim.schedule[{i}]"),
+                    "a scheduled change needs a preset or overrides".into(),
+                ));
+            }
+            schedule.push(ScheduledChange {
+                at_ms: at,
+                label: label.join(", "),
+                params: current,
+            });
+        }
+
+        let d = raw.run.duration.get();
+        non_negative(d).map_err(|m| err("run.duration", m))?;
+
+        Ok(Config {
+            plant_kind: raw.plant.kind,
+            sim: SimConfig {
+                preset: s.preset.clone(),
+                params,
+                sample_period_ms: sp,
+                method,
+                noise_sd_mv: s.noise_sd.get(),
+                seed: s.seed,
+                schedule,
+            },
+            run: RunConfig {
+                duration_s: if d > 0.0 { Some(d / 1000.0) } else { None },
+                clock: raw.run.clock,
+            },
+            presets,
+        })
+    }
+
+    /// Parameters of a named preset.
+    pub fn preset(&self, name: &str) -> Option<Params> {
+        self.presets.get(name).copied()
+    }
+}
+
+fn path_to_string(path: &[PathSeg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            PathSeg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            PathSeg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> ConfigError {
+        Config::from_str_named("test.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn built_in_defaults_match_the_published_model() {
+        let c = Config::defaults();
+        assert_eq!(c.sim.params, Params::default());
+        assert_eq!(c.sim.sample_period_ms, 0.1);
+        assert_eq!(
+            c.sim.method,
+            Method::Dopri5 {
+                tol: 1e-6,
+                max_dt_ms: 0.1
+            }
+        );
+        assert_eq!(c.run.duration_s, None);
+        let b = c.preset("bursting").unwrap();
+        assert_eq!(
+            (b.g_nap, b.theta_p, b.i_app, b.g_m),
+            (0.41, -47.0, 0.5, 1.0)
+        );
+    }
+
+    #[test]
+    fn regular_preset_documents_every_parameter_key() {
+        let doc: toml::Table = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let regular = doc["presets"]["regular"].as_table().unwrap();
+        for k in RawParams::KEYS {
+            assert!(regular.contains_key(*k), "presets.regular lacks `{k}`");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = invalid("[plant.sim]\npreset = \"regular\"\nsampel_period = 0.1\n");
+        let msg = e.to_string();
+        assert_eq!(e.key(), Some("plant.sim.sampel_period"), "{msg}");
+        assert!(msg.starts_with("test.toml:3:"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_unit_is_named() {
+        let e = invalid("[plant.sim]\nsample_period = \"0.1 mV\"\n");
+        assert_eq!(e.key(), Some("plant.sim.sample_period"));
+        let msg = e.to_string();
+        assert!(msg.contains("test.toml:2"), "{msg}");
+        assert!(msg.contains("is not a time"), "{msg}");
+    }
+
+    #[test]
+    fn negative_conductance_is_refused() {
+        let e = invalid("[plant.sim.overrides]\ng_m = -0.5\n");
+        assert_eq!(e.key(), Some("plant.sim.overrides.g_m"));
+        assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn dt_larger_than_sample_period_is_refused() {
+        let e = invalid("[plant.sim]\nintegrator = \"rk4\"\ndt = \"0.2 ms\"\n");
+        assert_eq!(e.key(), Some("plant.sim.dt"));
+        assert!(
+            e.to_string()
+                .contains("larger than plant.sim.sample_period"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn schedule_resolves_presets_and_overrides_in_order() {
+        let c = Config::from_str_named(
+            "t.toml",
+            "[[plant.sim.schedule]]\nat = \"30 s\"\npreset = \"bursting\"\n\
+             [[plant.sim.schedule]]\nat = \"40 s\"\n[plant.sim.schedule.overrides]\ng_m = 0.5\n",
+        )
+        .unwrap();
+        let s = &c.sim.schedule;
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].at_ms, 30_000.0);
+        assert_eq!(s[0].params.g_nap, 0.41);
+        assert_eq!((s[1].params.g_nap, s[1].params.g_m), (0.41, 0.5));
+        assert_eq!(s[1].label, "g_m");
+        let e = invalid("[[plant.sim.schedule]]\nat = \"3 s\"\npreset = \"nope\"\n");
+        assert_eq!(e.key(), Some("plant.sim.schedule[0].preset"));
+        assert!(
+            e.to_string().contains("defined presets: bursting, regular"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = invalid("[plant\n");
+        assert!(e.to_string().starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn command_line_layer_is_validated_and_named() {
+        let mut cli = toml::Table::new();
+        let mut o = toml::Table::new();
+        o.insert("g_m".into(), toml::Value::Float(-1.0));
+        let mut sim = toml::Table::new();
+        sim.insert("overrides".into(), toml::Value::Table(o));
+        let mut plant = toml::Table::new();
+        plant.insert("sim".into(), toml::Value::Table(sim));
+        cli.insert("plant".into(), toml::Value::Table(plant));
+        let e = Config::load_layered(None, &cli).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("command line: plant.sim.overrides.g_m:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn users_may_add_presets() {
+        let c = Config::from_str_named(
+            "t.toml",
+            "[presets.quiet]\ni_app = 0.2\n[plant.sim]\npreset = \"quiet\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sim.params.i_app, 0.2);
+        assert_eq!(c.sim.params.g_nap, 0.2);
+    }
+}

@@ -1,0 +1,189 @@
+//! The sample loop.
+//!
+//! Today this runs a plant with stimulation held at zero (the `off` policy),
+//! paced by absolute-time sleeps or free-running, and measures wake-up jitter
+//! the way cyclictest does (actual wake − intended wake). The forecaster,
+//! planner, safety limiter and recorder plug into this loop as they land
+//! (DESIGN §1); the loop already keeps to the real-time rules they need: no
+//! allocation, no locks and no I/O per sample.
+
+use crate::config::Clock;
+use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
+use crate::plant::{Plant, PlantError};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to run the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopOptions {
+    pub clock: Clock,
+    /// Plant time to run, s; `None` runs until `stop` is set.
+    pub duration_s: Option<f64>,
+}
+
+/// Percentiles of one latency distribution, µs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    /// From a histogram recorded in nanoseconds.
+    pub fn from_ns(h: &Histogram<u64>) -> Percentiles {
+        let us = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// Why the loop ended.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    DurationReached,
+    Signal,
+    PlantEnded,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoopSummary {
+    pub plant: &'static str,
+    pub samples: u64,
+    pub plant_time_s: f64,
+    pub wall_time_s: f64,
+    pub spikes: u64,
+    /// Wake-up jitter (paced clock only).
+    pub wakeup_jitter: Option<Percentiles>,
+    /// Samples whose wake-up came more than one sample period late.
+    pub overruns: u64,
+    pub stop: StopReason,
+}
+
+/// Run `plant` with zero stimulation until the duration is reached, `stop`
+/// is set, or the plant ends. Plant faults end the run with an error after
+/// a final zero command.
+pub fn run_off(
+    plant: &mut dyn Plant,
+    opts: LoopOptions,
+    stop: &AtomicBool,
+) -> Result<LoopSummary, PlantError> {
+    let period_ms = plant.sample_period_ms();
+    let period = Duration::from_secs_f64(period_ms / 1000.0);
+    let period_ns = period.as_nanos() as u64;
+    let max_samples = opts
+        .duration_s
+        .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1);
+    // Preallocated: recording a value within bounds never allocates.
+    let mut jitter = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .expect("static histogram bounds are valid");
+    let mut detector = SpikeDetector::new(DEFAULT_THRESHOLD_MV);
+    let mut spikes = 0u64;
+    let mut overruns = 0u64;
+    let mut samples = 0u64;
+    let mut last_t = 0.0;
+    let start = Instant::now();
+    let mut reason = StopReason::Signal;
+    loop {
+        if max_samples.is_some_and(|m| samples >= m) {
+            reason = StopReason::DurationReached;
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if opts.clock == Clock::Paced {
+            let deadline = start + Duration::from_nanos(period_ns * samples);
+            let now = Instant::now();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
+            }
+            let late = Instant::now().saturating_duration_since(deadline);
+            jitter.saturating_record(late.as_nanos().max(1) as u64);
+            if late > period {
+                overruns += 1;
+            }
+        }
+        let s = match plant.read() {
+            Ok(s) => s,
+            Err(PlantError::Ended) => {
+                reason = StopReason::PlantEnded;
+                break;
+            }
+            Err(e) => {
+                let _ = plant.write(0.0);
+                return Err(e);
+            }
+        };
+        if detector.push(s.t_ms, s.v_mv).is_some() {
+            spikes += 1;
+        }
+        last_t = s.t_ms;
+        plant.write(0.0)?;
+        samples += 1;
+    }
+    let _ = plant.write(0.0);
+    Ok(LoopSummary {
+        plant: plant.kind(),
+        samples,
+        plant_time_s: last_t / 1000.0,
+        wall_time_s: start.elapsed().as_secs_f64(),
+        spikes,
+        wakeup_jitter: (opts.clock == Clock::Paced).then(|| Percentiles::from_ns(&jitter)),
+        overruns,
+        stop: reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::plant::SimPlant;
+
+    #[test]
+    fn free_run_stops_at_duration_and_counts_spikes() {
+        let mut p = SimPlant::new(&Config::defaults().sim);
+        let stop = AtomicBool::new(false);
+        let s = run_off(
+            &mut p,
+            LoopOptions {
+                clock: Clock::Free,
+                duration_s: Some(0.2),
+            },
+            &stop,
+        )
+        .unwrap();
+        assert_eq!(s.samples, 2001);
+        assert_eq!(s.stop, StopReason::DurationReached);
+        // Reference train: spikes at 32.2, 60.4 and 156.6 ms.
+        assert_eq!(s.spikes, 3);
+    }
+
+    #[test]
+    fn stop_flag_ends_the_run() {
+        let mut p = SimPlant::new(&Config::defaults().sim);
+        let stop = AtomicBool::new(true);
+        let s = run_off(
+            &mut p,
+            LoopOptions {
+                clock: Clock::Paced,
+                duration_s: None,
+            },
+            &stop,
+        )
+        .unwrap();
+        assert_eq!((s.samples, s.stop), (0, StopReason::Signal));
+    }
+}

@@ -1,0 +1,27 @@
+//! # neurostimd
+//!
+//! A closed-loop neurostimulation controller: it reads membrane samples from a
+//! plant, forecasts the membrane potential with an LSTM, chooses a stimulation
+//! current, passes it through a safety limiter and writes it back, recording
+//! everything.
+//!
+//! ## Layout
+//! - [`neuron`]: the CA1 pyramidal neuron equations (9 states), integrators,
+//!   rate tables, spike and burst detection. Pure computation, no I/O.
+//! - [`plant`]: the [`plant::Plant`] trait and its implementations; `sim` is
+//!   the embedded neuron (software in the loop).
+//! - [`simulate`]: running a plant open-loop with a stimulation waveform
+//!   (the `neurostimd simulate` command) and writing traces and spike times.
+//! - [`control`]: the sample loop (open loop with stimulation off, for now).
+//! - [`config`]: the TOML configuration, raw → validated, with errors that
+//!   name the file, line and key.
+//! - [`units`]: physical quantities in configuration (`"0.1 ms"`).
+//!
+//! See `shared/DESIGN.md` for the architecture this crate grows into.
+
+pub mod config;
+pub mod control;
+pub mod neuron;
+pub mod plant;
+pub mod simulate;
+pub mod units;

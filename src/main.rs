@@ -1,0 +1,327 @@
+//! The `neurostimd` binary: parses the command line, builds the validated
+//! configuration and hands over to the library. Errors are printed with
+//! their whole context; exit codes are 0 ok, 1 runtime failure, 2 usage or
+//! configuration error.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use neurostimd::config::{Clock, Config, ConfigError};
+use neurostimd::control::{self, LoopOptions};
+use neurostimd::plant::SimPlant;
+use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "neurostimd",
+    version,
+    about = "Closed-loop neurostimulation controller daemon",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Running the daemon (no subcommand).
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Configuration file laid over the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Plant to drive.
+    #[arg(long, value_enum, default_value_t = PlantArg::Sim)]
+    plant: PlantArg,
+    /// Seconds of plant time to run (default: until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// paced: real time; free: as fast as possible.
+    #[arg(long, value_enum)]
+    clock: Option<Clock>,
+    /// Neuron preset of the simulator plant (overrides the config).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PlantArg {
+    /// The embedded CA1 neuron simulator.
+    Sim,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the CA1 simulator alone (open loop) and write traces and spike times.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// Configuration file laid over the built-in defaults (presets, plant settings).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Parameter preset (a [presets.NAME] table: regular, bursting, or your own).
+    #[arg(long)]
+    preset: Option<String>,
+    /// M-type K conductance g_M, mS/cm².
+    #[arg(long, allow_hyphen_values = true)]
+    gm: Option<f64>,
+    /// Persistent Na conductance g_NaP, mS/cm².
+    #[arg(long, allow_hyphen_values = true)]
+    gnap: Option<f64>,
+    /// Persistent Na half-activation θ_p, mV.
+    #[arg(long, allow_hyphen_values = true)]
+    thetap: Option<f64>,
+    /// Background drive I_app, µA/cm².
+    #[arg(long, allow_hyphen_values = true)]
+    iapp: Option<f64>,
+    /// Any model parameter, KEY=VALUE with the config's keys and units (repeatable),
+    /// e.g. --set g_kdr=5 --set tau_q="400 ms".
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Simulated duration, ms.
+    #[arg(long, default_value_t = 1000.0)]
+    duration_ms: f64,
+    /// Integrator: dopri5 (adaptive, default) or rk4 (fixed step).
+    #[arg(long)]
+    integrator: Option<String>,
+    /// Fixed integration step, ms (implies --integrator rk4 unless given).
+    #[arg(long)]
+    dt_ms: Option<f64>,
+    /// Relative tolerance of dopri5.
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Sample period of the trace, ms.
+    #[arg(long)]
+    sample_period_ms: Option<f64>,
+    /// Gaussian measurement noise on V, mV.
+    #[arg(long)]
+    noise_sd_mv: Option<f64>,
+    /// Seed of the measurement noise.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stimulation waveform: CSV of t_ms,current (µA/cm²), held between rows.
+    #[arg(long, value_name = "FILE.csv")]
+    stim: Option<PathBuf>,
+    /// Write t_ms and all nine states at every sample.
+    #[arg(long, value_name = "FILE.csv")]
+    trace_out: Option<PathBuf>,
+    /// Write spike times, one per line in ms with 6 decimals.
+    #[arg(long, value_name = "FILE")]
+    spikes_out: Option<PathBuf>,
+    /// Print the summary as JSON (includes wall_seconds of integration).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Errors that mean "you asked for something invalid" (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn table_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    let mut t = root;
+    for k in path {
+        t = t
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("overlay tables are tables");
+    }
+    t
+}
+
+fn simulate_overlay(a: &SimulateArgs) -> anyhow::Result<toml::Table> {
+    let mut cli = toml::Table::new();
+    let sim = table_at(&mut cli, &["plant", "sim"]);
+    if let Some(p) = &a.preset {
+        sim.insert("preset".into(), p.clone().into());
+    }
+    let integrator = a
+        .integrator
+        .clone()
+        .or_else(|| a.dt_ms.map(|_| "rk4".to_string()));
+    if let Some(i) = integrator {
+        sim.insert("integrator".into(), i.into());
+    }
+    if let Some(dt) = a.dt_ms {
+        sim.insert("dt".into(), dt.into());
+    }
+    if let Some(t) = a.tolerance {
+        sim.insert("tolerance".into(), t.into());
+    }
+    if let Some(t) = a.sample_period_ms {
+        sim.insert("sample_period".into(), t.into());
+    }
+    if let Some(n) = a.noise_sd_mv {
+        sim.insert("noise_sd".into(), n.into());
+    }
+    if let Some(s) = a.seed {
+        let s = i64::try_from(s).map_err(|_| UsageError(format!("--seed {s} is too large")))?;
+        sim.insert("seed".into(), s.into());
+    }
+    let overrides = table_at(sim, &["overrides"]);
+    for (key, v) in [
+        ("g_m", a.gm),
+        ("g_nap", a.gnap),
+        ("theta_p", a.thetap),
+        ("i_app", a.iapp),
+    ] {
+        if let Some(v) = v {
+            overrides.insert(key.into(), v.into());
+        }
+    }
+    for kv in &a.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--set `{kv}`: expected KEY=VALUE")))?;
+        let v = v.trim().trim_matches('"');
+        let value = match v.parse::<f64>() {
+            Ok(x) => toml::Value::Float(x),
+            Err(_) => toml::Value::String(v.to_string()),
+        };
+        overrides.insert(k.trim().to_string(), value);
+    }
+    if overrides.is_empty() {
+        sim.remove("overrides");
+    }
+    Ok(cli)
+}
+
+fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    if !(a.duration_ms.is_finite() && a.duration_ms > 0.0) {
+        return Err(UsageError(format!("--duration-ms {} must be > 0", a.duration_ms)).into());
+    }
+    let config = Config::load_layered(a.config.as_deref(), &simulate_overlay(&a)?)?;
+    let stim = match &a.stim {
+        Some(p) => Waveform::load(p)?,
+        None => Waveform::default(),
+    };
+    let req = SimulateRequest {
+        sim: config.sim,
+        duration_ms: a.duration_ms,
+        stim,
+        trace_out: a.trace_out,
+        spikes_out: a.spikes_out,
+    };
+    let report = simulate::run(&req).context("simulation failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} ({} preset, {}, {} ms simulated in {:.3} s, {:.0}x real time)",
+            report.firing,
+            report.preset,
+            report.integrator,
+            report.duration_ms,
+            report.wall_seconds,
+            report.realtime_factor
+        );
+    }
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
+    let mut cli = toml::Table::new();
+    table_at(&mut cli, &["plant"]).insert("kind".into(), "sim".into());
+    if let Some(p) = &a.preset {
+        table_at(&mut cli, &["plant", "sim"]).insert("preset".into(), p.clone().into());
+    }
+    if let Some(d) = a.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(UsageError(format!("--duration {d} must be > 0 seconds")).into());
+        }
+        table_at(&mut cli, &["run"]).insert("duration".into(), format!("{d} s").into());
+    }
+    if let Some(c) = a.clock {
+        let name = match c {
+            Clock::Paced => "paced",
+            Clock::Free => "free",
+        };
+        table_at(&mut cli, &["run"]).insert("clock".into(), name.into());
+    }
+    let config = Config::load_layered(a.config.as_deref(), &cli)?;
+    let _ = a.plant;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    let mut plant = SimPlant::new(&config.sim);
+    tracing::info!(
+        plant = "sim",
+        preset = %config.sim.preset,
+        integrator = config.sim.method.name(),
+        sample_period_ms = config.sim.sample_period_ms,
+        clock = ?config.run.clock,
+        duration_s = ?config.run.duration_s,
+        "running with stimulation off (policy `off`)"
+    );
+    let summary = control::run_off(
+        &mut plant,
+        LoopOptions {
+            clock: config.run.clock,
+            duration_s: config.run.duration_s,
+        },
+        &stop,
+    )
+    .context("the loop stopped on a plant fault (stimulation set to zero)")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!(
+            "{} samples ({:.3} s of plant time in {:.3} s), {} spikes, stop: {:?}",
+            summary.samples,
+            summary.plant_time_s,
+            summary.wall_time_s,
+            summary.spikes,
+            summary.stop
+        );
+        if let Some(j) = &summary.wakeup_jitter {
+            print!(
+                "; wake-up jitter p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; {} overruns",
+                j.p50_us, j.p99_us, j.p999_us, j.max_us, summary.overruns
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .compact()
+        .init();
+    let result = match cli.command {
+        Some(Command::Simulate(a)) => cmd_simulate(a),
+        None => cmd_run(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("neurostimd: {e:#}");
+            let usage = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+                || matches!(
+                    e.downcast_ref::<SimulateError>(),
+                    Some(SimulateError::BadStim { .. })
+                );
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

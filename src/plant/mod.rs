@@ -1,0 +1,61 @@
+//! Plants: where membrane samples come from and where commands go.
+//!
+//! The control loop sees only the [`Plant`] trait, so the embedded simulator
+//! (`sim`), a bench rig (`serial`) and a replayed recording are
+//! interchangeable: software in the loop and hardware in the loop run the
+//! same code path.
+//!
+//! Timing convention: sample `k` is the membrane potential at `t_k = k·T` and
+//! the stimulation that was applied over `(t_{k−1}, t_k]`, i.e. the current
+//! that led into that V. A command written after reading sample `k` is
+//! applied over `(t_k, t_{k+1}]` and reported with sample `k + 1`.
+
+pub mod sim;
+
+pub use sim::SimPlant;
+
+/// One membrane sample.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Sample {
+    /// Sample number since the plant started.
+    pub index: u64,
+    /// Plant time of the sample, ms (simulated time, or the rig's clock).
+    pub t_ms: f64,
+    /// Measured membrane potential, mV.
+    pub v_mv: f64,
+    /// Stimulation applied over the interval ending at this sample, µA/cm².
+    pub i_applied: f64,
+}
+
+/// What a plant can fail with. Every variant is a fault that the loop maps
+/// to zero stimulation; the message says why for the operator.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum PlantError {
+    /// The plant produced an impossible value (e.g. a non-finite simulator
+    /// state); it cannot continue.
+    #[error("plant fault at t = {t_ms:.3} ms: {what}")]
+    Fault { t_ms: f64, what: &'static str },
+    /// A command that is not a finite number was refused; zero was applied.
+    #[error("refused non-finite stimulation command; zero applied")]
+    BadCommand,
+    /// A finite source (a recording, a fixed-length run) has no more samples.
+    #[error("the plant has no more samples")]
+    Ended,
+}
+
+/// A source of membrane samples that takes stimulation commands.
+///
+/// Implementations must not allocate, block on locks or do file I/O inside
+/// `read` and `write` unless their nature demands it (a serial port blocks
+/// on the device by design); the real-time loop calls them every sample.
+pub trait Plant: Send {
+    /// Short name for reports (`sim`, `serial`, `replay`).
+    fn kind(&self) -> &'static str;
+    /// Nominal time between samples, ms.
+    fn sample_period_ms(&self) -> f64;
+    /// The next sample. Blocks until it exists for clocked plants; the
+    /// simulator computes it on demand.
+    fn read(&mut self) -> Result<Sample, PlantError>;
+    /// The stimulation (µA/cm²) to apply until the next sample.
+    fn write(&mut self, command: f64) -> Result<(), PlantError>;
+}
