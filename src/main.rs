@@ -38,7 +38,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = PlantArg::Sim)]
     plant: PlantArg,
     /// Seconds of plant time to run (default: until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
     /// paced: real time; free: as fast as possible.
     #[arg(long, value_enum)]
@@ -88,7 +88,7 @@ struct SimulateArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Simulated duration, ms.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, allow_hyphen_values = true)]
     duration_ms: f64,
     /// Integrator: dopri5 (adaptive, default) or rk4 (fixed step).
     #[arg(long)]
@@ -301,6 +301,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

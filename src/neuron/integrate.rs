@@ -9,12 +9,13 @@
 //!   there and shrinks only on the upstroke, which is where a fixed step
 //!   wastes its work.
 //!
-//! Both advance the state over one interval with a constant stimulation
-//! current (the plant holds the command for one sample period) and report
+//! Both advance the state over one interval with a right-hand side that is
+//! fixed for the interval (the plant holds the command for one sample
+//! period and builds the closure with it) and report
 //! every accepted step to a callback, so spikes can be timed at integrator
 //! resolution. Neither allocates.
 
-use super::{derivatives_with, Params, RateSource, State, N_STATES, V};
+use super::{State, N_STATES};
 
 /// Which integrator to run, with its parameters (validated by the config).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -55,22 +56,19 @@ pub struct Rk4 {
 }
 
 impl Rk4 {
-    /// Advance `y` from `t0` to `t1` (ms) with constant `i_stim`.
+    /// Advance `y` from `t0` to `t1` (ms) with right-hand side `f`.
     #[inline]
-    pub fn advance<R: RateSource>(
+    pub fn advance(
         &mut self,
-        p: &Params,
-        rates: &R,
+        f: impl Fn(&State) -> State,
         y: &mut State,
         t0: f64,
         t1: f64,
-        i_stim: f64,
         mut on_step: impl FnMut(f64, &State),
     ) {
         let span = t1 - t0;
         let n = ((span / self.dt_ms) - 1e-9).ceil().max(1.0) as usize;
         let h = span / n as f64;
-        let f = |y: &State| derivatives_with(p, &rates.rates(y[V]), y, i_stim);
         for s in 0..n {
             let k1 = f(y);
             let k2 = f(&axpy(y, 0.5 * h, &[(1.0, &k1)]));
@@ -145,21 +143,17 @@ impl Dopri5 {
         }
     }
 
-    /// Advance `y` from `t0` to `t1` (ms) with constant `i_stim`; lands
+    /// Advance `y` from `t0` to `t1` (ms) with right-hand side `f`; lands
     /// exactly on `t1`.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub fn advance<R: RateSource>(
+    pub fn advance(
         &mut self,
-        p: &Params,
-        rates: &R,
+        f: impl Fn(&State) -> State,
         y: &mut State,
         t0: f64,
         t1: f64,
-        i_stim: f64,
         mut on_step: impl FnMut(f64, &State),
     ) {
-        let f = |y: &State| derivatives_with(p, &rates.rates(y[V]), y, i_stim);
         let mut t = t0;
         let mut k1 = f(y);
         let min_h = 1e-9;
@@ -236,7 +230,9 @@ impl Dopri5 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{table::RateTable, ExactRates, INITIAL_STATE};
+    use super::super::{
+        derivatives_with, table::RateTable, ExactRates, Params, RateSource, INITIAL_STATE, V,
+    };
     use super::*;
 
     fn run_rk4(dt: f64, until: f64) -> State {
@@ -246,7 +242,13 @@ mod tests {
         let r = ExactRates { theta_p: p.theta_p };
         let mut t = 0.0;
         while t < until - 1e-9 {
-            rk.advance(&p, &r, &mut y, t, t + 0.1, 0.0, |_, _| {});
+            rk.advance(
+                |y| derivatives_with(&p, &r.rates(y[V]), y, 0.0),
+                &mut y,
+                t,
+                t + 0.1,
+                |_, _| {},
+            );
             t += 0.1;
         }
         y
@@ -276,7 +278,13 @@ mod tests {
             let mut last_t = 0.0;
             for k in 0..500 {
                 let (t0, t1) = (k as f64 * 0.1, (k + 1) as f64 * 0.1);
-                d.advance(&p, &table, &mut y, t0, t1, 0.0, |t, _| last_t = t);
+                d.advance(
+                    |y| derivatives_with(&p, &table.rates(y[V]), y, 0.0),
+                    &mut y,
+                    t0,
+                    t1,
+                    |t, _| last_t = t,
+                );
                 assert_eq!(last_t, t1);
             }
             y

@@ -66,9 +66,9 @@ impl RateSource for RateTable {
     #[inline(always)]
     fn rates(&self, v: f64) -> Rates {
         let x = (v - V_MIN) * STEPS_PER_MV;
-        // `!(x >= 0)` also catches NaN, which then propagates through the
-        // exact formulas instead of indexing the table.
-        if !(x >= 0.0) || x >= (self.rows.len() - 1) as f64 {
+        // The range check fails for NaN too, which then propagates through
+        // the exact formulas instead of indexing the table.
+        if !(0.0..((self.rows.len() - 1) as f64)).contains(&x) {
             return Rates::exact(self.theta_p, v);
         }
         let i = x as usize;

@@ -15,7 +15,7 @@ use crate::config::SimConfig;
 use crate::neuron::integrate::{Dopri5, Method, Rk4};
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::neuron::table::RateTable;
-use crate::neuron::{ExactRates, Params, State, INITIAL_STATE, V};
+use crate::neuron::{derivatives_with, ExactRates, Params, RateSource, State, INITIAL_STATE, V};
 use rand_distr::{Distribution, Normal};
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -168,27 +168,17 @@ impl Plant for SimPlant {
                 }
             };
             let i = self.command;
+            let p = &seg.params;
             match &mut self.integrator {
-                Integrator::Rk4(rk) => rk.advance(
-                    &seg.params,
-                    &ExactRates {
-                        theta_p: seg.params.theta_p,
-                    },
-                    &mut self.y,
-                    t0,
-                    t1,
-                    i,
-                    &mut on_step,
-                ),
-                Integrator::Dopri5(d) => d.advance(
-                    &seg.params,
-                    &seg.table,
-                    &mut self.y,
-                    t0,
-                    t1,
-                    i,
-                    &mut on_step,
-                ),
+                Integrator::Rk4(rk) => {
+                    let exact = ExactRates { theta_p: p.theta_p };
+                    let f = |y: &State| derivatives_with(p, &exact.rates(y[V]), y, i);
+                    rk.advance(f, &mut self.y, t0, t1, &mut on_step)
+                }
+                Integrator::Dopri5(d) => {
+                    let f = |y: &State| derivatives_with(p, &seg.table.rates(y[V]), y, i);
+                    d.advance(f, &mut self.y, t0, t1, &mut on_step)
+                }
             }
             i
         };

@@ -1,0 +1,273 @@
+//! The real binary, driven as a user would: `neurostimd simulate`, the daemon
+//! on the simulator, and configuration errors (exit code 2, key named, no
+//! panic).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn neurostimd(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn read_spikes(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+fn reference_spikes(name: &str) -> Vec<f64> {
+    read_spikes(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/reference")
+            .join(name),
+    )
+}
+
+#[test]
+fn simulate_regular_reproduces_the_reference_spike_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "simulate",
+            "--preset",
+            "regular",
+            "--duration-ms",
+            "2000",
+            "--spikes-out",
+            "s.txt",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("21 spikes"), "{out}");
+    assert!(out.contains("pattern regular"), "{out}");
+    let got = read_spikes(&dir.path().join("s.txt"));
+    let want = reference_spikes("ca1_default_spikes.txt");
+    assert_eq!(got.len(), 21);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 0.1, "spike at {g} vs reference {w}");
+    }
+    // Six decimals, one per line.
+    let raw = std::fs::read_to_string(dir.path().join("s.txt")).unwrap();
+    assert!(
+        raw.lines()
+            .all(|l| l.split('.').nth(1).map(str::len) == Some(6)),
+        "{raw}"
+    );
+}
+
+#[test]
+fn simulate_bursting_gives_eleven_bursts_of_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &["simulate", "--preset", "bursting", "--duration-ms", "2000"],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("44 spikes, 11 bursts, 4.00 spikes/burst"),
+        "{out}"
+    );
+    assert!(out.contains("pattern bursting"), "{out}");
+}
+
+#[test]
+fn simulate_json_and_trace_have_every_sample_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "simulate",
+            "--duration-ms",
+            "50",
+            "--trace-out",
+            "t.csv",
+            "--json",
+            "--dt-ms",
+            "0.01",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["integrator"], "rk4");
+    assert_eq!(j["samples"], 501);
+    assert!(j["wall_seconds"].as_f64().unwrap() > 0.0);
+    let trace = std::fs::read_to_string(dir.path().join("t.csv")).unwrap();
+    let mut lines = trace.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "t_ms,V_mV,h,n,b,z,r,c,q,Ca_uM,I_stim_uA_cm2"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 501);
+    assert!(rows[0].starts_with("0,-7.1962"), "{}", rows[0]);
+    assert!(rows[500].starts_with("50,"), "{}", rows[500]);
+}
+
+#[test]
+fn stimulation_waveform_changes_firing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hyperpolarising from 0 to 300 ms silences the cell; then a strong step
+    // makes it fire faster than the unstimulated 10 Hz.
+    std::fs::write(dir.path().join("stim.csv"), "t_ms,current\n0,-2\n300,3\n").unwrap();
+    let o = neurostimd(
+        &[
+            "simulate",
+            "--duration-ms",
+            "600",
+            "--stim",
+            "stim.csv",
+            "--spikes-out",
+            "s.txt",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let spikes = read_spikes(&dir.path().join("s.txt"));
+    assert!(
+        spikes.iter().all(|&t| t > 300.0),
+        "silenced before 300 ms: {spikes:?}"
+    );
+    assert!(
+        spikes.len() >= 6,
+        "a 3 µA/cm² step drives > 20 Hz: {spikes:?}"
+    );
+}
+
+#[test]
+fn bad_stimulation_file_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stim.csv"), "0,1\n10,x\n").unwrap();
+    let o = neurostimd(&["simulate", "--stim", "stim.csv"], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("stim.csv:2: column current (`x`) is not a number"),
+        "{err}"
+    );
+}
+
+/// Each bad configuration exits with code 2 and a message naming the key,
+/// without a panic or a backtrace.
+#[test]
+fn bad_configs_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown key", "[plant.sim]\nsampel_period = 0.1\n", "bad.toml:2: plant.sim.sampel_period: unknown field"),
+        ("wrong unit", "[plant.sim]\nsample_period = \"0.1 mV\"\n", "bad.toml:2: plant.sim.sample_period: unit `mV` is not a time"),
+        ("negative conductance", "[presets.bursting]\ng_nap = -0.4\n", "bad.toml:2: presets.bursting.g_nap: -0.4 is negative"),
+        ("dt above sample period", "[plant.sim]\nintegrator = \"rk4\"\n\ndt = \"1 ms\"\n", "bad.toml:4: plant.sim.dt: integration step 1 ms is larger than plant.sim.sample_period"),
+        ("unknown preset", "[plant.sim]\npreset = \"fast\"\n", "bad.toml:2: plant.sim.preset: no preset named `fast`"),
+    ];
+    for (what, toml, expected) in cases {
+        std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
+        for args in [
+            &[
+                "--config",
+                "bad.toml",
+                "--duration",
+                "0.01",
+                "--clock",
+                "free",
+            ][..],
+            &["simulate", "--config", "bad.toml", "--duration-ms", "1"][..],
+        ] {
+            let o = neurostimd(args, dir.path());
+            let (_, err) = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{what} ({args:?}): {err}");
+            assert!(
+                err.contains(expected),
+                "{what}: expected `{expected}` in:\n{err}"
+            );
+            assert!(
+                !err.contains("panicked") && !err.contains("stack backtrace"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &["simulate", "--gm", "-1"][..],
+            "plant.sim.overrides.g_m: -1 is negative",
+        ),
+        (&["simulate", "--dt-ms", "0.5"][..], "plant.sim.dt"),
+        (
+            &["simulate", "--set", "g_kdr=-3"][..],
+            "plant.sim.overrides.g_kdr",
+        ),
+        (
+            &["simulate", "--set", "g_xyz=3"][..],
+            "unknown field `g_xyz`",
+        ),
+        (
+            &["simulate", "--duration-ms", "-5"][..],
+            "--duration-ms -5 must be > 0",
+        ),
+        (&["--plant", "teleport"][..], "invalid value 'teleport'"),
+    ] {
+        let o = neurostimd(args, dir.path());
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected `{expected}` in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(&["--config", "nope.toml", "--duration", "1"], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("nope.toml: cannot read"), "{err}");
+}
+
+#[test]
+fn daemon_runs_on_the_simulator_for_a_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "--plant",
+            "sim",
+            "--duration",
+            "0.5",
+            "--clock",
+            "free",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["samples"], 5001);
+    assert_eq!(
+        j["spikes"], 6,
+        "reference spikes before 500 ms: 32, 60, 157, 256, 356, 456"
+    );
+    assert_eq!(j["stop"], "duration_reached");
+}
