@@ -13,7 +13,13 @@
 # pinned to one core with taskset.
 #
 # Environment: PEERS_VENV (venv directory, default target/peers-venv; e.g. an
-# existing venv that already has torch), PEERS_CPU (core to pin to, default 1).
+# existing venv that already has torch), PEERS_CPU (core to pin to, default 1),
+# PEERS_RT (if set, e.g. PEERS_RT=50, run with SCHED_FIFO at that priority via
+# chrt, so that other work on the machine, such as a cargo build, does not
+# preempt the timed runs; needs root or CAP_SYS_NICE. The .py then rests
+# 100 ms after every 700 ms of work, outside the timed region, to stay clear
+# of the kernel's real-time throttling; a `model bench` run longer than ~0.9 s
+# can still be throttled for ~50 ms, visible in its max).
 # Build target/release/neurostimd first (cargo build --release) to get "ours".
 set -euo pipefail
 
@@ -54,9 +60,13 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+prefix=()
+if [ -n "${PEERS_RT:-}" ]; then
+  prefix+=(chrt -f "$PEERS_RT")
+fi
 if command -v taskset >/dev/null 2>&1; then
-  exec taskset -c "$CPU" "$PY" scripts/bench_forecast_peers.py "$@"
+  prefix+=(taskset -c "$CPU")
 else
   echo "warning: taskset not found, running unpinned" >&2
-  exec "$PY" scripts/bench_forecast_peers.py "$@"
 fi
+exec ${prefix[@]+"${prefix[@]}"} "$PY" scripts/bench_forecast_peers.py "$@"

@@ -101,6 +101,16 @@ if [[ $RUN_OURS == 1 ]]; then
     fi
 fi
 
+load_warning() {
+    local l1 n
+    l1=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+    n=$(nproc 2>/dev/null || echo 1)
+    if awk -v l="$l1" -v n="$n" 'BEGIN { exit !(l > n - 0.5) }'; then
+        echo "WARNING: 1-min load average $l1 on $n cores: other processes compete for the pinned core;"
+        echo "         wall-clock timings are inflated and noisy. Re-run on an idle machine for numbers to quote."
+    fi
+}
+
 RUN_DIR="$VENV/results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN_DIR"
 AGG_PY="$PY"
@@ -121,6 +131,7 @@ AGG_PY="$PY"
         echo "brian2:      $("$PY" -c 'import brian2, numpy, sys; print(f"Brian2 {brian2.__version__}, numpy {numpy.__version__}, Python {sys.version.split()[0]}")' 2>/dev/null), $(g++ --version | head -1)"
     fi
     echo "raw results: $RUN_DIR"
+    load_warning
     echo
 } | tee "$RUN_DIR/header.txt"
 
@@ -138,15 +149,20 @@ run_ours() {  # preset label i args...
     fi
 }
 
-run_brian2() {  # preset method target
-    local preset="$1" method="$2" target="$3"
+run_brian2() {  # preset method target [standalone-timer]
+    local preset="$1" method="$2" target="$3" timer="${4:-wall}"
     local f="$RUN_DIR/${preset}__brian2__${method}__${target}"
     local bdir="$WORK/${target}"
-    if [[ $target == cpp_standalone ]]; then bdir="$WORK/standalone-${preset}-${method}"; fi
-    log "brian2 $preset $method $target (build excluded from timing)"
+    local extra=()
+    if [[ $target == cpp_standalone ]]; then
+        f="${f}__${timer}"
+        bdir="$WORK/standalone-${preset}-${method}-${timer}"
+        extra=(--standalone-timer "$timer")
+    fi
+    log "brian2 $preset $method $target ${extra[*]} (build excluded from timing)"
     if ! "${PIN[@]}" "$PY" "$SCRIPTS/brian2_ca1.py" --preset "$preset" --duration-ms "$DURATION_MS" \
             --dt-ms "$DT_MS" --method "$method" --target "$target" --repeats "$REPEATS" \
-            --build-dir "$bdir" --json >"$f.out" 2>"$f.err"; then
+            --build-dir "$bdir" "${extra[@]}" --json >"$f.out" 2>"$f.err"; then
         log "FAILED: brian2 $preset $method $target (see $f.err)"
         tail -5 "$f.err" >&2 || true
     fi
@@ -162,13 +178,19 @@ for preset in $PRESETS; do
     fi
     if [[ $RUN_BRIAN2 == 1 ]]; then
         for method in rk4 exponential_euler; do
-            run_brian2 "$preset" "$method" cpp_standalone
+            run_brian2 "$preset" "$method" cpp_standalone wall
+            # Brian2 as shipped: its loop timer is std::clock() (CPU time), called
+            # every step; on this kind of VM that syscall alone costs ~0.2-0.4 us.
+            if [[ $method == rk4 ]]; then run_brian2 "$preset" "$method" cpp_standalone cpu; fi
             if [[ $USE_CYTHON == 1 ]]; then run_brian2 "$preset" "$method" cython; fi
         done
     fi
 done
 
 # ---------------------------------------------------------------- table
+echo "load avg after runs: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" | tee "$RUN_DIR/load-after.txt"
+load_warning | tee -a "$RUN_DIR/load-after.txt"
+echo
 "$AGG_PY" - "$RUN_DIR" "$DURATION_MS" "$DT_MS" "$SCRIPTS" "$PRESETS" <<'PYEOF' | tee "$RUN_DIR/table.txt"
 import json, statistics, sys
 from pathlib import Path
@@ -241,10 +263,12 @@ for preset in presets.split():
     # brian2: rk4 first, then the other methods; cpp_standalone before cython
     b2 = [last_json(p) for p in Path(run_dir).glob(f"{preset}__brian2__*.out")]
     b2 = [d for d in b2 if d and "wall_seconds" in d]
-    b2.sort(key=lambda d: (d["method"] != "rk4", d["method"], d["target"] != "cpp_standalone", d["target"]))
+    b2.sort(key=lambda d: (d["method"] != "rk4", d["method"], d["target"] != "cpp_standalone", d["target"],
+                           d.get("standalone_timer") == "cpu"))
     for d in b2:
         rows.append(dict(side="brian2", label=d["method"], method=d["method"], dt=d["dt_ms"],
-                         target=d["target"], wall=float(d["wall_seconds"]), n=d["spikes"],
+                         target=d["target"], timer=d.get("standalone_timer"),
+                         wall=float(d["wall_seconds"]), n=d["spikes"],
                          err=d["max_spike_err_ms"], ok=d["spike_count_ok"]))
     for r in rows:
         r["rt"] = duration_ms / 1000.0 / r["wall"] if r["wall"] > 0 else None
@@ -264,7 +288,7 @@ for preset in presets.split():
             r["ratio"] = r["wall"] / ours_rk4["wall"]
 
     print(f"--- preset {preset}: reference {nref} spikes in {duration_ms:g} ms ---")
-    hdr = f"{'config':50s} {'median wall s':>13s} {'RT factor':>10s} {'spikes':>8s} {'max err ms':>11s} {'<=0.1ms':>7s} {'B2/ours same method+dt':>24s}"
+    hdr = f"{'config':58s} {'median wall s':>13s} {'RT factor':>10s} {'spikes':>8s} {'max err ms':>11s} {'<=0.1ms':>7s} {'B2/ours same method+dt':>24s}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -272,9 +296,11 @@ for preset in presets.split():
             name = f"ours {r['label']} ({r['method']}" + (f", dt {r['dt']:g} ms)" if r["dt"] else ")")
         else:
             name = f"brian2 {r['method']} {r['target']} dt {r['dt']:g} ms"
+            if r["timer"] == "cpu":
+                name += " [B2 clock]"
         spikes = f"{r['n'] if r['n'] is not None else '?'}/{nref if nref is not None else '?'}"
         err = fmt(r["err"], ".2e") + ("" if r["ok"] is not False else "*")
-        print(f"{name:50s} {r['wall']:13.4f} {fmt(r['rt'], '10.1f'):>10s} {spikes:>8s} {err:>11s} "
+        print(f"{name:58s} {r['wall']:13.4f} {fmt(r['rt'], '10.1f'):>10s} {spikes:>8s} {err:>11s} "
               f"{ {True: 'yes', False: 'NO', None: '?'}[r['meets']]:>7s} {fmt(r['ratio'], '.2f') + ('x' if r['ratio'] else ''):>24s}")
     best = min((r for r in rows if r["side"] == "brian2" and r["meets"]), key=lambda r: r["wall"], default=None)
     if best and ours_def:
@@ -290,6 +316,10 @@ for preset in presets.split():
                   "its speed is not a fair comparison")
     if any(r["ok"] is False for r in rows):
         print("(* = spike count differs from the reference: error is over the paired first spikes only)")
+    if any(r["side"] == "brian2" and r["timer"] == "cpu" for r in rows):
+        print("([B2 clock] = Brian2's generated loop as shipped, timed by its own std::clock(), which it")
+        print(" calls every step (a syscall); other cpp_standalone rows use the same loop with that")
+        print(" timer patched to steady_clock wall time, like neurostimd's wall_seconds)")
     if any(r["side"] == "brian2" and r["method"] == "exponential_euler" for r in rows):
         print("(brian2 exponential_euler holds m_inf, p_inf, a_inf constant over each step: Brian2 requires")
         print(" equations linear in their own variable for that method, and V's is not with instantaneous gates)")

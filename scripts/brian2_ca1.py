@@ -20,18 +20,26 @@ StateMonitor is used, so the timed run does not pay for recording the trace.
 
 Timing (``wall_seconds``) EXCLUDES code generation and compilation:
 
-* cpp_standalone: the network is built and compiled once with
+* cpp_standalone: the network is generated and compiled once with
   ``device.build(run=False)`` (timed separately as ``build_seconds``); then
   the compiled binary is executed ``--repeats`` times with ``device.run()``.
   ``wall_seconds`` is Brian2's own timer of the simulation loop,
   ``Network::_last_run_time`` in the generated C++ (read back by Brian2 into
   ``device._last_run_time``): it starts just before the main time-step loop
   and stops right after it, so it excludes compilation, process start,
-  allocation, initialisation and writing results.  Note that Brian2 measures
-  it with ``std::clock()`` (process CPU time), which equals wall time for this
-  single-threaded, non-blocking loop.  ``outer_wall_seconds`` is the
-  ``time.perf_counter()`` time of the whole ``device.run()`` call (binary
-  start + load + loop + writing results), reported for transparency.
+  allocation, initialisation and writing results.  As shipped, Brian2 reads
+  that timer with ``std::clock()`` (process CPU time) and calls it after
+  EVERY time step; ``std::clock()`` is a real syscall (~0.2-0.4 us here), so
+  at 200,000 steps it adds ~35 ms, a large share of the loop.  With
+  ``--standalone-timer wall`` (default) the generated ``network.cpp`` is
+  patched between generation and compilation (``build(compile=False)``,
+  patch, ``device.compile_source``) so that the same timer uses
+  ``std::chrono::steady_clock`` (wall time, vDSO, ~20 ns): the loop is
+  otherwise unchanged and the time is wall time like neurostimd's.
+  ``--standalone-timer cpu`` keeps Brian2 exactly as shipped.
+  ``outer_wall_seconds`` is the ``time.perf_counter()`` time of the whole
+  ``device.run()`` call (binary start + load + loop + writing results),
+  reported for transparency.
 * cython / numpy (runtime targets): one short warm-up run (``--warmup-ms``,
   default 1 ms) generates and compiles every code object (Cython extensions
   are cached in memory and on disk), then the network is restored to its
@@ -171,6 +179,34 @@ def compare(spikes, ref):
     return err, len(spikes) == len(ref)
 
 
+WALL_CLOCK_SHIM = """
+// --- brian2_ca1.py: time the loop with a monotonic wall clock (vDSO, ~20 ns)
+// instead of std::clock() (process CPU time, a real syscall of ~0.4 us that
+// Brian2 calls once per time step).  Same units: ticks of CLOCKS_PER_SEC.
+#include <chrono>
+static inline std::clock_t brian2_ca1_wall_ticks()
+{
+    return (std::clock_t)(std::chrono::duration<double>(
+        std::chrono::steady_clock::now().time_since_epoch()).count() * CLOCKS_PER_SEC);
+}
+// ---
+"""
+
+
+def patch_standalone_timer(network_cpp: Path):
+    """Make Brian2's Network::run loop timer a wall clock (see --standalone-timer)."""
+    src = network_cpp.read_text()
+    n = src.count("std::clock()")
+    if n == 0:
+        raise RuntimeError(f"{network_cpp}: no std::clock() to patch (Brian2 template changed?)")
+    anchor = "#include <ctime>"
+    if anchor not in src:
+        raise RuntimeError(f"{network_cpp}: '{anchor}' not found (Brian2 template changed?)")
+    src = src.replace("std::clock()", "brian2_ca1_wall_ticks()")
+    src = src.replace(anchor, anchor + "\n" + WALL_CLOCK_SHIM, 1)
+    network_cpp.write_text(src)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="regular")
@@ -197,6 +233,14 @@ def parse_args(argv=None):
         type=Path,
         default=None,
         help="cpp_standalone project dir / cython cache root (default: a temp dir, removed)",
+    )
+    p.add_argument(
+        "--standalone-timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpp_standalone loop timer: 'wall' patches the generated network.cpp to use "
+        "std::chrono::steady_clock (wall time, like neurostimd; drops the per-step "
+        "std::clock() syscall); 'cpu' keeps Brian2's shipped std::clock() (CPU time)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--print-spikes", action="store_true", help="include spike times in output")
@@ -334,8 +378,14 @@ def simulate(args, work: Path, ref, ref_path: Path):
 
     if args.target == "cpp_standalone":
         net.run(duration, namespace={})
+        proj = str(work / "standalone")
         t0 = time.perf_counter()
-        device.build(run=False, directory=str(work / "standalone"), compile=True)
+        if args.standalone_timer == "wall":
+            device.build(run=False, directory=proj, compile=False)
+            patch_standalone_timer(Path(proj) / "network.cpp")
+            device.compile_source(proj, "gcc", False, False)
+        else:
+            device.build(run=False, directory=proj, compile=True)
         build_seconds = time.perf_counter() - t0
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -384,10 +434,18 @@ def simulate(args, work: Path, ref, ref_path: Path):
         "outer_wall_seconds_all": outer,
         "build_seconds": build_seconds,
         "timer": (
-            "Network::_last_run_time (C++ std::clock around the step loop)"
+            (
+                "Network::_last_run_time around the step loop, "
+                + (
+                    "patched to steady_clock (wall)"
+                    if args.standalone_timer == "wall"
+                    else "Brian2's std::clock (CPU time, one syscall per step)"
+                )
+            )
             if args.target == "cpp_standalone"
             else "Network.run stepping loop (time.time), after before_run"
         ),
+        "standalone_timer": args.standalone_timer if args.target == "cpp_standalone" else None,
         "instantaneous_gates": "constant over dt" if inst else "exact",
         "brian2_version": b2.__version__,
         "cxx_flags": list(prefs["codegen.cpp.extra_compile_args_gcc"]),

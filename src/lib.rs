@@ -10,6 +10,10 @@
 //!   rate tables, spike and burst detection. Pure computation, no I/O.
 //! - [`plant`]: the [`plant::Plant`] trait and its implementations; `sim` is
 //!   the embedded neuron (software in the loop).
+//! - [`forecast`]: the LSTM forecaster: model card, ONNX loading and
+//!   checks (tract), the native encode-once evaluator, the sample window.
+//! - [`modeltool`]: `neurostimd model info|run|bench`.
+//! - [`npy`]: float32 `.npy` files (model bundles, `model run`).
 //! - [`simulate`]: running a plant open-loop with a stimulation waveform
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
 //! - [`control`]: the sample loop (open loop with stimulation off, for now).
@@ -21,7 +25,10 @@
 
 pub mod config;
 pub mod control;
+pub mod forecast;
+pub mod modeltool;
 pub mod neuron;
+pub mod npy;
 pub mod plant;
 pub mod simulate;
 pub mod units;

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use neurostimd::config::{Clock, Config, ConfigError};
 use neurostimd::control::{self, LoopOptions};
+use neurostimd::forecast::Engine;
+use neurostimd::modeltool::{self, ModelToolError};
 use neurostimd::plant::SimPlant;
 use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
 use std::path::PathBuf;
@@ -61,6 +63,48 @@ enum PlantArg {
 enum Command {
     /// Run the CA1 simulator alone (open loop) and write traces and spike times.
     Simulate(SimulateArgs),
+    /// Inspect, run and time forecaster models (ONNX + model card).
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Print the model card, shapes, parameters and FLOPs per forecast.
+    Info {
+        /// The model's .onnx file (its card NAME.json sits beside it).
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run raw contract tensors: [batch, t_in+t_out, 3] in, [batch, t_out] out (.npy, float32).
+    Run {
+        model: PathBuf,
+        #[arg(long, value_name = "X.npy")]
+        input: PathBuf,
+        #[arg(long, value_name = "Y.npy")]
+        output: PathBuf,
+    },
+    /// Time one forecast (one window + K candidate plans); p50/p99/p99.9/max.
+    Bench {
+        model: PathBuf,
+        /// Number of candidate plans K.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 2000)]
+        runs: u64,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 200)]
+        warmup: u64,
+        /// native (encode once, roll out K) or tract (whole window per candidate).
+        #[arg(long, value_enum, default_value_t = Engine::Native)]
+        engine: Engine,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -297,6 +341,50 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
+    match c {
+        ModelCommand::Info { model, json } => {
+            let info = modeltool::info(&model)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{info}");
+            }
+        }
+        ModelCommand::Run {
+            model,
+            input,
+            output,
+        } => {
+            let shape = modeltool::run(&model, &input, &output)?;
+            println!("wrote {} ({shape:?} float32)", output.display());
+        }
+        ModelCommand::Bench {
+            model,
+            batch,
+            runs,
+            warmup,
+            engine,
+            json,
+        } => {
+            if batch == 0 || runs == 0 {
+                return Err(UsageError("--batch and --runs must be >= 1".into()).into());
+            }
+            let r = modeltool::bench(&model, batch, runs, warmup, engine)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let l = &r.latency;
+                println!(
+                    "{}: engine {:?}, K = {}, {} runs: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us, mean {:.1} us",
+                    r.model, r.engine, r.batch, r.runs, l.p50_us, l.p99_us, l.p999_us, l.max_us, r.mean_us
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -310,6 +398,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(a),
+        Some(Command::Model { command }) => cmd_model(command),
         None => cmd_run(cli.run),
     };
     match result {
@@ -321,6 +410,10 @@ fn main() -> ExitCode {
                 || matches!(
                     e.downcast_ref::<SimulateError>(),
                     Some(SimulateError::BadStim { .. })
+                )
+                || matches!(
+                    e.downcast_ref::<ModelToolError>(),
+                    Some(ModelToolError::BadInput { .. })
                 );
             ExitCode::from(if usage { 2 } else { 1 })
         }
