@@ -62,7 +62,7 @@ enum PlantArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the CA1 simulator alone (open loop) and write traces and spike times.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Inspect, run and time forecaster models (ONNX + model card).
     Model {
         #[command(subcommand)]
@@ -397,7 +397,7 @@ fn main() -> ExitCode {
         .compact()
         .init();
     let result = match cli.command {
-        Some(Command::Simulate(a)) => cmd_simulate(a),
+        Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
         None => cmd_run(cli.run),
     };

@@ -271,3 +271,109 @@ fn daemon_runs_on_the_simulator_for_a_duration() {
     );
     assert_eq!(j["stop"], "duration_reached");
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn model_run_reproduces_the_pytorch_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["pytorch_lstm1_h16", "pytorch_lstm2_h8"] {
+        let o = neurostimd(
+            &[
+                "model",
+                "run",
+                &fixture(&format!("{name}.onnx")),
+                "--input",
+                &fixture(&format!("{name}.input.npy")),
+                "--output",
+                "y.npy",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o).1);
+        let got = neurostimd::npy::NpyF32::read(&dir.path().join("y.npy")).unwrap();
+        let want =
+            neurostimd::npy::NpyF32::read(Path::new(&fixture(&format!("{name}.expected.npy"))))
+                .unwrap();
+        assert_eq!(got.shape, want.shape);
+        let d = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-4, "{name}: max |diff| {d}");
+    }
+}
+
+#[test]
+fn model_run_names_a_wrong_input_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    // The 2-layer fixture's input has 40 steps; the 1-layer model wants 60.
+    let o = neurostimd(
+        &[
+            "model",
+            "run",
+            &fixture("pytorch_lstm1_h16.onnx"),
+            "--input",
+            &fixture("pytorch_lstm2_h8.input.npy"),
+            "--output",
+            "y.npy",
+        ],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("shape [4, 40, 3] is not [batch, 60, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_info_and_bench_describe_and_time_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("pytorch_lstm2_h8.onnx");
+    let o = neurostimd(&["model", "info", &model], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "2 x lstm hidden 8",
+        "[batch, 40, 3]",
+        "parameters   1001",
+        "engine       native",
+    ] {
+        assert!(out.contains(needle), "`{needle}` missing in:\n{out}");
+    }
+    let o = neurostimd(
+        &[
+            "model", "bench", &model, "--batch", "8", "--runs", "50", "--json",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (j["batch"].as_u64(), j["runs"].as_u64(), j["count"].as_u64()),
+        (Some(8), Some(50), Some(50))
+    );
+    let (p50, p99, max) = (
+        j["p50_us"].as_f64().unwrap(),
+        j["p99_us"].as_f64().unwrap(),
+        j["max_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{out}");
+}
+
+#[test]
+fn model_with_missing_card_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("pytorch_lstm1_h16.onnx"), dir.path().join("m.onnx")).unwrap();
+    let o = neurostimd(&["model", "info", "m.onnx"], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("m.json: No such file"), "{err}");
+}

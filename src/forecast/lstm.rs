@@ -84,7 +84,7 @@ pub struct NativeLstm {
     t_in: usize,
     t_out: usize,
     max_batch: usize,
-    avx2: bool,
+    simd: Simd,
     // Buffers.
     gates: Vec<f32>,
     seq_a: Vec<f32>,
@@ -126,7 +126,26 @@ impl NativeLstm {
             t_in,
             t_out,
             max_batch,
-            avx2: detect_avx2_fma(),
+            simd: detect_simd(),
+        }
+    }
+
+    /// The kernel variant in use.
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+
+    /// Force a kernel variant (tests and benchmarks compare them). A
+    /// variant the CPU lacks is ignored.
+    pub fn set_simd(&mut self, simd: Simd) {
+        let best = detect_simd();
+        let allowed = match best {
+            Simd::Avx512 => true,
+            Simd::Avx2 => simd != Simd::Avx512,
+            Simd::Baseline => simd == Simd::Baseline,
+        };
+        if allowed {
+            self.simd = simd;
         }
     }
 
@@ -172,7 +191,7 @@ impl NativeLstm {
         assert_eq!(plans.len(), k * self.t_out);
         assert_eq!(out.len(), k * self.t_out);
         let (t_in, t_out) = (self.t_in, self.t_out);
-        let avx2 = self.avx2;
+        let simd = self.simd;
 
         // Encode the window once, batch 1, from zero state.
         for (t, pair) in observed.chunks_exact(2).enumerate() {
@@ -184,7 +203,7 @@ impl NativeLstm {
             h.fill(0.0);
             c.fill(0.0);
             run_layer(
-                avx2,
+                simd,
                 layer,
                 &self.seq_a,
                 t_in,
@@ -211,7 +230,7 @@ impl NativeLstm {
                 self.c[kk * hd..(kk + 1) * hd].copy_from_slice(&self.c_enc[l]);
             }
             run_layer(
-                avx2,
+                simd,
                 layer,
                 &self.seq_a,
                 t_out,
@@ -234,15 +253,26 @@ impl NativeLstm {
     }
 }
 
-fn detect_avx2_fma() -> bool {
+/// Which compiled variant of the kernels this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn detect_simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx2") && has!("fma") {
+            return Simd::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Simd::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Simd::Baseline
 }
 
 /// One layer over a time-major sequence `x` (`[steps][batch][input]`),
@@ -250,7 +280,7 @@ fn detect_avx2_fma() -> bool {
 /// sequence to `y` (`[steps][batch][hidden]`).
 #[allow(clippy::too_many_arguments)]
 fn run_layer(
-    avx2: bool,
+    simd: Simd,
     layer: &LstmLayer,
     x: &[f32],
     steps: usize,
@@ -261,13 +291,14 @@ fn run_layer(
     y: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: only called when the CPU reports AVX2 and FMA.
-        unsafe { run_layer_avx2(layer, x, steps, batch, h, c, gates, y) };
-        return;
+    match simd {
+        // SAFETY: each variant is only chosen when the CPU reports its
+        // features (see `detect_simd`).
+        Simd::Avx512 => return unsafe { run_layer_avx512(layer, x, steps, batch, h, c, gates, y) },
+        Simd::Avx2 => return unsafe { run_layer_avx2(layer, x, steps, batch, h, c, gates, y) },
+        Simd::Baseline => {}
     }
-    let _ = avx2;
-    run_layer_body::<false>(layer, x, steps, batch, h, c, gates, y)
+    run_layer_body::<false, 4, 16, 64, false>(layer, x, steps, batch, h, c, gates, y)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -283,12 +314,34 @@ unsafe fn run_layer_avx2(
     gates: &mut [f32],
     y: &mut [f32],
 ) {
-    run_layer_body::<true>(layer, x, steps, batch, h, c, gates, y)
+    run_layer_body::<true, 4, 16, 64, false>(layer, x, steps, batch, h, c, gates, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_layer_avx512(
+    layer: &LstmLayer,
+    x: &[f32],
+    steps: usize,
+    batch: usize,
+    h: &mut [f32],
+    c: &mut [f32],
+    gates: &mut [f32],
+    y: &mut [f32],
+) {
+    run_layer_body::<true, 4, 16, 128, true>(layer, x, steps, batch, h, c, gates, y)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn run_layer_body<const FMA: bool>(
+fn run_layer_body<
+    const FMA: bool,
+    const MR: usize,
+    const NR: usize,
+    const CB: usize,
+    const AVX512: bool,
+>(
     layer: &LstmLayer,
     x: &[f32],
     steps: usize,
@@ -306,7 +359,7 @@ fn run_layer_body<const FMA: bool>(
         row.copy_from_slice(&layer.bias);
     }
     // Input projection of the whole sequence at once.
-    gemm_acc::<FMA>(
+    gemm_dispatch::<FMA, MR, NR, CB, AVX512>(
         gates,
         &x[..rows * layer.input],
         &layer.wt,
@@ -316,7 +369,7 @@ fn run_layer_body<const FMA: bool>(
     );
     for t in 0..steps {
         let g = &mut gates[t * batch * g4..(t + 1) * batch * g4];
-        gemm_acc::<FMA>(g, h, &layer.rt, batch, hd, g4);
+        gemm_dispatch::<FMA, MR, NR, CB, AVX512>(g, h, &layer.rt, batch, hd, g4);
         for b in 0..batch {
             let gb = &mut g[b * g4..(b + 1) * g4];
             let (gi, rest) = gb.split_at_mut(hd);
@@ -325,39 +378,76 @@ fn run_layer_body<const FMA: bool>(
             let hb = &mut h[b * hd..(b + 1) * hd];
             let cb = &mut c[b * hd..(b + 1) * hd];
             for u in 0..hd {
-                let i = sigmoid(gi[u]);
-                let o = sigmoid(go[u]);
-                let f = sigmoid(gf[u]);
-                let cand = tanh(gc[u]);
+                let i = sigmoid_k::<FMA>(gi[u]);
+                let o = sigmoid_k::<FMA>(go[u]);
+                let f = sigmoid_k::<FMA>(gf[u]);
+                let cand = tanh_k::<FMA>(gc[u]);
                 let cn = f * cb[u] + i * cand;
                 cb[u] = cn;
-                hb[u] = o * tanh(cn);
+                hb[u] = o * tanh_k::<FMA>(cn);
             }
         }
         y[t * batch * hd..(t + 1) * batch * hd].copy_from_slice(&h[..batch * hd]);
     }
 }
 
-/// `c[m×n] += a[m×k] · b[k×n]`, all row-major, register-blocked 4×16.
+/// The AVX-512 micro-kernel where the variant has it, else the generic one.
 #[inline(always)]
-fn gemm_acc<const FMA: bool>(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    const MR: usize = 4;
-    const NR: usize = 16;
+fn gemm_dispatch<
+    const FMA: bool,
+    const MR: usize,
+    const NR: usize,
+    const CB: usize,
+    const AVX512: bool,
+>(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: AVX512 is true only in `run_layer_avx512`, which runs only
+        // when the CPU reports AVX-512F, AVX2 and FMA.
+        return unsafe { gemm_acc_avx512(c, a, b, m, k, n) };
+    }
+    gemm_acc::<FMA, MR, NR, CB>(c, a, b, m, k, n)
+}
+
+/// `c[m×n] += a[m×k] · b[k×n]`, all row-major. Tiles of `MR` rows × `NR`
+/// columns keep their accumulators in registers across the whole `k` loop
+/// (4×16 for both AVX2 and AVX-512: larger tiles measured slower because
+/// the compiler then keeps the accumulators in memory); rows left over (the
+/// batch-1 encoder is all leftovers) use `CB`-column blocks, eight vectors
+/// wide, so enough independent FMA chains hide the latency.
+#[inline(always)]
+fn gemm_acc<const FMA: bool, const MR: usize, const NR: usize, const CB: usize>(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     let fma = |acc: f32, x: f32, y: f32| if FMA { x.mul_add(y, acc) } else { acc + x * y };
     let m_main = m - m % MR;
     let n_main = n - n % NR;
+    let b = &b[..k * n];
     for i0 in (0..m_main).step_by(MR) {
+        let rows: [&[f32]; MR] = std::array::from_fn(|r| &a[(i0 + r) * k..(i0 + r + 1) * k]);
         for j0 in (0..n_main).step_by(NR) {
             let mut acc = [[0.0f32; NR]; MR];
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 acc_r.copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + NR]);
             }
-            for p in 0..k {
-                let brow: &[f32; NR] = b[p * n + j0..p * n + j0 + NR].try_into().unwrap();
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = a[(i0 + r) * k + p];
+            for (p, brow) in b.chunks_exact(n).enumerate() {
+                let brow: &[f32; NR] = brow[j0..j0 + NR].try_into().unwrap();
+                let av: [f32; MR] = std::array::from_fn(|r| rows[r][p]);
+                for r in 0..MR {
                     for q in 0..NR {
-                        acc_r[q] = fma(acc_r[q], av, brow[q]);
+                        acc[r][q] = fma(acc[r][q], av[r], brow[q]);
                     }
                 }
             }
@@ -365,27 +455,131 @@ fn gemm_acc<const FMA: bool>(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: u
                 c[(i0 + r) * n + j0..(i0 + r) * n + j0 + NR].copy_from_slice(acc_r);
             }
         }
-    }
-    // Edges: remaining rows (all columns) and remaining columns (main rows).
-    for i in m_main..m {
-        let crow = &mut c[i * n..(i + 1) * n];
-        for p in 0..k {
-            let av = a[i * k + p];
-            let brow = &b[p * n..(p + 1) * n];
-            for (cv, bv) in crow.iter_mut().zip(brow) {
-                *cv = fma(*cv, av, *bv);
-            }
-        }
-    }
-    if n_main < n {
-        for i in 0..m_main {
-            for p in 0..k {
-                let av = a[i * k + p];
+        // Columns left of a whole tile.
+        for r in i0..i0 + MR {
+            let ar = &a[r * k..(r + 1) * k];
+            for (p, brow) in b.chunks_exact(n).enumerate() {
                 for j in n_main..n {
-                    c[i * n + j] = fma(c[i * n + j], av, b[p * n + j]);
+                    c[r * n + j] = fma(c[r * n + j], ar[p], brow[j]);
                 }
             }
         }
+    }
+    // Rows left of a whole tile: one row at a time, CB columns at once
+    // (CB = 4·NR: eight independent accumulator chains hide FMA latency).
+    for i in m_main..m {
+        let ar = &a[i * k..(i + 1) * k];
+        let crow = &mut c[i * n..(i + 1) * n];
+        let mut j0 = 0;
+        while j0 + CB <= n {
+            let mut acc: [f32; CB] = crow[j0..j0 + CB].try_into().unwrap();
+            for (p, brow) in b.chunks_exact(n).enumerate() {
+                let brow: &[f32; CB] = brow[j0..j0 + CB].try_into().unwrap();
+                let av = ar[p];
+                for q in 0..CB {
+                    acc[q] = fma(acc[q], av, brow[q]);
+                }
+            }
+            crow[j0..j0 + CB].copy_from_slice(&acc);
+            j0 += CB;
+        }
+        for (p, brow) in b.chunks_exact(n).enumerate() {
+            for j in j0..n {
+                crow[j] = fma(crow[j], ar[p], brow[j]);
+            }
+        }
+    }
+}
+
+/// AVX-512 4×32 micro-kernel: `c[i0..i0+4][j0..j0+32] += a[i0..i0+4][..k] ·
+/// b[..k][j0..j0+32]` with eight zmm accumulators (two per row), so both FMA
+/// ports stay busy; written with intrinsics because the auto-vectorised
+/// form of a tile this wide keeps its accumulators in memory.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `i0 + 4 <= m`, `j0 + 32 <= n`, and the
+/// slices must hold `m·k` (a), `k·n` (b) and `m·n` (c) values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_4x32_avx512(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    i0: usize,
+    j0: usize,
+    k: usize,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(
+        c.len() >= (i0 + 4) * n && a.len() >= (i0 + 4) * k && b.len() >= k * n && j0 + 32 <= n
+    );
+    let cp = c.as_mut_ptr();
+    let ap = a.as_ptr();
+    let bp = b.as_ptr();
+    // SAFETY (all pointer arithmetic below): indices stay within the
+    // bounds stated in the contract above.
+    let crow = |r: usize| cp.add((i0 + r) * n + j0);
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for r in 0..4 {
+        acc[2 * r] = _mm512_loadu_ps(crow(r));
+        acc[2 * r + 1] = _mm512_loadu_ps(crow(r).add(16));
+    }
+    let (a0, a1, a2, a3) = (
+        ap.add(i0 * k),
+        ap.add((i0 + 1) * k),
+        ap.add((i0 + 2) * k),
+        ap.add((i0 + 3) * k),
+    );
+    for p in 0..k {
+        let brow = bp.add(p * n + j0);
+        let b0 = _mm512_loadu_ps(brow);
+        let b1 = _mm512_loadu_ps(brow.add(16));
+        let x0 = _mm512_set1_ps(*a0.add(p));
+        acc[0] = _mm512_fmadd_ps(x0, b0, acc[0]);
+        acc[1] = _mm512_fmadd_ps(x0, b1, acc[1]);
+        let x1 = _mm512_set1_ps(*a1.add(p));
+        acc[2] = _mm512_fmadd_ps(x1, b0, acc[2]);
+        acc[3] = _mm512_fmadd_ps(x1, b1, acc[3]);
+        let x2 = _mm512_set1_ps(*a2.add(p));
+        acc[4] = _mm512_fmadd_ps(x2, b0, acc[4]);
+        acc[5] = _mm512_fmadd_ps(x2, b1, acc[5]);
+        let x3 = _mm512_set1_ps(*a3.add(p));
+        acc[6] = _mm512_fmadd_ps(x3, b0, acc[6]);
+        acc[7] = _mm512_fmadd_ps(x3, b1, acc[7]);
+    }
+    for r in 0..4 {
+        _mm512_storeu_ps(crow(r), acc[2 * r]);
+        _mm512_storeu_ps(crow(r).add(16), acc[2 * r + 1]);
+    }
+}
+
+/// `c += a · b` with the AVX-512 micro-kernel on whole 4×32 tiles and the
+/// generic code on what is left.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_acc_avx512(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let m4 = m - m % 4;
+    let n32 = n - n % 32;
+    for i0 in (0..m4).step_by(4) {
+        for j0 in (0..n32).step_by(32) {
+            // SAFETY: bounds asserted above; AVX-512F enabled on this fn.
+            unsafe { tile_4x32_avx512(c, a, b, i0, j0, k, n) };
+        }
+        for r in i0..i0 + 4 {
+            for p in 0..k {
+                let av = a[r * k + p];
+                for j in n32..n {
+                    c[r * n + j] = av.mul_add(b[p * n + j], c[r * n + j]);
+                }
+            }
+        }
+    }
+    if m4 < m {
+        let (c_rest, a_rest) = (&mut c[m4 * n..m * n], &a[m4 * k..m * k]);
+        gemm_acc::<true, 4, 16, 128>(c_rest, a_rest, b, m - m4, k, n);
     }
 }
 
@@ -393,28 +587,40 @@ fn gemm_acc<const FMA: bool>(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: u
 /// free, so loops over it vectorise; |error| < 1e-6 over all of f32.
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    const CLAMP: f32 = 7.905_311;
-    let x = x.clamp(-CLAMP, CLAMP);
-    let x2 = x * x;
-    let mut p = -2.760_768_5e-16_f32;
-    p = p * x2 + 2.000_187_9e-13;
-    p = p * x2 - 8.604_671_5e-11;
-    p = p * x2 + 5.122_297e-8;
-    p = p * x2 + 1.485_722_4e-5;
-    p = p * x2 + 6.372_619_3e-4;
-    p = p * x2 + 4.893_524_6e-3;
-    p *= x;
-    let mut q = 1.198_258_4e-6_f32;
-    q = q * x2 + 1.185_347_1e-4;
-    q = q * x2 + 2.268_434_6e-3;
-    q = q * x2 + 4.893_525e-3;
-    p / q
+    tanh_k::<false>(x)
 }
 
 /// σ(x) = (1 + tanh(x/2)) / 2.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    0.5 + 0.5 * tanh(0.5 * x)
+    sigmoid_k::<false>(x)
+}
+
+/// [`tanh`] with fused multiply–adds where the kernel variant has them.
+#[inline(always)]
+fn tanh_k<const FMA: bool>(x: f32) -> f32 {
+    const CLAMP: f32 = 7.905_311;
+    let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let x = x.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let mut p = -2.760_768_5e-16_f32;
+    p = madd(p, x2, 2.000_188e-13);
+    p = madd(p, x2, -8.604_672e-11);
+    p = madd(p, x2, 5.122_297e-8);
+    p = madd(p, x2, 1.485_722_4e-5);
+    p = madd(p, x2, 6.372_619_3e-4);
+    p = madd(p, x2, 4.893_524_6e-3);
+    p *= x;
+    let mut q = 1.198_258_4e-6_f32;
+    q = madd(q, x2, 1.185_347_1e-4);
+    q = madd(q, x2, 2.268_434_6e-3);
+    q = madd(q, x2, 4.893_525e-3);
+    p / q
+}
+
+#[inline(always)]
+fn sigmoid_k<const FMA: bool>(x: f32) -> f32 {
+    0.5 + 0.5 * tanh_k::<FMA>(0.5 * x)
 }
 
 #[cfg(test)]
@@ -432,13 +638,35 @@ mod tests {
             x += 0.001;
         }
         assert!(worst_t < 1e-6, "tanh error {worst_t:e}");
+        let mut y = -30.0f32;
+        while y < 30.0 {
+            let exact = (y as f64).tanh();
+            assert!(
+                (tanh_k::<true>(y) as f64 - exact).abs() < 1e-6,
+                "fused tanh at {y}"
+            );
+            let s_exact = 1.0 / (1.0 + (-(y as f64)).exp());
+            assert!(
+                (sigmoid_k::<true>(y) as f64 - s_exact).abs() < 1e-6,
+                "fused sigmoid at {y}"
+            );
+            y += 0.01;
+        }
         assert!(worst_s < 1e-6, "sigmoid error {worst_s:e}");
         assert_eq!(tanh(f32::INFINITY), tanh(1e9));
     }
 
     #[test]
     fn gemm_matches_naive_for_ragged_shapes() {
-        for (m, k, n) in [(1, 3, 64), (5, 7, 40), (8, 16, 64), (33, 9, 19)] {
+        for (m, k, n) in [
+            (1, 3, 64),
+            (5, 7, 40),
+            (8, 16, 64),
+            (33, 9, 19),
+            (3, 64, 256),
+            (32, 64, 256),
+            (9, 5, 70),
+        ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
                 .collect();
@@ -454,12 +682,21 @@ mod tests {
                     }
                 }
             }
-            for fma in [false, true] {
+            for variant in 0..3 {
                 let mut c = c0.clone();
-                if fma {
-                    gemm_acc::<true>(&mut c, &a, &b, m, k, n);
-                } else {
-                    gemm_acc::<false>(&mut c, &a, &b, m, k, n);
+                match variant {
+                    0 => gemm_acc::<false, 4, 16, 64>(&mut c, &a, &b, m, k, n),
+                    1 => gemm_acc::<true, 4, 16, 64>(&mut c, &a, &b, m, k, n),
+                    _ => gemm_acc::<true, 4, 16, 128>(&mut c, &a, &b, m, k, n),
+                }
+                #[cfg(target_arch = "x86_64")]
+                if variant == 2 && detect_simd() == Simd::Avx512 {
+                    let mut c2 = c0.clone();
+                    // SAFETY: the CPU reports AVX-512F.
+                    unsafe { gemm_acc_avx512(&mut c2, &a, &b, m, k, n) };
+                    for (x, y) in c2.iter().zip(&want) {
+                        assert!((x - y).abs() < 1e-4, "avx512 {m}x{k}x{n}: {x} vs {y}");
+                    }
                 }
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - y).abs() < 1e-4, "{m}x{k}x{n}: {x} vs {y}");
@@ -490,15 +727,11 @@ mod tests {
                 let (mut h, mut c) = (vec![0.0f32; hd], vec![0.0f32; hd]);
                 for x in seq.iter_mut() {
                     let mut g = l.bias.clone();
-                    for (p, xv) in x.iter().enumerate() {
-                        for q in 0..g4 {
-                            g[q] += xv * l.wt[p * g4 + q];
-                        }
+                    for (xv, w) in x.iter().zip(l.wt.chunks_exact(g4)) {
+                        g.iter_mut().zip(w).for_each(|(gq, wq)| *gq += xv * wq);
                     }
-                    for (p, hv) in h.iter().enumerate() {
-                        for q in 0..g4 {
-                            g[q] += hv * l.rt[p * g4 + q];
-                        }
+                    for (hv, r) in h.iter().zip(l.rt.chunks_exact(g4)) {
+                        g.iter_mut().zip(r).for_each(|(gq, rq)| *gq += hv * rq);
                     }
                     for u in 0..hd {
                         let cn = sig(g[2 * hd + u]) * c[u] + sig(g[u]) * g[3 * hd + u].tanh();

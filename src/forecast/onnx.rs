@@ -60,7 +60,7 @@ fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
         ));
     }
     if !t.raw_data.is_empty() {
-        if t.raw_data.len() % 4 != 0 {
+        if !t.raw_data.len().is_multiple_of(4) {
             return Err(format!("tensor `{}` has a ragged raw_data", t.name));
         }
         Ok(t.raw_data
