@@ -61,7 +61,10 @@ fn hot_paths_do_not_allocate() {
             plant.write(if k % 1000 < 10 { 1.0 } else { 0.0 }).unwrap();
         }
     });
-    assert_eq!(n, 0, "the sample path allocated {n} times in 100,000 samples");
+    assert_eq!(
+        n, 0,
+        "the sample path allocated {n} times in 100,000 samples"
+    );
     assert_eq!(plant.segment(), 1, "the scheduled change was applied");
 
     // The native forecaster: one window + 32 candidates, 1,000 times.
@@ -75,8 +78,12 @@ fn hot_paths_do_not_allocate() {
     let mut out = vec![0.0f32; 32 * t_out];
     let n = allocations_during(|| {
         for k in [1usize, 8, 32].iter().cycle().take(1000) {
-            f.forecast(&v, &i, &plans[..k * t_out], *k, &mut out[..k * t_out]).unwrap();
+            f.forecast(&v, &i, &plans[..k * t_out], *k, &mut out[..k * t_out])
+                .unwrap();
         }
     });
-    assert_eq!(n, 0, "the native forecast allocated {n} times in 1,000 calls");
+    assert_eq!(
+        n, 0,
+        "the native forecast allocated {n} times in 1,000 calls"
+    );
 }
