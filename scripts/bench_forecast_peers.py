@@ -26,6 +26,22 @@ Per-run latency with time.perf_counter_ns after a warm-up; p50 / p99 / p99.9 /
 max in microseconds (nearest-rank percentiles). Run it pinned to one core
 (scripts/bench_forecast_peers.sh does `taskset -c 1`).
 
+Models: contract .onnx files given on the command line, and/or
+--synthetic HIDDENxT_INxT_OUT[xLAYERS] (repeatable, e.g. 64x100x20 or
+64x100x20x2): a random-weight contract model generated here with onnx.helper
+and numpy only (seed --synthetic-seed, default 1; PyTorch's default init
+uniform(+-1/sqrt(hidden))), with node for node the graph PyTorch's legacy
+exporter writes for nn.LSTM(3, H, L, batch_first=True) + nn.Linear(H, 1) on
+the last t_out steps (see build_synthetic), so a reviewer can reproduce the
+reference-size comparison without installing torch. It is written with its
+model card to --synthetic-dir (default target/peer-models/NAME.{onnx,json},
+NAME = synthetic_lstm{L}_h{H}_tin{T_IN}_tout{T_OUT}), checked with
+onnxruntime at batch 1 and 32 (finite, input-dependent, equal to the float64
+numpy reference within 1e-4), then benched like any other model. With
+neither models nor --synthetic the default is
+--synthetic 64x100x20 tests/fixtures/pytorch_lstm1_h16.onnx
+tests/fixtures/pytorch_lstm2_h8.onnx.
+
 Needs numpy, onnx, onnxruntime; torch only for --with-torch.
 """
 
@@ -33,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -46,6 +63,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# What runs with no model and no --synthetic: the DESIGN's reference size
+# (1-layer LSTM, hidden 64, t_in 100, t_out 20), generated without torch,
+# plus the two PyTorch-exported fixtures.
+DEFAULT_ARGS = [
+    "--synthetic",
+    "64x100x20",
+    os.path.join(REPO, "tests", "fixtures", "pytorch_lstm1_h16.onnx"),
+    os.path.join(REPO, "tests", "fixtures", "pytorch_lstm2_h8.onnx"),
+]
 
 
 # --------------------------------------------------------------------------
@@ -436,6 +463,252 @@ def run_ours(binary: str, model: str, K: int, runs: int, timeout: float):
 
 
 # --------------------------------------------------------------------------
+# Synthetic contract models (--synthetic HxT_INxT_OUT[xL]), without torch
+# --------------------------------------------------------------------------
+
+INT64_MAX = 9223372036854775807
+SYNTH_DT_MS = 0.5
+SYNTH_NORM = {"v_mean": -65.0, "v_std": 10.0, "i_mean": 0.0, "i_std": 1.0}
+
+
+def parse_synthetic_spec(spec: str):
+    """'64x100x20' or '64x100x20x2' -> (hidden, t_in, t_out, layers)."""
+    parts = spec.lower().split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (3, 4) or min(vals) < 1:
+        raise SystemExit(
+            f"--synthetic {spec!r}: expected HIDDENxT_INxT_OUT[xLAYERS] of positive integers, e.g. 64x100x20"
+        )
+    h, t_in, t_out = vals[:3]
+    layers = vals[3] if len(vals) == 4 else 1
+    return h, t_in, t_out, layers
+
+
+def synthetic_name(h: int, t_in: int, t_out: int, layers: int) -> str:
+    return f"synthetic_lstm{layers}_h{h}_tin{t_in}_tout{t_out}"
+
+
+def _ifgo_to_iofc(a: np.ndarray, H: int) -> np.ndarray:
+    """PyTorch's gate blocks (rows) i, f, g, o -> ONNX's i, o, f, c."""
+    i, f, g, o = (a[k * H : (k + 1) * H] for k in range(4))
+    return np.concatenate([i, o, f, g], axis=0)
+
+
+def synthetic_weights(h: int, layers: int, seed: int):
+    """PyTorch's default init for nn.LSTM(3, h, layers) + nn.Linear(h, 1):
+    every parameter uniform in [-1/sqrt(h), 1/sqrt(h)] (the Linear's
+    kaiming_uniform(a=sqrt(5)) and bias bounds are 1/sqrt(fan_in) = 1/sqrt(h)
+    too), drawn with numpy's default_rng(seed) in PyTorch's parameter order
+    (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..., head.weight,
+    head.bias) and converted to the ONNX layout as PyTorch's exporter does:
+    W [1, 4H, in], R [1, 4H, H], B [1, 8H] = [bias_ih, bias_hh], gate rows
+    reordered i,f,g,o -> i,o,f,c; head weight transposed to [H, 1]."""
+    rng = np.random.default_rng(seed)
+    k = 1.0 / math.sqrt(h)
+
+    def u(*shape):
+        return rng.uniform(-k, k, size=shape).astype(np.float32)
+
+    lstm = []
+    for l in range(layers):
+        n_in = 3 if l == 0 else h
+        w_ih, w_hh, b_ih, b_hh = u(4 * h, n_in), u(4 * h, h), u(4 * h), u(4 * h)
+        W = _ifgo_to_iofc(w_ih, h)[None]
+        R = _ifgo_to_iofc(w_hh, h)[None]
+        B = np.concatenate([_ifgo_to_iofc(b_ih, h), _ifgo_to_iofc(b_hh, h)])[None]
+        lstm.append((np.ascontiguousarray(W), np.ascontiguousarray(R), np.ascontiguousarray(B)))
+    head_w = np.ascontiguousarray(u(1, h).T)  # [H, 1]
+    head_b = u(1)
+    return lstm, head_w, head_b
+
+
+def build_synthetic(h: int, t_in: int, t_out: int, layers: int, seed: int) -> onnx.ModelProto:
+    """The graph PyTorch's legacy exporter (torch.onnx.export(dynamo=False,
+    opset_version=17, dynamic_axes batch)) writes for
+        out, _ = nn.LSTM(3, h, layers, batch_first=True)(x)
+        y = nn.Linear(h, 1)(out[:, t_in:, :]).squeeze(-1)
+    node for node (same ops, inputs, attributes, Constant nodes and node
+    names as tests/fixtures/pytorch_lstm{1_h16,2_h8}.onnx), with seeded
+    random weights instead of torch's."""
+    lstm_w, head_w, head_b = synthetic_weights(h, layers, seed)
+    nodes = []
+    inits = [numpy_helper.from_array(head_b, "head.bias")]
+    counters = {}
+
+    def const(scope: str, value, scalar: bool = False) -> str:
+        i = counters.get(scope, 0)
+        counters[scope] = i + 1
+        name = f"{scope}/Constant" + (f"_{i}" if i else "")
+        arr = np.array(value if scalar else list(value), dtype=np.int64)
+        nodes.append(helper.make_node("Constant", [], [name + "_output_0"], name=name, value=numpy_helper.from_array(arr)))
+        return name + "_output_0"
+
+    def node(op: str, name: str, inputs, n_out: int = 1, **attrs):
+        outs = [f"{name}_output_{j}" for j in range(n_out)]
+        nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # zero initial states [L, batch, H] from the batch size
+    shape = node("Shape", "/lstm/Shape", ["x"])
+    batch = node("Gather", "/lstm/Gather", [shape, const("/lstm", 0, scalar=True)], axis=0)
+    c_layers = const("/lstm", [layers])
+    nodes.append(
+        helper.make_node(
+            "Constant", [], ["onnx::Unsqueeze_14"], name="Constant_14", value=numpy_helper.from_array(np.array([0], np.int64))
+        )
+    )
+    batch1 = node("Unsqueeze", "/lstm/Unsqueeze", [batch, "onnx::Unsqueeze_14"])
+    c_hidden = const("/lstm", [h])
+    st_shape = node("Concat", "/lstm/Concat", [c_layers, batch1, c_hidden], axis=0)
+    zeros = node(
+        "ConstantOfShape", "/lstm/ConstantOfShape", [st_shape], value=numpy_helper.from_array(np.zeros(1, np.float32))
+    )
+    cur = node("Transpose", "/lstm/Transpose", ["x"], perm=[1, 0, 2])
+
+    init_id = 122
+    n_slice = 0
+    for l, (W, R, B) in enumerate(lstm_w):
+        if layers == 1:
+            h0 = c0 = zeros
+        else:
+            states = []
+            for _ in range(2):  # initial_h, initial_c: zeros[l:l+1] along axis 0
+                axes = const("/lstm", [0])
+                starts = const("/lstm", [l])
+                ends = const("/lstm", [l + 1])
+                nm = "/lstm/Slice" + (f"_{n_slice}" if n_slice else "")
+                n_slice += 1
+                states.append(node("Slice", nm, [zeros, starts, ends, axes]))
+            h0, c0 = states
+        names = []
+        for arr in (W, R, B):
+            nm = f"onnx::LSTM_{init_id}"
+            init_id += 1
+            inits.append(numpy_helper.from_array(arr, nm))
+            names.append(nm)
+        sfx = f"_{l}" if l else ""
+        y_seq, _, _ = node("LSTM", f"/lstm/LSTM{sfx}", [cur] + names + ["", h0, c0], n_out=3, hidden_size=h)
+        cur = node("Squeeze", f"/lstm/Squeeze{sfx}", [y_seq, const("/lstm", [1])])
+    cur = node("Transpose", "/lstm/Transpose_1", [cur], perm=[1, 0, 2])
+
+    # out[:, t_in:, :] -> Linear(h, 1) -> squeeze(-1)
+    axes = const("", [1])
+    starts = const("", [t_in])
+    ends = const("", [INT64_MAX])
+    steps = const("", [1])
+    cur = node("Slice", "/Slice", [cur, starts, ends, axes, steps])
+    mm_w = f"onnx::MatMul_{init_id + 4}"
+    inits.append(numpy_helper.from_array(head_w, mm_w))
+    cur = node("MatMul", "/head/MatMul", [cur, mm_w])
+    cur = node("Add", "/head/Add", ["head.bias", cur])
+    nodes.append(helper.make_node("Squeeze", [cur, const("", [2])], ["y"], name="/Squeeze"))
+
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", t_in + t_out, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", t_out])],
+        inits,
+    )
+    m = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="neurostimd scripts/bench_forecast_peers.py --synthetic",
+        producer_version="1",
+    )
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def check_synthetic(path: str, cw: "ContractWeights", ort) -> dict:
+    """onnxruntime runs it at batch 1 and 32; outputs finite and input-dependent;
+    equal to the float64 numpy reference."""
+    sess = ort_session(path, ort)
+    out = {}
+    for K in (1, 32):
+        x = make_task_input(cw, K)
+        y = sess.run(["y"], {"x": x})[0]
+        if y.shape != (K, cw.t_out):
+            raise SystemExit(f"{path}: onnxruntime output shape {y.shape} at batch {K}, expected {(K, cw.t_out)}")
+        if not np.all(np.isfinite(y)):
+            raise SystemExit(f"{path}: onnxruntime output not finite at batch {K}")
+        err = float(np.max(np.abs(numpy_reference(cw, x) - y)))
+        if err > 1e-4:
+            raise SystemExit(f"{path}: onnxruntime differs from the numpy reference by {err:g} at batch {K}")
+        out[f"numpy_ref_vs_ort_k{K}"] = err
+        if K == 32:
+            # the 32 rows share the window and differ only in the plan
+            spread = float(np.max(np.abs(y - y[:1])))
+        else:
+            x2 = x.copy()
+            x2[:, : cw.t_in, 0] += 0.5  # a different observed V
+            spread = float(np.max(np.abs(sess.run(["y"], {"x": x2})[0] - y)))
+        if not spread > 1e-6:
+            raise SystemExit(f"{path}: onnxruntime output does not depend on the input at batch {K}")
+        out[f"input_effect_k{K}"] = spread
+    return out
+
+
+def write_synthetic(spec: str, out_dir: str, seed: int, ort) -> dict:
+    """Builds NAME.onnx + NAME.json in out_dir; returns info for the report."""
+    h, t_in, t_out, layers = parse_synthetic_spec(spec)
+    name = synthetic_name(h, t_in, t_out, layers)
+    os.makedirs(out_dir, exist_ok=True)
+    onnx_path = os.path.join(out_dir, name + ".onnx")
+    data = build_synthetic(h, t_in, t_out, layers, seed).SerializeToString()
+    with open(onnx_path, "wb") as f:
+        f.write(data)
+    sha = hashlib.sha256(data).hexdigest()
+    card = {
+        "format": "neurostimd-model-card",
+        "format_version": 1,
+        "name": name,
+        "dt_ms": SYNTH_DT_MS,
+        "t_in": t_in,
+        "t_out": t_out,
+        "input": {"name": "x", "features": ["V", "I", "is_future"]},
+        "output": {"name": "y", "order": "reversed"},
+        "normalization": dict(SYNTH_NORM),
+        "architecture": {"cell": "lstm", "layers": layers, "hidden": h, "head": "linear"},
+        "provenance": {
+            "tool": "scripts/bench_forecast_peers.py",
+            "command": f"scripts/bench_forecast_peers.sh --synthetic {spec} --synthetic-seed {seed}",
+            "spec": spec,
+            "seed": seed,
+            "trained": False,
+            "generator": "onnx.helper + numpy, no torch",
+            "weights": "uniform(-1/sqrt(hidden), 1/sqrt(hidden)) as PyTorch's default init, "
+            "numpy.random.default_rng(seed), PyTorch parameter order",
+            "graph": "node for node what torch.onnx.export(dynamo=False) writes for nn.LSTM + nn.Linear",
+            "opset": 17,
+            "onnx_version": onnx.__version__,
+            "numpy_version": np.__version__,
+            "note": "synthetic random-weight model for latency benchmarks, not a useful forecaster",
+        },
+        "validation": None,
+        "onnx_sha256": sha,
+        "parent": None,
+    }
+    card_path = os.path.join(out_dir, name + ".json")
+    with open(card_path, "w") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+    cw = ContractWeights(onnx_path)
+    checks = check_synthetic(onnx_path, cw, ort)
+    print(
+        f"synthetic {spec} (seed {seed}): {os.path.relpath(onnx_path, os.getcwd())} "
+        f"{len(data)} B sha256 {sha[:16]}…; onnxruntime at batch 1 and 32: finite, input-dependent, "
+        f"max |ORT - numpy f64| {max(v for k, v in checks.items() if k.startswith('numpy')):.1e}",
+        flush=True,
+    )
+    return {"spec": spec, "seed": seed, "path": onnx_path, "card": card_path, "onnx_sha256": sha, "checks": checks}
+
+
+# --------------------------------------------------------------------------
 
 
 def bench_model(path: str, args, ort, torch, tract) -> dict:
@@ -550,6 +823,8 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
               "".join(f", {k} = {v:.2e}" for k, v in checks.items() if k != "split_vs_full") + ")")
         print(f"  {'impl':<12} {'p50 us':>10} {'p99 us':>10} {'p99.9 us':>10} {'max us':>10}")
         for name, s in rows.items():
+            if name == "ours" and s.get("engine"):
+                name = f"ours/{s['engine']}"
             print(
                 f"  {name:<12} {s['p50_us']:>10.1f} {s['p99_us']:>10.1f} "
                 f"{s.get('p999_us', float('nan')):>10.1f} {s.get('max_us', float('nan')):>10.1f}"
@@ -578,7 +853,26 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
 def main(argv=None) -> int:
     global _RT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("models", nargs="+", help="contract .onnx files (card NAME.json beside them if present)")
+    ap.add_argument(
+        "models",
+        nargs="*",
+        help="contract .onnx files (card NAME.json beside them if present); with neither models nor "
+        "--synthetic: " + " ".join(os.path.relpath(a, REPO) if a.endswith(".onnx") else a for a in DEFAULT_ARGS),
+    )
+    ap.add_argument(
+        "--synthetic",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="generate (no torch) and bench a random-weight contract model HIDDENxT_INxT_OUT[xLAYERS], "
+        "e.g. 64x100x20 (the DESIGN's reference size) or 64x100x20x2; repeatable",
+    )
+    ap.add_argument("--synthetic-seed", type=int, default=1, help="seed of the synthetic weights (default 1)")
+    ap.add_argument(
+        "--synthetic-dir",
+        default=os.path.join(REPO, "target", "peer-models"),
+        help="where synthetic NAME.onnx + NAME.json go (default target/peer-models)",
+    )
     ap.add_argument("--k", default="1,8,32", help="comma-separated K values (default 1,8,32)")
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
@@ -589,6 +883,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ours", action="store_true", help="peers only")
     ap.add_argument("--json-out", default=None, help="write all results as JSON here")
     args = ap.parse_args(argv)
+    if not args.models and not args.synthetic:
+        args = ap.parse_args(list(argv if argv is not None else sys.argv[1:]) + DEFAULT_ARGS)
     args.k = [int(v) for v in args.k.split(",") if v.strip()]
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -642,8 +938,15 @@ def main(argv=None) -> int:
         pass
 
     results = {"versions": versions, "affinity": affinity, "runs": args.runs, "warmup": args.warmup, "models": []}
-    for path in args.models:
-        results["models"].append(bench_model(path, args, ort, torch, tract))
+    synthetic = {}
+    for spec in args.synthetic:
+        info = write_synthetic(spec, args.synthetic_dir, args.synthetic_seed, ort)
+        synthetic[info["path"]] = info
+    for path in list(synthetic) + args.models:
+        res = bench_model(path, args, ort, torch, tract)
+        if path in synthetic:
+            res["synthetic"] = synthetic[path]
+        results["models"].append(res)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)

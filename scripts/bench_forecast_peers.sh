@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Forecast latency: neurostimd vs. peers (onnxruntime, optionally PyTorch / tract).
 #
-#   scripts/bench_forecast_peers.sh MODEL.onnx [MODEL.onnx ...] [options]
+#   scripts/bench_forecast_peers.sh [MODEL.onnx ...] [--synthetic SPEC ...] [options]
+#
+# With no MODEL and no --synthetic it runs the reference comparison:
+#   --synthetic 64x100x20 tests/fixtures/pytorch_lstm1_h16.onnx tests/fixtures/pytorch_lstm2_h8.onnx
+# --synthetic HIDDENxT_INxT_OUT[xLAYERS] (repeatable) generates, without torch,
+# a random-weight contract model with the graph PyTorch's exporter writes for
+# that LSTM (64x100x20 = the DESIGN's 1-layer, hidden 64, t_in 100, t_out 20)
+# into target/peer-models/NAME.{onnx,json} and benches it like a MODEL.
 #
 # Options are passed to scripts/bench_forecast_peers.py (see --help there):
 #   --k 1,8,32  --runs 2000  --warmup 200  --with-torch  --with-tract
 #   --no-ours  --ours-bin PATH  --json-out FILE
+#   --synthetic SPEC  --synthetic-seed 1  --synthetic-dir target/peer-models
 #
 # Creates (if missing) a venv in target/peers-venv and installs numpy, onnx and
 # onnxruntime into it; torch only with --with-torch (a ~5 GB CUDA build from
@@ -20,7 +28,8 @@
 # 100 ms after every 700 ms of work, outside the timed region, to stay clear
 # of the kernel's real-time throttling; a `model bench` run longer than ~0.9 s
 # can still be throttled for ~50 ms, visible in its max).
-# Build target/release/neurostimd first (cargo build --release) to get "ours".
+# Builds target/release/neurostimd with `cargo build --release` if it is
+# missing (not with --no-ours or --ours-bin); without it "ours" is skipped.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,13 +39,25 @@ CPU="${PEERS_CPU:-1}"
 
 with_torch=0
 with_tract=0
+want_ours=1
+help=0
 for a in "$@"; do
   case "$a" in
     --with-torch) with_torch=1 ;;
     --with-tract) with_tract=1 ;;
-    -h|--help) ;;
+    --no-ours|--ours-bin|--ours-bin=*) want_ours=0 ;;
+    -h|--help) help=1 ;;
   esac
 done
+
+if [ "$help" = 0 ] && [ "$want_ours" = 1 ] && [ ! -x target/release/neurostimd ]; then
+  if command -v cargo >/dev/null 2>&1; then
+    echo "building target/release/neurostimd (cargo build --release)" >&2
+    cargo build --release
+  else
+    echo "warning: target/release/neurostimd missing and cargo not found: \"ours\" will be skipped" >&2
+  fi
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating venv $VENV" >&2
