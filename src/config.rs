@@ -181,7 +181,38 @@ pub enum Clock {
 struct RawConfig {
     plant: RawPlant,
     run: RawRun,
+    train: RawTrain,
     presets: BTreeMap<String, RawParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    layers: usize,
+    hidden: usize,
+    t_in: usize,
+    t_out: usize,
+    dt: Quantity<Time>,
+    order: crate::forecast::OutputOrder,
+    epochs: usize,
+    batch: usize,
+    learning_rate: f64,
+    clip_norm: f64,
+    patience: usize,
+    seed: u64,
+    data: RawTrainData,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrainData {
+    presets: Vec<String>,
+    regime_change: bool,
+    duration: Quantity<Time>,
+    stride: usize,
+    max_amplitude: Quantity<Current>,
+    train_fraction: f64,
+    val_fraction: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,12 +284,40 @@ pub struct RunConfig {
     pub clock: Clock,
 }
 
+/// One stretch of training data: a label and the simulator that makes it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainSource {
+    pub label: String,
+    pub sim: SimConfig,
+}
+
+/// What `neurostimd train` builds and how (validated `[train]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub t_in: usize,
+    pub t_out: usize,
+    pub dt_ms: f64,
+    /// Samples per model step.
+    pub decimation: usize,
+    pub order: crate::forecast::OutputOrder,
+    pub schedule: crate::train::trainer::Schedule,
+    pub sources: Vec<TrainSource>,
+    pub duration_ms: f64,
+    pub stride: usize,
+    pub max_amplitude: f64,
+    pub train_fraction: f64,
+    pub val_fraction: f64,
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
     pub plant_kind: PlantKind,
     pub sim: SimConfig,
     pub run: RunConfig,
+    pub train: TrainConfig,
     /// Every preset, resolved against the published model.
     pub presets: BTreeMap<String, Params>,
 }
@@ -550,6 +609,117 @@ impl Config {
         let d = raw.run.duration.get();
         non_negative(d).map_err(|m| err("run.duration", m))?;
 
+        let t = &raw.train;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(err(key, format!("{v} is outside {lo} ..= {hi}")))
+            }
+        };
+        range("train.layers", t.layers, 1, 4)?;
+        range("train.hidden", t.hidden, 1, 1024)?;
+        range("train.t_in", t.t_in, 1, 10_000)?;
+        range("train.t_out", t.t_out, 1, 1_000)?;
+        range("train.epochs", t.epochs, 1, 100_000)?;
+        range("train.batch", t.batch, 1, 65_536)?;
+        range("train.patience", t.patience, 1, 100_000)?;
+        range("train.data.stride", t.data.stride, 1, 100_000)?;
+        let decimation =
+            crate::forecast::WindowRing::decimation_for(t.dt.get(), sp).ok_or_else(|| {
+                err(
+                    "train.dt",
+                    format!(
+                        "{} ms is not a whole number of sample periods ({sp} ms)",
+                        t.dt.get()
+                    ),
+                )
+            })?;
+        if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
+            return Err(err(
+                "train.learning_rate",
+                format!("{} is outside (0, 1)", t.learning_rate),
+            ));
+        }
+        non_negative(t.clip_norm).map_err(|m| err("train.clip_norm", m))?;
+        positive(t.data.duration.get()).map_err(|m| err("train.data.duration", m))?;
+        positive(t.data.max_amplitude.get()).map_err(|m| err("train.data.max_amplitude", m))?;
+        let tf = t.data.train_fraction;
+        let vf = t.data.val_fraction;
+        if !(tf > 0.0 && vf > 0.0 && tf + vf < 1.0) {
+            return Err(err(
+                "train.data.train_fraction",
+                format!("train_fraction {tf} and val_fraction {vf} must be > 0 and sum to < 1 (the rest is the test set)"),
+            ));
+        }
+        let base = SimConfig {
+            preset: s.preset.clone(),
+            params,
+            sample_period_ms: sp,
+            method,
+            noise_sd_mv: s.noise_sd.get(),
+            seed: s.seed,
+            schedule: Vec::new(),
+        };
+        let mut sources = Vec::new();
+        for (k, name) in t.data.presets.iter().enumerate() {
+            let p = preset(name, &format!("train.data.presets[{k}]"))?;
+            sources.push(TrainSource {
+                label: name.clone(),
+                sim: SimConfig {
+                    preset: name.clone(),
+                    params: p,
+                    ..base.clone()
+                },
+            });
+        }
+        if t.data.regime_change {
+            let regular = preset("regular", "train.data.regime_change")?;
+            let bursting = preset("bursting", "train.data.regime_change")?;
+            sources.push(TrainSource {
+                label: "regular->bursting".into(),
+                sim: SimConfig {
+                    preset: "regular".into(),
+                    params: regular,
+                    schedule: vec![ScheduledChange {
+                        at_ms: t.data.duration.get() / 2.0,
+                        label: "preset bursting".into(),
+                        params: bursting,
+                    }],
+                    ..base.clone()
+                },
+            });
+        }
+        if sources.is_empty() {
+            return Err(err(
+                "train.data.presets",
+                "no data: list presets or set regime_change".into(),
+            ));
+        }
+        let train = TrainConfig {
+            layers: t.layers,
+            hidden: t.hidden,
+            t_in: t.t_in,
+            t_out: t.t_out,
+            dt_ms: t.dt.get(),
+            decimation,
+            order: t.order,
+            schedule: crate::train::trainer::Schedule {
+                epochs: t.epochs,
+                batch: t.batch,
+                learning_rate: t.learning_rate,
+                clip_norm: t.clip_norm,
+                patience: t.patience,
+                seed: t.seed,
+            },
+            sources,
+            duration_ms: t.data.duration.get(),
+            stride: t.data.stride,
+            max_amplitude: t.data.max_amplitude.get(),
+            train_fraction: tf,
+            val_fraction: vf,
+        };
+
         Ok(Config {
             plant_kind: raw.plant.kind,
             sim: SimConfig {
@@ -565,6 +735,7 @@ impl Config {
                 duration_s: if d > 0.0 { Some(d / 1000.0) } else { None },
                 clock: raw.run.clock,
             },
+            train,
             presets,
         })
     }

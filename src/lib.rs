@@ -17,6 +17,8 @@
 //! - [`simulate`]: running a plant open-loop with a stimulation waveform
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
 //! - [`control`]: the sample loop (open loop with stimulation off, for now).
+//! - [`train`]: training the forecaster: simulated datasets, the LSTM's
+//!   gradients, Adam, ONNX export, evaluation against baselines.
 //! - [`config`]: the TOML configuration, raw → validated, with errors that
 //!   name the file, line and key.
 //! - [`units`]: physical quantities in configuration (`"0.1 ms"`).
@@ -31,4 +33,5 @@ pub mod neuron;
 pub mod npy;
 pub mod plant;
 pub mod simulate;
+pub mod train;
 pub mod units;

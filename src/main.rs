@@ -63,6 +63,21 @@ enum PlantArg {
 enum Command {
     /// Run the CA1 simulator alone (open loop) and write traces and spike times.
     Simulate(Box<SimulateArgs>),
+    /// Train a forecaster on simulated data ([train] in the config) and export it.
+    Train {
+        /// Configuration file laid over the built-in defaults (its [train] section).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where to write the model (its card NAME.json and bundle go beside it).
+        #[arg(long, value_name = "MODEL.onnx")]
+        out: PathBuf,
+        /// Override train.epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, run and time forecaster models (ONNX + model card).
     Model {
         #[command(subcommand)]
@@ -86,6 +101,23 @@ enum ModelCommand {
         input: PathBuf,
         #[arg(long, value_name = "Y.npy")]
         output: PathBuf,
+    },
+    /// Evaluate against persistence and AR baselines: RMSE per horizon step, spike F1.
+    Eval {
+        model: PathBuf,
+        /// Fresh simulator data of this preset (recordings arrive with the recorder).
+        #[arg(long, value_name = "PRESET")]
+        sim: String,
+        /// Simulated seconds (the second half is scored).
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Seed of the excitation (the trainer uses the config's seed).
+        #[arg(long, default_value_t = 12345)]
+        seed: u64,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Time one forecast (one window + K candidate plans); p50/p99/p99.9/max.
     Bench {
@@ -359,6 +391,39 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
             let shape = modeltool::run(&model, &input, &output)?;
             println!("wrote {} ({shape:?} float32)", output.display());
         }
+        ModelCommand::Eval {
+            model,
+            sim,
+            duration,
+            seed,
+            config,
+            json,
+        } => {
+            if !(duration.is_finite() && duration > 0.0) {
+                return Err(
+                    UsageError(format!("--duration {duration} must be > 0 seconds")).into(),
+                );
+            }
+            let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
+            if config.preset(&sim).is_none() {
+                let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
+                return Err(UsageError(format!(
+                    "--sim {sim}: no such preset; defined presets: {}",
+                    known.join(", ")
+                ))
+                .into());
+            }
+            let c = neurostimd::train::eval_sim(&model, &config, &sim, duration * 1000.0, seed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.table());
+                println!(
+                    "beats persistence and AR at every step: {}",
+                    if c.beats_baselines() { "yes" } else { "no" }
+                );
+            }
+        }
         ModelCommand::Bench {
             model,
             batch,
@@ -385,7 +450,77 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cmd_train(
+    config: Option<PathBuf>,
+    out: PathBuf,
+    epochs: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut cli = toml::Table::new();
+    if let Some(e) = epochs {
+        table_at(&mut cli, &["train"]).insert("epochs".into(), (e as i64).into());
+    }
+    let config = Config::load_layered(config.as_deref(), &cli)?;
+    let command: String = std::env::args().collect::<Vec<_>>().join(" ");
+    let t = &config.train;
+    tracing::info!(
+        layers = t.layers,
+        hidden = t.hidden,
+        t_in = t.t_in,
+        t_out = t.t_out,
+        dt_ms = t.dt_ms,
+        sources = t.sources.len(),
+        duration_s = t.duration_ms / 1000.0,
+        "training"
+    );
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let max_epochs = t.schedule.epochs;
+    let outcome = neurostimd::train::run(&config, &out, &command, |e| {
+        if tty {
+            eprint!(
+                "\repoch {:>3}/{max_epochs}  train {:.5}  val {:.5}  {:.0} windows/s   ",
+                e.epoch, e.train_loss, e.val_loss, e.windows_per_second
+            );
+        } else {
+            tracing::info!(
+                epoch = e.epoch,
+                train_loss = e.train_loss,
+                val_loss = e.val_loss,
+                windows_per_s = e.windows_per_second as u64,
+                "epoch"
+            );
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "wrote {} ({} parameters, {} epochs, {} training windows; tract reload matches within {:.1e})",
+            outcome.onnx.display(),
+            outcome.parameters,
+            outcome.epochs.len(),
+            outcome.train_windows,
+            outcome.export_difference
+        );
+        for c in &outcome.comparisons {
+            print!("{}", c.table());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    // Like any Unix filter: a closed stdout (`| head`) ends the process
+    // quietly instead of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread
+    // starts; no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -399,6 +534,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
+        Some(Command::Train {
+            config,
+            out,
+            epochs,
+            json,
+        }) => cmd_train(config, out, epochs, json),
         None => cmd_run(cli.run),
     };
     match result {

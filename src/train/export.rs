@@ -1,0 +1,280 @@
+//! ONNX export written by our own code: the trained [`Net`] as a contract
+//! model (DESIGN §3) that tract and onnxruntime load, node for node the
+//! layout PyTorch's legacy exporter writes for `nn.LSTM` + `nn.Linear`
+//! (standard `LSTM` operators, opset 17), so users' tools treat our models
+//! and theirs alike and our loader's native engine recognises both.
+
+use super::net::Net;
+use prost::Message;
+use tract_onnx::pb;
+
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+/// ONNX IR version 8 and opset 17, as PyTorch writes them.
+const IR_VERSION: i64 = 8;
+const OPSET: i64 = 17;
+
+fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: FLOAT,
+        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: INT64,
+        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_tensor(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(t),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn constant(name: &str, t: pb::TensorProto) -> pb::NodeProto {
+    node(
+        "Constant",
+        name,
+        &[],
+        &[name],
+        vec![attr_tensor("value", t)],
+    )
+}
+
+fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(n) => Value::DimValue(*n),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ONNX bytes of `net` with input `x` and output `y`.
+pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
+    let (t_in, t_out) = (net.t_in as i64, net.t_out as i64);
+    let steps = t_in + t_out;
+    let h = net.hidden() as i64;
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+
+    // Zero initial state [1, batch, H], built from the input's batch size
+    // (one tensor per layer; tract handles that with a symbolic batch).
+    nodes.push(node(
+        "Shape",
+        "/lstm/Shape",
+        &["x"],
+        &["/lstm/Shape_output_0"],
+        vec![],
+    ));
+    nodes.push(constant("/lstm/zero_index", i64_tensor("", &[], &[0])));
+    nodes.push(node(
+        "Gather",
+        "/lstm/Gather",
+        &["/lstm/Shape_output_0", "/lstm/zero_index"],
+        &["/lstm/batch"],
+        vec![attr_int("axis", 0)],
+    ));
+    nodes.push(constant("/lstm/axes0", i64_tensor("", &[1], &[0])));
+    nodes.push(node(
+        "Unsqueeze",
+        "/lstm/Unsqueeze",
+        &["/lstm/batch", "/lstm/axes0"],
+        &["/lstm/batch1"],
+        vec![],
+    ));
+    nodes.push(constant("/lstm/one", i64_tensor("", &[1], &[1])));
+    nodes.push(constant("/lstm/hidden", i64_tensor("", &[1], &[h])));
+    nodes.push(node(
+        "Concat",
+        "/lstm/Concat",
+        &["/lstm/one", "/lstm/batch1", "/lstm/hidden"],
+        &["/lstm/state_shape"],
+        vec![attr_int("axis", 0)],
+    ));
+    nodes.push(node(
+        "Transpose",
+        "/lstm/Transpose",
+        &["x"],
+        &["/lstm/seq0"],
+        vec![attr_ints("perm", &[1, 0, 2])],
+    ));
+    nodes.push(constant("/lstm/axes1", i64_tensor("", &[1], &[1])));
+
+    let mut seq = "/lstm/seq0".to_string();
+    for (l, layer) in net.layers.iter().enumerate() {
+        let (g, inp, hd) = (
+            4 * layer.hidden as i64,
+            layer.input as i64,
+            layer.hidden as i64,
+        );
+        let (w, r, b) = (
+            format!("lstm.l{l}.W"),
+            format!("lstm.l{l}.R"),
+            format!("lstm.l{l}.B"),
+        );
+        inits.push(f32_tensor(&w, &[1, g, inp], &layer.w));
+        inits.push(f32_tensor(&r, &[1, g, hd], &layer.r));
+        let bias: Vec<f32> = layer.wb.iter().chain(&layer.rb).copied().collect();
+        inits.push(f32_tensor(&b, &[1, 2 * g], &bias));
+        let zeros = format!("/lstm/l{l}/zeros");
+        nodes.push(node(
+            "ConstantOfShape",
+            &zeros,
+            &["/lstm/state_shape"],
+            &[&zeros],
+            vec![attr_tensor("value", f32_tensor("", &[1], &[0.0]))],
+        ));
+        let (y, yh, yc) = (
+            format!("/lstm/l{l}/Y"),
+            format!("/lstm/l{l}/Y_h"),
+            format!("/lstm/l{l}/Y_c"),
+        );
+        nodes.push(node(
+            "LSTM",
+            &format!("/lstm/l{l}/LSTM"),
+            &[&seq, &w, &r, &b, "", &zeros, &zeros],
+            &[&y, &yh, &yc],
+            vec![attr_int("hidden_size", hd)],
+        ));
+        let squeezed = format!("/lstm/l{l}/seq");
+        nodes.push(node(
+            "Squeeze",
+            &format!("/lstm/l{l}/Squeeze"),
+            &[&y, "/lstm/axes1"],
+            &[&squeezed],
+            vec![],
+        ));
+        seq = squeezed;
+    }
+    nodes.push(node(
+        "Transpose",
+        "/lstm/Transpose_1",
+        &[&seq],
+        &["/lstm/out"],
+        vec![attr_ints("perm", &[1, 0, 2])],
+    ));
+    nodes.push(constant("/slice/starts", i64_tensor("", &[1], &[t_in])));
+    nodes.push(constant("/slice/ends", i64_tensor("", &[1], &[steps])));
+    nodes.push(constant("/slice/axes", i64_tensor("", &[1], &[1])));
+    nodes.push(node(
+        "Slice",
+        "/Slice",
+        &["/lstm/out", "/slice/starts", "/slice/ends", "/slice/axes"],
+        &["/horizon"],
+        vec![],
+    ));
+    inits.push(f32_tensor("head.weight_t", &[h, 1], &net.head_w));
+    inits.push(f32_tensor("head.bias", &[1], &[net.head_b]));
+    nodes.push(node(
+        "MatMul",
+        "/head/MatMul",
+        &["/horizon", "head.weight_t"],
+        &["/head/MatMul_output_0"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Add",
+        "/head/Add",
+        &["/head/MatMul_output_0", "head.bias"],
+        &["/head/Add_output_0"],
+        vec![],
+    ));
+    nodes.push(constant("/axes2", i64_tensor("", &[1], &[2])));
+    nodes.push(node(
+        "Squeeze",
+        "/Squeeze",
+        &["/head/Add_output_0", "/axes2"],
+        &["y"],
+        vec![],
+    ));
+    // Constant nodes carry their value under their own output name.
+    for n in nodes.iter_mut().filter(|n| n.op_type == "Constant") {
+        if let Some(t) = n.attribute[0].t.as_mut() {
+            t.name = n.output[0].clone();
+        }
+    }
+
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "neurostimd".into(),
+        producer_version: producer_version.into(),
+        graph: Some(pb::GraphProto {
+            name: "neurostimd_lstm".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("x", &[None, Some(steps), Some(3)])],
+            output: vec![value_info("y", &[None, Some(t_out)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}

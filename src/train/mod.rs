@@ -1,0 +1,430 @@
+//! Training the forecaster from the simulator (and, with the recorder, from
+//! recordings): datasets, the network and its gradients, the optimiser, the
+//! ONNX export, and the evaluation against baselines.
+//!
+//! - [`dataset`]: excitation, simulated series, windows, time splits.
+//! - [`net`]: the LSTM + linear head, forward and backward passes.
+//! - [`trainer`]: Adam, mini-batches, clipping, early stopping.
+//! - [`export`]: the ONNX file written by our code.
+//! - [`baselines`], [`metrics`]: persistence and AR; RMSE per horizon step
+//!   and spike-prediction F1.
+
+pub mod baselines;
+pub mod dataset;
+pub mod export;
+pub mod metrics;
+pub mod net;
+pub mod trainer;
+
+use crate::config::{Config, TrainConfig};
+use crate::forecast::card::{
+    Architecture, InputSpec, ModelCard, Normalization, OutputSpec, CARD_FORMAT, CARD_VERSION,
+    FEATURES,
+};
+use crate::forecast::{card_path, sha256_hex, Engine, ForecastError, Forecaster, OutputOrder};
+use crate::npy::{NpyError, NpyF32};
+use crate::plant::PlantError;
+use dataset::{Series, Windows};
+use metrics::{Accumulator, HorizonMetrics};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("simulating training data: {0}")]
+    Plant(#[from] PlantError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    #[error("the exported model does not reload: {0}")]
+    Reload(#[from] ForecastError),
+    #[error("the exported model differs from the trained network by {0:e} (normalised units) on the test windows")]
+    Mismatch(f32),
+    #[error("not enough data: {0}")]
+    NotEnoughData(String),
+}
+
+/// Metrics of the model and both baselines on one set of windows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub data: String,
+    pub dt_ms: f64,
+    pub model: HorizonMetrics,
+    pub persistence: HorizonMetrics,
+    pub ar: HorizonMetrics,
+}
+
+impl Comparison {
+    /// True when the model's RMSE is below both baselines' at every step.
+    pub fn beats_baselines(&self) -> bool {
+        self.model
+            .rmse_mv
+            .iter()
+            .zip(&self.persistence.rmse_mv)
+            .zip(&self.ar.rmse_mv)
+            .all(|((m, p), a)| m < p && m < a)
+    }
+
+    /// A table: one row per horizon step.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{} ({} windows)\n step  t_ms   RMSE mV: model  persistence       AR\n",
+            self.data, self.model.windows
+        );
+        for j in 0..self.model.rmse_mv.len() {
+            s.push_str(&format!(
+                "{:>5} {:>5.1} {:>15.3} {:>12.3} {:>8.3}\n",
+                j + 1,
+                (j + 1) as f64 * self.dt_ms,
+                self.model.rmse_mv[j],
+                self.persistence.rmse_mv[j],
+                self.ar.rmse_mv[j]
+            ));
+        }
+        let f = |m: &HorizonMetrics| {
+            format!(
+                "P {:.3} R {:.3} F1 {:.3}",
+                m.spikes.precision, m.spikes.recall, m.spikes.f1
+            )
+        };
+        s.push_str(&format!(
+            "spikes (±1 ms): model {}; persistence {}; AR {}\n",
+            f(&self.model),
+            f(&self.persistence),
+            f(&self.ar)
+        ));
+        s
+    }
+}
+
+/// Compare a forecaster (a function from normalised contract rows to
+/// normalised forward-order forecasts) and both baselines on `test`; the AR
+/// baseline is fitted on `fit_on`.
+pub fn compare(
+    label: &str,
+    dt_ms: f64,
+    norm: &Normalization,
+    test: &Windows,
+    fit_on: &Windows,
+    mut model: impl FnMut(&[f32], usize, &mut [f32]),
+) -> Comparison {
+    let (t_in, t_out) = (test.t_in, test.t_out);
+    let ar = baselines::LinearAr::fit(fit_on, 10, 1e-6);
+    let (vm, vs) = (norm.v_mean as f32, norm.v_std as f32);
+    let mut acc = [
+        Accumulator::new(t_out, dt_ms, 1.0),
+        Accumulator::new(t_out, dt_ms, 1.0),
+        Accumulator::new(t_out, dt_ms, 1.0),
+    ];
+    let steps = t_in + t_out;
+    let chunk = 256;
+    let mut preds = vec![0.0f32; chunk * t_out];
+    let (mut p, mut truth) = (vec![0.0f32; t_out], vec![0.0f32; t_out]);
+    let mut start = 0;
+    while start < test.len() {
+        let b = chunk.min(test.len() - start);
+        model(
+            &test.x[start * steps * 3..(start + b) * steps * 3],
+            b,
+            &mut preds[..b * t_out],
+        );
+        for k in 0..b {
+            let (x, y) = test.example(start + k);
+            let last = x[(t_in - 1) * 3] * vs + vm;
+            for j in 0..t_out {
+                truth[j] = y[j] * vs + vm;
+            }
+            for (which, a) in acc.iter_mut().enumerate() {
+                match which {
+                    0 => p.copy_from_slice(&preds[k * t_out..(k + 1) * t_out]),
+                    1 => baselines::persistence(x, t_in, t_out, &mut p),
+                    _ => ar.predict(x, &mut p),
+                }
+                for v in p.iter_mut() {
+                    *v = *v * vs + vm;
+                }
+                a.add(last, &p, &truth);
+            }
+        }
+        start += b;
+    }
+    Comparison {
+        data: label.to_string(),
+        dt_ms,
+        model: acc[0].finish(),
+        persistence: acc[1].finish(),
+        ar: acc[2].finish(),
+    }
+}
+
+/// A forecaster's predictions through tract on the ONNX file, in forward
+/// order (normalised), for `compare`.
+pub fn forecaster_fn(f: &mut Forecaster) -> impl FnMut(&[f32], usize, &mut [f32]) + '_ {
+    move |x: &[f32], b: usize, out: &mut [f32]| {
+        let t_out = f.card().t_out;
+        let reversed = f.card().output.order == OutputOrder::Reversed;
+        let y = f
+            .run_raw(b, x)
+            .expect("the model ran on its own contract tensors at load");
+        for k in 0..b {
+            for j in 0..t_out {
+                out[k * t_out + j] = if reversed {
+                    y[k * t_out + t_out - 1 - j]
+                } else {
+                    y[k * t_out + j]
+                };
+            }
+        }
+    }
+}
+
+/// What a training run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainOutcome {
+    pub onnx: PathBuf,
+    pub card: PathBuf,
+    pub parameters: usize,
+    pub epochs: Vec<trainer::EpochReport>,
+    pub train_windows: usize,
+    pub comparisons: Vec<Comparison>,
+    /// |exported ONNX (tract) − trained network| on test windows.
+    pub export_difference: f32,
+}
+
+fn generate(cfg: &TrainConfig, seed_offset: u64) -> Result<Vec<(String, Series)>, TrainError> {
+    let mut out = Vec::new();
+    for (k, src) in cfg.sources.iter().enumerate() {
+        let s = dataset::simulate_series(
+            &src.sim,
+            cfg.duration_ms,
+            cfg.decimation,
+            cfg.max_amplitude,
+            cfg.schedule
+                .seed
+                .wrapping_add(seed_offset)
+                .wrapping_add(1000 * k as u64),
+        )?;
+        out.push((src.label.clone(), s));
+    }
+    Ok(out)
+}
+
+/// Train a model as `config.train` says, export it to `out` (+ card and
+/// bundle), reload it with tract and check it equals the trained network.
+pub fn run(
+    config: &Config,
+    out: &Path,
+    command: &str,
+    mut progress: impl FnMut(&trainer::EpochReport),
+) -> Result<TrainOutcome, TrainError> {
+    let cfg = &config.train;
+    let labelled = generate(cfg, 0)?;
+    let series: Vec<Series> = labelled.iter().map(|(_, s)| s.clone()).collect();
+    let (train_s, val_s, test_s) =
+        dataset::split_by_time(&series, cfg.train_fraction, cfg.val_fraction);
+    let norm = dataset::normalization(&train_s);
+    let train_w = Windows::cut(&train_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
+    let val_w = Windows::cut(&val_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
+    if train_w.is_empty() || val_w.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "{} training and {} validation windows; lengthen train.data.duration",
+            train_w.len(),
+            val_w.len()
+        )));
+    }
+    let mut net = net::Net::new(
+        cfg.layers,
+        cfg.hidden,
+        cfg.t_in,
+        cfg.t_out,
+        cfg.order,
+        cfg.schedule.seed,
+    );
+    let epochs = trainer::fit(&mut net, &train_w, &val_w, &cfg.schedule, &mut progress);
+
+    // Test metrics per source, with the AR baseline fitted on that source's
+    // training part.
+    let mut comparisons = Vec::new();
+    let mut ws = net::Workspace::default();
+    for (k, (label, _)) in labelled.iter().enumerate() {
+        let test_w = Windows::cut(&test_s[k..=k], cfg.t_in, cfg.t_out, 1, &norm);
+        let fit_w = Windows::cut(&train_s[k..=k], cfg.t_in, cfg.t_out, cfg.stride, &norm);
+        if test_w.is_empty() {
+            continue;
+        }
+        let c = compare(label, cfg.dt_ms, &norm, &test_w, &fit_w, |x, b, o| {
+            let y = ws.forward(&net, x, b).to_vec();
+            for kk in 0..b {
+                for j in 0..cfg.t_out {
+                    o[kk * cfg.t_out + j] = y[kk * cfg.t_out + net.target_index(j)];
+                }
+            }
+        });
+        comparisons.push(c);
+    }
+
+    // Export, card, bundle; then reload through the contract loader.
+    let bytes = export::to_onnx(&net, env!("CARGO_PKG_VERSION"));
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| TrainError::Io { path, source }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::write(out, &bytes).map_err(io(out))?;
+    let name = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let validation = serde_json::json!({
+        "split": format!("by time per source: train {}, validation {}, test the rest", cfg.train_fraction, cfg.val_fraction),
+        "metric": "test windows, stride 1; RMSE in mV per horizon step; spikes: upward -20 mV crossings matched within ±1 ms",
+        "per_source": comparisons.iter().map(|c| serde_json::json!({
+            "data": c.data,
+            "windows": c.model.windows,
+            "rmse_mv_per_step": c.model.rmse_mv,
+            "persistence_rmse_mv_per_step": c.persistence.rmse_mv,
+            "ar_rmse_mv_per_step": c.ar.rmse_mv,
+            "spike_f1": c.model.spikes.f1,
+            "persistence_spike_f1": c.persistence.spikes.f1,
+            "ar_spike_f1": c.ar.spikes.f1,
+        })).collect::<Vec<_>>(),
+        "final_val_loss": epochs.last().map(|e| e.val_loss),
+    });
+    let card = ModelCard {
+        format: CARD_FORMAT.into(),
+        format_version: CARD_VERSION,
+        name: name.clone(),
+        dt_ms: cfg.dt_ms,
+        t_in: cfg.t_in,
+        t_out: cfg.t_out,
+        input: InputSpec {
+            name: "x".into(),
+            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+        },
+        output: OutputSpec {
+            name: "y".into(),
+            order: cfg.order,
+        },
+        normalization: norm,
+        architecture: Architecture {
+            cell: "lstm".into(),
+            layers: cfg.layers,
+            hidden: cfg.hidden,
+            head: "linear".into(),
+        },
+        provenance: serde_json::json!({
+            "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),
+            "command": command,
+            "data": cfg.sources.iter().map(|s| s.label.clone()).collect::<Vec<_>>(),
+            "duration_ms_per_source": cfg.duration_ms,
+            "excitation": format!("OU noise, steps, pulse trains, ramps and rest within ±{} uA/cm2", cfg.max_amplitude),
+            "seed": cfg.schedule.seed,
+            "schedule": cfg.schedule,
+            "epochs_run": epochs.len(),
+            "train_windows": train_w.len(),
+        }),
+        validation: Some(validation),
+        onnx_sha256: sha256_hex(&bytes),
+        parent: None,
+    };
+    let card_file = card_path(out);
+    let text = serde_json::to_string_pretty(&card).expect("a card serialises");
+    std::fs::write(&card_file, text + "\n").map_err(io(&card_file))?;
+
+    // Bundle: a few test windows and tract's output on them.
+    let mut f = Forecaster::load(out, 32, Engine::Native)?;
+    let all_test = Windows::cut(&test_s, cfg.t_in, cfg.t_out, 97, &norm);
+    let b = all_test.len().min(8);
+    if b == 0 {
+        return Err(TrainError::NotEnoughData(
+            "no test windows for the bundle".into(),
+        ));
+    }
+    let steps = cfg.t_in + cfg.t_out;
+    let x = all_test.x[..b * steps * 3].to_vec();
+    let y_tract = f.run_raw(b, &x)?;
+    let y_net = ws.forward(&net, &x, b).to_vec();
+    let diff = y_tract
+        .iter()
+        .zip(&y_net)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if diff > 1e-4 {
+        return Err(TrainError::Mismatch(diff));
+    }
+    NpyF32::new(vec![b, steps, 3], x).write(&out.with_extension("input.npy"))?;
+    NpyF32::new(vec![b, cfg.t_out], y_tract).write(&out.with_extension("expected.npy"))?;
+
+    Ok(TrainOutcome {
+        onnx: out.to_path_buf(),
+        card: card_file,
+        parameters: net.param_count(),
+        epochs,
+        train_windows: train_w.len(),
+        comparisons,
+        export_difference: diff,
+    })
+}
+
+/// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
+/// not use), split in time; AR fitted on the first half, everything scored
+/// on the second.
+pub fn eval_sim(
+    model: &Path,
+    config: &Config,
+    preset: &str,
+    duration_ms: f64,
+    seed: u64,
+) -> Result<Comparison, TrainError> {
+    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let card = f.card().clone();
+    let mut sim = config.sim.clone();
+    let params = config
+        .preset(preset)
+        .ok_or_else(|| TrainError::NotEnoughData(format!("no preset named `{preset}`")))?;
+    sim.preset = preset.to_string();
+    sim.params = params;
+    sim.schedule.clear();
+    let decimation = crate::forecast::WindowRing::decimation_for(card.dt_ms, sim.sample_period_ms)
+        .ok_or_else(|| {
+            TrainError::NotEnoughData(format!(
+                "the model's dt_ms {} is not a whole number of sample periods ({} ms)",
+                card.dt_ms, sim.sample_period_ms
+            ))
+        })?;
+    let s = dataset::simulate_series(
+        &sim,
+        duration_ms,
+        decimation,
+        config.train.max_amplitude,
+        seed,
+    )?;
+    let (a, _, c) = dataset::split_by_time(&[s], 0.5, 1e-9);
+    let norm = card.normalization;
+    let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
+    let test_w = Windows::cut(&c, card.t_in, card.t_out, 1, &norm);
+    if test_w.is_empty() || fit_w.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "{duration_ms} ms of data is too short for the model's window"
+        )));
+    }
+    let label = format!(
+        "sim {preset}, {:.0} s, seed {seed}, second half",
+        duration_ms / 1000.0
+    );
+    Ok(compare(
+        &label,
+        card.dt_ms,
+        &norm,
+        &test_w,
+        &fit_w,
+        forecaster_fn(&mut f),
+    ))
+}

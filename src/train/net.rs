@@ -1,0 +1,418 @@
+//! The trainable network: stacked LSTM + one linear unit per horizon step
+//! (the seed paper's architecture), with forward and backward passes
+//! written out over batched loops (backpropagation through time).
+//!
+//! Weights are kept in ONNX layout (W `[4H][in]`, R `[4H][H]`, gates in
+//! i, o, f, c order, two bias vectors) so export is a copy. Training runs
+//! on the trainer thread, never on the control loop; it allocates freely at
+//! construction and reuses its buffers between batches.
+
+use crate::forecast::card::OutputOrder;
+
+/// Parameters of one LSTM layer (ONNX layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub input: usize,
+    pub hidden: usize,
+    /// `[4H][input]`.
+    pub w: Vec<f32>,
+    /// `[4H][H]`.
+    pub r: Vec<f32>,
+    /// `[4H]` input bias and `[4H]` recurrent bias (ONNX's B = [wb, rb]).
+    pub wb: Vec<f32>,
+    pub rb: Vec<f32>,
+}
+
+/// The whole network's parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Net {
+    pub layers: Vec<Layer>,
+    /// `[H]` and the bias of the linear head.
+    pub head_w: Vec<f32>,
+    pub head_b: f32,
+    pub t_in: usize,
+    pub t_out: usize,
+    pub order: OutputOrder,
+}
+
+impl Net {
+    /// PyTorch's default initialisation: uniform in ±1/√H, from a seed.
+    pub fn new(
+        layers: usize,
+        hidden: usize,
+        t_in: usize,
+        t_out: usize,
+        order: OutputOrder,
+        seed: u64,
+    ) -> Net {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let bound = 1.0 / (hidden as f32).sqrt();
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+                })
+                .collect()
+        };
+        let mut ls = Vec::new();
+        for l in 0..layers {
+            let input = if l == 0 { 3 } else { hidden };
+            let g = 4 * hidden;
+            ls.push(Layer {
+                input,
+                hidden,
+                w: rnd(g * input),
+                r: rnd(g * hidden),
+                wb: rnd(g),
+                rb: rnd(g),
+            });
+        }
+        Net {
+            head_w: rnd(hidden),
+            head_b: rnd(1)[0],
+            layers: ls,
+            t_in,
+            t_out,
+            order,
+        }
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.layers.last().map(|l| l.hidden).unwrap_or(0)
+    }
+
+    /// All parameters as one flat list of slices, in a fixed order (for the
+    /// optimiser and gradient checks).
+    pub fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut v: Vec<&mut [f32]> = Vec::new();
+        for l in &mut self.layers {
+            v.push(&mut l.w);
+            v.push(&mut l.r);
+            v.push(&mut l.wb);
+            v.push(&mut l.rb);
+        }
+        v.push(&mut self.head_w);
+        v.push(std::slice::from_mut(&mut self.head_b));
+        v
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.w.len() + l.r.len() + 2 * l.wb.len())
+            .sum::<usize>()
+            + self.head_w.len()
+            + 1
+    }
+
+    /// A zeroed gradient of the same shape.
+    pub fn zeros_like(&self) -> Net {
+        let mut g = self.clone();
+        for p in g.params_mut() {
+            p.fill(0.0);
+        }
+        g
+    }
+
+    /// Target column for model output column j: reversed models predict
+    /// horizon step t_out − j in column j.
+    pub fn target_index(&self, j: usize) -> usize {
+        match self.order {
+            OutputOrder::Forward => j,
+            OutputOrder::Reversed => self.t_out - 1 - j,
+        }
+    }
+}
+
+/// Per-layer activations kept for the backward pass, time-major `[T][B][·]`.
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    x: Vec<f32>,
+    i: Vec<f32>,
+    o: Vec<f32>,
+    f: Vec<f32>,
+    g: Vec<f32>,
+    c: Vec<f32>,
+    tc: Vec<f32>,
+    h: Vec<f32>,
+}
+
+fn sig(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Forward and backward passes with reusable buffers.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    caches: Vec<Cache>,
+    out: Vec<f32>,
+}
+
+impl Workspace {
+    /// Forward pass over a batch of contract inputs `x` (`[B][T][3]`,
+    /// normalised). Returns the outputs `[B][t_out]` in the model's order.
+    pub fn forward(&mut self, net: &Net, x: &[f32], batch: usize) -> &[f32] {
+        let t_total = net.t_in + net.t_out;
+        assert_eq!(x.len(), batch * t_total * 3);
+        self.caches.resize_with(net.layers.len(), Cache::default);
+        // Layer 0 input, time-major.
+        let mut input: Vec<f32> = vec![0.0; t_total * batch * 3];
+        for b in 0..batch {
+            for t in 0..t_total {
+                let src = &x[(b * t_total + t) * 3..(b * t_total + t) * 3 + 3];
+                input[(t * batch + b) * 3..(t * batch + b) * 3 + 3].copy_from_slice(src);
+            }
+        }
+        for (l, layer) in net.layers.iter().enumerate() {
+            let (hd, inp) = (layer.hidden, layer.input);
+            let cache = &mut self.caches[l];
+            let n = t_total * batch * hd;
+            cache.x = input;
+            for v in [
+                &mut cache.i,
+                &mut cache.o,
+                &mut cache.f,
+                &mut cache.g,
+                &mut cache.c,
+                &mut cache.tc,
+                &mut cache.h,
+            ] {
+                v.clear();
+                v.resize(n, 0.0);
+            }
+            let mut gates = vec![0.0f32; 4 * hd];
+            for t in 0..t_total {
+                for b in 0..batch {
+                    let xt = &cache.x[(t * batch + b) * inp..(t * batch + b + 1) * inp];
+                    for (gi, gv) in gates.iter_mut().enumerate() {
+                        let wrow = &layer.w[gi * inp..(gi + 1) * inp];
+                        *gv = layer.wb[gi]
+                            + layer.rb[gi]
+                            + wrow.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>();
+                    }
+                    if t > 0 {
+                        let hp =
+                            &cache.h[((t - 1) * batch + b) * hd..((t - 1) * batch + b + 1) * hd];
+                        for (gi, gv) in gates.iter_mut().enumerate() {
+                            let rrow = &layer.r[gi * hd..(gi + 1) * hd];
+                            *gv += rrow.iter().zip(hp).map(|(a, b)| a * b).sum::<f32>();
+                        }
+                    }
+                    let base = (t * batch + b) * hd;
+                    for u in 0..hd {
+                        let (i, o, f, g) = (
+                            sig(gates[u]),
+                            sig(gates[hd + u]),
+                            sig(gates[2 * hd + u]),
+                            gates[3 * hd + u].tanh(),
+                        );
+                        let cp = if t > 0 {
+                            cache.c[((t - 1) * batch + b) * hd + u]
+                        } else {
+                            0.0
+                        };
+                        let c = f * cp + i * g;
+                        let tc = c.tanh();
+                        cache.i[base + u] = i;
+                        cache.o[base + u] = o;
+                        cache.f[base + u] = f;
+                        cache.g[base + u] = g;
+                        cache.c[base + u] = c;
+                        cache.tc[base + u] = tc;
+                        cache.h[base + u] = o * tc;
+                    }
+                }
+            }
+            input = cache.h.clone();
+        }
+        let hd = net.hidden();
+        let top = &self.caches[net.layers.len() - 1].h;
+        self.out.clear();
+        self.out.resize(batch * net.t_out, 0.0);
+        for b in 0..batch {
+            for j in 0..net.t_out {
+                let t = net.t_in + j;
+                let h = &top[(t * batch + b) * hd..(t * batch + b + 1) * hd];
+                self.out[b * net.t_out + j] =
+                    net.head_b + h.iter().zip(&net.head_w).map(|(a, b)| a * b).sum::<f32>();
+            }
+        }
+        &self.out
+    }
+
+    /// Mean squared error against targets `y` (`[B][t_out]`, normalised,
+    /// forward order) and its gradient, accumulated into `grad`. Call
+    /// `forward` first with the same batch.
+    pub fn backward(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
+        let (t_in, t_out) = (net.t_in, net.t_out);
+        let t_total = t_in + t_out;
+        let hd_top = net.hidden();
+        let n = (batch * t_out) as f32;
+        let mut loss = 0.0f64;
+        // dL/dh of the top layer, time-major.
+        let mut dh_above = vec![0.0f32; t_total * batch * hd_top];
+        {
+            let top = &self.caches[net.layers.len() - 1].h;
+            for b in 0..batch {
+                for j in 0..t_out {
+                    let e = self.out[b * t_out + j] - y[b * t_out + net.target_index(j)];
+                    loss += (e * e) as f64;
+                    let ds = 2.0 * e / n;
+                    grad.head_b += ds;
+                    let t = t_in + j;
+                    let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
+                    let dh = &mut dh_above[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
+                    for u in 0..hd_top {
+                        grad.head_w[u] += ds * h[u];
+                        dh[u] += ds * net.head_w[u];
+                    }
+                }
+            }
+        }
+        for l in (0..net.layers.len()).rev() {
+            let layer = &net.layers[l];
+            let gl = &mut grad.layers[l];
+            let cache = &self.caches[l];
+            let (hd, inp) = (layer.hidden, layer.input);
+            let mut dx = vec![0.0f32; t_total * batch * inp];
+            let mut dh_next = vec![0.0f32; batch * hd];
+            let mut dc_next = vec![0.0f32; batch * hd];
+            let mut dg = vec![0.0f32; 4 * hd];
+            for t in (0..t_total).rev() {
+                for b in 0..batch {
+                    let base = (t * batch + b) * hd;
+                    for u in 0..hd {
+                        let dh = dh_above[base + u] + dh_next[b * hd + u];
+                        let (i, o, f, g, tc) = (
+                            cache.i[base + u],
+                            cache.o[base + u],
+                            cache.f[base + u],
+                            cache.g[base + u],
+                            cache.tc[base + u],
+                        );
+                        let cp = if t > 0 {
+                            cache.c[((t - 1) * batch + b) * hd + u]
+                        } else {
+                            0.0
+                        };
+                        let dc = dh * o * (1.0 - tc * tc) + dc_next[b * hd + u];
+                        dg[u] = dc * g * i * (1.0 - i);
+                        dg[hd + u] = dh * tc * o * (1.0 - o);
+                        dg[2 * hd + u] = dc * cp * f * (1.0 - f);
+                        dg[3 * hd + u] = dc * i * (1.0 - g * g);
+                        dc_next[b * hd + u] = dc * f;
+                    }
+                    let xt = &cache.x[(t * batch + b) * inp..(t * batch + b + 1) * inp];
+                    let dxt = &mut dx[(t * batch + b) * inp..(t * batch + b + 1) * inp];
+                    let hp: Option<&[f32]> = (t > 0).then(|| {
+                        &cache.h[((t - 1) * batch + b) * hd..((t - 1) * batch + b + 1) * hd]
+                    });
+                    let dhn = &mut dh_next[b * hd..(b + 1) * hd];
+                    dhn.fill(0.0);
+                    for (gi, &d) in dg.iter().enumerate() {
+                        gl.wb[gi] += d;
+                        gl.rb[gi] += d;
+                        let wrow = &layer.w[gi * inp..(gi + 1) * inp];
+                        let gw = &mut gl.w[gi * inp..(gi + 1) * inp];
+                        for k in 0..inp {
+                            gw[k] += d * xt[k];
+                            dxt[k] += d * wrow[k];
+                        }
+                        let rrow = &layer.r[gi * hd..(gi + 1) * hd];
+                        if let Some(hp) = hp {
+                            let gr = &mut gl.r[gi * hd..(gi + 1) * hd];
+                            for k in 0..hd {
+                                gr[k] += d * hp[k];
+                            }
+                        }
+                        for k in 0..hd {
+                            dhn[k] += d * rrow[k];
+                        }
+                    }
+                }
+            }
+            dh_above = dx;
+        }
+        loss / n as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(net: &Net, b: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let t = net.t_in + net.t_out;
+        let mut s = seed;
+        let mut r = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        let mut x = Vec::new();
+        for _ in 0..b {
+            for p in 0..t {
+                let fut = p >= net.t_in;
+                x.extend_from_slice(&[
+                    if fut { 0.0 } else { r() * 2.0 },
+                    r() * 2.0,
+                    if fut { 1.0 } else { 0.0 },
+                ]);
+            }
+        }
+        let y = (0..b * net.t_out).map(|_| r()).collect();
+        (x, y)
+    }
+
+    /// Backpropagation agrees with central finite differences on every
+    /// parameter tensor of a 2-layer net (sampled entries).
+    #[test]
+    fn gradients_match_finite_differences() {
+        for order in [OutputOrder::Reversed, OutputOrder::Forward] {
+            let mut net = Net::new(2, 5, 4, 3, order, 11);
+            let (x, y) = batch(&net, 3, 5);
+            let mut ws = Workspace::default();
+            let mut grad = net.zeros_like();
+            ws.forward(&net, &x, 3);
+            ws.backward(&net, &y, 3, &mut grad);
+            let loss_at = |net: &Net| {
+                let mut ws = Workspace::default();
+                let out = ws.forward(net, &x, 3).to_vec();
+                let mut l = 0.0f64;
+                for b in 0..3 {
+                    for j in 0..net.t_out {
+                        let e = (out[b * net.t_out + j] - y[b * net.t_out + net.target_index(j)])
+                            as f64;
+                        l += e * e;
+                    }
+                }
+                l / (3 * net.t_out) as f64
+            };
+            let analytic: Vec<Vec<f32>> =
+                grad.params_mut().into_iter().map(|p| p.to_vec()).collect();
+            for (ti, tensor) in analytic.iter().enumerate() {
+                let len = tensor.len();
+                for idx in [0, len / 2, len - 1] {
+                    let eps = 1e-2f32;
+                    let orig = net.params_mut()[ti][idx];
+                    net.params_mut()[ti][idx] = orig + eps;
+                    let up = loss_at(&net);
+                    net.params_mut()[ti][idx] = orig - eps;
+                    let down = loss_at(&net);
+                    net.params_mut()[ti][idx] = orig;
+                    let numeric = (up - down) / (2.0 * eps as f64);
+                    let a = tensor[idx] as f64;
+                    let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(1e-3);
+                    assert!(
+                        err < 2e-2,
+                        "{order:?} tensor {ti} entry {idx}: analytic {a:e}, numeric {numeric:e}"
+                    );
+                }
+            }
+        }
+    }
+}

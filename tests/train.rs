@@ -1,0 +1,136 @@
+//! `neurostimd train` end to end on a small configuration (seconds), and
+//! `model eval` on its result: the exported ONNX reloads through the
+//! contract loader (tract, both engines) and equals the trained network.
+
+use neurostimd::forecast::{Engine, Forecaster};
+use neurostimd::npy::NpyF32;
+use std::path::Path;
+use std::process::Command;
+
+const SMALL: &str = include_str!("fixtures/train-small.toml");
+
+fn neurostimd(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn train_exports_a_model_that_reloads_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("small.toml"), SMALL).unwrap();
+    let o = neurostimd(
+        &[
+            "train",
+            "--config",
+            "small.toml",
+            "--out",
+            "out/m.onnx",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let epochs = j["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3);
+    let first = epochs[0]["train_loss"].as_f64().unwrap();
+    let last = epochs[2]["train_loss"].as_f64().unwrap();
+    assert!(
+        last < first,
+        "training loss did not fall: {first} -> {last}"
+    );
+    assert!(j["export_difference"].as_f64().unwrap() < 1e-4);
+    assert_eq!(
+        j["comparisons"].as_array().unwrap().len(),
+        3,
+        "regular, bursting, regime change"
+    );
+
+    // The card, the bundle and the file agree; both engines load it.
+    let model = dir.path().join("out/m.onnx");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/m.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["architecture"]["hidden"], 8);
+    assert_eq!(card["output"]["order"], "reversed");
+    assert!(
+        card["validation"]["per_source"][0]["rmse_mv_per_step"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 10
+    );
+    let mut f = Forecaster::load(&model, 32, Engine::Native).unwrap();
+    assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
+    let x = NpyF32::read(&dir.path().join("out/m.input.npy")).unwrap();
+    let want = NpyF32::read(&dir.path().join("out/m.expected.npy")).unwrap();
+    let got = f.run_raw(x.shape[0], &x.data).unwrap();
+    let d = got
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-4, "bundle mismatch {d}");
+
+    let o = neurostimd(
+        &[
+            "model",
+            "eval",
+            "out/m.onnx",
+            "--sim",
+            "bursting",
+            "--duration",
+            "4",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for who in ["model", "persistence", "ar"] {
+        let rmse = e[who]["rmse_mv"].as_array().unwrap();
+        assert_eq!(rmse.len(), 10, "{who}");
+        assert!(
+            rmse.iter()
+                .all(|r| r.as_f64().unwrap().is_finite() && r.as_f64().unwrap() > 0.0),
+            "{who}: {rmse:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_train_configs_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, expected) in [
+        (
+            "[train]\ndt = \"0.25 ms\"\n",
+            "train.dt: 0.25 ms is not a whole number of sample periods",
+        ),
+        (
+            "[train]\nhidden = 0\n",
+            "train.hidden: 0 is outside 1 ..= 1024",
+        ),
+        (
+            "[train.data]\npresets = [\"nope\"]\n",
+            "train.data.presets[0]: no preset named `nope`",
+        ),
+        (
+            "[train.data]\ntrain_fraction = 0.9\nval_fraction = 0.2\n",
+            "train.data.train_fraction",
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
+        let o = neurostimd(
+            &["train", "--config", "bad.toml", "--out", "m.onnx"],
+            dir.path(),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(expected), "expected `{expected}` in {err}");
+        assert!(!dir.path().join("m.onnx").exists());
+    }
+}
