@@ -444,6 +444,27 @@ fn run_layer_body<
     }
 }
 
+/// `c[m×n] += a[m×k] · b[k×n]` (row-major) with the fastest kernel this CPU
+/// has; for the trainer, which shares the forecaster's kernels.
+pub fn matmul_acc(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    match detect_simd() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU reports AVX-512F, AVX2 and FMA.
+        Simd::Avx512 => unsafe { gemm_acc_avx512(c, a, b, m, k, n) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU reports AVX2 and FMA.
+        Simd::Avx2 => unsafe { matmul_avx2(c, a, b, m, k, n) },
+        _ => gemm_acc::<false, 4, 16, 64>(c, a, b, m, k, n),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matmul_avx2(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    gemm_acc::<true, 4, 16, 64>(c, a, b, m, k, n)
+}
+
 /// The AVX-512 micro-kernel where the variant has it, else the generic one.
 #[inline(always)]
 fn gemm_dispatch<

@@ -8,6 +8,7 @@
 //! construction and reuses its buffers between batches.
 
 use crate::forecast::card::OutputOrder;
+use crate::forecast::lstm::matmul_acc;
 
 /// Parameters of one LSTM layer (ONNX layout).
 #[derive(Clone, Debug, PartialEq)]
@@ -140,15 +141,35 @@ struct Cache {
     h: Vec<f32>,
 }
 
-fn sig(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+// The forecaster's branch-free activations (|error| < 1e-6): libm's exp
+// and tanh, called per element, cost more than all the matrix products.
+use crate::forecast::lstm::{sigmoid as sig, tanh as fast_tanh};
+
+/// `out[cols][rows] = a[rows][cols]ᵀ`.
+fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(rows * cols, 0.0);
+    for r in 0..rows {
+        for (c, &v) in a[r * cols..(r + 1) * cols].iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
 }
 
-/// Forward and backward passes with reusable buffers.
+/// Forward and backward passes with reusable buffers. Both are written as
+/// batched matrix products over the forecaster's kernels: the input
+/// projections and all weight gradients of a whole sequence are one product
+/// each; only the recurrent products run step by step.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
     caches: Vec<Cache>,
     out: Vec<f32>,
+    wt: Vec<f32>,
+    rt: Vec<f32>,
+    gates: Vec<f32>,
+    dg: Vec<f32>,
+    dgt: Vec<f32>,
+    scratch: Vec<f32>,
 }
 
 impl Workspace {
@@ -158,8 +179,9 @@ impl Workspace {
         let t_total = net.t_in + net.t_out;
         assert_eq!(x.len(), batch * t_total * 3);
         self.caches.resize_with(net.layers.len(), Cache::default);
-        // Layer 0 input, time-major.
-        let mut input: Vec<f32> = vec![0.0; t_total * batch * 3];
+        let mut input = std::mem::take(&mut self.caches[0].x);
+        input.clear();
+        input.resize(t_total * batch * 3, 0.0);
         for b in 0..batch {
             for t in 0..t_total {
                 let src = &x[(b * t_total + t) * 3..(b * t_total + t) * 3 + 3];
@@ -168,9 +190,17 @@ impl Workspace {
         }
         for (l, layer) in net.layers.iter().enumerate() {
             let (hd, inp) = (layer.hidden, layer.input);
+            let g4 = 4 * hd;
+            let rows = t_total * batch;
+            transpose(&layer.w, g4, inp, &mut self.wt);
+            transpose(&layer.r, g4, hd, &mut self.rt);
             let cache = &mut self.caches[l];
-            let n = t_total * batch * hd;
-            cache.x = input;
+            if l > 0 {
+                cache.x.clear();
+                cache.x.extend_from_slice(&input);
+            } else {
+                cache.x = std::mem::take(&mut input);
+            }
             for v in [
                 &mut cache.i,
                 &mut cache.o,
@@ -181,52 +211,51 @@ impl Workspace {
                 &mut cache.h,
             ] {
                 v.clear();
-                v.resize(n, 0.0);
+                v.resize(rows * hd, 0.0);
             }
-            let mut gates = vec![0.0f32; 4 * hd];
+            self.gates.clear();
+            self.gates.resize(rows * g4, 0.0);
+            for row in self.gates.chunks_exact_mut(g4) {
+                for (k, gv) in row.iter_mut().enumerate() {
+                    *gv = layer.wb[k] + layer.rb[k];
+                }
+            }
+            matmul_acc(&mut self.gates, &cache.x, &self.wt, rows, inp, g4);
             for t in 0..t_total {
+                let g = &mut self.gates[t * batch * g4..(t + 1) * batch * g4];
+                if t > 0 {
+                    let hp = &cache.h[(t - 1) * batch * hd..t * batch * hd];
+                    matmul_acc(g, hp, &self.rt, batch, hd, g4);
+                }
                 for b in 0..batch {
-                    let xt = &cache.x[(t * batch + b) * inp..(t * batch + b + 1) * inp];
-                    for (gi, gv) in gates.iter_mut().enumerate() {
-                        let wrow = &layer.w[gi * inp..(gi + 1) * inp];
-                        *gv = layer.wb[gi]
-                            + layer.rb[gi]
-                            + wrow.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>();
-                    }
-                    if t > 0 {
-                        let hp =
-                            &cache.h[((t - 1) * batch + b) * hd..((t - 1) * batch + b + 1) * hd];
-                        for (gi, gv) in gates.iter_mut().enumerate() {
-                            let rrow = &layer.r[gi * hd..(gi + 1) * hd];
-                            *gv += rrow.iter().zip(hp).map(|(a, b)| a * b).sum::<f32>();
-                        }
-                    }
+                    let gb = &g[b * g4..(b + 1) * g4];
                     let base = (t * batch + b) * hd;
                     for u in 0..hd {
-                        let (i, o, f, g) = (
-                            sig(gates[u]),
-                            sig(gates[hd + u]),
-                            sig(gates[2 * hd + u]),
-                            gates[3 * hd + u].tanh(),
+                        let (i, o, f, gg) = (
+                            sig(gb[u]),
+                            sig(gb[hd + u]),
+                            sig(gb[2 * hd + u]),
+                            fast_tanh(gb[3 * hd + u]),
                         );
                         let cp = if t > 0 {
-                            cache.c[((t - 1) * batch + b) * hd + u]
+                            cache.c[base - batch * hd + u]
                         } else {
                             0.0
                         };
-                        let c = f * cp + i * g;
-                        let tc = c.tanh();
+                        let c = f * cp + i * gg;
+                        let tc = fast_tanh(c);
                         cache.i[base + u] = i;
                         cache.o[base + u] = o;
                         cache.f[base + u] = f;
-                        cache.g[base + u] = g;
+                        cache.g[base + u] = gg;
                         cache.c[base + u] = c;
                         cache.tc[base + u] = tc;
                         cache.h[base + u] = o * tc;
                     }
                 }
             }
-            input = cache.h.clone();
+            input.clear();
+            input.extend_from_slice(&cache.h);
         }
         let hd = net.hidden();
         let top = &self.caches[net.layers.len() - 1].h;
@@ -253,7 +282,9 @@ impl Workspace {
         let n = (batch * t_out) as f32;
         let mut loss = 0.0f64;
         // dL/dh of the top layer, time-major.
-        let mut dh_above = vec![0.0f32; t_total * batch * hd_top];
+        let mut dh_above = std::mem::take(&mut self.scratch);
+        dh_above.clear();
+        dh_above.resize(t_total * batch * hd_top, 0.0);
         {
             let top = &self.caches[net.layers.len() - 1].h;
             for b in 0..batch {
@@ -277,13 +308,17 @@ impl Workspace {
             let gl = &mut grad.layers[l];
             let cache = &self.caches[l];
             let (hd, inp) = (layer.hidden, layer.input);
-            let mut dx = vec![0.0f32; t_total * batch * inp];
+            let g4 = 4 * hd;
+            let rows = t_total * batch;
+            self.dg.clear();
+            self.dg.resize(rows * g4, 0.0);
             let mut dh_next = vec![0.0f32; batch * hd];
             let mut dc_next = vec![0.0f32; batch * hd];
-            let mut dg = vec![0.0f32; 4 * hd];
             for t in (0..t_total).rev() {
+                let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
                 for b in 0..batch {
                     let base = (t * batch + b) * hd;
+                    let dgb = &mut dgt[b * g4..(b + 1) * g4];
                     for u in 0..hd {
                         let dh = dh_above[base + u] + dh_next[b * hd + u];
                         let (i, o, f, g, tc) = (
@@ -294,48 +329,54 @@ impl Workspace {
                             cache.tc[base + u],
                         );
                         let cp = if t > 0 {
-                            cache.c[((t - 1) * batch + b) * hd + u]
+                            cache.c[base - batch * hd + u]
                         } else {
                             0.0
                         };
                         let dc = dh * o * (1.0 - tc * tc) + dc_next[b * hd + u];
-                        dg[u] = dc * g * i * (1.0 - i);
-                        dg[hd + u] = dh * tc * o * (1.0 - o);
-                        dg[2 * hd + u] = dc * cp * f * (1.0 - f);
-                        dg[3 * hd + u] = dc * i * (1.0 - g * g);
+                        dgb[u] = dc * g * i * (1.0 - i);
+                        dgb[hd + u] = dh * tc * o * (1.0 - o);
+                        dgb[2 * hd + u] = dc * cp * f * (1.0 - f);
+                        dgb[3 * hd + u] = dc * i * (1.0 - g * g);
                         dc_next[b * hd + u] = dc * f;
                     }
-                    let xt = &cache.x[(t * batch + b) * inp..(t * batch + b + 1) * inp];
-                    let dxt = &mut dx[(t * batch + b) * inp..(t * batch + b + 1) * inp];
-                    let hp: Option<&[f32]> = (t > 0).then(|| {
-                        &cache.h[((t - 1) * batch + b) * hd..((t - 1) * batch + b + 1) * hd]
-                    });
-                    let dhn = &mut dh_next[b * hd..(b + 1) * hd];
-                    dhn.fill(0.0);
-                    for (gi, &d) in dg.iter().enumerate() {
-                        gl.wb[gi] += d;
-                        gl.rb[gi] += d;
-                        let wrow = &layer.w[gi * inp..(gi + 1) * inp];
-                        let gw = &mut gl.w[gi * inp..(gi + 1) * inp];
-                        for k in 0..inp {
-                            gw[k] += d * xt[k];
-                            dxt[k] += d * wrow[k];
-                        }
-                        let rrow = &layer.r[gi * hd..(gi + 1) * hd];
-                        if let Some(hp) = hp {
-                            let gr = &mut gl.r[gi * hd..(gi + 1) * hd];
-                            for k in 0..hd {
-                                gr[k] += d * hp[k];
-                            }
-                        }
-                        for k in 0..hd {
-                            dhn[k] += d * rrow[k];
-                        }
-                    }
+                }
+                // dh_{t-1} = dG_t · R.
+                dh_next.fill(0.0);
+                if t > 0 {
+                    matmul_acc(&mut dh_next, dgt, &layer.r, batch, g4, hd);
                 }
             }
-            dh_above = dx;
+            // Weight gradients of the whole sequence at once.
+            for row in self.dg.chunks_exact(g4) {
+                for (k, d) in row.iter().enumerate() {
+                    gl.wb[k] += d;
+                    gl.rb[k] += d;
+                }
+            }
+            transpose(&self.dg, rows, g4, &mut self.dgt);
+            matmul_acc(&mut gl.w, &self.dgt, &cache.x, g4, rows, inp);
+            // dR = Σ_t dG_tᵀ · h_{t-1}: the rows from t = 1 against h from t = 0.
+            let shifted = (t_total - 1) * batch;
+            if shifted > 0 {
+                transpose(&self.dg[batch * g4..], shifted, g4, &mut self.dgt);
+                matmul_acc(
+                    &mut gl.r,
+                    &self.dgt,
+                    &cache.h[..shifted * hd],
+                    g4,
+                    shifted,
+                    hd,
+                );
+            }
+            // Gradient for the layer below: dX = dG · W.
+            if l > 0 {
+                dh_above.clear();
+                dh_above.resize(rows * inp, 0.0);
+                matmul_acc(&mut dh_above, &self.dg, &layer.w, rows, g4, inp);
+            }
         }
+        self.scratch = dh_above;
         loss / n as f64
     }
 }
