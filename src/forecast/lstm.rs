@@ -314,7 +314,7 @@ pub enum Simd {
     Baseline,
 }
 
-fn detect_simd() -> Simd {
+pub fn detect_simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -672,7 +672,7 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// [`tanh`] with fused multiply–adds where the kernel variant has them.
 #[inline(always)]
-fn tanh_k<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn tanh_k<const FMA: bool>(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
     let x = x.clamp(-CLAMP, CLAMP);
@@ -693,7 +693,7 @@ fn tanh_k<const FMA: bool>(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid_k<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn sigmoid_k<const FMA: bool>(x: f32) -> f32 {
     0.5 + 0.5 * tanh_k::<FMA>(0.5 * x)
 }
 

@@ -143,15 +143,23 @@ struct Cache {
 
 // The forecaster's branch-free activations (|error| < 1e-6): libm's exp
 // and tanh, called per element, cost more than all the matrix products.
-use crate::forecast::lstm::{sigmoid as sig, tanh as fast_tanh};
+use crate::forecast::lstm::{detect_simd, sigmoid_k, tanh_k, Simd};
 
 /// `out[cols][rows] = a[rows][cols]ᵀ`.
 fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+    // In 16×16 blocks: a plain row-by-row transpose writes with a stride
+    // of `rows` floats and was the largest cost of the backward pass.
+    const B: usize = 16;
     out.clear();
     out.resize(rows * cols, 0.0);
-    for r in 0..rows {
-        for (c, &v) in a[r * cols..(r + 1) * cols].iter().enumerate() {
-            out[c * rows + r] = v;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                let src = &a[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = src[c];
+                }
+            }
         }
     }
 }
@@ -170,12 +178,75 @@ pub struct Workspace {
     dg: Vec<f32>,
     dgt: Vec<f32>,
     scratch: Vec<f32>,
+    dh_next: Vec<f32>,
+    dc_next: Vec<f32>,
+    zeros: Vec<f32>,
+    wgrad: Vec<f32>,
 }
 
 impl Workspace {
     /// Forward pass over a batch of contract inputs `x` (`[B][T][3]`,
     /// normalised). Returns the outputs `[B][t_out]` in the model's order.
     pub fn forward(&mut self, net: &Net, x: &[f32], batch: usize) -> &[f32] {
+        match detect_simd() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU reports AVX-512F, AVX2 and FMA.
+            Simd::Avx512 => unsafe { self.forward_avx512(net, x, batch) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU reports AVX2 and FMA.
+            Simd::Avx2 => unsafe { self.forward_avx2(net, x, batch) },
+            _ => self.forward_impl::<false>(net, x, batch),
+        }
+        &self.out
+    }
+
+    /// Mean squared error against targets `y` (`[B][t_out]`, normalised,
+    /// forward order) and its gradient, accumulated into `grad`. Call
+    /// `forward` first with the same batch.
+    pub fn backward(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
+        match detect_simd() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU reports AVX-512F, AVX2 and FMA.
+            Simd::Avx512 => unsafe { self.backward_avx512(net, y, batch, grad) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU reports AVX2 and FMA.
+            Simd::Avx2 => unsafe { self.backward_avx2(net, y, batch, grad) },
+            _ => self.backward_impl::<false>(net, y, batch, grad),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn forward_avx512(&mut self, net: &Net, x: &[f32], batch: usize) {
+        self.forward_impl::<true>(net, x, batch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&mut self, net: &Net, x: &[f32], batch: usize) {
+        self.forward_impl::<true>(net, x, batch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn backward_avx512(
+        &mut self,
+        net: &Net,
+        y: &[f32],
+        batch: usize,
+        grad: &mut Net,
+    ) -> f64 {
+        self.backward_impl::<true>(net, y, batch, grad)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
+        self.backward_impl::<true>(net, y, batch, grad)
+    }
+
+    #[inline(always)]
+    fn forward_impl<const FMA: bool>(&mut self, net: &Net, x: &[f32], batch: usize) {
         let t_total = net.t_in + net.t_out;
         assert_eq!(x.len(), batch * t_total * 3);
         self.caches.resize_with(net.layers.len(), Cache::default);
@@ -187,6 +258,10 @@ impl Workspace {
                 let src = &x[(b * t_total + t) * 3..(b * t_total + t) * 3 + 3];
                 input[(t * batch + b) * 3..(t * batch + b) * 3 + 3].copy_from_slice(src);
             }
+        }
+        let widest = net.layers.iter().map(|l| l.hidden).max().unwrap_or(0);
+        if self.zeros.len() < widest {
+            self.zeros = vec![0.0; widest];
         }
         for (l, layer) in net.layers.iter().enumerate() {
             let (hd, inp) = (layer.hidden, layer.input);
@@ -230,27 +305,38 @@ impl Workspace {
                 for b in 0..batch {
                     let gb = &g[b * g4..(b + 1) * g4];
                     let base = (t * batch + b) * hd;
+                    // Row slices of equal length let the loop below
+                    // vectorise (no per-element bounds checks).
+                    let (gi, rest) = gb.split_at(hd);
+                    let (go, rest) = rest.split_at(hd);
+                    let (gf, gc) = rest.split_at(hd);
+                    let (c_done, c_rest) = cache.c.split_at_mut(base);
+                    let c_row = &mut c_rest[..hd];
+                    let c_prev: &[f32] = if t > 0 {
+                        &c_done[base - batch * hd..base - batch * hd + hd]
+                    } else {
+                        &self.zeros[..hd]
+                    };
+                    let i_row = &mut cache.i[base..base + hd];
+                    let o_row = &mut cache.o[base..base + hd];
+                    let f_row = &mut cache.f[base..base + hd];
+                    let g_row = &mut cache.g[base..base + hd];
+                    let tc_row = &mut cache.tc[base..base + hd];
+                    let h_row = &mut cache.h[base..base + hd];
                     for u in 0..hd {
-                        let (i, o, f, gg) = (
-                            sig(gb[u]),
-                            sig(gb[hd + u]),
-                            sig(gb[2 * hd + u]),
-                            fast_tanh(gb[3 * hd + u]),
-                        );
-                        let cp = if t > 0 {
-                            cache.c[base - batch * hd + u]
-                        } else {
-                            0.0
-                        };
-                        let c = f * cp + i * gg;
-                        let tc = fast_tanh(c);
-                        cache.i[base + u] = i;
-                        cache.o[base + u] = o;
-                        cache.f[base + u] = f;
-                        cache.g[base + u] = gg;
-                        cache.c[base + u] = c;
-                        cache.tc[base + u] = tc;
-                        cache.h[base + u] = o * tc;
+                        let i = sigmoid_k::<FMA>(gi[u]);
+                        let o = sigmoid_k::<FMA>(go[u]);
+                        let f = sigmoid_k::<FMA>(gf[u]);
+                        let gg = tanh_k::<FMA>(gc[u]);
+                        let c = f * c_prev[u] + i * gg;
+                        let tc = tanh_k::<FMA>(c);
+                        i_row[u] = i;
+                        o_row[u] = o;
+                        f_row[u] = f;
+                        g_row[u] = gg;
+                        c_row[u] = c;
+                        tc_row[u] = tc;
+                        h_row[u] = o * tc;
                     }
                 }
             }
@@ -269,13 +355,16 @@ impl Workspace {
                     net.head_b + h.iter().zip(&net.head_w).map(|(a, b)| a * b).sum::<f32>();
             }
         }
-        &self.out
     }
 
-    /// Mean squared error against targets `y` (`[B][t_out]`, normalised,
-    /// forward order) and its gradient, accumulated into `grad`. Call
-    /// `forward` first with the same batch.
-    pub fn backward(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
+    #[inline(always)]
+    fn backward_impl<const FMA: bool>(
+        &mut self,
+        net: &Net,
+        y: &[f32],
+        batch: usize,
+        grad: &mut Net,
+    ) -> f64 {
         let (t_in, t_out) = (net.t_in, net.t_out);
         let t_total = t_in + t_out;
         let hd_top = net.hidden();
@@ -312,33 +401,45 @@ impl Workspace {
             let rows = t_total * batch;
             self.dg.clear();
             self.dg.resize(rows * g4, 0.0);
-            let mut dh_next = vec![0.0f32; batch * hd];
-            let mut dc_next = vec![0.0f32; batch * hd];
+            let mut dh_next = std::mem::take(&mut self.dh_next);
+            let mut dc_next = std::mem::take(&mut self.dc_next);
+            dh_next.clear();
+            dh_next.resize(batch * hd, 0.0);
+            dc_next.clear();
+            dc_next.resize(batch * hd, 0.0);
             for t in (0..t_total).rev() {
                 let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
                 for b in 0..batch {
                     let base = (t * batch + b) * hd;
                     let dgb = &mut dgt[b * g4..(b + 1) * g4];
+                    let (dgi, rest) = dgb.split_at_mut(hd);
+                    let (dgo, rest) = rest.split_at_mut(hd);
+                    let (dgf, dgc) = rest.split_at_mut(hd);
+                    let row = base..base + hd;
+                    let (ci, co, cf, cg, ctc) = (
+                        &cache.i[row.clone()],
+                        &cache.o[row.clone()],
+                        &cache.f[row.clone()],
+                        &cache.g[row.clone()],
+                        &cache.tc[row.clone()],
+                    );
+                    let c_prev: &[f32] = if t > 0 {
+                        &cache.c[base - batch * hd..base - batch * hd + hd]
+                    } else {
+                        &self.zeros[..hd]
+                    };
+                    let dh_row = &dh_above[row];
+                    let dhn = &dh_next[b * hd..(b + 1) * hd];
+                    let dcn = &mut dc_next[b * hd..(b + 1) * hd];
                     for u in 0..hd {
-                        let dh = dh_above[base + u] + dh_next[b * hd + u];
-                        let (i, o, f, g, tc) = (
-                            cache.i[base + u],
-                            cache.o[base + u],
-                            cache.f[base + u],
-                            cache.g[base + u],
-                            cache.tc[base + u],
-                        );
-                        let cp = if t > 0 {
-                            cache.c[base - batch * hd + u]
-                        } else {
-                            0.0
-                        };
-                        let dc = dh * o * (1.0 - tc * tc) + dc_next[b * hd + u];
-                        dgb[u] = dc * g * i * (1.0 - i);
-                        dgb[hd + u] = dh * tc * o * (1.0 - o);
-                        dgb[2 * hd + u] = dc * cp * f * (1.0 - f);
-                        dgb[3 * hd + u] = dc * i * (1.0 - g * g);
-                        dc_next[b * hd + u] = dc * f;
+                        let dh = dh_row[u] + dhn[u];
+                        let (i, o, f, g, tc) = (ci[u], co[u], cf[u], cg[u], ctc[u]);
+                        let dc = dh * o * (1.0 - tc * tc) + dcn[u];
+                        dgi[u] = dc * g * i * (1.0 - i);
+                        dgo[u] = dh * tc * o * (1.0 - o);
+                        dgf[u] = dc * c_prev[u] * f * (1.0 - f);
+                        dgc[u] = dc * i * (1.0 - g * g);
+                        dcn[u] = dc * f;
                     }
                 }
                 // dh_{t-1} = dG_t · R.
@@ -354,21 +455,41 @@ impl Workspace {
                     gl.rb[k] += d;
                 }
             }
-            transpose(&self.dg, rows, g4, &mut self.dgt);
-            matmul_acc(&mut gl.w, &self.dgt, &cache.x, g4, rows, inp);
+            // dWᵀ = Xᵀ · dG and dRᵀ = H_prevᵀ · dG: transposing the thin
+            // activations (not the wide gate gradients) keeps the products
+            // in the kernels' fast shape; the small results are added back
+            // transposed.
+            transpose(&cache.x, rows, inp, &mut self.dgt);
+            self.wgrad.clear();
+            self.wgrad.resize(inp * g4, 0.0);
+            matmul_acc(&mut self.wgrad, &self.dgt, &self.dg, inp, rows, g4);
+            for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
+                for (g, v) in row.iter().enumerate() {
+                    gl.w[g * inp + k] += v;
+                }
+            }
             // dR = Σ_t dG_tᵀ · h_{t-1}: the rows from t = 1 against h from t = 0.
             let shifted = (t_total - 1) * batch;
             if shifted > 0 {
-                transpose(&self.dg[batch * g4..], shifted, g4, &mut self.dgt);
+                transpose(&cache.h[..shifted * hd], shifted, hd, &mut self.dgt);
+                self.wgrad.clear();
+                self.wgrad.resize(hd * g4, 0.0);
                 matmul_acc(
-                    &mut gl.r,
+                    &mut self.wgrad,
                     &self.dgt,
-                    &cache.h[..shifted * hd],
-                    g4,
-                    shifted,
+                    &self.dg[batch * g4..],
                     hd,
+                    shifted,
+                    g4,
                 );
+                for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
+                    for (g, v) in row.iter().enumerate() {
+                        gl.r[g * hd + k] += v;
+                    }
+                }
             }
+            self.dh_next = dh_next;
+            self.dc_next = dc_next;
             // Gradient for the layer below: dX = dG · W.
             if l > 0 {
                 dh_above.clear();
