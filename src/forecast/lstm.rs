@@ -629,6 +629,54 @@ unsafe fn tile_4x32_avx512(
     }
 }
 
+/// The 4×16 companion of [`tile_4x32_avx512`] for a 16-column remainder
+/// (hidden sizes such as 48).
+///
+/// # Safety
+/// As for [`tile_4x32_avx512`], with `j0 + 16 <= n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_4x16_avx512(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    i0: usize,
+    j0: usize,
+    k: usize,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(
+        c.len() >= (i0 + 4) * n && a.len() >= (i0 + 4) * k && b.len() >= k * n && j0 + 16 <= n
+    );
+    let cp = c.as_mut_ptr();
+    let ap = a.as_ptr();
+    let bp = b.as_ptr();
+    // SAFETY (pointer arithmetic): within the bounds of the contract.
+    let crow = |r: usize| cp.add((i0 + r) * n + j0);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (r, accr) in acc.iter_mut().enumerate() {
+        *accr = _mm512_loadu_ps(crow(r));
+    }
+    let (a0, a1, a2, a3) = (
+        ap.add(i0 * k),
+        ap.add((i0 + 1) * k),
+        ap.add((i0 + 2) * k),
+        ap.add((i0 + 3) * k),
+    );
+    for p in 0..k {
+        let b0 = _mm512_loadu_ps(bp.add(p * n + j0));
+        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a0.add(p)), b0, acc[0]);
+        acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*a1.add(p)), b0, acc[1]);
+        acc[2] = _mm512_fmadd_ps(_mm512_set1_ps(*a2.add(p)), b0, acc[2]);
+        acc[3] = _mm512_fmadd_ps(_mm512_set1_ps(*a3.add(p)), b0, acc[3]);
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        _mm512_storeu_ps(crow(r), *accr);
+    }
+}
+
 /// `c += a · b` with the AVX-512 micro-kernel on whole 4×32 tiles and the
 /// generic code on what is left.
 #[cfg(target_arch = "x86_64")]
@@ -642,10 +690,16 @@ unsafe fn gemm_acc_avx512(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usiz
             // SAFETY: bounds asserted above; AVX-512F enabled on this fn.
             unsafe { tile_4x32_avx512(c, a, b, i0, j0, k, n) };
         }
+        let mut j_rest = n32;
+        if n - n32 >= 16 {
+            // SAFETY: as above, with j_rest + 16 <= n.
+            unsafe { tile_4x16_avx512(c, a, b, i0, n32, k, n) };
+            j_rest = n32 + 16;
+        }
         for r in i0..i0 + 4 {
             for p in 0..k {
                 let av = a[r * k + p];
-                for j in n32..n {
+                for j in j_rest..n {
                     c[r * n + j] = av.mul_add(b[p * n + j], c[r * n + j]);
                 }
             }
@@ -740,6 +794,8 @@ mod tests {
             (3, 64, 256),
             (32, 64, 256),
             (9, 5, 70),
+            (8, 7, 48),
+            (12, 33, 83),
         ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
