@@ -14,6 +14,8 @@
 //!   checks (tract), the native encode-once evaluator, the sample window.
 //! - [`modeltool`]: `neurostimd model info|run|bench`.
 //! - [`npy`]: float32 `.npy` files (model bundles, `model run`).
+//! - [`safety`]: the safety limiter every command passes (amplitude, slew,
+//!   charge per phase, net charge balance, budget, zero on faults).
 //! - [`simulate`]: running a plant open-loop with a stimulation waveform
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
 //! - [`control`]: the sample loop (open loop with stimulation off, for now).
@@ -32,6 +34,7 @@ pub mod modeltool;
 pub mod neuron;
 pub mod npy;
 pub mod plant;
+pub mod safety;
 pub mod simulate;
 pub mod train;
 pub mod units;

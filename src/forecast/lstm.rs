@@ -571,8 +571,9 @@ fn gemm_acc<const FMA: bool, const MR: usize, const NR: usize, const CB: usize>(
 /// form of a tile this wide keeps its accumulators in memory.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `i0 + 4 <= m`, `j0 + 32 <= n`, and the
-/// slices must hold `m·k` (a), `k·n` (b) and `m·n` (c) values.
+/// The CPU must support AVX-512F; `i0 + 4 <= m`, `j0 + 32 <= n`,
+/// `ks.end <= k`, and the slices must hold `m·k` (a), `k·n` (b) and `m·n`
+/// (c) values. Sums over `p ∈ ks` only (the caller blocks k).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -584,6 +585,7 @@ unsafe fn tile_4x32_avx512(
     j0: usize,
     k: usize,
     n: usize,
+    ks: std::ops::Range<usize>,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(
@@ -606,7 +608,7 @@ unsafe fn tile_4x32_avx512(
         ap.add((i0 + 2) * k),
         ap.add((i0 + 3) * k),
     );
-    for p in 0..k {
+    for p in ks.clone() {
         let brow = bp.add(p * n + j0);
         let b0 = _mm512_loadu_ps(brow);
         let b1 = _mm512_loadu_ps(brow.add(16));
@@ -645,6 +647,7 @@ unsafe fn tile_4x16_avx512(
     j0: usize,
     k: usize,
     n: usize,
+    ks: std::ops::Range<usize>,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(
@@ -665,7 +668,7 @@ unsafe fn tile_4x16_avx512(
         ap.add((i0 + 2) * k),
         ap.add((i0 + 3) * k),
     );
-    for p in 0..k {
+    for p in ks.clone() {
         let b0 = _mm512_loadu_ps(bp.add(p * n + j0));
         acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a0.add(p)), b0, acc[0]);
         acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*a1.add(p)), b0, acc[1]);
@@ -685,21 +688,29 @@ unsafe fn gemm_acc_avx512(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usiz
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
     let m4 = m - m % 4;
     let n32 = n - n % 32;
+    let n16 = if n - n32 >= 16 { n32 + 16 } else { n32 };
+    // Block the k loop so the panel of `b` the tiles stream through stays
+    // in L2 while every row tile uses it (long sums such as the trainer's
+    // weight gradients were memory-bound without it).
+    const KC: usize = 256;
+    for k0 in (0..k).step_by(KC) {
+        let ks = k0..(k0 + KC).min(k);
+        for i0 in (0..m4).step_by(4) {
+            for j0 in (0..n32).step_by(32) {
+                // SAFETY: bounds asserted above; AVX-512F enabled on this fn.
+                unsafe { tile_4x32_avx512(c, a, b, i0, j0, k, n, ks.clone()) };
+            }
+            if n16 > n32 {
+                // SAFETY: as above, with n32 + 16 <= n.
+                unsafe { tile_4x16_avx512(c, a, b, i0, n32, k, n, ks.clone()) };
+            }
+        }
+    }
     for i0 in (0..m4).step_by(4) {
-        for j0 in (0..n32).step_by(32) {
-            // SAFETY: bounds asserted above; AVX-512F enabled on this fn.
-            unsafe { tile_4x32_avx512(c, a, b, i0, j0, k, n) };
-        }
-        let mut j_rest = n32;
-        if n - n32 >= 16 {
-            // SAFETY: as above, with j_rest + 16 <= n.
-            unsafe { tile_4x16_avx512(c, a, b, i0, n32, k, n) };
-            j_rest = n32 + 16;
-        }
         for r in i0..i0 + 4 {
             for p in 0..k {
                 let av = a[r * k + p];
-                for j in j_rest..n {
+                for j in n16..n {
                     c[r * n + j] = av.mul_add(b[p * n + j], c[r * n + j]);
                 }
             }
@@ -796,6 +807,7 @@ mod tests {
             (9, 5, 70),
             (8, 7, 48),
             (12, 33, 83),
+            (8, 600, 80),
         ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)

@@ -276,6 +276,7 @@ impl Workspace {
             } else {
                 cache.x = std::mem::take(&mut input);
             }
+            // Every element is written below: resize without clearing.
             for v in [
                 &mut cache.i,
                 &mut cache.o,
@@ -285,10 +286,8 @@ impl Workspace {
                 &mut cache.tc,
                 &mut cache.h,
             ] {
-                v.clear();
                 v.resize(rows * hd, 0.0);
             }
-            self.gates.clear();
             self.gates.resize(rows * g4, 0.0);
             for row in self.gates.chunks_exact_mut(g4) {
                 for (k, gv) in row.iter_mut().enumerate() {
@@ -399,7 +398,7 @@ impl Workspace {
             let (hd, inp) = (layer.hidden, layer.input);
             let g4 = 4 * hd;
             let rows = t_total * batch;
-            self.dg.clear();
+            // Every gate gradient is written in the loop below.
             self.dg.resize(rows * g4, 0.0);
             let mut dh_next = std::mem::take(&mut self.dh_next);
             let mut dc_next = std::mem::take(&mut self.dc_next);
