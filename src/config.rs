@@ -181,8 +181,20 @@ pub enum Clock {
 struct RawConfig {
     plant: RawPlant,
     run: RawRun,
+    safety: RawSafety,
     train: RawTrain,
     presets: BTreeMap<String, RawParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    max_amplitude: Quantity<Current>,
+    max_slew: f64,
+    max_phase_charge: Quantity<crate::units::Charge>,
+    net_charge_tau: Quantity<Time>,
+    max_net_charge: Quantity<crate::units::Charge>,
+    charge_budget: Quantity<crate::units::Charge>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +329,8 @@ pub struct Config {
     pub plant_kind: PlantKind,
     pub sim: SimConfig,
     pub run: RunConfig,
+    /// Safety limits, validated against the compiled-in hard ceilings.
+    pub safety: crate::safety::Limits,
     pub train: TrainConfig,
     /// Every preset, resolved against the published model.
     pub presets: BTreeMap<String, Params>,
@@ -609,6 +623,29 @@ impl Config {
         let d = raw.run.duration.get();
         non_negative(d).map_err(|m| err("run.duration", m))?;
 
+        let sf = &raw.safety;
+        let safety = crate::safety::Limits {
+            max_amplitude: sf.max_amplitude.get(),
+            max_slew: sf.max_slew,
+            max_phase_charge: sf.max_phase_charge.get(),
+            net_charge_tau: sf.net_charge_tau.get(),
+            max_net_charge: sf.max_net_charge.get(),
+            charge_budget: sf.charge_budget.get(),
+        };
+        safety.validate().map_err(|e| {
+            let name = match &e {
+                crate::safety::SafetyError::NotPositive { name, .. }
+                | crate::safety::SafetyError::AboveCeiling { name, .. } => *name,
+                crate::safety::SafetyError::BadPeriod(_) => "",
+            };
+            let full = e.to_string();
+            let message = full
+                .split_once(" = ")
+                .map(|(_, m)| m.to_string())
+                .unwrap_or(full);
+            err(&format!("safety.{name}"), message)
+        })?;
+
         let t = &raw.train;
         let range = |key: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
@@ -735,6 +772,7 @@ impl Config {
                 duration_s: if d > 0.0 { Some(d / 1000.0) } else { None },
                 clock: raw.run.clock,
             },
+            safety,
             train,
             presets,
         })
@@ -878,6 +916,20 @@ mod tests {
                 .starts_with("command line: plant.sim.overrides.g_m:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn safety_limits_above_the_hard_ceilings_are_refused_with_their_key() {
+        let e = invalid("[safety]\nmax_amplitude = \"50 uA/cm2\"\n");
+        assert_eq!(e.key(), Some("safety.max_amplitude"));
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2: safety.max_amplitude: 50 exceeds the hard ceiling 20 compiled into this binary"
+        );
+        let e = invalid("[safety]\nmax_slew = -1\n");
+        assert_eq!(e.key(), Some("safety.max_slew"));
+        let c = Config::defaults();
+        assert!(c.safety.validate().is_ok());
     }
 
     #[test]

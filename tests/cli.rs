@@ -175,6 +175,11 @@ fn bad_configs_exit_2_naming_the_key() {
         ("negative conductance", "[presets.bursting]\ng_nap = -0.4\n", "bad.toml:2: presets.bursting.g_nap: -0.4 is negative"),
         ("dt above sample period", "[plant.sim]\nintegrator = \"rk4\"\n\ndt = \"1 ms\"\n", "bad.toml:4: plant.sim.dt: integration step 1 ms is larger than plant.sim.sample_period"),
         ("unknown preset", "[plant.sim]\npreset = \"fast\"\n", "bad.toml:2: plant.sim.preset: no preset named `fast`"),
+        (
+            "safety above the hard ceiling",
+            "[safety]\nmax_amplitude = 50\n",
+            "bad.toml:2: safety.max_amplitude: 50 exceeds the hard ceiling 20",
+        ),
     ];
     for (what, toml, expected) in cases {
         std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
