@@ -23,12 +23,8 @@ pub const CLI_NAME: &str = "command line";
 /// A configuration problem a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: String, error: std::io::Error },
     /// `location` is `file:line` when the line is known, else `file`.
     #[error("{location}: {key}: {message}")]
     Invalid {
@@ -438,7 +434,7 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: name.clone(),
-            source,
+            error: source,
         })?;
         Self::from_sources(&[(&name, &text)])
     }
@@ -452,7 +448,7 @@ impl Config {
                 path.display().to_string(),
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.display().to_string(),
-                    source,
+                    error: source,
                 })?,
             )),
             None => None,

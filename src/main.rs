@@ -105,9 +105,18 @@ enum ModelCommand {
     /// Evaluate against persistence and AR baselines: RMSE per horizon step, spike F1.
     Eval {
         model: PathBuf,
-        /// Fresh simulator data of this preset (recordings arrive with the recorder).
-        #[arg(long, value_name = "PRESET")]
-        sim: String,
+        /// Fresh simulator data of this preset, under random excitation.
+        #[arg(
+            long,
+            value_name = "PRESET",
+            required_unless_present = "data",
+            conflicts_with = "data"
+        )]
+        sim: Option<String>,
+        /// A trace CSV (`neurostimd simulate --trace-out`: t_ms, V_mV or
+        /// V_measured_mV, I_stim_uA_cm2). Recordings arrive with the recorder.
+        #[arg(long, value_name = "FILE.csv")]
+        data: Option<PathBuf>,
         /// Simulated seconds (the second half is scored).
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
@@ -394,6 +403,7 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Eval {
             model,
             sim,
+            data,
             duration,
             seed,
             config,
@@ -404,16 +414,24 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
                     UsageError(format!("--duration {duration} must be > 0 seconds")).into(),
                 );
             }
-            let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
-            if config.preset(&sim).is_none() {
-                let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
-                return Err(UsageError(format!(
-                    "--sim {sim}: no such preset; defined presets: {}",
-                    known.join(", ")
-                ))
-                .into());
-            }
-            let c = neurostimd::train::eval_sim(&model, &config, &sim, duration * 1000.0, seed)?;
+            let c = match (sim, data) {
+                (Some(sim), _) => {
+                    let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
+                    if config.preset(&sim).is_none() {
+                        let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
+                        return Err(UsageError(format!(
+                            "--sim {sim}: no such preset; defined presets: {}",
+                            known.join(", ")
+                        ))
+                        .into());
+                    }
+                    neurostimd::train::eval_sim(&model, &config, &sim, duration * 1000.0, seed)?
+                }
+                (None, Some(data)) => neurostimd::train::eval_trace(&model, &data)?,
+                (None, None) => {
+                    return Err(UsageError("give --sim PRESET or --data FILE.csv".into()).into())
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {

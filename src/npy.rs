@@ -14,12 +14,8 @@ pub struct NpyF32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a float32 .npy file: {what}")]
     Format { path: String, what: String },
 }
@@ -40,7 +36,7 @@ impl NpyF32 {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
             path: name.clone(),
-            source,
+            error: source,
         })?;
         Self::parse(&bytes).map_err(|what| NpyError::Format { path: name, what })
     }
@@ -142,7 +138,7 @@ impl NpyF32 {
     pub fn write(&self, path: &Path) -> Result<(), NpyError> {
         let io = |source| NpyError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         };
         let mut f = std::fs::File::create(path).map_err(io)?;
         f.write_all(&self.to_bytes()).map_err(io)?;

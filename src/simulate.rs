@@ -31,12 +31,8 @@ pub enum SimulateError {
         line: usize,
         message: String,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Plant(#[from] PlantError),
 }
@@ -103,7 +99,7 @@ impl Waveform {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SimulateError::Io {
             path: name.clone(),
-            source,
+            error: source,
         })?;
         Self::parse_csv(&name, &text)
     }
@@ -146,7 +142,7 @@ pub struct SimulateReport {
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SimulateError + '_ {
     move |source| SimulateError::Io {
         path: path.display().to_string(),
-        source,
+        error: source,
     }
 }
 

@@ -35,12 +35,8 @@ pub const EQUALITY_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: model card: {message}")]
     Card { path: String, message: String },
     #[error("{path}: sha256 {actual} does not match the card's onnx_sha256 {expected} (wrong or modified file)")]
@@ -116,7 +112,7 @@ pub fn read_card(path: &Path) -> Result<ModelCard, ForecastError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ForecastError::Io {
         path: name.clone(),
-        source,
+        error: source,
     })?;
     let card: ModelCard = serde_json::from_str(&text).map_err(|e| ForecastError::Card {
         path: name.clone(),
@@ -161,7 +157,7 @@ impl Forecaster {
         let card = read_card(&card_path(path))?;
         let bytes = std::fs::read(path).map_err(|source| ForecastError::Io {
             path: name.clone(),
-            source,
+            error: source,
         })?;
         let actual = sha256_hex(&bytes);
         if actual != card.onnx_sha256.to_ascii_lowercase() {

@@ -33,12 +33,8 @@ use std::path::{Path, PathBuf};
 pub enum TrainError {
     #[error("simulating training data: {0}")]
     Plant(#[from] PlantError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Npy(#[from] NpyError),
     #[error("the exported model does not reload: {0}")]
@@ -272,7 +268,10 @@ pub fn run(
     let bytes = export::to_onnx(&net, env!("CARGO_PKG_VERSION"));
     let io = |p: &Path| {
         let path = p.display().to_string();
-        move |source| TrainError::Io { path, source }
+        move |source| TrainError::Io {
+            path,
+            error: source,
+        }
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -371,6 +370,103 @@ pub fn run(
         comparisons,
         export_difference: diff,
     })
+}
+
+/// Read a trace CSV as written by `neurostimd simulate --trace-out` (or any
+/// CSV with a header naming `t_ms`, a membrane potential column `V_mV` or
+/// `V_measured_mV` (preferred when present: it is what a rig measures), and
+/// an applied-current column `I_stim_uA_cm2`), decimated to `dt_ms`.
+pub fn series_from_trace_csv(path: &Path, dt_ms: f64) -> Result<Series, TrainError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: name.clone(),
+        error: source,
+    })?;
+    let bad =
+        |line: usize, what: String| TrainError::NotEnoughData(format!("{name}:{line}: {what}"));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| bad(1, "empty file".into()))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let col = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| header.iter().position(|h| h == n))
+    };
+    let ct = col(&["t_ms"]).ok_or_else(|| bad(1, "no `t_ms` column".into()))?;
+    let cv = col(&["V_measured_mV", "V_mV"])
+        .ok_or_else(|| bad(1, "no `V_mV` or `V_measured_mV` column".into()))?;
+    let ci = col(&["I_stim_uA_cm2"]).ok_or_else(|| bad(1, "no `I_stim_uA_cm2` column".into()))?;
+    let (mut t, mut v, mut i) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |c: usize| -> Result<f64, TrainError> {
+            f.get(c)
+                .and_then(|x| x.trim().parse::<f64>().ok())
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| {
+                    bad(
+                        k + 2,
+                        format!("column {} is not a finite number", header[c]),
+                    )
+                })
+        };
+        t.push(num(ct)?);
+        v.push(num(cv)?);
+        i.push(num(ci)?);
+    }
+    if t.len() < 3 {
+        return Err(bad(1, "fewer than 3 samples".into()));
+    }
+    let period = (t[t.len() - 1] - t[0]) / (t.len() - 1) as f64;
+    let decimation = crate::forecast::WindowRing::decimation_for(dt_ms, period).ok_or_else(|| {
+        bad(1, format!("the model step {dt_ms} ms is not a whole number of the trace's sample period {period} ms"))
+    })?;
+    // Row k's current was applied over (t_k, t_k+1]; the model pairs V at
+    // t_k with the current that led into it, so shift by one sample.
+    let i_into: Vec<f64> = std::iter::once(0.0)
+        .chain(i.iter().copied())
+        .take(i.len())
+        .collect();
+    Ok(Series::from_samples(
+        &v[1..],
+        &i_into[1..],
+        decimation,
+        dt_ms,
+    ))
+}
+
+/// `model eval --data FILE.csv`: a recorded or simulated trace, split in
+/// time; AR fitted on the first half, everything scored on the second.
+pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> {
+    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let card = f.card().clone();
+    let s = series_from_trace_csv(trace, card.dt_ms)?;
+    let (a, _, c) = dataset::split_by_time(&[s], 0.5, 1e-9);
+    let norm = card.normalization;
+    let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
+    let test_w = Windows::cut(&c, card.t_in, card.t_out, 1, &norm);
+    if test_w.is_empty() || fit_w.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "{}: too short for the model's window",
+            trace.display()
+        )));
+    }
+    let label = format!("{}, second half", trace.display());
+    Ok(compare(
+        &label,
+        card.dt_ms,
+        &norm,
+        &test_w,
+        &fit_w,
+        forecaster_fn(&mut f),
+    ))
 }
 
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
