@@ -1,5 +1,6 @@
 //! The training loop: Adam on mini-batches, gradient clipping by global
-//! norm, early stopping on validation loss, keeping the best weights.
+//! norm, the learning rate halved on a validation plateau, early stopping on
+//! validation loss, keeping the best weights.
 //!
 //! Meant for a low-priority thread next to the real-time loop: it uses one
 //! core, allocates only at start, and reports progress through a callback
@@ -167,6 +168,12 @@ pub fn fit(
             since_best += 1;
             if since_best >= s.patience {
                 break;
+            }
+            // Halve the step size when half the patience has gone by
+            // without a gain: the usual plateau schedule, which lets the
+            // long-horizon error settle instead of stopping at its noise.
+            if since_best == s.patience.div_ceil(2) {
+                adam.lr *= 0.5;
             }
         }
     }
