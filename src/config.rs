@@ -215,6 +215,8 @@ struct RawTrain {
 #[serde(deny_unknown_fields)]
 struct RawTrainData {
     presets: Vec<String>,
+    #[serde(default)]
+    traces: Vec<std::path::PathBuf>,
     regime_change: bool,
     duration: Quantity<Time>,
     stride: usize,
@@ -312,6 +314,9 @@ pub struct TrainConfig {
     pub order: crate::forecast::OutputOrder,
     pub schedule: crate::train::trainer::Schedule,
     pub sources: Vec<TrainSource>,
+    /// Recorded or simulated traces (CSV, as `simulate --trace-out` writes)
+    /// used as further sources.
+    pub traces: Vec<std::path::PathBuf>,
     pub duration_ms: f64,
     pub stride: usize,
     pub max_amplitude: f64,
@@ -723,10 +728,10 @@ impl Config {
                 },
             });
         }
-        if sources.is_empty() {
+        if sources.is_empty() && t.data.traces.is_empty() {
             return Err(err(
                 "train.data.presets",
-                "no data: list presets or set regime_change".into(),
+                "no data: list presets, set regime_change or give traces".into(),
             ));
         }
         let train = TrainConfig {
@@ -746,6 +751,7 @@ impl Config {
                 seed: t.seed,
             },
             sources,
+            traces: t.data.traces.clone(),
             duration_ms: t.data.duration.get(),
             stride: t.data.stride,
             max_amplitude: t.data.max_amplitude.get(),

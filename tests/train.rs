@@ -103,6 +103,47 @@ fn train_exports_a_model_that_reloads_and_evaluates() {
 }
 
 #[test]
+fn traces_written_by_simulate_are_training_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "simulate",
+            "--duration-ms",
+            "4000",
+            "--noise-sd-mv",
+            "0.2",
+            "--trace-out",
+            "trace.csv",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = format!("{SMALL}presets = []\nregime_change = false\ntraces = [\"trace.csv\"]\n");
+    std::fs::write(dir.path().join("t.toml"), cfg).unwrap();
+    let o = neurostimd(
+        &["train", "--config", "t.toml", "--out", "m.onnx", "--json"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = j["comparisons"].as_array().unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["data"], "trace.csv");
+    // A trace that does not exist is an error naming it.
+    std::fs::write(
+        dir.path().join("t.toml"),
+        format!("{SMALL}presets = []\nregime_change = false\ntraces = [\"missing.csv\"]\n"),
+    )
+    .unwrap();
+    let o = neurostimd(
+        &["train", "--config", "t.toml", "--out", "m2.onnx"],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.csv"));
+}
+
+#[test]
 fn bad_train_configs_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (toml, expected) in [

@@ -207,6 +207,12 @@ fn generate(cfg: &TrainConfig, seed_offset: u64) -> Result<Vec<(String, Series)>
         )?;
         out.push((src.label.clone(), s));
     }
+    for path in &cfg.traces {
+        out.push((
+            path.display().to_string(),
+            series_from_trace_csv(path, cfg.dt_ms)?,
+        ));
+    }
     Ok(out)
 }
 
@@ -321,7 +327,7 @@ pub fn run(
         provenance: serde_json::json!({
             "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),
             "command": command,
-            "data": cfg.sources.iter().map(|s| s.label.clone()).collect::<Vec<_>>(),
+            "data": labelled.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
             "duration_ms_per_source": cfg.duration_ms,
             "excitation": format!("OU noise, steps, pulse trains, ramps and rest within ±{} uA/cm2", cfg.max_amplitude),
             "seed": cfg.schedule.seed,
