@@ -454,25 +454,8 @@ pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> 
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
     let card = f.card().clone();
     let s = series_from_trace_csv(trace, card.dt_ms)?;
-    let (a, _, c) = dataset::split_by_time(&[s], 0.5, 1e-9);
-    let norm = card.normalization;
-    let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
-    let test_w = Windows::cut(&c, card.t_in, card.t_out, 1, &norm);
-    if test_w.is_empty() || fit_w.is_empty() {
-        return Err(TrainError::NotEnoughData(format!(
-            "{}: too short for the model's window",
-            trace.display()
-        )));
-    }
     let label = format!("{}, second half", trace.display());
-    Ok(compare(
-        &label,
-        card.dt_ms,
-        &norm,
-        &test_w,
-        &fit_w,
-        forecaster_fn(&mut f),
-    ))
+    score_second_half(&mut f, s, label)
 }
 
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
@@ -508,25 +491,36 @@ pub fn eval_sim(
         config.train.max_amplitude,
         seed,
     )?;
+    let label = format!(
+        "sim {preset}, {:.0} s, seed {seed}, second half",
+        duration_ms / 1000.0
+    );
+    score_second_half(&mut f, s, label)
+}
+
+/// Fit the AR baseline on the first half of `s`, score the model and both
+/// baselines on the second half.
+fn score_second_half(
+    f: &mut Forecaster,
+    s: Series,
+    label: String,
+) -> Result<Comparison, TrainError> {
+    let card = f.card().clone();
     let (a, _, c) = dataset::split_by_time(&[s], 0.5, 1e-9);
     let norm = card.normalization;
     let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
     let test_w = Windows::cut(&c, card.t_in, card.t_out, 1, &norm);
     if test_w.is_empty() || fit_w.is_empty() {
         return Err(TrainError::NotEnoughData(format!(
-            "{duration_ms} ms of data is too short for the model's window"
+            "{label}: too short for the model's window"
         )));
     }
-    let label = format!(
-        "sim {preset}, {:.0} s, seed {seed}, second half",
-        duration_ms / 1000.0
-    );
     Ok(compare(
         &label,
         card.dt_ms,
         &norm,
         &test_w,
         &fit_w,
-        forecaster_fn(&mut f),
+        forecaster_fn(f),
     ))
 }
