@@ -10,6 +10,7 @@
 use crate::config::Clock;
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::plant::{Plant, PlantError};
+use crate::report::{new_histogram, IntervalHandoff};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,8 @@ pub struct LoopSummary {
     pub spikes: u64,
     /// Wake-up jitter (paced clock only).
     pub wakeup_jitter: Option<Percentiles>,
+    /// Sample arrival to command written.
+    pub sample_to_command: Percentiles,
     /// Samples whose wake-up came more than one sample period late.
     pub overruns: u64,
     pub stop: StopReason,
@@ -133,29 +136,46 @@ fn sleep_until(mono_ns: u64, deadline: Instant) {
     }
 }
 
+/// Tags of the loop's latency histograms, in [`LoopHistograms`] order (and
+/// in the interval log).
+pub const LATENCY_TAGS: &[&str] = &["wakeup_jitter", "sample_to_command"];
+
+/// Whole-run latency histograms (ns), for `.hgrm` reports.
+pub struct LoopHistograms {
+    /// Actual − intended wake-up (paced clock only).
+    pub wakeup_jitter: Histogram<u64>,
+    /// From the sample's arrival (read returned) to the command written.
+    pub sample_to_command: Histogram<u64>,
+}
+
 /// Run `plant` with zero stimulation until the duration is reached, `stop`
 /// is set, or the plant ends. Plant faults end the run with an error after
-/// a final zero command.
+/// a final zero command. With `intervals`, per-second histograms are handed
+/// to its writer thread (never blocking, never allocating).
 pub fn run_off(
     plant: &mut dyn Plant,
     opts: LoopOptions,
     stop: &AtomicBool,
-) -> Result<LoopSummary, PlantError> {
+    mut intervals: Option<&mut IntervalHandoff>,
+) -> Result<(LoopSummary, LoopHistograms), PlantError> {
     let period_ms = plant.sample_period_ms();
     let period = Duration::from_secs_f64(period_ms / 1000.0);
     let period_ns = period.as_nanos() as u64;
     let max_samples = opts
         .duration_s
         .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1);
-    // Preallocated: recording a value within bounds never allocates.
-    let mut jitter = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .expect("static histogram bounds are valid");
+    let per_interval = ((1000.0 / period_ms).round() as u64).max(1);
+    let mut hist = LoopHistograms {
+        wakeup_jitter: new_histogram(),
+        sample_to_command: new_histogram(),
+    };
     let mut detector = SpikeDetector::new(DEFAULT_THRESHOLD_MV);
     let mut spikes = 0u64;
     let mut overruns = 0u64;
     let mut samples = 0u64;
     let mut last_t = 0.0;
-    if opts.clock == Clock::Paced {
+    let paced = opts.clock == Clock::Paced;
+    if paced {
         reduce_timer_slack();
     }
     let start = Instant::now();
@@ -169,11 +189,12 @@ pub fn run_off(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if opts.clock == Clock::Paced {
+        let mut jitter_ns = None;
+        if paced {
             let deadline = start + Duration::from_nanos(period_ns * samples);
             sleep_until(start_mono + period_ns * samples, deadline);
             let late = Instant::now().saturating_duration_since(deadline);
-            jitter.saturating_record(late.as_nanos().max(1) as u64);
+            jitter_ns = Some(late.as_nanos().max(1) as u64);
             if late > period {
                 overruns += 1;
             }
@@ -189,24 +210,42 @@ pub fn run_off(
                 return Err(e);
             }
         };
+        let arrived = Instant::now();
         if detector.push(s.t_ms, s.v_mv).is_some() {
             spikes += 1;
         }
         last_t = s.t_ms;
         plant.write(0.0)?;
+        let latency = arrived.elapsed().as_nanos().max(1) as u64;
+        hist.sample_to_command.saturating_record(latency);
+        if let Some(j) = jitter_ns {
+            hist.wakeup_jitter.saturating_record(j);
+        }
+        if let Some(iv) = intervals.as_deref_mut() {
+            let set = iv.current();
+            if let Some(j) = jitter_ns {
+                set.histograms[0].saturating_record(j);
+            }
+            set.histograms[1].saturating_record(latency);
+            if (samples + 1).is_multiple_of(per_interval) {
+                iv.rotate(start.elapsed());
+            }
+        }
         samples += 1;
     }
     let _ = plant.write(0.0);
-    Ok(LoopSummary {
+    let summary = LoopSummary {
         plant: plant.kind(),
         samples,
         plant_time_s: last_t / 1000.0,
         wall_time_s: start.elapsed().as_secs_f64(),
         spikes,
-        wakeup_jitter: (opts.clock == Clock::Paced).then(|| Percentiles::from_ns(&jitter)),
+        wakeup_jitter: paced.then(|| Percentiles::from_ns(&hist.wakeup_jitter)),
+        sample_to_command: Percentiles::from_ns(&hist.sample_to_command),
         overruns,
         stop: reason,
-    })
+    };
+    Ok((summary, hist))
 }
 
 #[cfg(test)]
@@ -219,15 +258,18 @@ mod tests {
     fn free_run_stops_at_duration_and_counts_spikes() {
         let mut p = SimPlant::new(&Config::defaults().sim);
         let stop = AtomicBool::new(false);
-        let s = run_off(
+        let (s, h) = run_off(
             &mut p,
             LoopOptions {
                 clock: Clock::Free,
                 duration_s: Some(0.2),
             },
             &stop,
+            None,
         )
         .unwrap();
+        assert_eq!(h.sample_to_command.len(), 2001);
+        assert!(h.wakeup_jitter.is_empty(), "free clock: no wake-ups");
         assert_eq!(s.samples, 2001);
         assert_eq!(s.stop, StopReason::DurationReached);
         // Reference train: spikes at 32.2, 60.4 and 156.6 ms.
@@ -238,13 +280,14 @@ mod tests {
     fn stop_flag_ends_the_run() {
         let mut p = SimPlant::new(&Config::defaults().sim);
         let stop = AtomicBool::new(true);
-        let s = run_off(
+        let (s, _) = run_off(
             &mut p,
             LoopOptions {
                 clock: Clock::Paced,
                 duration_s: None,
             },
             &stop,
+            None,
         )
         .unwrap();
         assert_eq!((s.samples, s.stop), (0, StopReason::Signal));

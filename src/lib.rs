@@ -14,6 +14,8 @@
 //!   checks (tract), the native encode-once evaluator, the sample window.
 //! - [`modeltool`]: `neurostimd model info|run|bench`.
 //! - [`npy`]: float32 `.npy` files (model bundles, `model run`).
+//! - [`report`]: latency reports in HdrHistogram's formats (`.hgrm`,
+//!   interval logs) and `summary.json`; `neurostimd report`.
 //! - [`safety`]: the safety limiter every command passes (amplitude, slew,
 //!   charge per phase, net charge balance, budget, zero on faults).
 //! - [`simulate`]: running a plant open-loop with a stimulation waveform
@@ -34,6 +36,7 @@ pub mod modeltool;
 pub mod neuron;
 pub mod npy;
 pub mod plant;
+pub mod report;
 pub mod safety;
 pub mod simulate;
 pub mod train;

@@ -10,6 +10,7 @@ use neurostimd::control::{self, LoopOptions};
 use neurostimd::forecast::Engine;
 use neurostimd::modeltool::{self, ModelToolError};
 use neurostimd::plant::SimPlant;
+use neurostimd::report::{self, IntervalLogThread};
 use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,10 @@ struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Write latency reports here: .hgrm percentile distributions, a
+    /// per-second interval log (latency.hlog) and summary.json.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -63,6 +68,11 @@ enum PlantArg {
 enum Command {
     /// Run the CA1 simulator alone (open loop) and write traces and spike times.
     Simulate(Box<SimulateArgs>),
+    /// Summarise runs' reports (directories written with --report) side by side.
+    Report {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
     /// Train a forecaster on simulated data ([train] in the config) and export it.
     Train {
         /// Configuration file laid over the built-in defaults (its [train] section).
@@ -351,15 +361,38 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         duration_s = ?config.run.duration_s,
         "running with stimulation off (policy `off`)"
     );
-    let summary = control::run_off(
+    let mut writer = None;
+    if let Some(dir) = &a.report {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the report directory {}", dir.display()))?;
+        let (thread, handoff) =
+            IntervalLogThread::start(&dir.join("latency.hlog"), control::LATENCY_TAGS, 4)
+                .with_context(|| format!("cannot write {}", dir.join("latency.hlog").display()))?;
+        writer = Some((thread, handoff));
+    }
+    let (summary, histograms) = control::run_off(
         &mut plant,
         LoopOptions {
             clock: config.run.clock,
             duration_s: config.run.duration_s,
         },
         &stop,
+        writer.as_mut().map(|(_, h)| h),
     )
     .context("the loop stopped on a plant fault (stimulation set to zero)")?;
+    if let (Some((thread, handoff)), Some(dir)) = (writer, &a.report) {
+        handoff.finish(std::time::Duration::from_secs_f64(summary.wall_time_s));
+        let intervals = thread.join().context("writing the interval log")?;
+        if summary.wakeup_jitter.is_some() {
+            report::write_hgrm(dir, "wakeup_jitter", &histograms.wakeup_jitter)?;
+        }
+        report::write_hgrm(dir, "sample_to_command", &histograms.sample_to_command)?;
+        report::write_summary(dir, &summary)?;
+        eprintln!(
+            "report written to {} (summary.json, .hgrm percentile distributions, latency.hlog with {intervals} intervals)",
+            dir.display()
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -552,6 +585,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
+        Some(Command::Report { dirs }) => neurostimd::report::render(&dirs)
+            .map(|t| print!("{t}"))
+            .map_err(|e| anyhow::anyhow!(e)),
         Some(Command::Train {
             config,
             out,

@@ -382,3 +382,33 @@ fn model_with_missing_card_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("m.json: No such file"), "{err}");
 }
+
+#[test]
+fn daemon_writes_a_latency_report_that_report_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(&["--duration", "0.3", "--report", "run1"], dir.path());
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("report written to run1"), "{err}");
+    for f in [
+        "summary.json",
+        "wakeup_jitter.hgrm",
+        "sample_to_command.hgrm",
+        "latency.hlog",
+    ] {
+        assert!(dir.path().join("run1").join(f).exists(), "{f} missing");
+    }
+    let hgrm = std::fs::read_to_string(dir.path().join("run1/sample_to_command.hgrm")).unwrap();
+    assert!(
+        hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"),
+        "{hgrm}"
+    );
+    assert!(hgrm.contains("Total count    =         3001]"), "{hgrm}");
+    let o = neurostimd(&["report", "run1"], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("samples") && out.contains("3001"), "{out}");
+    let o = neurostimd(&["report", "nowhere"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("nowhere/summary.json"));
+}
