@@ -272,3 +272,23 @@ fn forecast_rejects_wrong_sizes_without_panicking() {
     );
     assert!(matches!(e, Err(ForecastError::Input(_))));
 }
+
+/// The shipped default model loads with both engines, reproduces its bundle,
+/// and its card describes a controller-ready forecaster (horizon ≥ 10 ms).
+#[test]
+fn the_shipped_model_loads_and_reproduces_its_bundle() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ca1_lstm.onnx");
+    let mut f = Forecaster::load(&path, 32, Engine::Native).unwrap();
+    assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
+    let c = f.card().clone();
+    assert!(
+        c.t_out as f64 * c.dt_ms >= 10.0,
+        "horizon {} ms",
+        c.t_out as f64 * c.dt_ms
+    );
+    assert!(c.validation.is_some());
+    let x = NpyF32::read(&path.with_extension("input.npy")).unwrap();
+    let want = NpyF32::read(&path.with_extension("expected.npy")).unwrap();
+    let got = f.run_raw(x.shape[0], &x.data).unwrap();
+    assert!(max_diff(&got, &want.data) < 1e-4);
+}
