@@ -690,14 +690,19 @@ impl Config {
                 format!("train_fraction {tf} and val_fraction {vf} must be > 0 and sum to < 1 (the rest is the test set)"),
             ));
         }
-        let base = SimConfig {
+        let sim = SimConfig {
             preset: s.preset.clone(),
             params,
             sample_period_ms: sp,
             method,
             noise_sd_mv: s.noise_sd.get(),
             seed: s.seed,
+            schedule,
+        };
+        // Training stretches use the plant's settings without its schedule.
+        let base = SimConfig {
             schedule: Vec::new(),
+            ..sim.clone()
         };
         let mut sources = Vec::new();
         for (k, name) in t.data.presets.iter().enumerate() {
@@ -761,15 +766,7 @@ impl Config {
 
         Ok(Config {
             plant_kind: raw.plant.kind,
-            sim: SimConfig {
-                preset: s.preset.clone(),
-                params,
-                sample_period_ms: sp,
-                method,
-                noise_sd_mv: s.noise_sd.get(),
-                seed: s.seed,
-                schedule,
-            },
+            sim,
             run: RunConfig {
                 duration_s: if d > 0.0 { Some(d / 1000.0) } else { None },
                 clock: raw.run.clock,
