@@ -452,8 +452,7 @@ pub fn series_from_trace_csv(path: &Path, dt_ms: f64) -> Result<Series, TrainErr
 /// time; AR fitted on the first half, everything scored on the second.
 pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
-    let card = f.card().clone();
-    let s = series_from_trace_csv(trace, card.dt_ms)?;
+    let s = series_from_trace_csv(trace, f.card().dt_ms)?;
     let label = format!("{}, second half", trace.display());
     score_second_half(&mut f, s, label)
 }
