@@ -177,9 +177,117 @@ pub enum Clock {
 struct RawConfig {
     plant: RawPlant,
     run: RawRun,
+    control: RawControl,
+    objective: RawObjective,
+    mpc: RawMpc,
+    pid: RawPid,
+    open: RawWave<Current>,
     safety: RawSafety,
     train: RawTrain,
     presets: BTreeMap<String, RawParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    policy: crate::policy::PolicyKind,
+    objective: crate::policy::ObjectiveKind,
+    model: std::path::PathBuf,
+    period: Quantity<Time>,
+    compute_delay: Quantity<Time>,
+    realtime: RawRealtime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCpu {
+    Index(i64),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealtime {
+    mlockall: bool,
+    priority: i64,
+    cpu: RawCpu,
+    prefault_kib: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjective {
+    settle: Quantity<Time>,
+    rate: RawRate,
+    burst: RawBurst,
+    voltage: RawWave<Voltage>,
+    silence: RawSilence,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateStep {
+    at: Quantity<Time>,
+    rate: Quantity<crate::units::Frequency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    schedule: Vec<RawRateStep>,
+    bin: Quantity<Time>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBurst {
+    max_isi: Quantity<Time>,
+    min_rate: Quantity<crate::units::Frequency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSilence {
+    ceiling: Quantity<Voltage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(bound = "")]
+struct RawWave<D: crate::units::Dimension> {
+    shape: crate::policy::Shape,
+    offset: Quantity<D>,
+    amplitude: Quantity<D>,
+    period: Quantity<Time>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMpc {
+    candidates: usize,
+    max_amplitude: Quantity<Current>,
+    iterations: usize,
+    elites: usize,
+    charge_weight: f64,
+    smoothness: f64,
+    time_budget: Quantity<Time>,
+    spike_threshold: Quantity<Voltage>,
+    spread: f64,
+    bias_gain: f64,
+    seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPid {
+    rate_kp: f64,
+    rate_ki: f64,
+    rate_tau: Quantity<Time>,
+    burst_target: Quantity<crate::units::Frequency>,
+    voltage_kp: f64,
+    voltage_ki: f64,
+    voltage_kd: f64,
+    silence_margin: Quantity<Voltage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +370,7 @@ struct RawChange {
 struct RawRun {
     duration: Quantity<Time>,
     clock: Clock,
+    reports: std::path::PathBuf,
 }
 
 // ----------------------------------------------------------- validated layer
@@ -292,6 +401,8 @@ pub struct RunConfig {
     /// None: run until stopped.
     pub duration_s: Option<f64>,
     pub clock: Clock,
+    /// Parent directory of per-run reports; `None`: no report by default.
+    pub reports: Option<std::path::PathBuf>,
 }
 
 /// One stretch of training data: a label and the simulator that makes it.
@@ -324,12 +435,48 @@ pub struct TrainConfig {
     pub val_fraction: f64,
 }
 
+/// Where the control thread runs and what it asks the kernel for.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RealtimeConfig {
+    pub mlockall: bool,
+    /// SCHED_FIFO priority; 0: stay SCHED_OTHER.
+    pub priority: i32,
+    /// CPU to pin to: `Some(n)`, or `None` for no pinning; "last" is
+    /// resolved at start.
+    pub cpu: CpuChoice,
+    pub prefault_kib: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuChoice {
+    None,
+    Last,
+    Index(usize),
+}
+
+/// The closed loop (validated `[control]`, `[objective]`, `[mpc]`, `[pid]`,
+/// `[open]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ControlConfig {
+    pub policy: crate::policy::PolicyKind,
+    pub objective: crate::policy::Objective,
+    pub model: std::path::PathBuf,
+    pub period_ms: f64,
+    pub compute_delay_ms: f64,
+    pub realtime: RealtimeConfig,
+    pub mpc: crate::policy::mpc::MpcConfig,
+    pub pid: crate::policy::pid::PidGains,
+    pub open: crate::policy::Waveform,
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
     pub plant_kind: PlantKind,
     pub sim: SimConfig,
     pub run: RunConfig,
+    pub control: ControlConfig,
     /// Safety limits, validated against the compiled-in hard ceilings.
     pub safety: crate::safety::Limits,
     pub train: TrainConfig,
@@ -448,6 +595,16 @@ impl Config {
     /// the command line (a TOML table using the same keys), all validated
     /// together so a flag gets the same checks as a config key.
     pub fn load_layered(file: Option<&Path>, cli: &toml::Table) -> Result<Config, ConfigError> {
+        Self::load_stack(&[], file, cli)
+    }
+
+    /// Defaults, then `layers` (name, TOML text) in order, then `file`,
+    /// then the command line; each laid over the ones before.
+    pub fn load_stack(
+        layers: &[(&str, &str)],
+        file: Option<&Path>,
+        cli: &toml::Table,
+    ) -> Result<Config, ConfigError> {
         let file_text = match file {
             Some(path) => Some((
                 path.display().to_string(),
@@ -459,12 +616,12 @@ impl Config {
             None => None,
         };
         let cli_text = toml::to_string(cli).expect("a TOML table serialises");
-        let mut layers: Vec<(&str, &str)> = Vec::new();
+        let mut all: Vec<(&str, &str)> = layers.to_vec();
         if let Some((name, text)) = &file_text {
-            layers.push((name, text));
+            all.push((name, text));
         }
-        layers.push((CLI_NAME, &cli_text));
-        Self::from_sources(&layers)
+        all.push((CLI_NAME, &cli_text));
+        Self::from_sources(&all)
     }
 
     /// Defaults overlaid with `text`, reported as coming from `name`.
@@ -764,16 +921,199 @@ impl Config {
             val_fraction: vf,
         };
 
+        let control = Self::validate_control(&raw, sp, &safety, &err)?;
         Ok(Config {
             plant_kind: raw.plant.kind,
+            control,
             sim,
             run: RunConfig {
                 duration_s: if d > 0.0 { Some(d / 1000.0) } else { None },
                 clock: raw.run.clock,
+                reports: (!raw.run.reports.as_os_str().is_empty()).then(|| raw.run.reports.clone()),
             },
             safety,
             train,
             presets,
+        })
+    }
+
+    fn validate_control(
+        raw: &RawConfig,
+        sample_period_ms: f64,
+        safety: &crate::safety::Limits,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<ControlConfig, ConfigError> {
+        use crate::policy::{Objective, RateSchedule, Waveform};
+        let c = &raw.control;
+        let period = c.period.get();
+        positive(period).map_err(|m| err("control.period", m))?;
+        if (period / sample_period_ms - (period / sample_period_ms).round()).abs() > 1e-6 {
+            return Err(err(
+                "control.period",
+                format!(
+                    "{period} ms is not a whole number of sample periods ({sample_period_ms} ms)"
+                ),
+            ));
+        }
+        non_negative(c.compute_delay.get()).map_err(|m| err("control.compute_delay", m))?;
+        let rt = &c.realtime;
+        if !(0..=99).contains(&rt.priority) {
+            return Err(err(
+                "control.realtime.priority",
+                format!(
+                    "{} is outside 0 ..= 99 (0: do not ask for SCHED_FIFO)",
+                    rt.priority
+                ),
+            ));
+        }
+        let cpu = match &rt.cpu {
+            RawCpu::Index(i) if *i >= 0 => CpuChoice::Index(*i as usize),
+            RawCpu::Name(n) if n == "last" => CpuChoice::Last,
+            RawCpu::Name(n) if n == "none" => CpuChoice::None,
+            RawCpu::Index(i) => {
+                return Err(err(
+                    "control.realtime.cpu",
+                    format!("{i} is negative; give a CPU index, \"last\" or \"none\""),
+                ))
+            }
+            RawCpu::Name(n) => {
+                return Err(err(
+                    "control.realtime.cpu",
+                    format!("`{n}` is not a CPU index, \"last\" or \"none\""),
+                ))
+            }
+        };
+        let o = &raw.objective;
+        non_negative(o.settle.get()).map_err(|m| err("objective.settle", m))?;
+        let steps: Vec<(f64, f64)> = o
+            .rate
+            .schedule
+            .iter()
+            .map(|s| (s.at.get(), s.rate.get()))
+            .collect();
+        let rate = RateSchedule::new(&steps).map_err(|m| err("objective.rate.schedule", m))?;
+        positive(o.rate.bin.get()).map_err(|m| err("objective.rate.bin", m))?;
+        positive(o.burst.max_isi.get()).map_err(|m| err("objective.burst.max_isi", m))?;
+        positive(o.burst.min_rate.get()).map_err(|m| err("objective.burst.min_rate", m))?;
+        finite(o.silence.ceiling.get()).map_err(|m| err("objective.silence.ceiling", m))?;
+        let wave = |w: &RawWave<_>, at: &str| -> Result<Waveform, ConfigError> {
+            positive(w.period.get()).map_err(|m| err(&format!("{at}.period"), m))?;
+            finite(w.offset.get()).map_err(|m| err(&format!("{at}.offset"), m))?;
+            finite(w.amplitude.get()).map_err(|m| err(&format!("{at}.amplitude"), m))?;
+            Ok(Waveform {
+                shape: w.shape,
+                offset: w.offset.get(),
+                amplitude: w.amplitude.get(),
+                period_ms: w.period.get(),
+            })
+        };
+        let reference = {
+            let w = &o.voltage;
+            positive(w.period.get()).map_err(|m| err("objective.voltage.period", m))?;
+            Waveform {
+                shape: w.shape,
+                offset: w.offset.get(),
+                amplitude: w.amplitude.get(),
+                period_ms: w.period.get(),
+            }
+        };
+        let open = wave(&raw.open, "open")?;
+        if open.offset.abs() + open.amplitude.abs() > safety.max_amplitude {
+            return Err(err(
+                "open.amplitude",
+                format!(
+                    "|offset| + |amplitude| = {} uA/cm2 exceeds safety.max_amplitude ({}); the limiter would clip the waveform",
+                    open.offset.abs() + open.amplitude.abs(),
+                    safety.max_amplitude
+                ),
+            ));
+        }
+        let objective = Objective {
+            kind: c.objective,
+            settle_ms: o.settle.get(),
+            reference,
+            rate,
+            rate_bin_ms: o.rate.bin.get(),
+            max_isi_ms: o.burst.max_isi.get(),
+            min_rate_hz: o.burst.min_rate.get(),
+            ceiling_mv: o.silence.ceiling.get(),
+        };
+        let m = &raw.mpc;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(err(key, format!("{v} is outside {lo} ..= {hi}")))
+            }
+        };
+        range("mpc.candidates", m.candidates, 2, 256)?;
+        positive(m.max_amplitude.get()).map_err(|e| err("mpc.max_amplitude", e))?;
+        range("mpc.iterations", m.iterations, 1, 100)?;
+        range("mpc.elites", m.elites, 1, m.candidates)?;
+        non_negative(m.charge_weight).map_err(|e| err("mpc.charge_weight", e))?;
+        non_negative(m.smoothness).map_err(|e| err("mpc.smoothness", e))?;
+        positive(m.time_budget.get()).map_err(|e| err("mpc.time_budget", e))?;
+        finite(m.spike_threshold.get()).map_err(|e| err("mpc.spike_threshold", e))?;
+        if !(m.spread > 0.0 && m.spread <= 2.0) {
+            return Err(err("mpc.spread", format!("{} is outside (0, 2]", m.spread)));
+        }
+        if !(0.0..=1.0).contains(&m.bias_gain) {
+            return Err(err(
+                "mpc.bias_gain",
+                format!("{} is outside 0 ..= 1", m.bias_gain),
+            ));
+        }
+        let p = &raw.pid;
+        for (key, v) in [
+            ("pid.rate_kp", p.rate_kp),
+            ("pid.rate_ki", p.rate_ki),
+            ("pid.voltage_kp", p.voltage_kp),
+            ("pid.voltage_ki", p.voltage_ki),
+            ("pid.voltage_kd", p.voltage_kd),
+            ("pid.silence_margin", p.silence_margin.get()),
+            ("pid.burst_target", p.burst_target.get()),
+        ] {
+            non_negative(v).map_err(|e| err(key, e))?;
+        }
+        positive(p.rate_tau.get()).map_err(|e| err("pid.rate_tau", e))?;
+        Ok(ControlConfig {
+            policy: c.policy,
+            objective,
+            model: c.model.clone(),
+            period_ms: period,
+            compute_delay_ms: c.compute_delay.get(),
+            realtime: RealtimeConfig {
+                mlockall: rt.mlockall,
+                priority: rt.priority as i32,
+                cpu,
+                prefault_kib: rt.prefault_kib,
+            },
+            mpc: crate::policy::mpc::MpcConfig {
+                candidates: m.candidates,
+                max_amplitude: m.max_amplitude.get(),
+                iterations: m.iterations,
+                elites: m.elites,
+                weights: crate::policy::CostWeights {
+                    charge: m.charge_weight,
+                    smoothness: m.smoothness,
+                },
+                time_budget_ms: m.time_budget.get(),
+                spike_threshold_mv: m.spike_threshold.get(),
+                spread: m.spread,
+                bias_gain: m.bias_gain,
+                seed: m.seed,
+            },
+            pid: crate::policy::pid::PidGains {
+                rate_kp: p.rate_kp,
+                rate_ki: p.rate_ki,
+                rate_tau_ms: p.rate_tau.get(),
+                voltage_kp: p.voltage_kp,
+                voltage_ki: p.voltage_ki,
+                voltage_kd: p.voltage_kd,
+                silence_margin_mv: p.silence_margin.get(),
+                burst_target_hz: p.burst_target.get(),
+            },
+            open,
         })
     }
 

@@ -6,11 +6,11 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use neurostimd::config::{Clock, Config, ConfigError};
-use neurostimd::control::{self, LoopOptions};
+use neurostimd::control;
 use neurostimd::forecast::Engine;
 use neurostimd::modeltool::{self, ModelToolError};
-use neurostimd::plant::SimPlant;
-use neurostimd::report::{self, IntervalLogThread};
+use neurostimd::policy::{ObjectiveKind, PolicyKind};
+use neurostimd::session::{self, SessionError, SessionOptions};
 use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,9 +53,23 @@ struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Write latency reports here: .hgrm percentile distributions, a
-    /// per-second interval log (latency.hlog) and summary.json.
+    /// per-second interval log (latency.hlog) and summary.json. Default: a
+    /// new directory under run.reports (config).
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// Who picks the stimulation (overrides control.policy).
+    #[arg(long, value_enum)]
+    policy: Option<PolicyKind>,
+    /// What the stimulation is for (overrides control.objective).
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveKind>,
+    /// Forecaster for the mpc policy (overrides control.model).
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    /// Write every sample (t, V, applied, requested and commanded current,
+    /// safety cause) to this CSV file.
+    #[arg(long, value_name = "FILE.csv")]
+    trace_out: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -85,6 +99,31 @@ enum Command {
         #[arg(long)]
         epochs: Option<usize>,
         /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the control-quality scenarios (rate, burst, voltage, silence) with MPC and
+    /// the matching baseline on the same seeds, free clock, and print the table.
+    Scenarios {
+        /// Only these scenarios (repeatable): rate, burst, voltage, silence.
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Plant time per run, seconds (default: each scenario's own, 12 s).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Run seeds 1..=N of the plant noise and the MPC's sampling.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Policies to run (repeatable; default mpc, pid, off).
+        #[arg(long, value_enum)]
+        policy: Vec<PolicyKind>,
+        /// Configuration laid over every scenario (e.g. other gains).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Any configuration key, dotted: --set mpc.candidates=48 --set pid.rate_ki=0.3.
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Print the results as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -343,6 +382,15 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         };
         table_at(&mut cli, &["run"]).insert("clock".into(), name.into());
     }
+    if let Some(p) = a.policy {
+        table_at(&mut cli, &["control"]).insert("policy".into(), p.name().into());
+    }
+    if let Some(o) = a.objective {
+        table_at(&mut cli, &["control"]).insert("objective".into(), o.name().into());
+    }
+    if let Some(m) = &a.model {
+        table_at(&mut cli, &["control"]).insert("model".into(), m.display().to_string().into());
+    }
     let config = Config::load_layered(a.config.as_deref(), &cli)?;
     let _ = a.plant;
     let stop = Arc::new(AtomicBool::new(false));
@@ -351,66 +399,167 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .context("cannot install the SIGINT/SIGTERM handler")?;
     }
-    let mut plant = SimPlant::new(&config.sim);
+    let report_dir = match (&a.report, &config.run.reports) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(parent)) => Some(session::new_report_dir(parent)),
+        (None, None) => None,
+    };
     tracing::info!(
         plant = "sim",
         preset = %config.sim.preset,
-        integrator = config.sim.method.name(),
-        sample_period_ms = config.sim.sample_period_ms,
+        policy = config.control.policy.name(),
+        objective = config.control.objective.kind.name(),
         clock = ?config.run.clock,
         duration_s = ?config.run.duration_s,
-        "running with stimulation off (policy `off`)"
+        "starting the closed loop"
     );
-    let mut writer = None;
-    if let Some(dir) = &a.report {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the report directory {}", dir.display()))?;
-        let (thread, handoff) =
-            IntervalLogThread::start(&dir.join("latency.hlog"), control::LATENCY_TAGS, 4)
-                .with_context(|| format!("cannot write {}", dir.join("latency.hlog").display()))?;
-        writer = Some((thread, handoff));
+    let opts = SessionOptions {
+        report: report_dir.clone(),
+        trace_out: a.trace_out.clone(),
+        keep_records: false,
+    };
+    let outcome = session::run(&config, &opts, stop).map_err(|e| match e {
+        SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
+            "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
+        ))),
+        other => anyhow::Error::new(other),
+    })?;
+    let s = &outcome.summary;
+    tracing::info!("control thread real-time measures: {}", s.realtime.line());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        println!("{}", control_summary_text(s));
     }
-    let (summary, histograms) = control::run_off(
-        &mut plant,
-        LoopOptions {
-            clock: config.run.clock,
-            duration_s: config.run.duration_s,
-        },
-        &stop,
-        writer.as_mut().map(|(_, h)| h),
-    )
-    .context("the loop stopped on a plant fault (stimulation set to zero)")?;
-    if let (Some((thread, handoff)), Some(dir)) = (writer, &a.report) {
-        handoff.finish(std::time::Duration::from_secs_f64(summary.wall_time_s));
-        let intervals = thread.join().context("writing the interval log")?;
-        if summary.wakeup_jitter.is_some() {
-            report::write_hgrm(dir, "wakeup_jitter", &histograms.wakeup_jitter)?;
-        }
-        report::write_hgrm(dir, "sample_to_command", &histograms.sample_to_command)?;
-        report::write_summary(dir, &summary)?;
+    if let Some(dir) = &report_dir {
         eprintln!(
-            "report written to {} (summary.json, .hgrm percentile distributions, latency.hlog with {intervals} intervals)",
+            "report written to {} (summary.json, .hgrm percentile distributions, latency.hlog with {} intervals); read it with `neurostimd report {}`",
+            dir.display(),
+            outcome.intervals,
             dir.display()
         );
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!(
-            "{} samples ({:.3} s of plant time in {:.3} s), {} spikes, stop: {:?}",
-            summary.samples,
-            summary.plant_time_s,
-            summary.wall_time_s,
-            summary.spikes,
-            summary.stop
+    if s.stop == control::StopReason::PlantFault {
+        anyhow::bail!(
+            "the plant faulted: {}; stimulation was set to zero",
+            s.fault.as_deref().unwrap_or("unknown fault")
         );
-        if let Some(j) = &summary.wakeup_jitter {
-            print!(
-                "; wake-up jitter p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; {} overruns",
-                j.p50_us, j.p99_us, j.p999_us, j.max_us, summary.overruns
-            );
+    }
+    Ok(())
+}
+
+/// A few lines a person reads after a run.
+fn control_summary_text(s: &control::LoopSummary) -> String {
+    let q = &s.quality;
+    let mut t = format!(
+        "{} samples ({:.3} s of plant time in {:.3} s, {} clock), policy {}, objective {}: error {:.4} ({}), {} spikes ({:.2} Hz, {} bursts), charge {:.1} nC/cm2",
+        s.samples,
+        s.plant_time_s,
+        s.wall_time_s,
+        s.clock,
+        s.policy,
+        s.objective,
+        q.objective_error,
+        q.objective_error_unit,
+        q.spikes,
+        q.rate_hz,
+        q.bursts,
+        s.charge_delivered_nc_cm2
+    );
+    t.push_str(&format!(
+        "\nplans {} adopted, {} plan misses; safety interventions {}; lost samples {}, records dropped {}; stop: {:?}",
+        s.plans_adopted, s.plan_misses, s.interventions_total, s.lost_samples, s.records_dropped, s.stop
+    ));
+    let line = |name: &str, p: &Option<control::Percentiles>| {
+        p.as_ref().map(|p| {
+            format!(
+                "\n{name:<18} p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  max {:>9.1} us  (n = {})",
+                p.p50_us, p.p99_us, p.p999_us, p.max_us, p.count
+            )
+        })
+    };
+    let l = &s.latency;
+    for (name, p) in [
+        ("wake-up jitter", &l.wakeup_jitter),
+        ("sample->command", &l.sample_to_command),
+        ("plan latency", &l.plan_latency),
+        ("decision age", &l.decision_age),
+        ("forecast time", &l.forecast_time),
+    ] {
+        if let Some(x) = line(name, p) {
+            t.push_str(&x);
         }
-        println!();
+    }
+    if s.clock == "paced" {
+        t.push_str(&format!(
+            "\noverruns (wake-ups > 1 period late): {}",
+            s.overruns
+        ));
+    }
+    t
+}
+
+/// `--set a.b.c=VALUE` into an overlay table: VALUE is read as TOML (a
+/// number, boolean, string or array), or else taken as a string.
+fn dotted_overlay(sets: &[String]) -> anyhow::Result<toml::Table> {
+    let mut t = toml::Table::new();
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--set `{kv}`: expected KEY=VALUE")))?;
+        let path: Vec<&str> = k.trim().split('.').collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(UsageError(format!("--set `{kv}`: empty key segment")).into());
+        }
+        let value = toml::from_str::<toml::Table>(&format!("x = {}", v.trim()))
+            .ok()
+            .and_then(|mut t| t.remove("x"))
+            .unwrap_or_else(|| toml::Value::String(v.trim().to_string()));
+        let (last, parents) = path.split_last().expect("non-empty");
+        table_at(&mut t, parents).insert(last.to_string(), value);
+    }
+    Ok(t)
+}
+
+fn cmd_scenarios(
+    only: Vec<String>,
+    duration: Option<f64>,
+    seeds: u64,
+    policy: Vec<PolicyKind>,
+    config: Option<PathBuf>,
+    set: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use neurostimd::scenarios::{self, ScenarioError, ScenarioRequest};
+    if let Some(d) = duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(UsageError(format!("--duration {d} must be > 0 seconds")).into());
+        }
+    }
+    if seeds == 0 {
+        return Err(UsageError("--seeds must be at least 1".into()).into());
+    }
+    let req = ScenarioRequest {
+        only,
+        seeds,
+        duration_s: duration,
+        policies: if policy.is_empty() {
+            vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off]
+        } else {
+            policy
+        },
+        config,
+        cli: dotted_overlay(&set)?,
+    };
+    let results = scenarios::run(&req).map_err(|e| match e {
+        ScenarioError::Unknown(_) => anyhow::Error::new(UsageError(e.to_string())),
+        ScenarioError::Config(c) => anyhow::Error::new(c),
+        other => anyhow::Error::new(other),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", scenarios::table(&results, seeds));
     }
     Ok(())
 }
@@ -585,6 +734,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
+        Some(Command::Scenarios {
+            only,
+            duration,
+            seeds,
+            policy,
+            config,
+            set,
+            json,
+        }) => cmd_scenarios(only, duration, seeds, policy, config, set, json),
         Some(Command::Report { dirs }) => neurostimd::report::render(&dirs)
             .map(|t| print!("{t}"))
             .map_err(|e| anyhow::anyhow!(e)),

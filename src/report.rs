@@ -221,19 +221,54 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
         runs.push((d.display().to_string(), v));
     }
-    let rows: [(&str, &str); 12] = [
+    let rows: &[(&str, &str)] = &[
         ("plant", "/plant"),
+        ("policy", "/policy"),
+        ("objective", "/objective"),
+        ("clock", "/clock"),
         ("samples", "/samples"),
         ("plant time s", "/plant_time_s"),
         ("wall time s", "/wall_time_s"),
-        ("spikes", "/spikes"),
+        ("objective error", "/quality/objective_error"),
+        ("error unit", "/quality/objective_error_unit"),
+        ("spikes (scored)", "/quality/spikes"),
+        ("rate Hz", "/quality/rate_hz"),
+        ("bursts", "/quality/bursts"),
+        ("charge nC/cm2", "/charge_delivered_nc_cm2"),
+        ("safety interventions", "/interventions_total"),
+        ("plans adopted", "/plans_adopted"),
+        ("plan misses", "/plan_misses"),
+        ("lost samples", "/lost_samples"),
+        ("records dropped", "/records_dropped"),
         ("overruns", "/overruns"),
-        ("wake-up p50 us", "/wakeup_jitter/p50_us"),
-        ("wake-up p99 us", "/wakeup_jitter/p99_us"),
-        ("wake-up p99.9 us", "/wakeup_jitter/p999_us"),
-        ("wake-up max us", "/wakeup_jitter/max_us"),
-        ("sample->command p99 us", "/sample_to_command/p99_us"),
+        ("wake-up p50 us", "/latency/wakeup_jitter/p50_us"),
+        ("wake-up p99 us", "/latency/wakeup_jitter/p99_us"),
+        ("wake-up p99.9 us", "/latency/wakeup_jitter/p999_us"),
+        ("wake-up max us", "/latency/wakeup_jitter/max_us"),
+        (
+            "sample->command p50 us",
+            "/latency/sample_to_command/p50_us",
+        ),
+        (
+            "sample->command p99 us",
+            "/latency/sample_to_command/p99_us",
+        ),
+        (
+            "sample->command p99.9",
+            "/latency/sample_to_command/p999_us",
+        ),
+        (
+            "sample->command max us",
+            "/latency/sample_to_command/max_us",
+        ),
+        ("plan latency p99 us", "/latency/plan_latency/p99_us"),
+        ("decision age p99 us", "/latency/decision_age/p99_us"),
+        ("forecast time p99 us", "/latency/forecast_time/p99_us"),
+        ("mlockall", "/realtime/mlockall"),
+        ("SCHED_FIFO", "/realtime/sched_fifo"),
+        ("pinned", "/realtime/pinned"),
         ("stop", "/stop"),
+        ("fault", "/fault"),
     ];
     let width = runs.iter().map(|(n, _)| n.len()).max().unwrap_or(8).max(10);
     let mut s = format!("{:<24}", "");
@@ -241,7 +276,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, String> {
         s.push_str(&format!(" {name:>width$}"));
     }
     s.push('\n');
-    for (label, ptr) in rows {
+    for &(label, ptr) in rows {
         s.push_str(&format!("{label:<24}"));
         for (_, v) in &runs {
             let cell = match v.pointer(ptr) {

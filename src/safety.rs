@@ -22,8 +22,9 @@
 //!
 //! Every intervention is counted by cause. Limits are validated against hard
 //! ceilings compiled into the binary: a configuration that allows more is
-//! refused. [`SafetyLimiter::new`] allocates (the net-charge ring);
-//! [`SafetyLimiter::limit`] never does, so it runs on the real-time thread.
+//! refused. The limiter is a handful of numbers: [`SafetyLimiter::limit`]
+//! never allocates, so it runs on the real-time thread, and the planner can
+//! copy it to test its candidates against the state the loop is in.
 
 use serde::Serialize;
 
@@ -230,6 +231,11 @@ impl SafetyLimiter {
     /// The leaky net-charge integral now, nC/cm².
     pub fn net_charge(&self) -> f64 {
         self.net
+    }
+
+    /// The last command let through, µA/cm².
+    pub fn last_command(&self) -> f64 {
+        self.last
     }
 
     /// Total |charge| delivered so far, nC/cm².

@@ -262,6 +262,8 @@ fn daemon_runs_on_the_simulator_for_a_duration() {
             "0.5",
             "--clock",
             "free",
+            "--policy",
+            "off",
             "--json",
         ],
         dir.path(),
@@ -270,6 +272,7 @@ fn daemon_runs_on_the_simulator_for_a_duration() {
     assert!(o.status.success(), "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["samples"], 5001);
+    assert_eq!(j["charge_delivered_nc_cm2"], 0.0);
     assert_eq!(
         j["spikes"], 6,
         "reference spikes before 500 ms: 32, 60, 157, 256, 356, 456"
@@ -383,10 +386,89 @@ fn model_with_missing_card_is_a_clear_error() {
     assert!(err.contains("m.json: No such file"), "{err}");
 }
 
+fn shipped_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/ca1_lstm.onnx")
+        .display()
+        .to_string()
+}
+
+/// The README's command, shortened: the closed loop with MPC on the shipped
+/// model, paced, reporting to a fresh directory under `reports/` that it
+/// names, and `neurostimd report` reading it.
+#[test]
+fn daemon_runs_the_closed_loop_and_says_where_its_report_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shipped_model();
+    let o = neurostimd(
+        &["--plant", "sim", "--duration", "1", "--model", &model],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("policy mpc, objective rate"), "{out}");
+    let at = err
+        .split("report written to ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no report location in: {err}"));
+    assert!(at.starts_with("reports/run-"), "{at}");
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(at).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["samples"], 10_001);
+    assert_eq!(j["policy"], "mpc");
+    assert!(j["plans_adopted"].as_u64().unwrap() > 100, "{j}");
+    assert!(j["charge_delivered_nc_cm2"].as_f64().unwrap() > 0.0, "{j}");
+    for key in [
+        "plan_misses",
+        "lost_samples",
+        "records_dropped",
+        "interventions_total",
+    ] {
+        assert!(j[key].is_u64(), "{key} missing: {j}");
+    }
+    for key in ["mlockall", "sched_fifo", "pinned"] {
+        assert!(
+            j["realtime"][key].is_string(),
+            "realtime.{key} missing: {j}"
+        );
+    }
+    assert!(j["quality"]["objective_error"].is_number(), "{j}");
+    let o = neurostimd(&["report", at], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("objective error") && out.contains("10001"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mpc_without_a_model_is_a_usage_error_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &["--duration", "0.1", "--model", "missing.onnx"],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("control.model") && err.contains("missing.onnx"),
+        "{err}"
+    );
+    assert!(err.contains("--policy pid"), "{err}");
+}
+
 #[test]
 fn daemon_writes_a_latency_report_that_report_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let o = neurostimd(&["--duration", "0.3", "--report", "run1"], dir.path());
+    let model = shipped_model();
+    let o = neurostimd(
+        &["--duration", "0.3", "--report", "run1", "--model", &model],
+        dir.path(),
+    );
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("report written to run1"), "{err}");
@@ -394,6 +476,9 @@ fn daemon_writes_a_latency_report_that_report_reads() {
         "summary.json",
         "wakeup_jitter.hgrm",
         "sample_to_command.hgrm",
+        "plan_latency.hgrm",
+        "decision_age.hgrm",
+        "forecast_time.hgrm",
         "latency.hlog",
     ] {
         assert!(dir.path().join("run1").join(f).exists(), "{f} missing");
@@ -404,11 +489,40 @@ fn daemon_writes_a_latency_report_that_report_reads() {
         "{hgrm}"
     );
     assert!(hgrm.contains("Total count    =         3001]"), "{hgrm}");
-    let o = neurostimd(&["report", "run1"], dir.path());
+    let o = neurostimd(&["report", "run1", "run1"], dir.path());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("samples") && out.contains("3001"), "{out}");
     let o = neurostimd(&["report", "nowhere"], dir.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("nowhere/summary.json"));
+}
+
+#[test]
+fn scenarios_print_the_comparison_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "scenarios",
+            "--only",
+            "silence",
+            "--duration",
+            "0.5",
+            "--policy",
+            "pid",
+            "--policy",
+            "off",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("| scenario | preset | policy |"), "{out}");
+    assert!(
+        out.contains("| silence | regular | pid |") && out.contains("| silence | regular | off |"),
+        "{out}"
+    );
+    let o = neurostimd(&["scenarios", "--only", "nope"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("no scenario named `nope`"));
 }

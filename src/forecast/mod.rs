@@ -154,11 +154,13 @@ impl Forecaster {
     ) -> Result<Forecaster, ForecastError> {
         let name = path.display().to_string();
         let max_batch = max_batch.max(1);
-        let card = read_card(&card_path(path))?;
+        // The model file first: a wrong path should name the file asked for,
+        // not its card.
         let bytes = std::fs::read(path).map_err(|source| ForecastError::Io {
             path: name.clone(),
             error: source,
         })?;
+        let card = read_card(&card_path(path))?;
         let actual = sha256_hex(&bytes);
         if actual != card.onnx_sha256.to_ascii_lowercase() {
             return Err(ForecastError::Hash {

@@ -1,0 +1,794 @@
+//! The control loop: one real-time thread per run (DESIGN §1).
+//!
+//! Per sample it reads the plant, feeds the window ring, takes the request
+//! of the active policy (the current step of the newest MPC plan, or a
+//! per-sample baseline), passes it through the safety limiter, writes the
+//! command, records timing into preallocated HDR histograms and hands the
+//! sample record to the consumer thread. Forecasting and planning happen on
+//! the planner thread ([`planner`]), fed with window snapshots each control
+//! period. All hand-offs are bounded, preallocated and non-blocking
+//! ([`handoff`]); the loop never allocates, locks, logs or touches a file
+//! between its first and last sample (tests/no_alloc.rs measures it).
+//!
+//! Clocks: `paced` sleeps to absolute deadlines one sample period apart and
+//! measures wake-up jitter as cyclictest does; `free` runs as fast as
+//! possible in lockstep with the planner (each snapshot's plan is awaited
+//! and applied `compute_delay` later), so a run is a deterministic function
+//! of its configuration and seeds.
+
+pub mod handoff;
+pub mod planner;
+pub mod rt;
+
+use crate::config::{Clock, ControlConfig};
+use crate::forecast::{Forecaster, WindowRing};
+use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
+use crate::plant::{Plant, PlantError};
+use crate::policy::mpc::Mpc;
+use crate::policy::pid::Baseline;
+use crate::policy::quality::{Quality, QualityMeter};
+use crate::policy::PolicyKind;
+use crate::report::{new_histogram, IntervalHandoff};
+use crate::safety::{Fault, Limits, SafetyLimiter};
+use handoff::{ConsumerEnds, Plan, PlanStatus, Record};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Percentiles of one latency distribution, µs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    /// From a histogram recorded in nanoseconds.
+    pub fn from_ns(h: &Histogram<u64>) -> Percentiles {
+        let us = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// Linux lets a thread's timers fire up to its "timer slack" late (50 µs by
+/// default) so wake-ups can be batched; a 10 kHz loop cannot afford that.
+fn reduce_timer_slack() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
+    // calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
+/// CLOCK_MONOTONIC now, ns (the clock `Instant` uses on Linux).
+fn monotonic_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Sleep until an absolute CLOCK_MONOTONIC time (cyclictest's method: no
+/// drift from computing relative sleeps); `deadline` is the same moment as
+/// an `Instant`, for other platforms.
+fn sleep_until(mono_ns: u64, deadline: Instant) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = deadline;
+        let ts = libc::timespec {
+            tv_sec: (mono_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (mono_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: valid timespec; a null remainder is allowed with
+        // TIMER_ABSTIME. EINTR just ends the sleep early (measured as
+        // negative lateness, recorded as 1 ns).
+        unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = mono_ns;
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        }
+    }
+}
+
+/// Why the loop ended.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    DurationReached,
+    Signal,
+    PlantEnded,
+    PlantFault,
+}
+
+/// Tags of the loop's latency histograms, in [`LoopHistograms`] order (and
+/// in the interval log).
+pub const LATENCY_TAGS: &[&str] = &[
+    "wakeup_jitter",
+    "sample_to_command",
+    "plan_latency",
+    "decision_age",
+    "forecast_time",
+];
+
+/// Whole-run latency histograms (ns), for `.hgrm` reports.
+pub struct LoopHistograms {
+    /// Actual − intended wake-up (paced clock only).
+    pub wakeup_jitter: Histogram<u64>,
+    /// From the sample's arrival (read returned) to the command written.
+    pub sample_to_command: Histogram<u64>,
+    /// Snapshot's sample arrival → plan published.
+    pub plan_latency: Histogram<u64>,
+    /// Snapshot's sample arrival → the plan's first use by the loop.
+    pub decision_age: Histogram<u64>,
+    /// Forecaster time per plan (all its batches).
+    pub forecast_time: Histogram<u64>,
+}
+
+impl LoopHistograms {
+    fn new() -> LoopHistograms {
+        LoopHistograms {
+            wakeup_jitter: new_histogram(),
+            sample_to_command: new_histogram(),
+            plan_latency: new_histogram(),
+            decision_age: new_histogram(),
+            forecast_time: new_histogram(),
+        }
+    }
+
+    /// In [`LATENCY_TAGS`] order.
+    pub fn all(&self) -> [(&'static str, &Histogram<u64>); 5] {
+        [
+            (LATENCY_TAGS[0], &self.wakeup_jitter),
+            (LATENCY_TAGS[1], &self.sample_to_command),
+            (LATENCY_TAGS[2], &self.plan_latency),
+            (LATENCY_TAGS[3], &self.decision_age),
+            (LATENCY_TAGS[4], &self.forecast_time),
+        ]
+    }
+}
+
+/// Latency percentiles of a run; `None` where nothing was measured.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Latencies {
+    pub wakeup_jitter: Option<Percentiles>,
+    pub sample_to_command: Option<Percentiles>,
+    pub plan_latency: Option<Percentiles>,
+    pub decision_age: Option<Percentiles>,
+    pub forecast_time: Option<Percentiles>,
+}
+
+/// What a run did: `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoopSummary {
+    pub plant: &'static str,
+    pub policy: &'static str,
+    pub objective: &'static str,
+    pub clock: &'static str,
+    pub model: Option<String>,
+    pub samples: u64,
+    /// Samples the plant skipped (gaps in its sample index).
+    pub lost_samples: u64,
+    /// Records the consumer could not take in time (dropped, counted).
+    pub records_dropped: u64,
+    pub plant_time_s: f64,
+    pub wall_time_s: f64,
+    pub spikes: u64,
+    /// Plans the loop started using.
+    pub plans_adopted: u64,
+    /// Times a plan ran out with no fresher one (stimulation → 0).
+    pub plan_misses: u64,
+    /// Samples spent in a plan miss.
+    pub plan_miss_samples: u64,
+    /// Snapshots not sent because the planner held every buffer.
+    pub snapshots_skipped: u64,
+    /// Snapshots the planner skipped for a newer one.
+    pub snapshots_superseded: u64,
+    pub model_errors: u64,
+    pub model_error: Option<String>,
+    /// Safety interventions by cause (every cause listed).
+    pub interventions: BTreeMap<&'static str, u64>,
+    pub interventions_total: u64,
+    /// Total |charge| the limiter let through, nC/cm².
+    pub charge_delivered_nc_cm2: f64,
+    /// The leaky net-charge integral at the end, nC/cm².
+    pub net_charge_end_nc_cm2: f64,
+    /// Objective error and firing statistics.
+    pub quality: Quality,
+    pub latency: Latencies,
+    /// Paced clock: wake-ups more than one sample period late.
+    pub overruns: u64,
+    pub realtime: rt::RtReport,
+    pub stop: StopReason,
+    /// The plant fault that ended the run, if any.
+    pub fault: Option<String>,
+}
+
+/// Everything a run needs besides the plant.
+pub struct RunSetup {
+    pub clock: Clock,
+    /// Plant time to run, s; `None` runs until `stop` is set.
+    pub duration_s: Option<f64>,
+    pub control: ControlConfig,
+    pub safety: Limits,
+    /// Required for the `mpc` policy.
+    pub forecaster: Option<Forecaster>,
+    /// Keep every record in memory (tests, determinism checks).
+    pub keep_records: bool,
+    /// Write every record to this CSV file (consumer thread).
+    pub trace_out: Option<PathBuf>,
+}
+
+/// A run's results.
+pub struct RunOutcome {
+    pub summary: LoopSummary,
+    pub histograms: LoopHistograms,
+    pub records: Option<Vec<Record>>,
+}
+
+/// A run that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+/// What the consumer thread returns.
+struct Consumed {
+    quality: Quality,
+    records: Option<Vec<Record>>,
+    error: Option<String>,
+}
+
+fn spawn_consumer(
+    ends: ConsumerEnds,
+    mut meter: QualityMeter,
+    keep: bool,
+    trace: Option<(PathBuf, std::fs::File)>,
+) -> std::thread::JoinHandle<Consumed> {
+    std::thread::Builder::new()
+        .name("records".into())
+        .spawn(move || {
+            let mut kept = keep.then(Vec::new);
+            let mut error = None;
+            let mut out = trace.map(|(p, f)| (p, std::io::BufWriter::new(f)));
+            if let Some((p, w)) = &mut out {
+                if let Err(e) = writeln!(
+                    w,
+                    "t_ms,V_mV,I_stim_uA_cm2,I_requested_uA_cm2,I_command_uA_cm2,safety"
+                ) {
+                    error = Some(format!("{}: {e}", p.display()));
+                }
+            }
+            while let Ok(mut block) = ends.full.recv() {
+                for r in &block {
+                    meter.push(r.t_ms, r.v_mv, r.command);
+                    if let (Some((p, w)), None) = (&mut out, &error) {
+                        if let Err(e) = writeln!(
+                            w,
+                            "{:.4},{:.6},{:.6},{:.6},{:.6},{}",
+                            r.t_ms,
+                            r.v_mv,
+                            r.applied,
+                            r.requested,
+                            r.command,
+                            r.cause.map_or("", |c| c.name())
+                        ) {
+                            error = Some(format!("{}: {e}", p.display()));
+                        }
+                    }
+                }
+                if let Some(k) = &mut kept {
+                    k.extend_from_slice(&block);
+                }
+                block.clear();
+                let _ = ends.empty.try_send(block);
+            }
+            if let Some((p, w)) = &mut out {
+                if let Err(e) = w.flush() {
+                    error.get_or_insert(format!("{}: {e}", p.display()));
+                }
+            }
+            Consumed {
+                quality: meter.finish(),
+                records: kept,
+                error,
+            }
+        })
+        .expect("spawning the record consumer")
+}
+
+/// Free clock: wait for the planner's next plan without the channel's
+/// blocking machinery (which parks the thread and may allocate its wait
+/// context lazily): spin briefly, then yield, then nap. `None` if the
+/// planner is gone.
+fn await_plan(plans: &crossbeam_channel::Receiver<Box<Plan>>) -> Option<Box<Plan>> {
+    let mut tries = 0u32;
+    loop {
+        match plans.try_recv() {
+            Ok(p) => return Some(p),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        tries += 1;
+        if tries < 64 {
+            std::hint::spin_loop();
+        } else if tries < 1024 {
+            std::thread::yield_now();
+        } else {
+            // A SCHED_FIFO loop sharing a CPU with the planner must let it
+            // run: yielding only yields to equal priority.
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
+/// Run the closed loop on the calling thread (which should be a thread of
+/// its own: it is the one promoted to real time) until the duration is
+/// reached, `stop` is set, the plant ends or faults. Stimulation is driven
+/// to zero through the limiter at the end in every case. With `intervals`,
+/// per-second histograms go to the interval-log writer.
+pub fn run(
+    plant: &mut dyn Plant,
+    mut setup: RunSetup,
+    stop: &AtomicBool,
+    mut intervals: Option<&mut IntervalHandoff>,
+) -> Result<RunOutcome, ControlError> {
+    // ------------------------------------------------------------ prepare
+    let c = setup.control.clone();
+    let period_ms = plant.sample_period_ms();
+    let period = Duration::from_secs_f64(period_ms / 1000.0);
+    let period_ns = period.as_nanos() as u64;
+    let max_samples = setup
+        .duration_s
+        .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1);
+    let per_interval = ((1000.0 / period_ms).round() as u64).max(1);
+    let mut limiter = SafetyLimiter::new(setup.safety, period_ms)
+        .map_err(|e| ControlError::Setup(e.to_string()))?;
+    let mpc_on = c.policy == PolicyKind::Mpc;
+    let mut baseline = match c.policy {
+        PolicyKind::Off | PolicyKind::Mpc => Baseline::Off,
+        PolicyKind::Open => Baseline::Open(c.open),
+        PolicyKind::Pid => {
+            Baseline::pid_for(&c.objective, &c.pid, period_ms, setup.safety.max_amplitude)
+        }
+    };
+    let model_path = setup
+        .forecaster
+        .as_ref()
+        .map(|f| f.path().display().to_string());
+    // Model geometry (MPC only).
+    let mut geometry = None;
+    if mpc_on {
+        let f = setup.forecaster.as_ref().ok_or_else(|| {
+            ControlError::Setup("policy mpc needs a forecaster (control.model)".into())
+        })?;
+        let card = f.card();
+        let dec = WindowRing::decimation_for(card.dt_ms, period_ms).ok_or_else(|| {
+            ControlError::Setup(format!(
+                "{}: model step {} ms is not a whole number of sample periods ({period_ms} ms)",
+                f.path().display(),
+                card.dt_ms
+            ))
+        })?;
+        let steps = c.period_ms / card.dt_ms;
+        if (steps - steps.round()).abs() > 1e-6 || steps.round() < 1.0 {
+            return Err(ControlError::Setup(format!(
+                "control.period = {} ms is not a whole number of the model's steps ({} ms)",
+                c.period_ms, card.dt_ms
+            )));
+        }
+        if f.max_batch() < c.mpc.candidates {
+            return Err(ControlError::Setup(format!(
+                "the forecaster was loaded for batches up to {}, mpc.candidates is {}",
+                f.max_batch(),
+                c.mpc.candidates
+            )));
+        }
+        geometry = Some((card.t_in, card.t_out, dec, steps.round() as u64, card.dt_ms));
+    }
+    let (mut window, t_in, plan_len, steps_per_period) = match geometry {
+        Some((t_in, t_out, dec, spp, _)) => (WindowRing::new(t_in, dec), t_in, t_out * dec, spp),
+        None => (WindowRing::new(1, 1), 1, 1, 1),
+    };
+    // Free clock with a modelled delay: plans of every snapshot taken during
+    // the delay (at most one per model step) are in flight at once.
+    let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
+    let dec = geometry.map_or(1, |g| g.2 as u64);
+    let plan_pool = 4 + delay_samples.div_ceil(dec) as usize;
+    let (mut ends, planner_ends, consumer_ends) = handoff::build(
+        mpc_on.then(|| (t_in, plan_len, plan_pool, limiter.clone())),
+        64,
+    );
+
+    let trace = match &setup.trace_out {
+        Some(p) => Some((
+            p.clone(),
+            std::fs::File::create(p).map_err(|error| ControlError::Io {
+                path: p.display().to_string(),
+                error,
+            })?,
+        )),
+        None => None,
+    };
+    let consumer = spawn_consumer(
+        consumer_ends,
+        QualityMeter::new(c.objective, period_ms),
+        setup.keep_records,
+        trace,
+    );
+
+    let realtime = rt::apply(&c.realtime);
+    let paced = setup.clock == Clock::Paced;
+    let planner = match (planner_ends, setup.forecaster.take(), geometry) {
+        (Some(pe), Some(f), Some((_, t_out, dec, _, dt_model))) => {
+            let mpc = Mpc::new(
+                c.mpc,
+                c.objective,
+                t_out,
+                dec,
+                dt_model,
+                c.mpc.max_amplitude.min(setup.safety.max_amplitude),
+            );
+            let budget = paced.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
+            let exclude = realtime.pinned_cpu;
+            Some(
+                std::thread::Builder::new()
+                    .name("planner".into())
+                    .spawn(move || {
+                        if let Some(cpu) = exclude {
+                            rt::exclude_cpu(cpu);
+                        }
+                        planner::run(pe, f, mpc, budget)
+                    })
+                    .map_err(|e| ControlError::Setup(format!("cannot start the planner: {e}")))?,
+            )
+        }
+        _ => None,
+    };
+    let mut realtime = realtime;
+    realtime.planner_excluded = planner.is_some() && realtime.pinned_cpu.is_some();
+
+    let mut hist = LoopHistograms::new();
+    let mut detector = SpikeDetector::new(DEFAULT_THRESHOLD_MV);
+    let mut last_spike_ms = f64::NEG_INFINITY;
+    let mut spikes = 0u64;
+    let mut overruns = 0u64;
+    let mut samples = 0u64;
+    let mut lost_samples = 0u64;
+    let mut records_dropped = 0u64;
+    let mut plans_adopted = 0u64;
+    let mut plan_misses = 0u64;
+    let mut plan_miss_samples = 0u64;
+    let mut snapshots_skipped = 0u64;
+    let mut planner_gone = false;
+    let mut in_miss = false;
+    let mut replan = false;
+    let mut model_steps = 0u64;
+    let mut expected_index: Option<u64> = None;
+    let mut active: Option<Box<Plan>> = None;
+    // Plans received but not yet due (free clock with a modelled delay can
+    // have several in flight; the queue's capacity is the plan pool's, so
+    // pushing never allocates).
+    let mut pending: std::collections::VecDeque<(u64, Box<Plan>)> =
+        std::collections::VecDeque::with_capacity(plan_pool);
+    let mut last_t = 0.0;
+    let mut fault_text = None;
+    if paced {
+        reduce_timer_slack();
+    }
+    let start = Instant::now();
+    let start_mono = monotonic_ns();
+    let mut reason = StopReason::Signal;
+
+    // --------------------------------------------------------------- loop
+    loop {
+        if max_samples.is_some_and(|m| samples >= m) {
+            reason = StopReason::DurationReached;
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut jitter_ns = None;
+        if paced {
+            let deadline = start + Duration::from_nanos(period_ns * samples);
+            sleep_until(start_mono + period_ns * samples, deadline);
+            let late = Instant::now().saturating_duration_since(deadline);
+            jitter_ns = Some(late.as_nanos().max(1) as u64);
+            if late > period {
+                overruns += 1;
+            }
+        }
+        let s = match plant.read() {
+            Ok(s) => s,
+            Err(PlantError::Ended) => {
+                reason = StopReason::PlantEnded;
+                break;
+            }
+            Err(e) => {
+                let d = limiter.limit(0.0, Some(Fault::PlantFault));
+                let _ = plant.write(d.command);
+                reason = StopReason::PlantFault;
+                fault_text = Some(e.to_string());
+                break;
+            }
+        };
+        let arrived = Instant::now();
+        let mut fault = None;
+        match expected_index {
+            Some(e) if s.index < e => fault = Some(Fault::StaleSample),
+            Some(e) => lost_samples += s.index - e,
+            None => {}
+        }
+        expected_index = Some(s.index.max(expected_index.unwrap_or(0)) + 1);
+        let spiked = match detector.push(s.t_ms, s.v_mv) {
+            Some(t) => {
+                last_spike_ms = t;
+                spikes += 1;
+                replan = true;
+                true
+            }
+            None => false,
+        };
+        last_t = s.t_ms;
+        let step_done = window.push(s.v_mv, s.i_applied);
+
+        // The policy's request.
+        let requested = if mpc_on {
+            if let Some(se) = &ends.snapshots {
+                if paced {
+                    while let Ok(p) = se.plans.try_recv() {
+                        // Paced: the newest plan supersedes any not yet used.
+                        while let Some((_, old)) = pending.pop_front() {
+                            let _ = se.used_plans.try_send(old);
+                        }
+                        pending.push_back((0, p));
+                    }
+                }
+                while pending.front().is_some_and(|(at, _)| s.index >= *at) {
+                    let (_, p) = pending.pop_front().expect("checked");
+                    let now = Instant::now();
+                    let ns = |d: Duration| d.as_nanos().max(1) as u64;
+                    let lat = ns(p.published.saturating_duration_since(p.snapshot_taken));
+                    let age = ns(now.saturating_duration_since(p.snapshot_taken));
+                    hist.plan_latency.saturating_record(lat);
+                    hist.decision_age.saturating_record(age);
+                    if p.forecast_ns > 0 {
+                        hist.forecast_time.saturating_record(p.forecast_ns);
+                    }
+                    if let Some(iv) = intervals.as_deref_mut() {
+                        let set = iv.current();
+                        set.histograms[2].saturating_record(lat);
+                        set.histograms[3].saturating_record(age);
+                        if p.forecast_ns > 0 {
+                            set.histograms[4].saturating_record(p.forecast_ns);
+                        }
+                    }
+                    if let Some(old) = active.replace(p) {
+                        let _ = se.used_plans.try_send(old);
+                    }
+                    plans_adopted += 1;
+                    in_miss = false;
+                }
+            }
+            match &active {
+                _ if planner_gone => {
+                    fault = fault.or(Some(Fault::ModelError));
+                    0.0
+                }
+                None => 0.0,
+                Some(p) => match p.status {
+                    PlanStatus::ModelError => {
+                        fault = fault.or(Some(Fault::ModelError));
+                        0.0
+                    }
+                    PlanStatus::NonFinite => {
+                        fault = fault.or(Some(Fault::NonFinite));
+                        0.0
+                    }
+                    PlanStatus::Ok => {
+                        let off = s.index.saturating_sub(p.base_index + 1) as usize;
+                        if s.index > p.base_index && off < p.currents.len() {
+                            p.currents[off] as f64
+                        } else if s.index <= p.base_index {
+                            0.0
+                        } else {
+                            if !in_miss {
+                                plan_misses += 1;
+                                in_miss = true;
+                            }
+                            plan_miss_samples += 1;
+                            fault = fault.or(Some(Fault::PlanMiss));
+                            0.0
+                        }
+                    }
+                },
+            }
+        } else {
+            baseline.step(s.t_ms, s.v_mv, spiked)
+        };
+
+        let d = limiter.limit(requested, fault);
+        if let Err(e) = plant.write(d.command) {
+            let z = limiter.limit(0.0, Some(Fault::PlantFault));
+            let _ = plant.write(z.command);
+            reason = StopReason::PlantFault;
+            fault_text = Some(e.to_string());
+            break;
+        }
+        let latency = arrived.elapsed().as_nanos().max(1) as u64;
+        hist.sample_to_command.saturating_record(latency);
+        if let Some(j) = jitter_ns {
+            hist.wakeup_jitter.saturating_record(j);
+        }
+        records_dropped += ends.records.push(Record {
+            index: s.index,
+            t_ms: s.t_ms,
+            v_mv: s.v_mv,
+            applied: s.i_applied,
+            requested,
+            command: d.command,
+            cause: d.cause,
+        });
+
+        // Snapshot for the planner at the end of each control period.
+        if step_done && mpc_on && !planner_gone {
+            model_steps += 1;
+            // Each control period, and at once after a spike: a spike
+            // changes what the forecast says next (and what the objective
+            // wants), so a plan made before it is stale.
+            if window.is_full() && (replan || model_steps.is_multiple_of(steps_per_period)) {
+                replan = false;
+                if let Some(se) = &ends.snapshots {
+                    match se.empty.try_recv() {
+                        Ok(mut snap) => {
+                            window.snapshot(&mut snap.v, &mut snap.i);
+                            snap.index = s.index;
+                            snap.t_ms = s.t_ms;
+                            snap.v_now = s.v_mv;
+                            snap.last_spike_ms = last_spike_ms;
+                            snap.limiter = limiter.clone();
+                            snap.taken = arrived;
+                            if se.to_planner.try_send(snap).is_err() {
+                                planner_gone = true;
+                            } else if !paced {
+                                // Lockstep: await this snapshot's plan.
+                                match await_plan(&se.plans) {
+                                    Some(p) => {
+                                        pending.push_back((s.index + 1 + delay_samples, p));
+                                    }
+                                    None => planner_gone = true,
+                                }
+                            }
+                        }
+                        Err(_) => snapshots_skipped += 1,
+                    }
+                }
+            }
+        }
+
+        if let Some(iv) = intervals.as_deref_mut() {
+            let set = iv.current();
+            if let Some(j) = jitter_ns {
+                set.histograms[0].saturating_record(j);
+            }
+            set.histograms[1].saturating_record(latency);
+            if (samples + 1).is_multiple_of(per_interval) {
+                iv.rotate(start.elapsed());
+            }
+        }
+        samples += 1;
+    }
+
+    // ------------------------------------------------------------ wind down
+    // Stimulation to zero first, then the rest.
+    if reason != StopReason::PlantFault {
+        let d = limiter.limit(0.0, Some(Fault::Shutdown));
+        if let Err(e) = plant.write(d.command) {
+            fault_text.get_or_insert(e.to_string());
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    ends.records.flush();
+    let planner_totals = {
+        let snapshot_ends = ends.snapshots.take();
+        drop(snapshot_ends);
+        planner.map(|h| h.join().unwrap_or_default())
+    };
+    drop(ends);
+    let consumed = consumer
+        .join()
+        .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
+    if let Some(e) = consumed.error {
+        return Err(ControlError::Io {
+            path: "trace".into(),
+            error: std::io::Error::other(e),
+        });
+    }
+    let mut interventions = BTreeMap::new();
+    for (cause, n) in limiter.counts() {
+        interventions.insert(cause.name(), n);
+    }
+    let pct = |h: &Histogram<u64>| (!h.is_empty()).then(|| Percentiles::from_ns(h));
+    let (superseded, model_errors, model_error) = planner_totals
+        .map(|t| (t.superseded, t.model_errors, t.first_error))
+        .unwrap_or_default();
+    let summary = LoopSummary {
+        plant: plant.kind(),
+        policy: c.policy.name(),
+        objective: c.objective.kind.name(),
+        clock: if paced { "paced" } else { "free" },
+        model: model_path.filter(|_| mpc_on),
+        samples,
+        lost_samples,
+        records_dropped,
+        plant_time_s: last_t / 1000.0,
+        wall_time_s: wall,
+        spikes,
+        plans_adopted,
+        plan_misses,
+        plan_miss_samples,
+        snapshots_skipped,
+        snapshots_superseded: superseded,
+        model_errors,
+        model_error: model_error.or_else(|| planner_gone.then(|| "the planner stopped".into())),
+        interventions_total: limiter.counts().map(|(_, n)| n).sum(),
+        interventions,
+        charge_delivered_nc_cm2: limiter.charge_delivered(),
+        net_charge_end_nc_cm2: limiter.net_charge(),
+        quality: consumed.quality,
+        latency: Latencies {
+            wakeup_jitter: pct(&hist.wakeup_jitter),
+            sample_to_command: pct(&hist.sample_to_command),
+            plan_latency: pct(&hist.plan_latency),
+            decision_age: pct(&hist.decision_age),
+            forecast_time: pct(&hist.forecast_time),
+        },
+        overruns,
+        realtime,
+        stop: reason,
+        fault: fault_text,
+    };
+    Ok(RunOutcome {
+        summary,
+        histograms: hist,
+        records: consumed.records,
+    })
+}

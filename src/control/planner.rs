@@ -1,0 +1,90 @@
+//! The planner thread: forecasting and MPC off the real-time thread (tract
+//! and the planner may take longer than a sample; DESIGN §1).
+//!
+//! It always plans from the newest snapshot (older ones still queued are
+//! returned unused) and publishes the plan with the sample index it was
+//! computed from. It ends when the loop drops its ends of the channels.
+
+use super::handoff::{PlanStatus, PlannerEnds};
+use crate::forecast::{ForecastError, Forecaster};
+use crate::policy::mpc::{Mpc, PlanInput};
+use std::time::{Duration, Instant};
+
+/// What the planner did over a run.
+#[derive(Clone, Debug, Default)]
+pub struct PlannerTotals {
+    pub plans: u64,
+    /// Snapshots superseded before the planner got to them.
+    pub superseded: u64,
+    pub model_errors: u64,
+    /// The first model error, to say why stimulation stopped.
+    pub first_error: Option<String>,
+}
+
+/// Plan until the loop hangs up. `budget`: stop refining after this much
+/// time per plan (paced clock); `None` runs every iteration (free clock,
+/// deterministic).
+pub fn run(
+    ends: PlannerEnds,
+    mut forecaster: Forecaster,
+    mut mpc: Mpc,
+    budget: Option<Duration>,
+) -> PlannerTotals {
+    let mut totals = PlannerTotals::default();
+    while let Ok(mut snap) = ends.snapshots.recv() {
+        while let Ok(newer) = ends.snapshots.try_recv() {
+            let _ = ends
+                .empty_snapshots
+                .try_send(std::mem::replace(&mut snap, newer));
+            totals.superseded += 1;
+        }
+        let Ok(mut plan) = ends.empty_plans.recv() else {
+            break;
+        };
+        let deadline = budget.map(|b| snap.taken + b);
+        let input = PlanInput {
+            window_v: &snap.v,
+            window_i: &snap.i,
+            base_index: snap.index,
+            t_ms: snap.t_ms,
+            v_now: snap.v_now,
+            last_spike_ms: snap.last_spike_ms,
+            limiter: snap.limiter.clone(),
+        };
+        let result = mpc.plan(&input, &mut forecaster, deadline);
+        plan.base_index = snap.index;
+        plan.snapshot_taken = snap.taken;
+        match result {
+            Ok(stats) => {
+                plan.status = PlanStatus::Ok;
+                plan.currents.copy_from_slice(mpc.best());
+                plan.forecast_ns = stats.forecast_ns;
+                plan.iterations = stats.iterations;
+                plan.cost = stats.cost;
+            }
+            Err(e) => {
+                totals.model_errors += 1;
+                if totals.first_error.is_none() {
+                    totals.first_error = Some(e.to_string());
+                }
+                plan.status = if matches!(e, ForecastError::NonFinite) {
+                    PlanStatus::NonFinite
+                } else {
+                    PlanStatus::ModelError
+                };
+                plan.currents.fill(0.0);
+                plan.forecast_ns = 0;
+                plan.iterations = 0;
+                plan.cost = f64::NAN;
+                mpc.reset();
+            }
+        }
+        let _ = ends.empty_snapshots.try_send(snap);
+        plan.published = Instant::now();
+        totals.plans += 1;
+        if ends.plans.try_send(plan).is_err() {
+            break;
+        }
+    }
+    totals
+}

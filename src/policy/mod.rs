@@ -1,0 +1,467 @@
+//! Stimulation policies and the objectives they pursue (DESIGN §4).
+//!
+//! An [`Objective`] says what the experimenter wants (a voltage trajectory,
+//! a firing-rate schedule, no bursts, silence) and how to score it, both on
+//! a forecast (the MPC's cost, [`Objective::forecast_cost`]) and on what the
+//! cell actually did (the run's objective error, [`quality::QualityMeter`]).
+//! Keeping both in one place means the planner optimises the quantity the
+//! report judges it by.
+//!
+//! Policies: [`mpc`] (the model-predictive planner, on the planner thread)
+//! and the per-sample baselines in [`pid`] (`off`, `open`, PI on rate, PID
+//! on voltage), which run inside the control loop because they are a few
+//! multiply-adds and a lab would run them at the full sample rate.
+//! Everything here is pure computation: no I/O, no threads.
+
+pub mod mpc;
+pub mod pid;
+pub mod quality;
+
+use serde::Serialize;
+
+/// Which policy picks the stimulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Stimulation held at zero.
+    Off,
+    /// A fixed waveform (`[open]`), no feedback.
+    Open,
+    /// PI on the firing-rate estimate (objectives `rate`, `burst`) or PID on
+    /// the membrane potential (`voltage`, `silence`).
+    Pid,
+    /// Model-predictive control over the LSTM forecast.
+    Mpc,
+}
+
+impl PolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Off => "off",
+            PolicyKind::Open => "open",
+            PolicyKind::Pid => "pid",
+            PolicyKind::Mpc => "mpc",
+        }
+    }
+}
+
+/// What the experimenter wants the cell to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    Voltage,
+    Rate,
+    Burst,
+    Silence,
+}
+
+impl ObjectiveKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectiveKind::Voltage => "voltage",
+            ObjectiveKind::Rate => "rate",
+            ObjectiveKind::Burst => "burst",
+            ObjectiveKind::Silence => "silence",
+        }
+    }
+}
+
+/// Shape of a periodic waveform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    Sine,
+    Square,
+    Constant,
+}
+
+/// `offset + amplitude · shape(t / period)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Waveform {
+    pub shape: Shape,
+    pub offset: f64,
+    pub amplitude: f64,
+    pub period_ms: f64,
+}
+
+impl Waveform {
+    #[inline]
+    pub fn at(&self, t_ms: f64) -> f64 {
+        let phase = (t_ms / self.period_ms).rem_euclid(1.0);
+        let s = match self.shape {
+            Shape::Sine => (std::f64::consts::TAU * phase).sin(),
+            Shape::Square => {
+                if phase < 0.5 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+            Shape::Constant => 1.0,
+        };
+        self.offset + self.amplitude * s
+    }
+}
+
+/// A piecewise-constant target rate: `(from_ms, hz)` in time order, the
+/// first from 0. Fixed-size so the loop can own it without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RateSchedule {
+    #[serde(skip)]
+    steps: [(f64, f64); RateSchedule::MAX],
+    len: usize,
+}
+
+impl RateSchedule {
+    /// Most steps a schedule may have.
+    pub const MAX: usize = 32;
+
+    /// `steps`: `(from_ms, hz)`, strictly increasing times starting at 0,
+    /// rates ≥ 0; at most [`RateSchedule::MAX`].
+    pub fn new(steps: &[(f64, f64)]) -> Result<RateSchedule, String> {
+        if steps.is_empty() || steps.len() > Self::MAX {
+            return Err(format!(
+                "needs 1 ..= {} steps, got {}",
+                Self::MAX,
+                steps.len()
+            ));
+        }
+        if steps[0].0 != 0.0 {
+            return Err(format!(
+                "the first step must start at 0 s, not {} ms",
+                steps[0].0
+            ));
+        }
+        for w in steps.windows(2) {
+            if w[1].0 <= w[0].0 {
+                return Err(format!(
+                    "step at {} ms is not after the one at {} ms",
+                    w[1].0, w[0].0
+                ));
+            }
+        }
+        if let Some(&(at, hz)) = steps.iter().find(|s| !(s.1.is_finite() && s.1 >= 0.0)) {
+            return Err(format!("rate {hz} Hz at {at} ms must be >= 0"));
+        }
+        let mut s = RateSchedule {
+            steps: [(0.0, 0.0); Self::MAX],
+            len: steps.len(),
+        };
+        s.steps[..steps.len()].copy_from_slice(steps);
+        Ok(s)
+    }
+
+    pub fn steps(&self) -> &[(f64, f64)] {
+        &self.steps[..self.len]
+    }
+
+    /// Target rate at `t_ms`, Hz.
+    #[inline]
+    pub fn at(&self, t_ms: f64) -> f64 {
+        let mut r = self.steps[0].1;
+        for &(from, hz) in &self.steps[1..self.len] {
+            if t_ms >= from {
+                r = hz;
+            } else {
+                break;
+            }
+        }
+        r
+    }
+
+    /// Mean target over `[a, b)` ms.
+    pub fn mean(&self, a: f64, b: f64) -> f64 {
+        let mut acc = 0.0;
+        for (k, &(from, hz)) in self.steps().iter().enumerate() {
+            let to = self.steps().get(k + 1).map_or(f64::INFINITY, |s| s.0);
+            let lo = from.max(a);
+            let hi = to.min(b);
+            if hi > lo {
+                acc += hz * (hi - lo);
+            }
+        }
+        acc / (b - a)
+    }
+}
+
+/// The objective and its parameters (validated `[objective]`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Objective {
+    pub kind: ObjectiveKind,
+    /// Samples before this time are not scored (the model's window fills
+    /// and every policy starts from the same transient).
+    pub settle_ms: f64,
+    /// `voltage`: the reference trajectory, mV.
+    pub reference: Waveform,
+    /// `rate`: the target rate schedule.
+    pub rate: RateSchedule,
+    /// `rate`: width of the bins the rate error is scored in, ms.
+    pub rate_bin_ms: f64,
+    /// `burst`: spikes closer than this to the previous one are in a burst.
+    pub max_isi_ms: f64,
+    /// `burst`: firing below this rate counts as failing to keep the cell
+    /// firing, Hz.
+    pub min_rate_hz: f64,
+    /// `silence`: the membrane should stay below this, mV.
+    pub ceiling_mv: f64,
+}
+
+/// What a forecast is scored against, for one planning step.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanContext {
+    /// Time of the snapshot's last sample, ms.
+    pub t_ms: f64,
+    /// Model step, ms.
+    pub dt_ms: f64,
+    /// Last observed V, mV (for a crossing at the first forecast step).
+    pub v_now: f64,
+    /// Time of the last detected spike, ms (`-inf` if none yet).
+    pub last_spike_ms: f64,
+    /// Threshold for counting spikes in a forecast, mV.
+    pub spike_threshold_mv: f64,
+}
+
+/// Weights of the MPC cost beyond the objective term.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CostWeights {
+    /// Per nC/cm² of |charge| over the horizon.
+    pub charge: f64,
+    /// Per (µA/cm²)² of change between successive model steps.
+    pub smoothness: f64,
+}
+
+/// Width over which a forecast's timing error counts fully, ms.
+const TIMING_SCALE_MS: f64 = 2.0;
+
+impl Objective {
+    /// The objective term of the MPC cost for one forecast `v` (mV, one per
+    /// model step after `ctx.t_ms`). Dimensionless, 0 is perfect; about 1
+    /// means "one spike wrong" so that the terms of different objectives
+    /// weigh alike against the charge term.
+    pub fn forecast_cost(&self, ctx: &PlanContext, v: &[f32]) -> f64 {
+        let dt = ctx.dt_ms;
+        let th = ctx.spike_threshold_mv;
+        let h = v.len();
+        let t_at = |j: usize| ctx.t_ms + (j + 1) as f64 * dt;
+        // Upward crossings, as step indices.
+        let mut prev = ctx.v_now;
+        let mut crossings = [0usize; 64];
+        let mut n_cross = 0;
+        for (j, &x) in v.iter().enumerate() {
+            let x = x as f64;
+            if prev < th && x >= th && n_cross < crossings.len() {
+                crossings[n_cross] = j;
+                n_cross += 1;
+            }
+            prev = x;
+        }
+        let crossings = &crossings[..n_cross];
+        match self.kind {
+            ObjectiveKind::Voltage => {
+                let mut acc = 0.0;
+                for (j, &x) in v.iter().enumerate() {
+                    let e = x as f64 - self.reference.at(t_at(j));
+                    acc += e * e;
+                }
+                acc / h as f64
+            }
+            ObjectiveKind::Silence => {
+                let mut over = 0.0;
+                for &x in v {
+                    over += (x as f64 - self.ceiling_mv).max(0.0);
+                }
+                over / h as f64 + crossings.len() as f64
+            }
+            ObjectiveKind::Burst => {
+                let mut last = ctx.last_spike_ms;
+                let mut cost = 0.0;
+                let mut singles = 0;
+                for &j in crossings {
+                    if t_at(j) - last < self.max_isi_ms {
+                        cost += 1.0;
+                    } else {
+                        singles += 1;
+                    }
+                    last = t_at(j);
+                }
+                // Keep the cell firing: past the longest allowed gap, a
+                // horizon without a single spike costs half a burst spike.
+                let gap = 1000.0 / self.min_rate_hz.max(1e-3);
+                if singles == 0 && t_at(h - 1) - ctx.last_spike_ms > gap {
+                    cost += 0.5;
+                }
+                cost
+            }
+            ObjectiveKind::Rate => {
+                let hz = self.rate.at(ctx.t_ms);
+                if hz <= 0.0 {
+                    return crossings.len() as f64;
+                }
+                let isi = 1000.0 / hz;
+                let due = (ctx.last_spike_ms + isi).max(ctx.t_ms);
+                let end = t_at(h - 1);
+                if due > end + TIMING_SCALE_MS {
+                    // The next spike is due after the horizon: any spike in
+                    // it is premature.
+                    return crossings.len() as f64;
+                }
+                match crossings.first() {
+                    Some(&j) => {
+                        // Early is worse than late: an early spike cannot be
+                        // taken back, a late one can still be brought
+                        // forward by the next plan, and any spike once due
+                        // beats none (whose cost is at least 1).
+                        let e = (t_at(j) - due) / TIMING_SCALE_MS;
+                        let timing = if e < 0.0 {
+                            (e * e).min(4.0)
+                        } else {
+                            (e * e).min(0.9)
+                        };
+                        timing + (crossings.len() - 1) as f64
+                    }
+                    None => {
+                        // Due but not forecast: grade by how close the
+                        // forecast comes to threshold, and by how overdue.
+                        let peak = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                        let gap = ((th - peak) / 20.0).clamp(0.0, 1.0);
+                        let late = ((end - due) / TIMING_SCALE_MS).clamp(0.0, 4.0);
+                        1.0 + 0.5 * gap + 0.25 * late
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Charge and smoothness terms for a plan of per-step currents `u`
+/// (µA/cm²), model step `dt_ms`.
+pub fn effort_cost(w: &CostWeights, u: &[f32], dt_ms: f64, u_before: f64) -> f64 {
+    let mut charge = 0.0;
+    let mut rough = 0.0;
+    let mut prev = u_before;
+    for &x in u {
+        let x = x as f64;
+        charge += x.abs() * dt_ms;
+        rough += (x - prev) * (x - prev);
+        prev = x;
+    }
+    w.charge * charge + w.smoothness * rough
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objective(kind: ObjectiveKind) -> Objective {
+        Objective {
+            kind,
+            settle_ms: 0.0,
+            reference: Waveform {
+                shape: Shape::Constant,
+                offset: -65.0,
+                amplitude: 0.0,
+                period_ms: 100.0,
+            },
+            rate: RateSchedule::new(&[(0.0, 10.0), (1000.0, 20.0)]).unwrap(),
+            rate_bin_ms: 1000.0,
+            max_isi_ms: 10.0,
+            min_rate_hz: 2.0,
+            ceiling_mv: -60.0,
+        }
+    }
+
+    fn ctx(t: f64, last: f64) -> PlanContext {
+        PlanContext {
+            t_ms: t,
+            dt_ms: 0.5,
+            v_now: -65.0,
+            last_spike_ms: last,
+            spike_threshold_mv: -30.0,
+        }
+    }
+
+    /// A forecast with a spike (crossing) at step `at`.
+    fn spike_at(at: Option<usize>) -> Vec<f32> {
+        (0..20)
+            .map(|j| if Some(j) == at { 0.0 } else { -65.0 })
+            .collect()
+    }
+
+    #[test]
+    fn schedule_lookup_and_mean() {
+        let s = RateSchedule::new(&[(0.0, 8.0), (3000.0, 20.0), (6000.0, 12.0)]).unwrap();
+        assert_eq!(
+            (s.at(0.0), s.at(2999.0), s.at(3000.0), s.at(1e9)),
+            (8.0, 8.0, 20.0, 12.0)
+        );
+        assert!((s.mean(2000.0, 4000.0) - 14.0).abs() < 1e-12);
+        assert!(RateSchedule::new(&[(5.0, 1.0)]).is_err());
+        assert!(RateSchedule::new(&[(0.0, 1.0), (0.0, 2.0)]).is_err());
+        assert!(RateSchedule::new(&[(0.0, -1.0)]).is_err());
+    }
+
+    #[test]
+    fn rate_cost_prefers_a_spike_when_due_and_none_before() {
+        let o = objective(ObjectiveKind::Rate);
+        // Last spike at 0, 10 Hz: due at 100 ms. At t = 50 the horizon ends
+        // at 60: a spike is premature.
+        let early = ctx(50.0, 0.0);
+        assert_eq!(o.forecast_cost(&early, &spike_at(None)), 0.0);
+        assert_eq!(o.forecast_cost(&early, &spike_at(Some(5))), 1.0);
+        // At t = 95 the spike is due at step 9 (t = 100).
+        let due = ctx(95.0, 0.0);
+        let on_time = o.forecast_cost(&due, &spike_at(Some(9)));
+        let late = o.forecast_cost(&due, &spike_at(Some(19)));
+        let none = o.forecast_cost(&due, &spike_at(None));
+        assert!(
+            on_time < 0.01 && on_time < late && late < none,
+            "{on_time} {late} {none}"
+        );
+    }
+
+    #[test]
+    fn burst_cost_counts_only_spikes_inside_bursts() {
+        let o = objective(ObjectiveKind::Burst);
+        // A spike 3 ms after the last one is a burst spike; 50 ms after is not.
+        assert_eq!(o.forecast_cost(&ctx(0.0, -2.0), &spike_at(Some(1))), 1.0);
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &spike_at(Some(1))), 0.0);
+        // Long silence with no spike forecast costs half a burst spike.
+        assert_eq!(o.forecast_cost(&ctx(0.0, -1000.0), &spike_at(None)), 0.5);
+    }
+
+    #[test]
+    fn voltage_and_silence_costs() {
+        let o = objective(ObjectiveKind::Voltage);
+        let v = vec![-63.0f32; 20];
+        assert!((o.forecast_cost(&ctx(0.0, -1e9), &v) - 4.0).abs() < 1e-9);
+        let s = objective(ObjectiveKind::Silence);
+        assert_eq!(s.forecast_cost(&ctx(0.0, -1e9), &[-61.0f32; 20]), 0.0);
+        assert!((s.forecast_cost(&ctx(0.0, -1e9), &[-58.0f32; 20]) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn waveforms() {
+        let w = Waveform {
+            shape: Shape::Square,
+            offset: -65.0,
+            amplitude: 2.0,
+            period_ms: 100.0,
+        };
+        assert_eq!((w.at(10.0), w.at(60.0), w.at(110.0)), (-63.0, -67.0, -63.0));
+        let s = Waveform {
+            shape: Shape::Sine,
+            ..w
+        };
+        assert!((s.at(25.0) + 63.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn effort_counts_charge_and_roughness() {
+        let w = CostWeights {
+            charge: 1.0,
+            smoothness: 1.0,
+        };
+        // |1|·0.5 + |−1|·0.5 = 1 nC; changes 0→1 (1), 1→−1 (4).
+        assert!((effort_cost(&w, &[1.0, -1.0], 0.5, 0.0) - 6.0).abs() < 1e-12);
+    }
+}

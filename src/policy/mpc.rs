@@ -1,0 +1,401 @@
+//! Model-predictive control over the LSTM forecast (DESIGN §4).
+//!
+//! Each control period the planner scores a batch of candidate stimulation
+//! plans over the model's horizon and publishes the best:
+//!
+//! 1. **Candidates**: the previous best plan shifted to now (warm start),
+//!    zero, a library of shapes (constant levels and short pulses of either
+//!    sign at several offsets), and random perturbations of the warm start.
+//! 2. **Feasible first**: every candidate is passed, sample by sample,
+//!    through a copy of the loop's safety limiter in the state it had at
+//!    the snapshot, so the forecaster sees the current the limiter would
+//!    actually let through, and the published plan rarely needs clamping.
+//! 3. **One batched forecast per iteration**; cost = objective term
+//!    ([`super::Objective::forecast_cost`]) + λ·charge + smoothness.
+//! 4. **Cross-entropy refinement**: further iterations sample around the
+//!    elites' per-step mean and spread, keeping the best so far, while the
+//!    iteration count (free clock) or time budget (paced clock) allows.
+//!
+//! [`Mpc::new`] allocates every buffer; [`Mpc::plan`] allocates nothing
+//! itself (the native forecaster does not either).
+
+use super::{effort_cost, CostWeights, Objective, PlanContext};
+use crate::forecast::{ForecastError, Forecaster};
+use crate::safety::SafetyLimiter;
+use rand_distr::{Distribution, StandardNormal};
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+use std::time::Instant;
+
+/// MPC settings (validated `[mpc]`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct MpcConfig {
+    /// Candidates per forecast batch.
+    pub candidates: usize,
+    /// Largest |I| a plan may ask for, µA/cm²: the range the model was
+    /// trained on. Outside it the forecast is an extrapolation the
+    /// optimiser would exploit (a +10 µA/cm² pulse a ±6-trained model
+    /// thinks harmless). The safety limit applies on top.
+    pub max_amplitude: f64,
+    /// Forecast batches per plan (the first scores the library).
+    pub iterations: usize,
+    /// Best candidates the cross-entropy step refits to.
+    pub elites: usize,
+    pub weights: CostWeights,
+    /// Paced clock: stop refining once this much time has gone, ms.
+    pub time_budget_ms: f64,
+    /// Spikes in a forecast are upward crossings of this, mV.
+    pub spike_threshold_mv: f64,
+    /// Spread of the first random perturbations, as a fraction of the
+    /// amplitude limit.
+    pub spread: f64,
+    /// Offset-free correction: the weight (0 ..= 1) with which each new
+    /// subthreshold error of the previous plan's forecast updates the bias
+    /// added to every forecast; 0 turns it off.
+    pub bias_gain: f64,
+    pub seed: u64,
+}
+
+/// The state the plan starts from, taken at a snapshot.
+pub struct PlanInput<'a> {
+    /// The last `t_in` model steps, oldest first.
+    pub window_v: &'a [f32],
+    pub window_i: &'a [f32],
+    /// Index of the snapshot's last sample: the plan starts at the next.
+    pub base_index: u64,
+    pub t_ms: f64,
+    pub v_now: f64,
+    pub last_spike_ms: f64,
+    /// The loop's limiter as it was at the snapshot.
+    pub limiter: SafetyLimiter,
+}
+
+/// What one planning step did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanStats {
+    pub cost: f64,
+    pub iterations: u32,
+    /// Time spent in the forecaster, ns.
+    pub forecast_ns: u64,
+}
+
+/// The MPC planner's state and buffers.
+pub struct Mpc {
+    cfg: MpcConfig,
+    objective: Objective,
+    t_out: usize,
+    decimation: usize,
+    dt_model: f64,
+    amplitude: f64,
+    /// K × t_out requested levels (one per model step).
+    raw: Vec<f32>,
+    /// K × t_out feasible step means (the forecaster's plans).
+    steps: Vec<f32>,
+    /// K × (t_out · decimation) feasible per-sample currents.
+    samples: Vec<f32>,
+    out: Vec<f32>,
+    costs: Vec<f64>,
+    order: Vec<usize>,
+    /// The best plan so far: requested levels and per-sample currents.
+    best_raw: Vec<f32>,
+    best_samples: Vec<f32>,
+    best_cost: f64,
+    /// The best candidate's forecast, and the previous plan's.
+    best_v: Vec<f32>,
+    prev_v: Vec<f32>,
+    /// Output-disturbance estimate added to forecasts, mV.
+    bias: f64,
+    /// The previous plan's requested levels and where it started.
+    prev_raw: Vec<f32>,
+    prev_base: Option<u64>,
+    mean: Vec<f64>,
+    spread: Vec<f64>,
+    rng: Xoshiro256PlusPlus,
+}
+
+impl Mpc {
+    /// A planner for `forecaster`'s horizon, `decimation` samples per
+    /// model step; `amplitude`: the safety limit on |I|.
+    pub fn new(
+        cfg: MpcConfig,
+        objective: Objective,
+        t_out: usize,
+        decimation: usize,
+        dt_model: f64,
+        amplitude: f64,
+    ) -> Mpc {
+        let k = cfg.candidates;
+        let n = t_out * decimation;
+        Mpc {
+            cfg,
+            objective,
+            t_out,
+            decimation,
+            dt_model,
+            amplitude,
+            raw: vec![0.0; k * t_out],
+            steps: vec![0.0; k * t_out],
+            samples: vec![0.0; k * n],
+            out: vec![0.0; k * t_out],
+            costs: vec![0.0; k],
+            order: (0..k).collect(),
+            best_raw: vec![0.0; t_out],
+            best_samples: vec![0.0; n],
+            best_cost: f64::INFINITY,
+            best_v: vec![0.0; t_out],
+            prev_v: vec![0.0; t_out],
+            bias: 0.0,
+            prev_raw: vec![0.0; t_out],
+            prev_base: None,
+            mean: vec![0.0; t_out],
+            spread: vec![0.0; t_out],
+            rng: Xoshiro256PlusPlus::seed_from_u64(cfg.seed),
+        }
+    }
+
+    /// Samples a plan covers.
+    pub fn plan_len(&self) -> usize {
+        self.t_out * self.decimation
+    }
+
+    /// The best plan of the last [`Mpc::plan`], per sample from the one
+    /// after the snapshot.
+    pub fn best(&self) -> &[f32] {
+        &self.best_samples
+    }
+
+    /// Forget the warm start and the bias (after a fault or a model swap).
+    pub fn reset(&mut self) {
+        self.prev_base = None;
+        self.prev_raw.fill(0.0);
+        self.bias = 0.0;
+    }
+
+    /// The output-disturbance estimate now, mV.
+    pub fn bias(&self) -> f64 {
+        self.bias
+    }
+
+    /// Offset-free MPC: compare what the previous plan's forecast said V
+    /// would be now with what it is, and fold the difference into the bias.
+    /// Only subthreshold: around a spike the error is one of timing, not
+    /// offset, and would swamp the estimate.
+    fn update_bias(&mut self, input: &PlanInput) {
+        let g = self.cfg.bias_gain;
+        let Some(b) = self.prev_base else { return };
+        if g <= 0.0 || input.base_index <= b {
+            return;
+        }
+        let m = (input.base_index - b) as usize;
+        if !m.is_multiple_of(self.decimation) || m / self.decimation == 0 {
+            return;
+        }
+        let j = m / self.decimation - 1;
+        if j >= self.t_out {
+            return;
+        }
+        let th = self.cfg.spike_threshold_mv;
+        let predicted = self.prev_v[j] as f64;
+        let recent_spike = input.t_ms - input.last_spike_ms < 20.0;
+        if predicted < th && input.v_now < th && !recent_spike {
+            let e = (input.v_now - predicted).clamp(-10.0, 10.0);
+            self.bias = (1.0 - g) * self.bias + g * e;
+        }
+    }
+
+    /// Plan from `input`. `deadline`: stop refining after it (paced clock).
+    pub fn plan(
+        &mut self,
+        input: &PlanInput,
+        forecaster: &mut Forecaster,
+        deadline: Option<Instant>,
+    ) -> Result<PlanStats, ForecastError> {
+        let k = self.cfg.candidates;
+        let t_out = self.t_out;
+        let a = self.amplitude as f32;
+        let mut stats = PlanStats::default();
+        self.best_cost = f64::INFINITY;
+        self.update_bias(input);
+        let bias = self.bias as f32;
+
+        // Warm start: the previous plan, shifted by the steps since it began.
+        let shift = match self.prev_base {
+            Some(b) if input.base_index >= b => {
+                ((input.base_index - b) as usize / self.decimation).min(t_out)
+            }
+            _ => t_out,
+        };
+        let last = if shift < t_out {
+            self.prev_raw[t_out - 1]
+        } else {
+            0.0
+        };
+        for j in 0..t_out {
+            self.mean[j] = self.prev_raw.get(j + shift).copied().unwrap_or(last) as f64;
+        }
+
+        // Library.
+        let mut c = 0;
+        let row = |raw: &mut [f32], c: usize, f: &dyn Fn(usize) -> f32| {
+            for j in 0..t_out {
+                raw[c * t_out + j] = f(j);
+            }
+        };
+        for j in 0..t_out {
+            self.raw[j] = self.mean[j] as f32;
+        }
+        c += 1;
+        row(&mut self.raw, c, &|_| 0.0);
+        c += 1;
+        'lib: for frac in [1.0 / 32.0, 1.0 / 16.0, 0.125f32, 0.25, 0.5, 1.0] {
+            for sign in [1.0f32, -1.0] {
+                if c >= k {
+                    break 'lib;
+                }
+                row(&mut self.raw, c, &|_| sign * frac * a);
+                c += 1;
+            }
+        }
+        'pulses: for offset in [0usize, t_out / 5, 2 * t_out / 5, 3 * t_out / 5] {
+            for (sign, frac) in [(1.0f32, 0.5f32), (-1.0, 0.5), (1.0, 1.0), (-1.0, 1.0)] {
+                if c >= k {
+                    break 'pulses;
+                }
+                let width = (t_out / 10).max(1);
+                row(&mut self.raw, c, &|j| {
+                    if j >= offset && j < offset + width {
+                        sign * frac * a
+                    } else {
+                        0.0
+                    }
+                });
+                c += 1;
+            }
+        }
+        // Random perturbations of the warm start fill the batch.
+        let sd = self.cfg.spread * self.amplitude;
+        while c < k {
+            for j in 0..t_out {
+                let z: f64 = StandardNormal.sample(&mut self.rng);
+                self.raw[c * t_out + j] = (self.mean[j] + sd * z).clamp(-a as f64, a as f64) as f32;
+            }
+            c += 1;
+        }
+
+        let ctx = PlanContext {
+            t_ms: input.t_ms,
+            dt_ms: self.dt_model,
+            v_now: input.v_now,
+            last_spike_ms: input.last_spike_ms,
+            spike_threshold_mv: self.cfg.spike_threshold_mv,
+        };
+        let iterations = self.cfg.iterations.max(1);
+        for it in 0..iterations {
+            if it > 0 {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                self.refit_and_sample();
+            }
+            self.project(&input.limiter);
+            let t0 = Instant::now();
+            forecaster.forecast(
+                input.window_v,
+                input.window_i,
+                &self.steps,
+                k,
+                &mut self.out,
+            )?;
+            stats.forecast_ns += t0.elapsed().as_nanos() as u64;
+            stats.iterations += 1;
+            if bias != 0.0 {
+                for x in &mut self.out {
+                    *x += bias;
+                }
+            }
+            let u_before = input.limiter.last_command();
+            for c in 0..k {
+                let v = &self.out[c * t_out..(c + 1) * t_out];
+                let u = &self.steps[c * t_out..(c + 1) * t_out];
+                self.costs[c] = self.objective.forecast_cost(&ctx, v)
+                    + effort_cost(&self.cfg.weights, u, self.dt_model, u_before);
+            }
+            for (i, o) in self.order.iter_mut().enumerate() {
+                *o = i;
+            }
+            let costs = &self.costs;
+            self.order
+                .sort_unstable_by(|&x, &y| costs[x].total_cmp(&costs[y]).then(x.cmp(&y)));
+            let b = self.order[0];
+            if self.costs[b] < self.best_cost {
+                self.best_cost = self.costs[b];
+                let n = self.plan_len();
+                self.best_raw
+                    .copy_from_slice(&self.raw[b * t_out..(b + 1) * t_out]);
+                self.best_samples
+                    .copy_from_slice(&self.samples[b * n..(b + 1) * n]);
+                self.best_v
+                    .copy_from_slice(&self.out[b * t_out..(b + 1) * t_out]);
+            }
+        }
+        self.prev_raw.copy_from_slice(&self.best_raw);
+        // Store the forecast without the bias, which is re-added next time.
+        for (p, &v) in self.prev_v.iter_mut().zip(&self.best_v) {
+            *p = v - bias;
+        }
+        self.prev_base = Some(input.base_index);
+        stats.cost = self.best_cost;
+        Ok(stats)
+    }
+
+    /// Cross-entropy step: fit per-step mean and spread to the elites, then
+    /// resample every candidate but the first (which keeps the best).
+    fn refit_and_sample(&mut self) {
+        let (k, t_out) = (self.cfg.candidates, self.t_out);
+        let e = self.cfg.elites.clamp(1, k);
+        let a = self.amplitude;
+        let floor = 0.02 * a;
+        for j in 0..t_out {
+            let mut m = 0.0;
+            for &c in &self.order[..e] {
+                m += self.raw[c * t_out + j] as f64;
+            }
+            m /= e as f64;
+            let mut s = 0.0;
+            for &c in &self.order[..e] {
+                let d = self.raw[c * t_out + j] as f64 - m;
+                s += d * d;
+            }
+            self.mean[j] = m;
+            self.spread[j] = (s / e as f64).sqrt().max(floor);
+        }
+        self.raw[..t_out].copy_from_slice(&self.best_raw);
+        for c in 1..k {
+            for j in 0..t_out {
+                let z: f64 = StandardNormal.sample(&mut self.rng);
+                self.raw[c * t_out + j] = (self.mean[j] + self.spread[j] * z).clamp(-a, a) as f32;
+            }
+        }
+    }
+
+    /// Pass every candidate through a copy of the limiter; record the
+    /// per-sample currents and their per-step means.
+    fn project(&mut self, limiter: &SafetyLimiter) {
+        let (k, t_out, d) = (self.cfg.candidates, self.t_out, self.decimation);
+        let n = t_out * d;
+        for c in 0..k {
+            let mut lim = limiter.clone();
+            for j in 0..t_out {
+                let want = self.raw[c * t_out + j] as f64;
+                let mut acc = 0.0;
+                for s in 0..d {
+                    let got = lim.limit(want, None).command;
+                    self.samples[c * n + j * d + s] = got as f32;
+                    acc += got;
+                }
+                self.steps[c * t_out + j] = (acc / d as f64) as f32;
+            }
+        }
+    }
+}
