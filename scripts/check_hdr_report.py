@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Check a neurostimd report directory with the Python HdrHistogram package
-(`hdrhistogram` on PyPI, module `hdrh`): the interval log decodes, every
-tag's counts add up to the run's sample count, and each .hgrm's total count
-matches too.
+(`hdrhistogram` on PyPI, module `hdrh`): the interval log decodes; each
+tag's interval counts add up to what the run says it measured (one per
+sample for the loop's latencies, one per adopted plan for the planner's);
+the merged interval histograms give the same p99 as summary.json; and each
+.hgrm has HdrHistogram's layout and the same total count.
 
     python3 scripts/check_hdr_report.py REPORT_DIR
 """
@@ -15,25 +17,43 @@ import sys
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
+NEW = lambda: HdrHistogram(1, 60_000_000_000, 3)
+
 
 def main(d):
     summary = json.load(open(os.path.join(d, "summary.json")))
     samples = summary["samples"]
-    reader = HistogramLogReader(os.path.join(d, "latency.hlog"), HdrHistogram(1, 60_000_000_000, 3))
-    totals = {}
+    plans = summary["plans_adopted"]
+    expected = {
+        "sample_to_command": samples,
+        "wakeup_jitter": samples if summary["clock"] == "paced" else 0,
+        "plan_latency": plans,
+        "decision_age": plans,
+        "forecast_time": plans - summary["model_errors"],
+    }
+    reader = HistogramLogReader(os.path.join(d, "latency.hlog"), NEW())
+    merged = {}
     while True:
         h = reader.get_next_interval_histogram()
         if h is None:
             break
-        totals[h.get_tag()] = totals.get(h.get_tag(), 0) + h.get_total_count()
-    assert totals.get("sample_to_command") == samples, f"interval log {totals} vs {samples} samples"
-    for path in glob.glob(os.path.join(d, "*.hgrm")):
+        merged.setdefault(h.get_tag(), NEW()).add(h)
+    for tag, n in expected.items():
+        got = merged[tag].get_total_count() if tag in merged else 0
+        assert got == n, f"interval log: {tag} has {got} values, expected {n}"
+        if n == 0:
+            continue
+        p99 = merged[tag].get_value_at_percentile(99.0) / 1000.0
+        want = summary["latency"][tag]["p99_us"]
+        assert abs(p99 - want) <= 0.01 * want + 0.002, f"{tag}: p99 {p99} us from the log vs {want} us in summary.json"
+        path = os.path.join(d, tag + ".hgrm")
         text = open(path).read()
         m = re.search(r"Total count\s+=\s+(\d+)", text)
-        assert m and int(m.group(1)) == samples, f"{path}: total count {m and m.group(1)} vs {samples}"
+        assert m and int(m.group(1)) == n, f"{path}: total count {m and m.group(1)} vs {n}"
         rows = [l.split() for l in text.splitlines()[2:] if l and not l.startswith("#")]
         assert all(len(r) in (3, 4) for r in rows) and float(rows[-1][1]) == 1.0, f"{path}: layout"
-    print(f"{d}: interval log decodes with hdrh ({totals}); .hgrm totals match {samples} samples")
+    counts = {t: merged[t].get_total_count() for t in merged}
+    print(f"{d}: interval log decodes with hdrh ({counts}); p99s and .hgrm totals match summary.json")
 
 
 if __name__ == "__main__":

@@ -208,8 +208,9 @@ pub fn run(req: &ScenarioRequest) -> Result<Vec<ScenarioResult>, ScenarioError> 
         }
         let get = |p: &str| result.policies.iter().find(|r| r.policy == p);
         if let (Some(m), Some(b)) = (get("mpc"), get("pid")) {
-            // Both perfect: there is no ratio to take (the charge decides).
-            let both_zero = m.mean_error < 1e-9 && b.mean_error < 1e-9;
+            // Both perfect (to 0.001 of the error's unit): there is no
+            // ratio to take, and the charge decides.
+            let both_zero = m.mean_error < 1e-3 && b.mean_error < 1e-3;
             result.mpc_error_reduction = (!both_zero).then(|| 1.0 - m.mean_error / b.mean_error);
             result.mpc_charge_ratio = Some(if b.mean_charge_nc_cm2 > 0.0 {
                 m.mean_charge_nc_cm2 / b.mean_charge_nc_cm2

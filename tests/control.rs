@@ -234,3 +234,35 @@ fn mpc_tracks_the_rate_target_far_better_than_no_stimulation() {
         on.summary.quality
     );
 }
+
+#[test]
+fn mpc_suppresses_bursts_better_than_the_pi_baseline_with_less_charge() {
+    use neurostimd::policy::PolicyKind;
+    use neurostimd::scenarios::{self, ScenarioRequest};
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ca1_lstm.onnx");
+    let mut cli = toml::Table::new();
+    let mut control = toml::Table::new();
+    control.insert("model".into(), model.display().to_string().into());
+    cli.insert("control".into(), control.into());
+    let r = scenarios::run(&ScenarioRequest {
+        only: vec!["burst".into()],
+        seeds: 1,
+        duration_s: Some(4.0),
+        policies: vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off],
+        config: None,
+        cli,
+    })
+    .unwrap();
+    let get = |p: &str| r[0].policies.iter().find(|x| x.policy == p).unwrap();
+    let (mpc, pid, off) = (get("mpc"), get("pid"), get("off"));
+    // Unstimulated: 3 of every 4 spikes are inside a burst.
+    assert!((off.mean_error - 0.75).abs() < 0.01, "{off:?}");
+    assert!(
+        mpc.mean_error < 0.8 * pid.mean_error,
+        "mpc {mpc:?} vs pid {pid:?}"
+    );
+    assert!(
+        mpc.mean_charge_nc_cm2 <= pid.mean_charge_nc_cm2,
+        "mpc {mpc:?} vs pid {pid:?}"
+    );
+}

@@ -210,6 +210,9 @@ pub struct LoopSummary {
     pub spikes: u64,
     /// Plans the loop started using.
     pub plans_adopted: u64,
+    /// Paced clock: plans that arrived after the planning delay had passed
+    /// (applied on arrival; their first samples were already gone).
+    pub late_plans: u64,
     /// Times a plan ran out with no fresher one (stimulation → 0).
     pub plan_misses: u64,
     /// Samples spent in a plan miss.
@@ -465,6 +468,7 @@ pub fn run(
                 dec,
                 dt_model,
                 c.mpc.max_amplitude.min(setup.safety.max_amplitude),
+                delay_samples as usize,
             );
             let budget = paced.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
             let exclude = realtime.pinned_cpu;
@@ -494,12 +498,15 @@ pub fn run(
     let mut lost_samples = 0u64;
     let mut records_dropped = 0u64;
     let mut plans_adopted = 0u64;
+    let mut late_plans = 0u64;
     let mut plan_misses = 0u64;
     let mut plan_miss_samples = 0u64;
     let mut snapshots_skipped = 0u64;
     let mut planner_gone = false;
     let mut in_miss = false;
     let mut replan = false;
+    // Index of the last spike's sample: plans computed before it are stale.
+    let mut spike_index = 0u64;
     let mut model_steps = 0u64;
     let mut expected_index: Option<u64> = None;
     let mut active: Option<Box<Plan>> = None;
@@ -563,6 +570,7 @@ pub fn run(
                 last_spike_ms = t;
                 spikes += 1;
                 replan = true;
+                spike_index = s.index;
                 true
             }
             None => false,
@@ -574,12 +582,14 @@ pub fn run(
         let requested = if mpc_on {
             if let Some(se) = &ends.snapshots {
                 if paced {
+                    // Plans take effect `compute_delay` after their snapshot
+                    // (what the planner assumed), or on arrival if later.
                     while let Ok(p) = se.plans.try_recv() {
-                        // Paced: the newest plan supersedes any not yet used.
-                        while let Some((_, old)) = pending.pop_front() {
-                            let _ = se.used_plans.try_send(old);
+                        let due = p.base_index + 1 + delay_samples;
+                        if s.index > due {
+                            late_plans += 1;
                         }
-                        pending.push_back((0, p));
+                        pending.push_back((due, p));
                     }
                 }
                 while pending.front().is_some_and(|(at, _)| s.index >= *at) {
@@ -626,7 +636,16 @@ pub fn run(
                     PlanStatus::Ok => {
                         let off = s.index.saturating_sub(p.base_index + 1) as usize;
                         if s.index > p.base_index && off < p.currents.len() {
-                            p.currents[off] as f64
+                            let u = p.currents[off] as f64;
+                            // A plan made before the last spike did not
+                            // know of it: its depolarising current (meant to
+                            // bring that spike about) would only evoke
+                            // another. Hyperpolarising current stays.
+                            if p.base_index < spike_index && spikes > 0 {
+                                u.min(0.0)
+                            } else {
+                                u
+                            }
                         } else if s.index <= p.base_index {
                             0.0
                         } else {
@@ -763,6 +782,7 @@ pub fn run(
         wall_time_s: wall,
         spikes,
         plans_adopted,
+        late_plans,
         plan_misses,
         plan_miss_samples,
         snapshots_skipped,

@@ -219,6 +219,9 @@ pub struct PlanContext {
     pub last_spike_ms: f64,
     /// Threshold for counting spikes in a forecast, mV.
     pub spike_threshold_mv: f64,
+    /// How much later real spikes come than the forecast's crossings,
+    /// ms (negative: earlier), as learnt from past plans.
+    pub spike_lag_ms: f64,
 }
 
 /// Weights of the MPC cost beyond the objective term.
@@ -232,6 +235,10 @@ pub struct CostWeights {
 
 /// Width over which a forecast's timing error counts fully, ms.
 const TIMING_SCALE_MS: f64 = 2.0;
+/// `rate`, before the next spike is due: cost per mV·step the forecast
+/// spends above `spike_threshold − PREMATURE_MARGIN_MV`.
+const PREMATURE_MARGIN_MV: f64 = 10.0;
+const PREMATURE_WEIGHT: f64 = 0.01;
 
 impl Objective {
     /// The objective term of the MPC cost for one forecast `v` (mV, one per
@@ -243,6 +250,8 @@ impl Objective {
         let th = ctx.spike_threshold_mv;
         let h = v.len();
         let t_at = |j: usize| ctx.t_ms + (j + 1) as f64 * dt;
+        // When a forecast crossing at step j would really be a spike.
+        let spike_at = |j: usize| t_at(j) + ctx.spike_lag_ms;
         // Upward crossings, as step indices.
         let mut prev = ctx.v_now;
         let mut crossings = [0usize; 64];
@@ -277,12 +286,12 @@ impl Objective {
                 let mut cost = 0.0;
                 let mut singles = 0;
                 for &j in crossings {
-                    if t_at(j) - last < self.max_isi_ms {
+                    if spike_at(j) - last < self.max_isi_ms {
                         cost += 1.0;
                     } else {
                         singles += 1;
                     }
-                    last = t_at(j);
+                    last = spike_at(j);
                 }
                 // Keep the cell firing: past the longest allowed gap, a
                 // horizon without a single spike costs half a burst spike.
@@ -302,8 +311,13 @@ impl Objective {
                 let end = t_at(h - 1);
                 if due > end + TIMING_SCALE_MS {
                     // The next spike is due after the horizon: any spike in
-                    // it is premature.
-                    return crossings.len() as f64;
+                    // it is premature, and so is approaching threshold (the
+                    // forecast's spike timing is least sure far out, and
+                    // once a spike is under way the planning delay leaves
+                    // no time to stop it).
+                    let margin = th - PREMATURE_MARGIN_MV;
+                    let near: f64 = v.iter().map(|&x| (x as f64 - margin).max(0.0)).sum();
+                    return crossings.len() as f64 + PREMATURE_WEIGHT * near;
                 }
                 match crossings.first() {
                     Some(&j) => {
@@ -311,7 +325,7 @@ impl Objective {
                         // taken back, a late one can still be brought
                         // forward by the next plan, and any spike once due
                         // beats none (whose cost is at least 1).
-                        let e = (t_at(j) - due) / TIMING_SCALE_MS;
+                        let e = (spike_at(j) - due) / TIMING_SCALE_MS;
                         let timing = if e < 0.0 {
                             (e * e).min(4.0)
                         } else {
@@ -377,6 +391,7 @@ mod tests {
             v_now: -65.0,
             last_spike_ms: last,
             spike_threshold_mv: -30.0,
+            spike_lag_ms: 0.0,
         }
     }
 

@@ -12,7 +12,12 @@
 //!    actually let through, and the published plan rarely needs clamping.
 //! 3. **One batched forecast per iteration**; cost = objective term
 //!    ([`super::Objective::forecast_cost`]) + λ·charge + smoothness.
-//! 4. **Cross-entropy refinement**: further iterations sample around the
+//! 4. **Delay compensation**: a plan takes effect a fixed planning delay
+//!    after its snapshot (`control.compute_delay`), and until then the loop
+//!    keeps executing the previous plan. Every candidate therefore starts
+//!    with those already-committed samples, so the forecast sees what will
+//!    really be applied and only the rest is optimised.
+//! 5. **Cross-entropy refinement**: further iterations sample around the
 //!    elites' per-step mean and spread, keeping the best so far, while the
 //!    iteration count (free clock) or time budget (paced clock) allows.
 //!
@@ -27,6 +32,16 @@ use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::time::Instant;
+
+/// A forecast spike further than this from the real one is not the same
+/// spike, ms.
+const SPIKE_MATCH_MS: f64 = 8.0;
+/// Plans this long before a spike are the ones whose forecast decided the
+/// stimulation toward it, ms.
+const LEAD_MIN_MS: f64 = 3.0;
+const LEAD_MAX_MS: f64 = 8.0;
+/// Plans remembered for the lag estimate (at most one per model step).
+const PREDICTIONS: usize = 32;
 
 /// MPC settings (validated `[mpc]`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -101,11 +116,24 @@ pub struct Mpc {
     best_raw: Vec<f32>,
     best_samples: Vec<f32>,
     best_cost: f64,
+    /// Samples at the start of each plan already committed (the planning
+    /// delay), their currents for this plan, and the previous plan's
+    /// per-sample currents.
+    committed: usize,
+    head: Vec<f32>,
+    prev_samples: Vec<f32>,
     /// The best candidate's forecast, and the previous plan's.
     best_v: Vec<f32>,
     prev_v: Vec<f32>,
     /// Output-disturbance estimate added to forecasts, mV.
     bias: f64,
+    /// Spike-timing bias: real spike − forecast crossing, ms; the last
+    /// plan's forecast crossing (absolute ms) and the last spike seen.
+    spike_lag: f64,
+    /// Recent plans' (plan time, first forecast spike) ring.
+    predictions: [(f64, f64); PREDICTIONS],
+    next_prediction: usize,
+    seen_spike: f64,
     /// The previous plan's requested levels and where it started.
     prev_raw: Vec<f32>,
     prev_base: Option<u64>,
@@ -124,10 +152,14 @@ impl Mpc {
         decimation: usize,
         dt_model: f64,
         amplitude: f64,
+        committed: usize,
     ) -> Mpc {
         let k = cfg.candidates;
         let n = t_out * decimation;
         Mpc {
+            committed: committed.min(n),
+            head: vec![0.0; n],
+            prev_samples: vec![0.0; n],
             cfg,
             objective,
             t_out,
@@ -146,6 +178,10 @@ impl Mpc {
             best_v: vec![0.0; t_out],
             prev_v: vec![0.0; t_out],
             bias: 0.0,
+            spike_lag: 0.0,
+            predictions: [(f64::NEG_INFINITY, f64::NAN); PREDICTIONS],
+            next_prediction: 0,
+            seen_spike: f64::NEG_INFINITY,
             prev_raw: vec![0.0; t_out],
             prev_base: None,
             mean: vec![0.0; t_out],
@@ -169,12 +205,44 @@ impl Mpc {
     pub fn reset(&mut self) {
         self.prev_base = None;
         self.prev_raw.fill(0.0);
+        self.prev_samples.fill(0.0);
         self.bias = 0.0;
+        self.spike_lag = 0.0;
+        self.predictions = [(f64::NEG_INFINITY, f64::NAN); PREDICTIONS];
     }
 
-    /// The output-disturbance estimate now, mV.
-    pub fn bias(&self) -> f64 {
-        self.bias
+    /// The learnt spike-timing bias, ms.
+    pub fn spike_lag(&self) -> f64 {
+        self.spike_lag
+    }
+
+    /// A new spike: compare it with what the plans made a few milliseconds
+    /// before it forecast (those that decided how to stimulate toward it,
+    /// not the last one, which saw it coming), and fold the timing error
+    /// into the lag estimate: the forecast's spikes may be systematically
+    /// early or late (a smeared upstroke).
+    fn update_spike_lag(&mut self, input: &PlanInput) {
+        let spike = input.last_spike_ms;
+        if spike <= self.seen_spike {
+            return;
+        }
+        self.seen_spike = spike;
+        let g = self.cfg.bias_gain;
+        // The oldest plan made within the lead window that forecast a
+        // spike near this one.
+        let mut best: Option<(f64, f64)> = None;
+        for &(at, predicted) in &self.predictions {
+            let lead = spike - at;
+            if (LEAD_MIN_MS..=LEAD_MAX_MS).contains(&lead)
+                && (spike - predicted).abs() < SPIKE_MATCH_MS
+                && best.is_none_or(|(b, _)| at < b)
+            {
+                best = Some((at, predicted));
+            }
+        }
+        if let (Some((_, p)), true) = (best, g > 0.0) {
+            self.spike_lag = (1.0 - g) * self.spike_lag + g * (spike - p);
+        }
     }
 
     /// Offset-free MPC: compare what the previous plan's forecast said V
@@ -217,6 +285,7 @@ impl Mpc {
         let mut stats = PlanStats::default();
         self.best_cost = f64::INFINITY;
         self.update_bias(input);
+        self.update_spike_lag(input);
         let bias = self.bias as f32;
 
         // Warm start: the previous plan, shifted by the steps since it began.
@@ -233,6 +302,19 @@ impl Mpc {
         };
         for j in 0..t_out {
             self.mean[j] = self.prev_raw.get(j + shift).copied().unwrap_or(last) as f64;
+        }
+        // What the loop will apply before this plan takes over.
+        let n = self.plan_len();
+        let shift_samples = match self.prev_base {
+            Some(b) if input.base_index >= b => (input.base_index - b) as usize,
+            _ => n,
+        };
+        for k in 0..self.committed {
+            self.head[k] = self
+                .prev_samples
+                .get(shift_samples + k)
+                .copied()
+                .unwrap_or(0.0);
         }
 
         // Library.
@@ -289,6 +371,7 @@ impl Mpc {
             v_now: input.v_now,
             last_spike_ms: input.last_spike_ms,
             spike_threshold_mv: self.cfg.spike_threshold_mv,
+            spike_lag_ms: self.spike_lag,
         };
         let iterations = self.cfg.iterations.max(1);
         for it in 0..iterations {
@@ -340,6 +423,20 @@ impl Mpc {
             }
         }
         self.prev_raw.copy_from_slice(&self.best_raw);
+        self.prev_samples.copy_from_slice(&self.best_samples);
+        // The chosen plan's first forecast spike, for the lag estimate.
+        let th = self.cfg.spike_threshold_mv as f32;
+        let mut prev_v = input.v_now as f32;
+        let mut predicted = f64::NAN;
+        for (j, &v) in self.best_v.iter().enumerate() {
+            if prev_v < th && v >= th {
+                predicted = input.t_ms + (j + 1) as f64 * self.dt_model;
+                break;
+            }
+            prev_v = v;
+        }
+        self.predictions[self.next_prediction] = (input.t_ms, predicted);
+        self.next_prediction = (self.next_prediction + 1) % PREDICTIONS;
         // Store the forecast without the bias, which is re-added next time.
         for (p, &v) in self.prev_v.iter_mut().zip(&self.best_v) {
             *p = v - bias;
@@ -390,6 +487,12 @@ impl Mpc {
                 let want = self.raw[c * t_out + j] as f64;
                 let mut acc = 0.0;
                 for s in 0..d {
+                    let k = j * d + s;
+                    let want = if k < self.committed {
+                        self.head[k] as f64
+                    } else {
+                        want
+                    };
                     let got = lim.limit(want, None).command;
                     self.samples[c * n + j * d + s] = got as f32;
                     acc += got;
