@@ -266,3 +266,19 @@ fn mpc_suppresses_bursts_better_than_the_pi_baseline_with_less_charge() {
         "mpc {mpc:?} vs pid {pid:?}"
     );
 }
+
+/// Regression: the free clock with a per-sample policy runs millions of
+/// samples a second, faster than the record consumer; it must wait for the
+/// consumer rather than drop records (a paced loop drops and counts).
+#[test]
+fn a_fast_free_run_loses_no_records() {
+    let cfg = config("[control]\npolicy = \"pid\"\n[plant.sim]\npreset = \"bursting\"\n");
+    let r = run(&cfg, 5.0);
+    assert_eq!(r.summary.records_dropped, 0);
+    assert_eq!(r.records.as_ref().unwrap().len() as u64, r.summary.samples);
+    // Every spike the loop counted is in what the consumer scored.
+    let scored_from = cfg.control.objective.settle_ms;
+    let loop_spikes_after = r.summary.spikes;
+    assert!(r.summary.quality.spikes as u64 <= loop_spikes_after);
+    assert!(scored_from > 0.0 && r.summary.quality.spikes > 0);
+}

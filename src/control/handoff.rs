@@ -194,23 +194,30 @@ pub fn build(
 
 impl RecordEnds {
     /// Append a record; hand the block over when full. Returns how many
-    /// records were lost (a full block dropped because no empty one was
-    /// available: the consumer is behind).
+    /// records were lost: with `wait` false (paced clock), a full block is
+    /// dropped if no empty one is available (the consumer is behind, and
+    /// the loop must not wait); with `wait` true (free clock, where the loop
+    /// has no deadline and runs must be reproducible), it waits for one.
     #[inline]
-    pub fn push(&mut self, r: Record) -> u64 {
+    pub fn push(&mut self, r: Record, wait: bool) -> u64 {
         self.current.push(r);
         if self.current.len() < BLOCK {
             return 0;
         }
-        match self.empty.try_recv() {
-            Ok(fresh) => {
+        let fresh = if wait {
+            super::await_item(&self.empty)
+        } else {
+            self.empty.try_recv().ok()
+        };
+        match fresh {
+            Some(fresh) => {
                 let full = std::mem::replace(&mut self.current, fresh);
                 // Capacity = pool size: never full. A gone consumer only
                 // happens at shutdown; the block is then dropped here.
                 let _ = self.full.try_send(full);
                 0
             }
-            Err(_) => {
+            None => {
                 let lost = self.current.len() as u64;
                 self.current.clear();
                 lost

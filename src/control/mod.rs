@@ -337,14 +337,14 @@ fn spawn_consumer(
         .expect("spawning the record consumer")
 }
 
-/// Free clock: wait for the planner's next plan without the channel's
-/// blocking machinery (which parks the thread and may allocate its wait
-/// context lazily): spin briefly, then yield, then nap. `None` if the
-/// planner is gone.
-fn await_plan(plans: &crossbeam_channel::Receiver<Box<Plan>>) -> Option<Box<Plan>> {
+/// Free clock: wait for the next item (a plan, an empty record block)
+/// without the channel's blocking machinery (which parks the thread and may
+/// allocate its wait context lazily): spin briefly, then yield, then nap.
+/// `None` if the other side is gone.
+pub(crate) fn await_item<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
     let mut tries = 0u32;
     loop {
-        match plans.try_recv() {
+        match rx.try_recv() {
             Ok(p) => return Some(p),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
             Err(crossbeam_channel::TryRecvError::Empty) => {}
@@ -355,8 +355,8 @@ fn await_plan(plans: &crossbeam_channel::Receiver<Box<Plan>>) -> Option<Box<Plan
         } else if tries < 1024 {
             std::thread::yield_now();
         } else {
-            // A SCHED_FIFO loop sharing a CPU with the planner must let it
-            // run: yielding only yields to equal priority.
+            // A SCHED_FIFO loop sharing a CPU with the other thread must
+            // let it run: yielding only yields to equal priority.
             std::thread::sleep(Duration::from_micros(20));
         }
     }
@@ -677,15 +677,18 @@ pub fn run(
         if let Some(j) = jitter_ns {
             hist.wakeup_jitter.saturating_record(j);
         }
-        records_dropped += ends.records.push(Record {
-            index: s.index,
-            t_ms: s.t_ms,
-            v_mv: s.v_mv,
-            applied: s.i_applied,
-            requested,
-            command: d.command,
-            cause: d.cause,
-        });
+        records_dropped += ends.records.push(
+            Record {
+                index: s.index,
+                t_ms: s.t_ms,
+                v_mv: s.v_mv,
+                applied: s.i_applied,
+                requested,
+                command: d.command,
+                cause: d.cause,
+            },
+            !paced,
+        );
 
         // Snapshot for the planner at the end of each control period.
         if step_done && mpc_on && !planner_gone {
@@ -709,7 +712,7 @@ pub fn run(
                                 planner_gone = true;
                             } else if !paced {
                                 // Lockstep: await this snapshot's plan.
-                                match await_plan(&se.plans) {
+                                match await_item(&se.plans) {
                                     Some(p) => {
                                         pending.push_back((s.index + 1 + delay_samples, p));
                                     }
