@@ -43,9 +43,15 @@ def main(d):
         assert got == n, f"interval log: {tag} has {got} values, expected {n}"
         if n == 0:
             continue
-        p99 = merged[tag].get_value_at_percentile(99.0) / 1000.0
+        # Implementations round the rank of a percentile differently (by
+        # one value, which in a sparse tail can be a few percent): accept
+        # the summary's p99 if it lies between the log's values two ranks
+        # either side.
+        span = 100.0 * 2 / n
+        lo = merged[tag].get_value_at_percentile(max(0.0, 99.0 - span)) / 1000.0
+        hi = merged[tag].get_value_at_percentile(min(100.0, 99.0 + span)) / 1000.0
         want = summary["latency"][tag]["p99_us"]
-        assert abs(p99 - want) <= 0.01 * want + 0.002, f"{tag}: p99 {p99} us from the log vs {want} us in summary.json"
+        assert lo * 0.999 - 0.002 <= want <= hi * 1.001 + 0.002, f"{tag}: summary p99 {want} us outside the log's [{lo}, {hi}] us"
         path = os.path.join(d, tag + ".hgrm")
         text = open(path).read()
         m = re.search(r"Total count\s+=\s+(\d+)", text)
