@@ -37,6 +37,7 @@ pub mod neuron;
 pub mod npy;
 pub mod plant;
 pub mod policy;
+pub mod protocol;
 pub mod report;
 pub mod safety;
 pub mod scenarios;
