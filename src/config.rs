@@ -153,6 +153,7 @@ param_fields! {
 #[serde(rename_all = "lowercase")]
 pub enum PlantKind {
     Sim,
+    Serial,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -338,6 +339,16 @@ struct RawTrainData {
 struct RawPlant {
     kind: PlantKind,
     sim: RawSim,
+    serial: RawSerial,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSerial {
+    port: std::path::PathBuf,
+    baud: u32,
+    timeout: Quantity<Time>,
+    valid_for: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,6 +486,7 @@ pub struct ControlConfig {
 pub struct Config {
     pub plant_kind: PlantKind,
     pub sim: SimConfig,
+    pub serial: crate::plant::serial::SerialConfig,
     pub run: RunConfig,
     pub control: ControlConfig,
     /// Safety limits, validated against the compiled-in hard ceilings.
@@ -922,8 +934,25 @@ impl Config {
         };
 
         let control = Self::validate_control(&raw, sp, &safety, &err)?;
+        let se = &raw.plant.serial;
+        positive(se.timeout.get()).map_err(|m| err("plant.serial.timeout", m))?;
+        positive(se.valid_for.get()).map_err(|m| err("plant.serial.valid_for", m))?;
+        if se.valid_for.get() > 1000.0 {
+            return Err(err(
+                "plant.serial.valid_for",
+                format!("{} ms is longer than 1 s; a silent daemon must not leave current flowing that long", se.valid_for.get()),
+            ));
+        }
+        let serial = crate::plant::serial::SerialConfig {
+            port: se.port.clone(),
+            baud: se.baud,
+            timeout_ms: se.timeout.get(),
+            valid_for_us: (se.valid_for.get() * 1000.0).round() as u32,
+            sample_period_ms: sp,
+        };
         Ok(Config {
             plant_kind: raw.plant.kind,
+            serial,
             control,
             sim,
             run: RunConfig {

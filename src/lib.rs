@@ -39,6 +39,7 @@ pub mod plant;
 pub mod policy;
 pub mod protocol;
 pub mod report;
+pub mod rig;
 pub mod safety;
 pub mod scenarios;
 pub mod session;

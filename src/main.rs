@@ -40,6 +40,12 @@ struct RunArgs {
     /// Plant to drive.
     #[arg(long, value_enum, default_value_t = PlantArg::Sim)]
     plant: PlantArg,
+    /// Serial device of the rig (--plant serial; overrides plant.serial.port).
+    #[arg(long, value_name = "PATH")]
+    port: Option<PathBuf>,
+    /// Baud rate (overrides plant.serial.baud).
+    #[arg(long)]
+    baud: Option<u32>,
     /// Seconds of plant time to run (default: until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
@@ -76,6 +82,8 @@ struct RunArgs {
 enum PlantArg {
     /// The embedded CA1 neuron simulator.
     Sim,
+    /// A bench rig on a serial port (--port), e.g. `neurostimd rig`.
+    Serial,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +110,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Emulate a bench rig on a pseudo-terminal (the CA1 simulator behind the wire
+    /// protocol, paced in real time) and print the path to give `--port`.
+    Rig(Box<RigArgs>),
     /// Run the control-quality scenarios (rate, burst, voltage, silence) with MPC and
     /// the matching baseline on the same seeds, free clock, and print the table.
     Scenarios {
@@ -256,6 +267,112 @@ struct SimulateArgs {
     json: bool,
 }
 
+/// `neurostimd rig`.
+#[derive(Args, Debug)]
+struct RigArgs {
+    /// Configuration laid over the defaults (its [plant.sim] is the cell).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Neuron preset of the emulated cell.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Keep a symlink here to the current pty (it changes on reconnect).
+    #[arg(long, value_name = "PATH")]
+    link: Option<PathBuf>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Probability that a sample frame is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    drop: f64,
+    /// Probability that a sample frame has a byte flipped.
+    #[arg(long, default_value_t = 0.0)]
+    corrupt: f64,
+    /// Probability that a sample frame is sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Probability that a sample frame swaps with the next.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Added latency of sample frames, µs.
+    #[arg(long, default_value_t = 0)]
+    latency_us: u64,
+    /// Uniform jitter on top of the latency, µs.
+    #[arg(long, default_value_t = 0)]
+    jitter_us: u64,
+    /// Stop talking at this time (s) for --stall-ms.
+    #[arg(long, value_name = "SECONDS")]
+    stall_at: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    stall_ms: f64,
+    /// Drop the link at this time (s) and come back after --reconnect-ms.
+    #[arg(long, value_name = "SECONDS")]
+    disconnect_at: Option<f64>,
+    #[arg(long, default_value_t = 500.0)]
+    reconnect_ms: f64,
+    /// Probability per sample of a burst of random bytes.
+    #[arg(long, default_value_t = 0.0)]
+    garbage: f64,
+    /// Protocol version to announce (a wrong one tests refusal).
+    #[arg(long, default_value_t = neurostimd::protocol::VERSION)]
+    version: u16,
+    /// Seed of the fault injection.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
+    let mut cli = toml::Table::new();
+    if let Some(p) = &a.preset {
+        table_at(&mut cli, &["plant", "sim"]).insert("preset".into(), p.clone().into());
+    }
+    let config = Config::load_layered(a.config.as_deref(), &cli)?;
+    for (name, p) in [
+        ("--drop", a.drop),
+        ("--corrupt", a.corrupt),
+        ("--duplicate", a.duplicate),
+        ("--reorder", a.reorder),
+        ("--garbage", a.garbage),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(UsageError(format!("{name} {p} must be a probability in 0..=1")).into());
+        }
+    }
+    let mut opts = neurostimd::rig::RigOptions::new(config.sim.clone());
+    opts.link = a.link.clone();
+    opts.duration_s = a.duration;
+    opts.version = a.version;
+    opts.seed = a.seed;
+    opts.faults = neurostimd::rig::Faults {
+        drop: a.drop,
+        corrupt: a.corrupt,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+        latency_us: a.latency_us,
+        jitter_us: a.jitter_us,
+        stall_at_s: a.stall_at,
+        stall_ms: a.stall_ms,
+        disconnect_at_s: a.disconnect_at,
+        reconnect_ms: a.reconnect_ms,
+        garbage: a.garbage,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    let stats = neurostimd::rig::run(&opts, &stop, |path| {
+        println!("{}", path.display());
+        eprintln!(
+            "rig ready: run `neurostimd --plant serial --port {}` (Ctrl-C stops the rig)",
+            path.display()
+        );
+    })?;
+    eprintln!("rig stopped: {}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
 /// Errors that mean "you asked for something invalid" (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -365,7 +482,18 @@ fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<()> {
 
 fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let mut cli = toml::Table::new();
-    table_at(&mut cli, &["plant"]).insert("kind".into(), "sim".into());
+    let kind = match a.plant {
+        PlantArg::Sim => "sim",
+        PlantArg::Serial => "serial",
+    };
+    table_at(&mut cli, &["plant"]).insert("kind".into(), kind.into());
+    if let Some(p) = &a.port {
+        table_at(&mut cli, &["plant", "serial"])
+            .insert("port".into(), p.display().to_string().into());
+    }
+    if let Some(b) = a.baud {
+        table_at(&mut cli, &["plant", "serial"]).insert("baud".into(), i64::from(b).into());
+    }
     if let Some(p) = &a.preset {
         table_at(&mut cli, &["plant", "sim"]).insert("preset".into(), p.clone().into());
     }
@@ -392,7 +520,6 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         table_at(&mut cli, &["control"]).insert("model".into(), m.display().to_string().into());
     }
     let config = Config::load_layered(a.config.as_deref(), &cli)?;
-    let _ = a.plant;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -405,7 +532,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     tracing::info!(
-        plant = "sim",
+        plant = kind,
         preset = %config.sim.preset,
         policy = config.control.policy.name(),
         objective = config.control.objective.kind.name(),
@@ -734,6 +861,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
+        Some(Command::Rig(a)) => cmd_rig(*a),
         Some(Command::Scenarios {
             only,
             duration,

@@ -25,6 +25,8 @@ pub enum SessionError {
     Io { path: String, error: std::io::Error },
     #[error("the control thread panicked")]
     Panicked,
+    #[error(transparent)]
+    Serial(#[from] crate::plant::serial::SerialError),
 }
 
 /// Extra choices of one run beyond the configuration.
@@ -103,7 +105,12 @@ pub fn run(
     opts: &SessionOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<SessionOutcome, SessionError> {
-    let PlantKind::Sim = config.plant_kind;
+    let mut plant: Box<dyn crate::plant::Plant> = match config.plant_kind {
+        PlantKind::Sim => Box::new(SimPlant::new(&config.sim)),
+        PlantKind::Serial => Box::new(crate::plant::serial::SerialPlant::open(
+            config.serial.clone(),
+        )?),
+    };
     let forecaster = if config.control.policy == PolicyKind::Mpc {
         Some(load_forecaster(config)?)
     } else {
@@ -124,7 +131,6 @@ pub fn run(
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
     };
-    let mut plant = SimPlant::new(&config.sim);
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),
         None => (None, None),
@@ -134,7 +140,7 @@ pub fn run(
         .stack_size(8 << 20)
         .spawn(move || {
             let mut handoff = handoff;
-            let r = control::run(&mut plant, setup, &stop, handoff.as_mut());
+            let r = control::run(plant.as_mut(), setup, &stop, handoff.as_mut());
             (r, handoff)
         })
         .map_err(|e| SessionError::Io {

@@ -203,6 +203,11 @@ pub struct LoopSummary {
     pub samples: u64,
     /// Samples the plant skipped (gaps in its sample index).
     pub lost_samples: u64,
+    /// Times the plant was stalled or disconnected (stimulation held at
+    /// zero until it recovered).
+    pub plant_interruptions: u64,
+    /// The plant's own figures (a rig's link statistics and round trips).
+    pub plant_report: Option<serde_json::Value>,
     /// Records the consumer could not take in time (dropped, counted).
     pub records_dropped: u64,
     pub plant_time_s: f64,
@@ -458,7 +463,12 @@ pub fn run(
     );
 
     let realtime = rt::apply(&c.realtime);
-    let paced = setup.clock == Clock::Paced;
+    // A rig clocks the loop itself (its `read` blocks until the next
+    // sample): no sleeping, but real-time rules (never wait for the planner
+    // or the recorder) as with the paced clock.
+    let clocked = plant.clocked();
+    let rt_rules = setup.clock == Clock::Paced || clocked;
+    let paced = setup.clock == Clock::Paced && !clocked;
     let planner = match (planner_ends, setup.forecaster.take(), geometry) {
         (Some(pe), Some(f), Some((_, t_out, dec, _, dt_model))) => {
             let mpc = Mpc::new(
@@ -470,7 +480,7 @@ pub fn run(
                 c.mpc.max_amplitude.min(setup.safety.max_amplitude),
                 delay_samples as usize,
             );
-            let budget = paced.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
+            let budget = rt_rules.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
             let exclude = realtime.pinned_cpu;
             Some(
                 std::thread::Builder::new()
@@ -498,6 +508,7 @@ pub fn run(
     let mut lost_samples = 0u64;
     let mut records_dropped = 0u64;
     let mut plans_adopted = 0u64;
+    let mut plant_interruptions = 0u64;
     let mut late_plans = 0u64;
     let mut plan_misses = 0u64;
     let mut plan_miss_samples = 0u64;
@@ -549,6 +560,23 @@ pub fn run(
                 reason = StopReason::PlantEnded;
                 break;
             }
+            Err(PlantError::Interrupted { .. }) => {
+                // Stimulation to zero now; the plant recovers on later
+                // reads. The window and the plan no longer match the cell.
+                let d = limiter.limit(0.0, Some(Fault::PlantFault));
+                let _ = plant.write(d.command);
+                plant_interruptions += 1;
+                window.clear();
+                if let Some(se) = &ends.snapshots {
+                    if let Some(old) = active.take() {
+                        let _ = se.used_plans.try_send(old);
+                    }
+                    while let Some((_, old)) = pending.pop_front() {
+                        let _ = se.used_plans.try_send(old);
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 let d = limiter.limit(0.0, Some(Fault::PlantFault));
                 let _ = plant.write(d.command);
@@ -581,7 +609,7 @@ pub fn run(
         // The policy's request.
         let requested = if mpc_on {
             if let Some(se) = &ends.snapshots {
-                if paced {
+                if rt_rules {
                     // Plans take effect `compute_delay` after their snapshot
                     // (what the planner assumed), or on arrival if later.
                     while let Ok(p) = se.plans.try_recv() {
@@ -687,7 +715,7 @@ pub fn run(
                 command: d.command,
                 cause: d.cause,
             },
-            !paced,
+            !rt_rules,
         );
 
         // Snapshot for the planner at the end of each control period.
@@ -710,7 +738,7 @@ pub fn run(
                             snap.taken = arrived;
                             if se.to_planner.try_send(snap).is_err() {
                                 planner_gone = true;
-                            } else if !paced {
+                            } else if !rt_rules {
                                 // Lockstep: await this snapshot's plan.
                                 match await_item(&se.plans) {
                                     Some(p) => {
@@ -776,10 +804,18 @@ pub fn run(
         plant: plant.kind(),
         policy: c.policy.name(),
         objective: c.objective.kind.name(),
-        clock: if paced { "paced" } else { "free" },
+        clock: if clocked {
+            "plant"
+        } else if paced {
+            "paced"
+        } else {
+            "free"
+        },
         model: model_path.filter(|_| mpc_on),
         samples,
         lost_samples,
+        plant_interruptions,
+        plant_report: plant.report(),
         records_dropped,
         plant_time_s: last_t / 1000.0,
         wall_time_s: wall,

@@ -10,6 +10,7 @@
 //! that led into that V. A command written after reading sample `k` is
 //! applied over `(t_k, t_{k+1}]` and reported with sample `k + 1`.
 
+pub mod serial;
 pub mod sim;
 
 pub use sim::SimPlant;
@@ -41,6 +42,25 @@ pub enum PlantError {
     /// A finite source (a recording, a fixed-length run) has no more samples.
     #[error("the plant has no more samples")]
     Ended,
+    /// The plant is temporarily unusable (a stalled or disconnected rig):
+    /// the loop writes zero and keeps calling `read`, which recovers.
+    #[error("plant interrupted: {what}")]
+    Interrupted { what: &'static str },
+    /// The plant cannot be driven at all (a rig that speaks another
+    /// protocol version or reports a hardware fault).
+    #[error("plant refused: {0}")]
+    Refused(Refusal),
+}
+
+/// Why a plant refuses to be driven.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    #[error("the rig speaks protocol version {rig}, this daemon speaks {ours}")]
+    Version { rig: u16, ours: u16 },
+    #[error("the rig's Hello is unusable (sample rate {rate} Hz, or a scale that is not a positive number)")]
+    BadHello { rate: u32 },
+    #[error("the rig reported fault code {code} (detail {detail})")]
+    RigFault { code: u16, detail: u32 },
 }
 
 /// A source of membrane samples that takes stimulation commands.
@@ -58,4 +78,14 @@ pub trait Plant: Send {
     fn read(&mut self) -> Result<Sample, PlantError>;
     /// The stimulation (µA/cm²) to apply until the next sample.
     fn write(&mut self, command: f64) -> Result<(), PlantError>;
+    /// True if `read` blocks until the plant's own clock delivers the next
+    /// sample (a rig); the loop then does not sleep between samples.
+    fn clocked(&self) -> bool {
+        false
+    }
+    /// Plant-specific figures for the run's summary (link statistics,
+    /// round-trip times). Called after the loop; may allocate.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
 }

@@ -1,0 +1,432 @@
+//! A bench rig over a serial port (DESIGN §2, §6; `docs/protocol.md`).
+//!
+//! The rig clocks the loop: `read` blocks until the next Sample frame.
+//! Every command goes back tagged with the sample it answers and a short
+//! validity, so a rig whose daemon falls silent returns to zero by itself.
+//! The plant never trusts the link: malformed frames are counted and
+//! skipped; a stall longer than the timeout or a disconnect is reported as
+//! [`PlantError::Interrupted`] (the loop writes zero and carries on) while
+//! the plant reconnects in the background of its own `read` calls; a rig
+//! fault frame or a protocol version mismatch is fatal.
+//!
+//! Reading uses a fixed buffer and the allocation-free decoder; only
+//! (re)opening the port allocates, which happens on faults, not per sample.
+
+use super::{Plant, PlantError, Refusal, Sample};
+use crate::protocol::{
+    encode, Body, CommandFrame, Decoder, Frame, Hello, SampleFrame, MAX_WIRE, VERSION,
+};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How to reach the rig (validated `[plant.serial]` / `--port`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SerialConfig {
+    pub port: PathBuf,
+    pub baud: u32,
+    /// No sample for this long is a stall (stimulation to zero), ms.
+    pub timeout_ms: f64,
+    /// Commands stay valid on the rig for this long, µs.
+    pub valid_for_us: u32,
+    /// Expected sample period before the rig's Hello says, ms.
+    pub sample_period_ms: f64,
+}
+
+/// Link statistics, for the run's summary.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct LinkStats {
+    pub frames: crate::protocol::DecodeStats,
+    /// Samples the rig's sequence numbers say never arrived.
+    pub sequence_gaps: u64,
+    /// Samples that arrived out of order or twice (dropped).
+    pub stale_frames: u64,
+    pub stalls: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    /// Frames that were valid but unexpected (a Command from the rig).
+    pub unexpected: u64,
+}
+
+/// A serial rig.
+pub struct SerialPlant {
+    cfg: SerialConfig,
+    port: Option<Box<dyn serialport::SerialPort>>,
+    decoder: Decoder,
+    hello: Option<Hello>,
+    rx: [u8; 256],
+    rx_len: usize,
+    rx_pos: usize,
+    seq_out: u16,
+    last_seq: Option<u16>,
+    index: u64,
+    last_sample: Instant,
+    last_attempt: Option<Instant>,
+    stalled: bool,
+    epoch: Instant,
+    /// Round-trip times, ns, from the rig's echo of our command clocks.
+    rtt: hdrhistogram::Histogram<u64>,
+    pub stats: LinkStats,
+}
+
+/// Why the rig cannot be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("{port}: cannot open: {error}")]
+    Open { port: String, error: String },
+    #[error("{port}: no Hello from the rig within {secs} s (is a rig attached and speaking docs/protocol.md?)")]
+    NoHello { port: String, secs: f64 },
+    #[error("{port}: {refusal}")]
+    Refused { port: String, refusal: Refusal },
+}
+
+impl SerialPlant {
+    /// Open the port now (a missing port is an error at start; later
+    /// disconnects are recovered).
+    pub fn open(cfg: SerialConfig) -> Result<SerialPlant, SerialError> {
+        let mut p = SerialPlant {
+            port: None,
+            decoder: Decoder::new(),
+            hello: None,
+            rx: [0; 256],
+            rx_len: 0,
+            rx_pos: 0,
+            seq_out: 0,
+            last_seq: None,
+            index: 0,
+            last_sample: Instant::now(),
+            last_attempt: None,
+            stalled: false,
+            epoch: Instant::now(),
+            rtt: crate::report::new_histogram(),
+            stats: LinkStats::default(),
+            cfg,
+        };
+        let port = p.connect().map_err(|error| SerialError::Open {
+            port: p.cfg.port.display().to_string(),
+            error,
+        })?;
+        p.port = Some(port);
+        p.handshake(Duration::from_secs(3))?;
+        Ok(p)
+    }
+
+    /// Say Hello until the rig answers (so the sample period is known
+    /// before the loop starts), refusing another protocol version.
+    fn handshake(&mut self, within: Duration) -> Result<(), SerialError> {
+        let port = self.cfg.port.display().to_string();
+        let until = Instant::now() + within;
+        let mut last_hello: Option<Instant> = None;
+        while Instant::now() < until {
+            if last_hello.is_none_or(|t| t.elapsed() > Duration::from_millis(250)) {
+                last_hello = Some(Instant::now());
+                self.send_hello();
+            }
+            match self.next_byte() {
+                Ok(Some(b)) => {
+                    if let Some(Ok(Frame {
+                        body: Body::Hello(h),
+                        ..
+                    })) = self.decoder.push(b)
+                    {
+                        if let Err(refusal) = check_hello(&h) {
+                            return Err(SerialError::Refused { port, refusal });
+                        }
+                        self.hello = Some(h);
+                        self.last_sample = Instant::now();
+                        return Ok(());
+                    }
+                }
+                Ok(None) => {}
+                Err(()) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        Err(SerialError::NoHello {
+            port,
+            secs: within.as_secs_f64(),
+        })
+    }
+
+    /// Round-trip times so far (ns).
+    pub fn rtt(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.rtt
+    }
+
+    /// What the rig said about itself.
+    pub fn hello(&self) -> Option<&Hello> {
+        self.hello.as_ref()
+    }
+
+    fn connect(&self) -> Result<Box<dyn serialport::SerialPort>, String> {
+        let path = self.cfg.port.display().to_string();
+        // Resolve symlinks (an emulated rig publishes a stable link).
+        let real = std::fs::canonicalize(&self.cfg.port)
+            .map(|p| p.display().to_string())
+            .unwrap_or(path);
+        let port = serialport::new(real, self.cfg.baud)
+            .timeout(Duration::from_millis(1))
+            .open()
+            .map_err(|e| e.to_string())?;
+        // Whatever queued up while nobody listened is stale.
+        let _ = port.clear(serialport::ClearBuffer::Input);
+        Ok(port)
+    }
+
+    fn send(&mut self, body: Body) {
+        let frame = Frame {
+            seq: self.seq_out,
+            body,
+        };
+        self.seq_out = self.seq_out.wrapping_add(1);
+        // A leading delimiter (docs/protocol.md): noise before the frame
+        // cannot swallow it.
+        let mut wire = [0u8; MAX_WIRE + 1];
+        let mut tail = [0u8; MAX_WIRE];
+        let n = encode(&frame, &mut tail);
+        wire[1..=n].copy_from_slice(&tail[..n]);
+        if let Some(port) = &mut self.port {
+            if port.write_all(&wire[..=n]).is_err() {
+                self.drop_link();
+            }
+        }
+    }
+
+    fn send_hello(&mut self) {
+        self.send(Body::Hello(Hello {
+            version: VERSION,
+            rig_id: 0,
+            sample_rate_hz: 0,
+            v_unit: 0,
+            i_unit: 0,
+            v_scale: 0.0,
+            i_scale: 0.0,
+        }));
+    }
+
+    fn drop_link(&mut self) {
+        if self.port.take().is_some() {
+            self.stats.disconnects += 1;
+        }
+        self.hello = None;
+        self.decoder.reset();
+        self.rx_len = 0;
+        self.rx_pos = 0;
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// The next byte, waiting up to the port timeout; `Ok(None)` if none.
+    fn next_byte(&mut self) -> Result<Option<u8>, ()> {
+        if self.rx_pos < self.rx_len {
+            let b = self.rx[self.rx_pos];
+            self.rx_pos += 1;
+            return Ok(Some(b));
+        }
+        let stall_at = Duration::from_secs_f64(self.cfg.timeout_ms / 1000.0);
+        let remaining = stall_at.saturating_sub(self.last_sample.elapsed());
+        let Some(port) = &mut self.port else {
+            return Err(());
+        };
+        // Wake up no later than the stall deadline (so a stall is noticed
+        // within a poll wake-up of it, not a millisecond later), and at
+        // least every millisecond to resend Hellos and reconnect.
+        let _ =
+            port.set_timeout(remaining.clamp(Duration::from_micros(20), Duration::from_millis(1)));
+        match port.read(&mut self.rx) {
+            Ok(0) => Err(()),
+            Ok(n) => {
+                self.rx_len = n;
+                self.rx_pos = 1;
+                Ok(Some(self.rx[0]))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    fn accept_sample(&mut self, seq: u16, s: SampleFrame, h: Hello) -> Option<Sample> {
+        match self.last_seq {
+            Some(last) => {
+                let step = seq.wrapping_sub(last);
+                if step == 0 || step > u16::MAX / 2 {
+                    // A duplicate or an older frame: drop it.
+                    self.stats.stale_frames += 1;
+                    return None;
+                }
+                self.stats.sequence_gaps += u64::from(step - 1);
+                self.index += u64::from(step);
+            }
+            None => self.index = 0,
+        }
+        self.last_seq = Some(seq);
+        if s.echo_us != 0 {
+            let rtt = self.now_us().saturating_sub(s.echo_us) * 1000;
+            self.rtt.saturating_record(rtt.max(1));
+        }
+        Some(Sample {
+            index: self.index,
+            t_ms: s.t_us as f64 / 1000.0,
+            v_mv: s.v as f64 * h.v_scale as f64,
+            i_applied: s.i_applied as f64 * h.i_scale as f64,
+        })
+    }
+}
+
+/// A Hello this daemon can work with.
+fn check_hello(h: &Hello) -> Result<(), Refusal> {
+    if h.version != VERSION {
+        return Err(Refusal::Version {
+            rig: h.version,
+            ours: VERSION,
+        });
+    }
+    if h.sample_rate_hz == 0
+        || !(h.v_scale.is_finite() && h.v_scale > 0.0)
+        || !(h.i_scale.is_finite() && h.i_scale > 0.0)
+    {
+        return Err(Refusal::BadHello {
+            rate: h.sample_rate_hz,
+        });
+    }
+    Ok(())
+}
+
+impl Plant for SerialPlant {
+    fn kind(&self) -> &'static str {
+        "serial"
+    }
+
+    fn sample_period_ms(&self) -> f64 {
+        match &self.hello {
+            Some(h) if h.sample_rate_hz > 0 => 1000.0 / h.sample_rate_hz as f64,
+            _ => self.cfg.sample_period_ms,
+        }
+    }
+
+    fn clocked(&self) -> bool {
+        true
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        let pct = |q: f64| self.rtt.value_at_quantile(q) as f64 / 1000.0;
+        Some(serde_json::json!({
+            "port": self.cfg.port.display().to_string(),
+            "hello": self.hello.map(|h| serde_json::json!({
+                "version": h.version, "rig_id": h.rig_id, "sample_rate_hz": h.sample_rate_hz,
+                "v_scale": h.v_scale, "i_scale": h.i_scale,
+            })),
+            "link": self.stats,
+            "round_trip_us": (!self.rtt.is_empty()).then(|| serde_json::json!({
+                "count": self.rtt.len(), "p50": pct(0.5), "p99": pct(0.99),
+                "p999": pct(0.999), "max": self.rtt.max() as f64 / 1000.0,
+            })),
+        }))
+    }
+
+    fn read(&mut self) -> Result<Sample, PlantError> {
+        let timeout = Duration::from_secs_f64(self.cfg.timeout_ms / 1000.0);
+        loop {
+            if self.port.is_none() {
+                // Reconnect, at most every 100 ms.
+                if self
+                    .last_attempt
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(100))
+                {
+                    self.last_attempt = Some(Instant::now());
+                    if let Ok(p) = self.connect() {
+                        self.port = Some(p);
+                        self.stats.reconnects += 1;
+                        self.send_hello();
+                        continue;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                if self.last_sample.elapsed() > timeout && !self.stalled {
+                    self.stalled = true;
+                    return Err(PlantError::Interrupted {
+                        what: "rig disconnected",
+                    });
+                }
+                continue;
+            }
+            match self.next_byte() {
+                Err(()) => {
+                    self.drop_link();
+                    self.stalled = true;
+                    return Err(PlantError::Interrupted {
+                        what: "rig disconnected",
+                    });
+                }
+                Ok(None) => {
+                    if self.last_sample.elapsed() > timeout && !self.stalled {
+                        self.stalled = true;
+                        self.stats.stalls += 1;
+                        return Err(PlantError::Interrupted {
+                            what: "no sample from the rig within the timeout",
+                        });
+                    }
+                    if self.hello.is_none()
+                        && self
+                            .last_attempt
+                            .is_none_or(|t| t.elapsed() > Duration::from_millis(250))
+                    {
+                        self.last_attempt = Some(Instant::now());
+                        self.send_hello();
+                    }
+                }
+                Ok(Some(b)) => {
+                    let Some(result) = self.decoder.push(b) else {
+                        continue;
+                    };
+                    self.stats.frames = self.decoder.stats;
+                    let Ok(frame) = result else { continue };
+                    match frame.body {
+                        Body::Hello(h) => {
+                            check_hello(&h).map_err(PlantError::Refused)?;
+                            self.hello = Some(h);
+                        }
+                        Body::Sample(s) => {
+                            let Some(h) = self.hello else {
+                                self.stats.unexpected += 1;
+                                continue;
+                            };
+                            if let Some(sample) = self.accept_sample(frame.seq, s, h) {
+                                self.last_sample = Instant::now();
+                                self.stalled = false;
+                                return Ok(sample);
+                            }
+                        }
+                        Body::Fault { code, detail } => {
+                            return Err(PlantError::Refused(Refusal::RigFault { code, detail }));
+                        }
+                        Body::Heartbeat { .. } => {}
+                        Body::Command(_) => self.stats.unexpected += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, command: f64) -> Result<(), PlantError> {
+        if !command.is_finite() {
+            return Err(PlantError::BadCommand);
+        }
+        let Some(h) = self.hello else {
+            return Ok(());
+        };
+        let counts = (command / h.i_scale as f64)
+            .round()
+            .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
+        let body = Body::Command(CommandFrame {
+            answers: self.last_seq.unwrap_or(0),
+            amplitude: counts,
+            valid_for_us: self.cfg.valid_for_us,
+            daemon_us: self.now_us().max(1),
+        });
+        self.send(body);
+        Ok(())
+    }
+}
