@@ -526,3 +526,64 @@ fn scenarios_print_the_comparison_table() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("no scenario named `nope`"));
 }
+
+/// The README's hardware-in-the-loop commands: `neurostimd rig` prints the
+/// path, `neurostimd --plant serial --port PATH` drives it.
+#[test]
+fn rig_and_serial_plant_run_the_loop_through_the_binary() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("rig");
+    let mut rig = Command::new(env!("CARGO_BIN_EXE_neurostimd"))
+        .args(["rig", "--duration", "6", "--link", link.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(rig.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), link.to_str().unwrap());
+    let o = neurostimd(
+        &[
+            "--plant",
+            "serial",
+            "--port",
+            line.trim(),
+            "--duration",
+            "1",
+            "--policy",
+            "pid",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let _ = rig.kill();
+    let _ = rig.wait();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["plant"], "serial");
+    assert_eq!(j["clock"], "plant");
+    assert_eq!(j["samples"], 10_001);
+    assert_eq!(j["plant_report"]["hello"]["sample_rate_hz"], 10_000);
+    // No rig at all: a clear error, exit 1.
+    let o = neurostimd(
+        &[
+            "--plant",
+            "serial",
+            "--port",
+            "/nonexistent/tty",
+            "--duration",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("/nonexistent/tty: cannot open"),
+        "{}",
+        text(&o).1
+    );
+}

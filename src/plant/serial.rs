@@ -16,7 +16,7 @@ use super::{Plant, PlantError, Refusal, Sample};
 use crate::protocol::{
     encode, Body, CommandFrame, Decoder, Frame, Hello, SampleFrame, MAX_WIRE, VERSION,
 };
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,9 @@ pub struct LinkStats {
     /// Samples that arrived out of order or twice (dropped).
     pub stale_frames: u64,
     pub stalls: u64,
+    /// Longest delay between a stall's deadline and its detection, µs
+    /// (stimulation goes to zero right after detection).
+    pub stall_detect_late_us: u64,
     pub disconnects: u64,
     pub reconnects: u64,
     /// Frames that were valid but unexpected (a Command from the rig).
@@ -51,7 +54,7 @@ pub struct LinkStats {
 /// A serial rig.
 pub struct SerialPlant {
     cfg: SerialConfig,
-    port: Option<Box<dyn serialport::SerialPort>>,
+    port: Option<serialport::TTYPort>,
     decoder: Decoder,
     hello: Option<Hello>,
     rx: [u8; 256],
@@ -157,7 +160,7 @@ impl SerialPlant {
         self.hello.as_ref()
     }
 
-    fn connect(&self) -> Result<Box<dyn serialport::SerialPort>, String> {
+    fn connect(&self) -> Result<serialport::TTYPort, String> {
         let path = self.cfg.port.display().to_string();
         // Resolve symlinks (an emulated rig publishes a stable link).
         let real = std::fs::canonicalize(&self.cfg.port)
@@ -165,10 +168,10 @@ impl SerialPlant {
             .unwrap_or(path);
         let port = serialport::new(real, self.cfg.baud)
             .timeout(Duration::from_millis(1))
-            .open()
+            .open_native()
             .map_err(|e| e.to_string())?;
         // Whatever queued up while nobody listened is stale.
-        let _ = port.clear(serialport::ClearBuffer::Input);
+        let _ = serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input);
         Ok(port)
     }
 
@@ -226,24 +229,55 @@ impl SerialPlant {
         }
         let stall_at = Duration::from_secs_f64(self.cfg.timeout_ms / 1000.0);
         let remaining = stall_at.saturating_sub(self.last_sample.elapsed());
-        let Some(port) = &mut self.port else {
+        let Some(port) = &self.port else {
             return Err(());
         };
         // Wake up no later than the stall deadline (so a stall is noticed
         // within a poll wake-up of it, not a millisecond later), and at
-        // least every millisecond to resend Hellos and reconnect.
-        let _ =
-            port.set_timeout(remaining.clamp(Duration::from_micros(20), Duration::from_millis(1)));
-        match port.read(&mut self.rx) {
-            Ok(0) => Err(()),
-            Ok(n) => {
-                self.rx_len = n;
+        // least every millisecond to resend Hellos and reconnect. Plain
+        // ppoll and read on the descriptor: the serial crate's timed read
+        // builds a boxed error on every timeout, an allocation per idle
+        // wait in the real-time loop.
+        let wait = remaining.clamp(Duration::from_micros(20), Duration::from_millis(1));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(port);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: wait.as_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+        let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if ready == 0 {
+            return Ok(None);
+        }
+        if ready < 0 {
+            let interrupted = std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+            return if interrupted { Ok(None) } else { Err(()) };
+        }
+        if pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 && pfd.revents & libc::POLLIN == 0 {
+            return Err(());
+        }
+        // SAFETY: reading into our own buffer, within its length.
+        let n = unsafe { libc::read(fd, self.rx.as_mut_ptr().cast(), self.rx.len()) };
+        match n {
+            n if n > 0 => {
+                self.rx_len = n as usize;
                 self.rx_pos = 1;
                 Ok(Some(self.rx[0]))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
-            Err(_) => Err(()),
+            0 => Err(()),
+            _ => {
+                let e = std::io::Error::last_os_error().raw_os_error();
+                if e == Some(libc::EAGAIN) || e == Some(libc::EINTR) {
+                    Ok(None)
+                } else {
+                    Err(())
+                }
+            }
         }
     }
 
@@ -361,9 +395,12 @@ impl Plant for SerialPlant {
                     });
                 }
                 Ok(None) => {
-                    if self.last_sample.elapsed() > timeout && !self.stalled {
+                    let since = self.last_sample.elapsed();
+                    if since > timeout && !self.stalled {
                         self.stalled = true;
                         self.stats.stalls += 1;
+                        let late = (since - timeout).as_micros() as u64;
+                        self.stats.stall_detect_late_us = self.stats.stall_detect_late_us.max(late);
                         return Err(PlantError::Interrupted {
                             what: "no sample from the rig within the timeout",
                         });
