@@ -496,6 +496,20 @@ pub struct Config {
     pub presets: BTreeMap<String, Params>,
 }
 
+/// The table at `path` inside an overlay (as `--set` and command-line flags
+/// build them), created empty where missing.
+pub fn overlay_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    let mut t = root;
+    for k in path {
+        t = t
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("overlay tables are tables");
+    }
+    t
+}
+
 /// Where the text of a key can be found, to point errors at a line.
 struct Sources<'a> {
     files: Vec<(&'a str, &'a str)>,

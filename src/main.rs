@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use neurostimd::config::{Clock, Config, ConfigError};
+use neurostimd::config::{overlay_at as table_at, Clock, Config, ConfigError};
 use neurostimd::control;
 use neurostimd::forecast::Engine;
 use neurostimd::modeltool::{self, ModelToolError};
@@ -377,18 +377,6 @@ fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
-
-fn table_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
-    let mut t = root;
-    for k in path {
-        t = t
-            .entry(k.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("overlay tables are tables");
-    }
-    t
-}
 
 fn simulate_overlay(a: &SimulateArgs) -> anyhow::Result<toml::Table> {
     let mut cli = toml::Table::new();

@@ -120,15 +120,7 @@ impl ScenarioResult {
 }
 
 fn set(t: &mut toml::Table, path: &[&str], key: &str, v: toml::Value) {
-    let mut cur = t;
-    for p in path {
-        cur = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("a table");
-    }
-    cur.insert(key.into(), v);
+    crate::config::overlay_at(t, path).insert(key.into(), v);
 }
 
 /// Run the request, scenario by scenario.

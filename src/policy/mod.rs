@@ -362,11 +362,13 @@ pub fn effort_cost(w: &CostWeights, u: &[f32], dt_ms: f64, u_before: f64) -> f64
     w.charge * charge + w.smoothness * rough
 }
 
+/// An objective for unit tests: −65 mV constant reference, 10 Hz then
+/// 20 Hz from 1 s, bursts under 10 ms, at least 2 Hz, ceiling −60 mV.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn objective(kind: ObjectiveKind) -> Objective {
+    pub(crate) fn objective(kind: ObjectiveKind) -> Objective {
         Objective {
             kind,
             settle_ms: 0.0,
@@ -383,6 +385,13 @@ mod tests {
             ceiling_mv: -60.0,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use test_support::objective;
 
     fn ctx(t: f64, last: f64) -> PlanContext {
         PlanContext {

@@ -182,7 +182,7 @@ impl VoltagePid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{RateSchedule, Shape};
+    use crate::policy::test_support::objective;
 
     fn gains() -> PidGains {
         PidGains {
@@ -194,24 +194,6 @@ mod tests {
             voltage_kd: 0.0,
             silence_margin_mv: 2.0,
             burst_target_hz: 5.0,
-        }
-    }
-
-    fn objective(kind: ObjectiveKind) -> Objective {
-        Objective {
-            kind,
-            settle_ms: 0.0,
-            reference: Waveform {
-                shape: Shape::Constant,
-                offset: -65.0,
-                amplitude: 0.0,
-                period_ms: 100.0,
-            },
-            rate: RateSchedule::new(&[(0.0, 10.0)]).unwrap(),
-            rate_bin_ms: 1000.0,
-            max_isi_ms: 10.0,
-            min_rate_hz: 2.0,
-            ceiling_mv: -60.0,
         }
     }
 

@@ -203,25 +203,7 @@ impl QualityMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{RateSchedule, Shape, Waveform};
-
-    fn objective(kind: ObjectiveKind) -> Objective {
-        Objective {
-            kind,
-            settle_ms: 0.0,
-            reference: Waveform {
-                shape: Shape::Constant,
-                offset: -65.0,
-                amplitude: 0.0,
-                period_ms: 100.0,
-            },
-            rate: RateSchedule::new(&[(0.0, 10.0), (1000.0, 20.0)]).unwrap(),
-            rate_bin_ms: 1000.0,
-            max_isi_ms: 10.0,
-            min_rate_hz: 2.0,
-            ceiling_mv: -60.0,
-        }
-    }
+    use crate::policy::test_support::objective;
 
     /// Feed a V trace at 0.1 ms with spikes (0 mV for one sample) at `at`.
     fn feed(m: &mut QualityMeter, dur_ms: f64, at: &[f64], base: f64) {
