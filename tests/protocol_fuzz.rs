@@ -1,5 +1,5 @@
 //! The wire decoder against arbitrary input (a bounded fuzz run in CI;
-//! `PROPTEST_CASES=200000 cargo test --release --test protocol_fuzz` runs a
+//! `FUZZ_CASES=200000 cargo test --release --test protocol_fuzz` runs a
 //! long one): it never panics, never holds more than its fixed buffer, and
 //! every valid frame that follows a delimiter decodes, whatever noise
 //! surrounds it.
@@ -64,7 +64,10 @@ fn any_frame() -> impl Strategy<Value = Frame> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
