@@ -171,6 +171,34 @@ fn a_disconnect_is_survived_and_the_rig_reconnected() {
 }
 
 #[test]
+fn a_stop_request_is_honoured_while_the_rig_is_gone() {
+    let faults = Faults {
+        disconnect_at_s: Some(0.2),
+        reconnect_ms: 60_000.0,
+        ..Faults::default()
+    };
+    let rig = start_rig(faults, neurostimd::protocol::VERSION);
+    let base = format!(
+        "[plant]\nkind = \"serial\"\n[plant.serial]\nport = \"{}\"\n[control]\npolicy = \"pid\"\n\
+         [control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n",
+        rig.link.display()
+    );
+    let cfg = Config::from_str_named("t.toml", &base).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        s2.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let o = session::run(&cfg, &SessionOptions::default(), stop).unwrap();
+    stopper.join().unwrap();
+    rig.stop();
+    assert_eq!(o.summary.stop, neurostimd::control::StopReason::Signal);
+    assert!(o.summary.plant_interruptions >= 1);
+    assert_eq!(*o.summary.interventions.get("shutdown").unwrap(), 1);
+}
+
+#[test]
 fn another_protocol_version_is_refused_clearly() {
     let rig = start_rig(Faults::default(), 2);
     let err = daemon(&rig.link, 0.5, "").err().expect("refused");

@@ -203,8 +203,9 @@ pub struct LoopSummary {
     pub samples: u64,
     /// Samples the plant skipped (gaps in its sample index).
     pub lost_samples: u64,
-    /// Times the plant was stalled or disconnected (stimulation held at
-    /// zero until it recovered).
+    /// Interruptions the plant reported: a stalled or disconnected plant
+    /// reports one per timeout period until it recovers (stimulation held
+    /// at zero meanwhile).
     pub plant_interruptions: u64,
     /// The plant's own figures (a rig's link statistics and round trips).
     pub plant_report: Option<serde_json::Value>,
@@ -669,7 +670,7 @@ pub fn run(
                             // know of it: its depolarising current (meant to
                             // bring that spike about) would only evoke
                             // another. Hyperpolarising current stays.
-                            if p.base_index < spike_index && spikes > 0 {
+                            if p.base_index < spike_index {
                                 u.min(0.0)
                             } else {
                                 u

@@ -66,6 +66,9 @@ pub struct SerialPlant {
     last_sample: Instant,
     last_attempt: Option<Instant>,
     stalled: bool,
+    /// While stalled or disconnected, `read` still returns every timeout
+    /// period, so the loop can see a stop request.
+    last_interrupt: Instant,
     epoch: Instant,
     /// Round-trip times, ns, from the rig's echo of our command clocks.
     rtt: hdrhistogram::Histogram<u64>,
@@ -100,6 +103,7 @@ impl SerialPlant {
             last_sample: Instant::now(),
             last_attempt: None,
             stalled: false,
+            last_interrupt: Instant::now(),
             epoch: Instant::now(),
             rtt: crate::report::new_histogram(),
             stats: LinkStats::default(),
@@ -378,8 +382,9 @@ impl Plant for SerialPlant {
                     }
                 }
                 std::thread::sleep(Duration::from_millis(1));
-                if self.last_sample.elapsed() > timeout && !self.stalled {
+                if self.last_interrupt.elapsed() > timeout {
                     self.stalled = true;
+                    self.last_interrupt = Instant::now();
                     return Err(PlantError::Interrupted {
                         what: "rig disconnected",
                     });
@@ -390,6 +395,7 @@ impl Plant for SerialPlant {
                 Err(()) => {
                     self.drop_link();
                     self.stalled = true;
+                    self.last_interrupt = Instant::now();
                     return Err(PlantError::Interrupted {
                         what: "rig disconnected",
                     });
@@ -398,9 +404,17 @@ impl Plant for SerialPlant {
                     let since = self.last_sample.elapsed();
                     if since > timeout && !self.stalled {
                         self.stalled = true;
+                        self.last_interrupt = Instant::now();
                         self.stats.stalls += 1;
                         let late = (since - timeout).as_micros() as u64;
                         self.stats.stall_detect_late_us = self.stats.stall_detect_late_us.max(late);
+                        return Err(PlantError::Interrupted {
+                            what: "no sample from the rig within the timeout",
+                        });
+                    }
+                    if self.stalled && self.last_interrupt.elapsed() > timeout {
+                        // Still stalled: hand control back to the loop.
+                        self.last_interrupt = Instant::now();
                         return Err(PlantError::Interrupted {
                             what: "no sample from the rig within the timeout",
                         });
