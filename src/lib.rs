@@ -8,8 +8,12 @@
 //! ## Layout
 //! - [`neuron`]: the CA1 pyramidal neuron equations (9 states), integrators,
 //!   rate tables, spike and burst detection. Pure computation, no I/O.
-//! - [`plant`]: the [`plant::Plant`] trait and its implementations; `sim` is
-//!   the embedded neuron (software in the loop).
+//! - [`plant`]: the [`plant::Plant`] trait and its implementations: `sim`,
+//!   the embedded neuron (software in the loop), and `serial`, a bench rig
+//!   over a serial port (hardware in the loop).
+//! - [`protocol`]: the bench-rig wire format (COBS, CRC-16), no I/O.
+//! - [`rig`]: `neurostimd rig`, an emulated bench rig on a pseudo-terminal
+//!   with fault injection.
 //! - [`forecast`]: the LSTM forecaster: model card, ONNX loading and
 //!   checks (tract), the native encode-once evaluator, the sample window.
 //! - [`modeltool`]: `neurostimd model info|run|bench`.
@@ -20,7 +24,14 @@
 //!   charge per phase, net charge balance, budget, zero on faults).
 //! - [`simulate`]: running a plant open-loop with a stimulation waveform
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
-//! - [`control`]: the sample loop (open loop with stimulation off, for now).
+//! - [`control`]: the real-time control loop, the planner thread and their
+//!   hand-offs, real-time measures.
+//! - [`policy`]: objectives and their scoring, the MPC planner, the
+//!   PI/PID/open baselines.
+//! - [`session`]: one run of the daemon from a configuration (plant,
+//!   forecaster, threads, report).
+//! - [`scenarios`]: `neurostimd scenarios`, MPC against its baseline on
+//!   every objective.
 //! - [`train`]: training the forecaster: simulated datasets, the LSTM's
 //!   gradients, Adam, ONNX export, evaluation against baselines.
 //! - [`config`]: the TOML configuration, raw → validated, with errors that

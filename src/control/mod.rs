@@ -14,7 +14,9 @@
 //! measures wake-up jitter as cyclictest does; `free` runs as fast as
 //! possible in lockstep with the planner (each snapshot's plan is awaited
 //! and applied `compute_delay` later), so a run is a deterministic function
-//! of its configuration and seeds.
+//! of its configuration and seeds. A plant with its own clock (a serial rig)
+//! paces the loop by its samples: no sleeping, and the real-time rules of
+//! the paced clock (never wait for the planner or the consumer).
 
 pub mod handoff;
 pub mod planner;
