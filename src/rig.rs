@@ -125,6 +125,32 @@ fn open_pair(link: Option<&Path>) -> Result<(TTYPort, TTYPort, PathBuf), RigErro
     Ok((master, slave, name))
 }
 
+/// Write all of `bytes`. The master is non-blocking (reads must not wait);
+/// a full pty buffer (a daemon that is behind) is waited out for up to
+/// 50 ms, like a UART's FIFO back-pressure, rather than dropping the frame.
+/// False if the link is gone or still full.
+fn send(master: &mut TTYPort, mut bytes: &[u8]) -> bool {
+    let until = Instant::now() + Duration::from_millis(50);
+    while !bytes.is_empty() {
+        match master.write(bytes) {
+            Ok(0) => return false,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::Interrupted
+                ) && Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// Run the rig until `stop`, its duration, or an error. `ready` is told the
 /// path a daemon should open (the link if there is one) once it exists.
 pub fn run(
@@ -215,8 +241,8 @@ pub fn run(
                                 seq = seq.wrapping_add(1);
                                 let mut wire = [0u8; MAX_WIRE];
                                 let n = encode(&hello, &mut wire);
-                                let _ = master.write_all(&[0]);
-                                let _ = master.write_all(&wire[..n]);
+                                send(master, &[0]);
+                                send(master, &wire[..n]);
                                 stats.frames_sent += 1;
                             }
                             Body::Command(c) if !stalled => {
@@ -306,7 +332,7 @@ pub fn run(
         while outbox.front().is_some_and(|(at, _)| *at <= t_us) {
             let (_, b) = outbox.pop_front().expect("checked");
             if let Some((master, _)) = &mut pty {
-                if master.write_all(&b).is_ok() {
+                if send(master, &b) {
                     stats.frames_sent += 1;
                 }
             }
