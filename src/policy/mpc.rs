@@ -289,12 +289,13 @@ impl Mpc {
         let bias = self.bias as f32;
 
         // Warm start: the previous plan, shifted by the steps since it began.
-        let shift = match self.prev_base {
-            Some(b) if input.base_index >= b => {
-                ((input.base_index - b) as usize / self.decimation).min(t_out)
-            }
-            _ => t_out,
+        // Samples since the previous plan began (all of it, if none).
+        let n = self.plan_len();
+        let shift_samples = match self.prev_base {
+            Some(b) if input.base_index >= b => ((input.base_index - b) as usize).min(n),
+            _ => n,
         };
+        let shift = shift_samples / self.decimation;
         let last = if shift < t_out {
             self.prev_raw[t_out - 1]
         } else {
@@ -304,11 +305,6 @@ impl Mpc {
             self.mean[j] = self.prev_raw.get(j + shift).copied().unwrap_or(last) as f64;
         }
         // What the loop will apply before this plan takes over.
-        let n = self.plan_len();
-        let shift_samples = match self.prev_base {
-            Some(b) if input.base_index >= b => (input.base_index - b) as usize,
-            _ => n,
-        };
         for k in 0..self.committed {
             self.head[k] = self
                 .prev_samples
