@@ -154,6 +154,7 @@ param_fields! {
 pub enum PlantKind {
     Sim,
     Serial,
+    Replay,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -185,7 +186,43 @@ struct RawConfig {
     open: RawWave<Current>,
     safety: RawSafety,
     train: RawTrain,
+    record: RawRecord,
+    retrain: RawRetrain,
     presets: BTreeMap<String, RawParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    dir: std::path::PathBuf,
+    flush_interval: Quantity<Time>,
+    fsync: bool,
+    v_range: Quantity<Voltage>,
+    i_range: Quantity<Current>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetrain {
+    enabled: bool,
+    state_dir: std::path::PathBuf,
+    on_drift: bool,
+    drift_reference: String,
+    drift_multiple: f64,
+    drift_window: Quantity<Time>,
+    periodic: Quantity<Time>,
+    data: Quantity<Time>,
+    buffer: Quantity<Time>,
+    validation: f64,
+    holdout: f64,
+    margin: f64,
+    epochs: usize,
+    learning_rate: f64,
+    batch: usize,
+    stride: usize,
+    patience: usize,
+    seed: u64,
+    cooldown: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +377,13 @@ struct RawPlant {
     kind: PlantKind,
     sim: RawSim,
     serial: RawSerial,
+    replay: RawReplay,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    recording: std::path::PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,6 +490,40 @@ pub struct TrainConfig {
     pub val_fraction: f64,
 }
 
+/// Recording (validated `[record]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RecordConfig {
+    /// Parent of per-run recordings; `None`: record only with `--record`.
+    pub dir: Option<std::path::PathBuf>,
+    pub flush_interval_ms: f64,
+    pub fsync: bool,
+    pub v_range_mv: f64,
+    pub i_range: f64,
+}
+
+/// Onboard retraining (validated `[retrain]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RetrainConfig {
+    pub enabled: bool,
+    pub state_dir: std::path::PathBuf,
+    pub on_drift: bool,
+    /// Drift reference: the model's own online error over its first full
+    /// window in use (true), or its card's validation RMSE (false).
+    pub drift_reference_online: bool,
+    pub drift_multiple: f64,
+    pub drift_window_ms: f64,
+    /// `None`: no periodic retraining.
+    pub periodic_ms: Option<f64>,
+    pub data_ms: f64,
+    pub buffer_ms: f64,
+    pub validation: f64,
+    pub holdout: f64,
+    pub margin: f64,
+    pub schedule: crate::train::trainer::Schedule,
+    pub stride: usize,
+    pub cooldown_ms: f64,
+}
+
 /// Where the control thread runs and what it asks the kernel for.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RealtimeConfig {
@@ -492,6 +570,10 @@ pub struct Config {
     /// Safety limits, validated against the compiled-in hard ceilings.
     pub safety: crate::safety::Limits,
     pub train: TrainConfig,
+    pub record: RecordConfig,
+    pub retrain: RetrainConfig,
+    /// `--plant replay`: the recording to play back.
+    pub replay: std::path::PathBuf,
     /// Every preset, resolved against the published model.
     pub presets: BTreeMap<String, Params>,
 }
@@ -964,8 +1046,129 @@ impl Config {
             valid_for_us: (se.valid_for.get() * 1000.0).round() as u32,
             sample_period_ms: sp,
         };
+        let r = &raw.record;
+        positive(r.flush_interval.get()).map_err(|m| err("record.flush_interval", m))?;
+        if r.flush_interval.get() > 60_000.0 {
+            return Err(err(
+                "record.flush_interval",
+                format!(
+                    "{} ms: a crash would lose more than a minute of data; at most 60 s",
+                    r.flush_interval.get()
+                ),
+            ));
+        }
+        positive(r.v_range.get()).map_err(|m| err("record.v_range", m))?;
+        positive(r.i_range.get()).map_err(|m| err("record.i_range", m))?;
+        if r.i_range.get() < safety.max_amplitude {
+            return Err(err(
+                "record.i_range",
+                format!(
+                    "{} uA/cm2 is below safety.max_amplitude ({} uA/cm2): commands would be clipped in the recording",
+                    r.i_range.get(),
+                    safety.max_amplitude
+                ),
+            ));
+        }
+        let record = RecordConfig {
+            dir: (!r.dir.as_os_str().is_empty()).then(|| r.dir.clone()),
+            flush_interval_ms: r.flush_interval.get(),
+            fsync: r.fsync,
+            v_range_mv: r.v_range.get(),
+            i_range: r.i_range.get(),
+        };
+        let rt = &raw.retrain;
+        if !(rt.drift_multiple.is_finite() && rt.drift_multiple > 1.0) {
+            return Err(err(
+                "retrain.drift_multiple",
+                format!("{} must be a number > 1", rt.drift_multiple),
+            ));
+        }
+        for (key, q) in [
+            ("retrain.drift_window", rt.drift_window.get()),
+            ("retrain.data", rt.data.get()),
+            ("retrain.buffer", rt.buffer.get()),
+        ] {
+            positive(q).map_err(|m| err(key, m))?;
+        }
+        non_negative(rt.periodic.get()).map_err(|m| err("retrain.periodic", m))?;
+        non_negative(rt.cooldown.get()).map_err(|m| err("retrain.cooldown", m))?;
+        if rt.buffer.get() < rt.data.get() {
+            return Err(err(
+                "retrain.buffer",
+                format!(
+                    "{} ms keeps less than retrain.data ({} ms)",
+                    rt.buffer.get(),
+                    rt.data.get()
+                ),
+            ));
+        }
+        for (key, x) in [
+            ("retrain.validation", rt.validation),
+            ("retrain.holdout", rt.holdout),
+        ] {
+            if !(0.05..=0.5).contains(&x) {
+                return Err(err(key, format!("{x} is outside 0.05 ..= 0.5")));
+            }
+        }
+        if !(0.0..0.9).contains(&rt.margin) {
+            return Err(err(
+                "retrain.margin",
+                format!("{} is outside 0 ..< 0.9", rt.margin),
+            ));
+        }
+        if rt.epochs == 0 || rt.batch == 0 || rt.stride == 0 || rt.patience == 0 {
+            return Err(err(
+                "retrain",
+                "epochs, batch, stride and patience must be >= 1".into(),
+            ));
+        }
+        positive(rt.learning_rate).map_err(|m| err("retrain.learning_rate", m))?;
+        let drift_reference_online = match rt.drift_reference.as_str() {
+            "online" => true,
+            "card" => false,
+            other => {
+                return Err(err(
+                    "retrain.drift_reference",
+                    format!("`{other}` is not one of: online, card"),
+                ))
+            }
+        };
+        let retrain = RetrainConfig {
+            enabled: rt.enabled,
+            drift_reference_online,
+            state_dir: rt.state_dir.clone(),
+            on_drift: rt.on_drift,
+            drift_multiple: rt.drift_multiple,
+            drift_window_ms: rt.drift_window.get(),
+            periodic_ms: (rt.periodic.get() > 0.0).then(|| rt.periodic.get()),
+            data_ms: rt.data.get(),
+            buffer_ms: rt.buffer.get(),
+            validation: rt.validation,
+            holdout: rt.holdout,
+            margin: rt.margin,
+            schedule: crate::train::trainer::Schedule {
+                epochs: rt.epochs,
+                batch: rt.batch,
+                learning_rate: rt.learning_rate,
+                clip_norm: 1.0,
+                patience: rt.patience,
+                seed: rt.seed,
+            },
+            stride: rt.stride,
+            cooldown_ms: rt.cooldown.get(),
+        };
+        if raw.plant.kind == PlantKind::Replay && raw.plant.replay.recording.as_os_str().is_empty()
+        {
+            return Err(err(
+                "plant.replay.recording",
+                "plant.kind = \"replay\" needs a recording directory (--recording DIR)".into(),
+            ));
+        }
         Ok(Config {
             plant_kind: raw.plant.kind,
+            record,
+            retrain,
+            replay: raw.plant.replay.recording.clone(),
             serial,
             control,
             sim,

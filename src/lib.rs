@@ -10,7 +10,8 @@
 //!   rate tables, spike and burst detection. Pure computation, no I/O.
 //! - [`plant`]: the [`plant::Plant`] trait and its implementations: `sim`,
 //!   the embedded neuron (software in the loop), and `serial`, a bench rig
-//!   over a serial port (hardware in the loop).
+//!   over a serial port (hardware in the loop), and `replay`, a recording
+//!   played back open loop.
 //! - [`protocol`]: the bench-rig wire format (COBS, CRC-16), no I/O.
 //! - [`rig`]: `neurostimd rig`, an emulated bench rig on a pseudo-terminal
 //!   with fault injection.
@@ -32,6 +33,13 @@
 //!   forecaster, threads, report).
 //! - [`scenarios`]: `neurostimd scenarios`, MPC against its baseline on
 //!   every objective.
+//! - [`record`]: recordings in the Open Ephys binary layout (written on the
+//!   record-consumer thread), reading them back, `neurostimd recover`.
+//! - [`retrain`]: onboard retraining: recent data, forecast drift, the
+//!   low-priority trainer thread, the guarded swap, model versions and
+//!   rollback.
+//! - [`adaptation`]: `neurostimd adapt`, the regime-change scenario for
+//!   onboard retraining.
 //! - [`train`]: training the forecaster: simulated datasets, the LSTM's
 //!   gradients, Adam, ONNX export, evaluation against baselines.
 //! - [`config`]: the TOML configuration, raw → validated, with errors that
@@ -40,6 +48,7 @@
 //!
 //! See `shared/DESIGN.md` for the architecture this crate grows into.
 
+pub mod adaptation;
 pub mod config;
 pub mod control;
 pub mod forecast;
@@ -49,7 +58,9 @@ pub mod npy;
 pub mod plant;
 pub mod policy;
 pub mod protocol;
+pub mod record;
 pub mod report;
+pub mod retrain;
 pub mod rig;
 pub mod safety;
 pub mod scenarios;

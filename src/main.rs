@@ -76,6 +76,18 @@ struct RunArgs {
     /// safety cause) to this CSV file.
     #[arg(long, value_name = "FILE.csv")]
     trace_out: Option<PathBuf>,
+    /// Record the run here in the Open Ephys binary layout (V, controller
+    /// outputs, events, forecasts; a new directory). Default: a new
+    /// directory under record.dir (config), if set.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// The recording to play back (--plant replay).
+    #[arg(long, value_name = "DIR")]
+    recording: Option<PathBuf>,
+    /// Retrain the forecaster onboard ([retrain] in the config; sets
+    /// retrain.enabled).
+    #[arg(long)]
+    retrain: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -84,6 +96,8 @@ enum PlantArg {
     Sim,
     /// A bench rig on a serial port (--port), e.g. `neurostimd rig`.
     Serial,
+    /// A recording played back open loop (--recording DIR).
+    Replay,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +157,32 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Make a recording readable after a crash: cut every stream to the
+    /// samples all of them hold and rewrite the .npy headers.
+    Recover {
+        /// The recording's root directory (as given to --record).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The adaptation scenario: regular spiking, a switch to bursting, drift
+    /// detection, onboard retraining and the guarded model swap (paced).
+    Adapt {
+        /// The shortened version (CI): switch at 15 s, 75 s in all.
+        #[arg(long)]
+        quick: bool,
+        /// Configuration laid over the scenario.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the report (summary.json, adaptation.json, .hgrm, forecast
+        /// error CSV) and the recording go (default: a new directory under
+        /// run.reports).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,14 +209,17 @@ enum ModelCommand {
         #[arg(
             long,
             value_name = "PRESET",
-            required_unless_present = "data",
+            required_unless_present_any = ["data", "recording"],
             conflicts_with = "data"
         )]
         sim: Option<String>,
         /// A trace CSV (`neurostimd simulate --trace-out`: t_ms, V_mV or
-        /// V_measured_mV, I_stim_uA_cm2). Recordings arrive with the recorder.
-        #[arg(long, value_name = "FILE.csv")]
+        /// V_measured_mV, I_stim_uA_cm2).
+        #[arg(long, value_name = "FILE.csv", conflicts_with = "recording")]
         data: Option<PathBuf>,
+        /// A recording made with --record (V and applied current).
+        #[arg(long, value_name = "DIR", conflicts_with = "sim")]
+        recording: Option<PathBuf>,
         /// Simulated seconds (the second half is scored).
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
@@ -187,6 +230,16 @@ enum ModelCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Make the previous model version current again (onboard retraining's
+    /// state directory; a running daemon is rolled back with `ctl`).
+    Rollback {
+        /// Configuration whose retrain.state_dir to use.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The state directory (overrides retrain.state_dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Time one forecast (one window + K candidate plans); p50/p99/p99.9/max.
     Bench {
@@ -468,12 +521,82 @@ fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cmd_recover(dir: PathBuf, json: bool) -> anyhow::Result<()> {
+    let r = neurostimd::record::recover(&dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}: {} samples kept in every stream (the headers counted {} before), {} events, {} forecast rows; {} bytes of partial rows cut",
+            dir.display(),
+            r.samples,
+            r.samples_counted_before,
+            r.events,
+            r.forecasts,
+            r.bytes_cut
+        );
+    }
+    Ok(())
+}
+
+fn cmd_adapt(
+    quick: bool,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let defaults = Config::load_layered(None, &toml::Table::new())?;
+    let out = match out {
+        Some(d) => d,
+        None => session::new_report_dir(
+            &defaults
+                .run
+                .reports
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("reports")),
+        ),
+    };
+    let cfg = neurostimd::adaptation::config(quick, config.as_deref(), &out)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    eprintln!(
+        "adaptation scenario ({} s, paced): report, recording and model versions go to {}",
+        cfg.run.duration_s.unwrap_or(0.0),
+        out.display()
+    );
+    let r = neurostimd::adaptation::run(&cfg, &out, stop)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.text());
+    }
+    Ok(())
+}
+
 fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let mut cli = toml::Table::new();
     let kind = match a.plant {
         PlantArg::Sim => "sim",
         PlantArg::Serial => "serial",
+        PlantArg::Replay => "replay",
     };
+    match (&a.recording, a.plant) {
+        (Some(r), PlantArg::Replay) => {
+            table_at(&mut cli, &["plant", "replay"])
+                .insert("recording".into(), r.display().to_string().into());
+        }
+        (Some(_), _) => {
+            return Err(UsageError("--recording is for --plant replay".into()).into());
+        }
+        (None, _) => {}
+    }
+    if a.retrain {
+        table_at(&mut cli, &["retrain"]).insert("enabled".into(), true.into());
+    }
     table_at(&mut cli, &["plant"]).insert("kind".into(), kind.into());
     if let Some(p) = &a.port {
         table_at(&mut cli, &["plant", "serial"])
@@ -532,6 +655,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         report: report_dir.clone(),
         trace_out: a.trace_out.clone(),
         keep_records: false,
+        record: a.record.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let outcome = session::run(&config, &opts, stop).map_err(|e| match e {
         SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
@@ -545,6 +670,12 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
     } else {
         println!("{}", control_summary_text(s));
+    }
+    if let Some(dir) = &outcome.recording {
+        eprintln!(
+            "recording written to {} (Open Ephys binary; neo/SpikeInterface read it)",
+            dir.display()
+        );
     }
     if let Some(dir) = &report_dir {
         eprintln!(
@@ -701,6 +832,7 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
             model,
             sim,
             data,
+            recording,
             duration,
             seed,
             config,
@@ -712,6 +844,10 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
                 );
             }
             let c = match (sim, data) {
+                _ if recording.is_some() => neurostimd::train::eval_recording(
+                    &model,
+                    recording.as_deref().expect("checked"),
+                )?,
                 (Some(sim), _) => {
                     let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
                     if config.preset(&sim).is_none() {
@@ -726,7 +862,10 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
                 }
                 (None, Some(data)) => neurostimd::train::eval_trace(&model, &data)?,
                 (None, None) => {
-                    return Err(UsageError("give --sim PRESET or --data FILE.csv".into()).into())
+                    return Err(UsageError(
+                        "give --sim PRESET, --data FILE.csv or --recording DIR".into(),
+                    )
+                    .into())
                 }
             };
             if json {
@@ -738,6 +877,25 @@ fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
                     if c.beats_baselines() { "yes" } else { "no" }
                 );
             }
+        }
+        ModelCommand::Rollback { config, state_dir } => {
+            let dir = match state_dir {
+                Some(d) => d,
+                None => {
+                    let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
+                    session::state_dir(&config)
+                }
+            };
+            let mut store = neurostimd::retrain::store::ModelStore::open(&dir)?;
+            let (from, to) = store.rollback()?;
+            println!(
+                "model v{} ({}) is current again in {} (was v{}, {}); a running daemon keeps its model until restarted or rolled back with `neurostimd ctl rollback`",
+                to.version,
+                to.origin,
+                store.dir().display(),
+                from.version,
+                from.origin
+            );
         }
         ModelCommand::Bench {
             model,
@@ -868,6 +1026,13 @@ fn main() -> ExitCode {
             epochs,
             json,
         }) => cmd_train(config, out, epochs, json),
+        Some(Command::Recover { dir, json }) => cmd_recover(dir, json),
+        Some(Command::Adapt {
+            quick,
+            config,
+            out,
+            json,
+        }) => cmd_adapt(quick, config, out, json),
         None => cmd_run(cli.run),
     };
     match result {

@@ -22,6 +22,103 @@ pub enum NpyError {
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
+/// What a `.npy` header says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyHeader {
+    /// The dtype string without quotes, e.g. `<f4`, `<i8`.
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+    /// Offset of the first data byte.
+    pub data_start: usize,
+}
+
+/// Parse the header of a `.npy` file of any dtype (format versions
+/// 1.0–3.0).
+pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("missing the \\x93NUMPY magic".into());
+    }
+    let major = bytes[6];
+    let (header_len, start) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err(format!("unsupported format version {major}")),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or("header is truncated")?;
+    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
+    let field = |key: &str| -> Result<&str, String> {
+        let at = header
+            .find(&format!("'{key}'"))
+            .ok_or(format!("header lacks '{key}'"))?;
+        Ok(header[at + key.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start())
+    };
+    let descr = field("descr")?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or("descr is not a quoted string")?
+        .to_string();
+    let fortran_order = field("fortran_order")?.starts_with("True");
+    let shape_text = field("shape")?;
+    let open = shape_text.find('(').ok_or("shape is not a tuple")?;
+    let close = shape_text.find(')').ok_or("shape is not a tuple")?;
+    let shape = shape_text[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+        data_start: start + header_len,
+    })
+}
+
+/// Length of the headers [`fixed_header`] writes.
+pub const FIXED_HEADER_LEN: usize = 128;
+
+/// A version 1.0 header of exactly [`FIXED_HEADER_LEN`] bytes, so a file
+/// that grows can have its shape rewritten in place (recordings update it at
+/// every flush; `neurostimd recover` after a crash).
+pub fn fixed_header(descr: &str, shape: &[usize]) -> [u8; FIXED_HEADER_LEN] {
+    let shape = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut out = [b' '; FIXED_HEADER_LEN];
+    out[..6].copy_from_slice(MAGIC);
+    out[6] = 1;
+    out[7] = 0;
+    let len = (FIXED_HEADER_LEN - 10) as u16;
+    out[8..10].copy_from_slice(&len.to_le_bytes());
+    let n = dict.len().min(FIXED_HEADER_LEN - 11);
+    out[10..10 + n].copy_from_slice(&dict.as_bytes()[..n]);
+    out[FIXED_HEADER_LEN - 1] = b'\n';
+    out
+}
+
 impl NpyF32 {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> NpyF32 {
         assert_eq!(
@@ -41,60 +138,24 @@ impl NpyF32 {
         Self::parse(&bytes).map_err(|what| NpyError::Format { path: name, what })
     }
 
-    /// Parse the bytes of a `.npy` file (format versions 1.0–3.0).
+    /// Parse the bytes of a float32 `.npy` file (format versions 1.0–3.0).
     pub fn parse(bytes: &[u8]) -> Result<NpyF32, String> {
-        if bytes.len() < 10 || &bytes[..6] != MAGIC {
-            return Err("missing the \\x93NUMPY magic".into());
-        }
-        let major = bytes[6];
-        let (header_len, start) = match major {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 if bytes.len() >= 12 => (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            ),
-            _ => return Err(format!("unsupported format version {major}")),
-        };
-        let header = bytes
-            .get(start..start + header_len)
-            .ok_or("header is truncated")?;
-        let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
-        let field = |key: &str| -> Result<&str, String> {
-            let at = header
-                .find(&format!("'{key}'"))
-                .ok_or(format!("header lacks '{key}'"))?;
-            Ok(header[at + key.len() + 2..]
-                .trim_start()
-                .trim_start_matches(':')
-                .trim_start())
-        };
-        let descr = field("descr")?;
-        if !(descr.starts_with("'<f4'") || descr.starts_with("'float32'")) {
+        let h = parse_header(bytes)?;
+        if !(h.descr == "<f4" || h.descr == "float32") {
             return Err(format!(
-                "dtype {} is not little-endian float32 ('<f4')",
-                descr.split(',').next().unwrap_or(descr)
+                "dtype '{}' is not little-endian float32 ('<f4')",
+                h.descr
             ));
         }
-        if field("fortran_order")?.starts_with("True") {
+        if h.fortran_order {
             return Err("Fortran order is not supported; save with C order".into());
         }
-        let shape_text = field("shape")?;
-        let open = shape_text.find('(').ok_or("shape is not a tuple")?;
-        let close = shape_text.find(')').ok_or("shape is not a tuple")?;
-        let shape = shape_text[open + 1..close]
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<usize>()
-                    .map_err(|_| format!("bad dimension `{s}`"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let n: usize = shape.iter().product();
-        let body = &bytes[start + header_len..];
+        let n: usize = h.shape.iter().product();
+        let body = &bytes[h.data_start..];
         if body.len() != n * 4 {
             return Err(format!(
-                "shape {shape:?} needs {} data bytes, file has {}",
+                "shape {:?} needs {} data bytes, file has {}",
+                h.shape,
                 n * 4,
                 body.len()
             ));
@@ -103,7 +164,10 @@ impl NpyF32 {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(NpyF32 { shape, data })
+        Ok(NpyF32 {
+            shape: h.shape,
+            data,
+        })
     }
 
     /// The bytes of a version 1.0 `.npy` file.
@@ -177,5 +241,21 @@ mod tests {
             .unwrap_err()
             .contains("needs 8 data bytes"));
         assert!(NpyF32::parse(b"hello").is_err());
+    }
+
+    #[test]
+    fn fixed_headers_parse_and_keep_their_length() {
+        for shape in [&[0usize][..], &[12_345_678_901], &[7, 20]] {
+            let h = fixed_header("<i8", shape);
+            let p = parse_header(&h).unwrap();
+            assert_eq!(p.descr, "<i8");
+            assert_eq!(p.shape, shape);
+            assert_eq!(p.data_start, FIXED_HEADER_LEN);
+            assert!(!p.fortran_order);
+        }
+        let mut f = fixed_header("<f4", &[2]).to_vec();
+        f.extend_from_slice(&1.5f32.to_le_bytes());
+        f.extend_from_slice(&(-2.0f32).to_le_bytes());
+        assert_eq!(NpyF32::parse(&f).unwrap().data, vec![1.5, -2.0]);
     }
 }

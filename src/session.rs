@@ -27,6 +27,14 @@ pub enum SessionError {
     Panicked,
     #[error(transparent)]
     Serial(#[from] crate::plant::serial::SerialError),
+    #[error("--plant replay: {0}")]
+    Replay(#[from] crate::record::RecordingError),
+    #[error("recording: {0}")]
+    Record(#[from] crate::record::RecordError),
+    #[error("retrain.state_dir: {0}")]
+    Store(#[from] crate::retrain::store::StoreError),
+    #[error("retraining: {0}")]
+    Retrain(String),
 }
 
 /// Extra choices of one run beyond the configuration.
@@ -36,10 +44,18 @@ pub struct SessionOptions {
     pub report: Option<PathBuf>,
     pub trace_out: Option<PathBuf>,
     pub keep_records: bool,
+    /// Record into this directory (created; must not hold a recording).
+    /// `None`: a fresh `run-<UTC>` directory under `record.dir` if that is
+    /// set, else no recording.
+    pub record: Option<PathBuf>,
+    /// The command line, for the recording's sidecar.
+    pub command: String,
 }
 
 pub struct SessionOutcome {
     pub summary: LoopSummary,
+    /// The recording's root directory, if the run recorded.
+    pub recording: Option<PathBuf>,
     pub records: Option<Vec<Record>>,
     /// Interval histograms written to the log.
     pub intervals: u64,
@@ -90,6 +106,27 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The state directory: `retrain.state_dir`, under systemd's
+/// `$STATE_DIRECTORY` when relative and that is set.
+pub fn state_dir(config: &Config) -> PathBuf {
+    let d = &config.retrain.state_dir;
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(base) if d.is_relative() => PathBuf::from(base).join(d),
+        _ => d.clone(),
+    }
+}
+
+/// The CPU the control thread will be pinned to, if any (to keep the
+/// retraining thread off it).
+fn loop_cpu(config: &Config) -> Option<usize> {
+    use crate::config::CpuChoice;
+    match config.control.realtime.cpu {
+        CpuChoice::None => None,
+        CpuChoice::Last => Some(crate::control::rt::cpu_count().saturating_sub(1)),
+        CpuChoice::Index(n) => Some(n),
+    }
+}
+
 /// Load the forecaster the configuration names, for its MPC batch.
 pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
     Forecaster::load(
@@ -110,11 +147,98 @@ pub fn run(
         PlantKind::Serial => Box::new(crate::plant::serial::SerialPlant::open(
             config.serial.clone(),
         )?),
+        PlantKind::Replay => Box::new(crate::plant::replay::ReplayPlant::open(&config.replay)?),
     };
-    let forecaster = if config.control.policy == PolicyKind::Mpc {
+    let mpc = config.control.policy == PolicyKind::Mpc;
+    let retraining = mpc && config.retrain.enabled;
+    // With retraining, the model comes from the state directory's versions.
+    let mut store_version = None;
+    let forecaster = if retraining {
+        let mut store = crate::retrain::store::ModelStore::open(&state_dir(config))?;
+        let (path, version) = store.adopt(&config.control.model)?;
+        let f = Forecaster::load(&path, config.control.mpc.candidates, Engine::Native)?;
+        tracing::info!(
+            model = %path.display(),
+            version = version.version,
+            origin = %version.origin,
+            "model from the state directory (neurostimd model rollback restores the previous one)"
+        );
+        store_version = Some((store, version));
+        Some(f)
+    } else if mpc {
         Some(load_forecaster(config)?)
     } else {
         None
+    };
+    let period_ms = plant.sample_period_ms();
+    // Retraining: the supervisor thread, and the channels to the planner
+    // (new models) and the record consumer (events).
+    let mut notes = None;
+    let mut swaps = None;
+    let mut supervisor = None;
+    if let (Some((store, version)), Some(f)) = (store_version, forecaster.as_ref()) {
+        let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
+        let (note_tx, note_rx) = crossbeam_channel::bounded(control::handoff::NOTES);
+        let dec = crate::forecast::WindowRing::decimation_for(f.card().dt_ms, period_ms)
+            .ok_or_else(|| {
+                SessionError::Retrain(format!(
+                    "model step {} ms is not a whole number of sample periods ({period_ms} ms)",
+                    f.card().dt_ms
+                ))
+            })?;
+        let sup = crate::retrain::Supervisor::start(crate::retrain::SupervisorSetup {
+            config: config.retrain.clone(),
+            store,
+            model: f,
+            version: (
+                version.version,
+                format!("v{} {}", version.version, f.card().name),
+            ),
+            decimation: dec,
+            period_ms,
+            swaps: swap_tx,
+            notes: note_tx.clone(),
+            avoid_cpu: loop_cpu(config),
+        })
+        .map_err(SessionError::Retrain)?;
+        notes = Some((note_tx, note_rx));
+        swaps = Some(swap_rx);
+        supervisor = Some(sup);
+    }
+    // The recording.
+    let record_dir = match (&opts.record, &config.record.dir) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(parent)) => Some(new_report_dir(parent)),
+        (None, None) => None,
+    };
+    let recorder = match &record_dir {
+        Some(dir) => Some(crate::record::Recorder::create(
+            crate::record::RecordingSetup {
+                dir: dir.clone(),
+                sample_rate_hz: 1000.0 / period_ms,
+                current_units: "uA/cm2".into(),
+                t_out: forecaster.as_ref().map_or(0, |f| f.card().t_out),
+                forecast_dt_ms: forecaster.as_ref().map_or(0.0, |f| f.card().dt_ms),
+                flush_interval: Duration::from_secs_f64(config.record.flush_interval_ms / 1000.0),
+                fsync: config.record.fsync,
+                v_range_mv: config.record.v_range_mv,
+                i_range: config.record.i_range,
+                sidecar: serde_json::json!({
+                    "neurostimd_version": env!("CARGO_PKG_VERSION"),
+                    "command": opts.command,
+                    "plant": plant.kind(),
+                    "started_unix_s": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    "model": forecaster.as_ref().map(|f| serde_json::json!({
+                        "path": f.path().display().to_string(),
+                        "card": f.card(),
+                    })),
+                    "config": config,
+                }),
+            },
+        )?),
+        None => None,
     };
     let mut writer = None;
     if let Some(dir) = &opts.report {
@@ -130,6 +254,10 @@ pub fn run(
         forecaster,
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
+        recorder,
+        notes,
+        swaps,
+        retrain: supervisor.as_ref().map(|s| s.shared.clone()),
     };
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),
@@ -148,7 +276,19 @@ pub fn run(
             error: e,
         })?;
     let (result, handoff) = control.join().map_err(|_| SessionError::Panicked)?;
-    let outcome = result?;
+    let mut outcome = result?;
+    if let Some(sup) = supervisor {
+        let shared = sup.shared.clone();
+        let attempts = sup.stop();
+        let (v, label) = shared.current_version();
+        outcome.summary.retraining = Some(serde_json::json!({
+            "model_version_end": v,
+            "model_end": label,
+            "reference_rmse_mv_end": shared.live.reference_rmse_mv.get(),
+            "attempts": attempts,
+            "rolling_forecast_rmse_mv_per_s": shared.timeline(),
+        }));
+    }
     let mut intervals = 0;
     if let (Some(thread), Some(handoff), Some(dir)) = (thread, handoff, &opts.report) {
         handoff.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
@@ -162,6 +302,7 @@ pub fn run(
     }
     Ok(SessionOutcome {
         summary: outcome.summary,
+        recording: record_dir,
         records: outcome.records,
         intervals,
     })

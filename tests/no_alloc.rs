@@ -138,6 +138,10 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                 forecaster,
                 keep_records: false,
                 trace_out: None,
+                recorder: None,
+                notes: None,
+                swaps: None,
+                retrain: None,
             };
             let mut result = None;
             let n = allocations_during(|| {
@@ -210,6 +214,10 @@ fn the_serial_link_does_not_allocate_per_sample() {
             forecaster: None,
             keep_records: false,
             trace_out: None,
+            recorder: None,
+            notes: None,
+            swaps: None,
+            retrain: None,
         };
         let stop = AtomicBool::new(false);
         let mut out = None;

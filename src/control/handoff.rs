@@ -52,6 +52,9 @@ pub struct Plan {
     pub forecast_ns: u64,
     pub iterations: u32,
     pub cost: f64,
+    /// The model's forecast of V (mV) at the end of each model step of the
+    /// horizon under this plan, step 1 first (NaN if none).
+    pub forecast: Vec<f32>,
 }
 
 /// One sample as the loop saw and answered it.
@@ -67,7 +70,29 @@ pub struct Record {
     pub command: f64,
     /// The rule that changed the request, if any.
     pub cause: Option<Cause>,
+    /// What the plan in use forecast for the end of this sample's model
+    /// step, mV (NaN without a plan).
+    pub forecast: f32,
 }
+
+/// What the planner and the trainer tell the record consumer (not the
+/// real-time thread: these may allocate).
+#[derive(Debug)]
+pub enum Note {
+    /// A planning tick's forecast over the horizon (mV, step 1 first) from
+    /// the window ending at `base_index`.
+    Forecast { base_index: u64, values: Box<[f32]> },
+    /// The planner took a new model before planning from `base_index`.
+    ModelSwapped { base_index: u64, label: String },
+    /// Anything else worth an event: stamped with the newest sample.
+    Event {
+        line: crate::record::EventLine,
+        text: String,
+    },
+}
+
+/// Notes in flight at most (the consumer drains them after every block).
+pub const NOTES: usize = 4096;
 
 /// Samples per record block.
 pub const BLOCK: usize = 500;
@@ -108,17 +133,18 @@ pub struct ConsumerEnds {
 
 const SNAPSHOTS: usize = 3;
 
-/// Build every pool. `planner`: window length, samples per plan, plans in
+/// Build every pool. `planner`: window length, horizon (model steps),
+/// samples per plan, plans in
 /// the pool (one active, the rest queued or being written) and the limiter
 /// snapshots start from; `blocks`: record blocks in flight (slack for a
 /// slow consumer).
 pub fn build(
-    planner: Option<(usize, usize, usize, SafetyLimiter)>,
+    planner: Option<(usize, usize, usize, usize, SafetyLimiter)>,
     blocks: usize,
 ) -> (LoopEnds, Option<PlannerEnds>, ConsumerEnds) {
     let now = Instant::now();
     let (snap_ends, planner_ends) = match planner {
-        Some((t_in, plan_len, plans_pool, limiter)) => {
+        Some((t_in, t_out, plan_len, plans_pool, limiter)) => {
             let (to_planner, snapshots) = bounded(SNAPSHOTS);
             let (empty_snapshots, empty) = bounded(SNAPSHOTS);
             for _ in 0..SNAPSHOTS {
@@ -147,6 +173,7 @@ pub fn build(
                     forecast_ns: 0,
                     iterations: 0,
                     cost: 0.0,
+                    forecast: vec![f32::NAN; t_out],
                 });
                 used_plans.try_send(p).expect("pool fits its channel");
             }

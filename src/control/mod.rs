@@ -32,7 +32,8 @@ use crate::policy::quality::{Quality, QualityMeter};
 use crate::policy::PolicyKind;
 use crate::report::{new_histogram, IntervalHandoff};
 use crate::safety::{Fault, Limits, SafetyLimiter};
-use handoff::{ConsumerEnds, Plan, PlanStatus, Record};
+use crossbeam_channel::{Receiver, Sender};
+use handoff::{ConsumerEnds, Note, Plan, PlanStatus, Record};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -192,6 +193,10 @@ pub struct Latencies {
     pub plan_latency: Option<Percentiles>,
     pub decision_age: Option<Percentiles>,
     pub forecast_time: Option<Percentiles>,
+    /// With retraining: sample→command while a candidate model was being
+    /// trained, and while none was.
+    pub sample_to_command_training: Option<Percentiles>,
+    pub sample_to_command_not_training: Option<Percentiles>,
 }
 
 /// What a run did: `summary.json`.
@@ -247,6 +252,14 @@ pub struct LoopSummary {
     pub stop: StopReason,
     /// The plant fault that ended the run, if any.
     pub fault: Option<String>,
+    /// The recording, if the run recorded: where and what it holds.
+    pub recording: Option<serde_json::Value>,
+    /// Models the planner swapped in during the run.
+    pub models_swapped: u64,
+    /// Forecast rows and events the planner could not hand to the recorder.
+    pub notes_dropped: u64,
+    /// Onboard retraining (filled in by the session).
+    pub retraining: Option<serde_json::Value>,
 }
 
 /// Everything a run needs besides the plant.
@@ -262,6 +275,17 @@ pub struct RunSetup {
     pub keep_records: bool,
     /// Write every record to this CSV file (consumer thread).
     pub trace_out: Option<PathBuf>,
+    /// Record the run (on the consumer thread).
+    pub recorder: Option<crate::record::Recorder>,
+    /// Forecasts and events for the recorder and the drift monitor: the
+    /// planner's and the retraining thread's sender, the consumer's
+    /// receiver. Made here if only recording needs it.
+    pub notes: Option<(Sender<Note>, Receiver<Note>)>,
+    /// New models for the planner (retraining, rollback).
+    pub swaps: Option<Receiver<planner::ModelSwap>>,
+    /// Retraining's shared state: the consumer feeds its recent data and
+    /// drift monitor; the loop splits its latency on `training`.
+    pub retrain: Option<std::sync::Arc<crate::retrain::Shared>>,
 }
 
 /// A run's results.
@@ -285,6 +309,72 @@ struct Consumed {
     quality: Quality,
     records: Option<Vec<Record>>,
     error: Option<String>,
+    recorder: Option<crate::record::Recorder>,
+}
+
+/// The consumer's optional duties besides the quality meter and the trace.
+struct ConsumerDuties {
+    recorder: Option<crate::record::Recorder>,
+    notes: Option<Receiver<Note>>,
+    monitor: Option<crate::retrain::drift::DriftMonitor>,
+    recent: Option<std::sync::Arc<crate::retrain::drift::RecentData>>,
+}
+
+impl ConsumerDuties {
+    /// Take every note waiting: forecasts to the recorder and the monitor,
+    /// swaps and events to the recording.
+    fn drain_notes(&mut self, error: &mut Option<String>) {
+        let Some(rx) = &self.notes else { return };
+        while let Ok(note) = rx.try_recv() {
+            match note {
+                Note::Forecast { base_index, values } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.forecast(base_index, &values);
+                    }
+                    if let Some(m) = &mut self.monitor {
+                        m.forecast(base_index, values);
+                    }
+                }
+                Note::ModelSwapped { base_index, label } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.pulse(
+                            Some(base_index),
+                            crate::record::EventLine::ModelSwap,
+                            &label,
+                        );
+                    }
+                    if let Some(m) = &mut self.monitor {
+                        m.model_swapped(base_index, 0.0);
+                    }
+                }
+                Note::Event { line, text } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.pulse(None, line, &text);
+                    }
+                }
+            }
+        }
+        if let Some(r) = &mut self.recorder {
+            if let Err(e) = r.maybe_flush() {
+                error.get_or_insert(format!("recording stopped: {e}"));
+                self.recorder = None;
+            }
+        }
+    }
+
+    fn block(&mut self, block: &[Record]) {
+        if let Some(r) = &mut self.recorder {
+            for rec in block {
+                r.push(rec);
+            }
+        }
+        if let Some(recent) = &self.recent {
+            recent.push_block(block);
+        }
+        if let Some(m) = &mut self.monitor {
+            m.records(block);
+        }
+    }
 }
 
 fn spawn_consumer(
@@ -292,6 +382,7 @@ fn spawn_consumer(
     mut meter: QualityMeter,
     keep: bool,
     trace: Option<(PathBuf, std::fs::File)>,
+    mut duties: ConsumerDuties,
 ) -> std::thread::JoinHandle<Consumed> {
     std::thread::Builder::new()
         .name("records".into())
@@ -307,7 +398,19 @@ fn spawn_consumer(
                     error = Some(format!("{}: {e}", p.display()));
                 }
             }
-            while let Ok(mut block) = ends.full.recv() {
+            loop {
+                // A bounded wait, so notes are taken and the recording is
+                // flushed even while no samples come (a stalled rig).
+                let mut block = match ends.full.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        duties.drain_notes(&mut error);
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                duties.drain_notes(&mut error);
+                duties.block(&block);
                 for r in &block {
                     meter.push(r.t_ms, r.v_mv, r.command);
                     if let (Some((p, w)), None) = (&mut out, &error) {
@@ -336,10 +439,13 @@ fn spawn_consumer(
                     error.get_or_insert(format!("{}: {e}", p.display()));
                 }
             }
+            // The planner has stopped: take its last notes.
+            duties.drain_notes(&mut error);
             Consumed {
                 quality: meter.finish(),
                 records: kept,
                 error,
+                recorder: duties.recorder,
             }
         })
         .expect("spawning the record consumer")
@@ -443,10 +549,29 @@ pub fn run(
     let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
     let dec = geometry.map_or(1, |g| g.2 as u64);
     let plan_pool = 4 + delay_samples.div_ceil(dec) as usize;
+    let t_out = geometry.map_or(1, |g| g.1);
     let (mut ends, planner_ends, consumer_ends) = handoff::build(
-        mpc_on.then(|| (t_in, plan_len, plan_pool, limiter.clone())),
+        mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
         64,
     );
+    let notes = setup.notes.take().or_else(|| {
+        setup
+            .recorder
+            .is_some()
+            .then(|| crossbeam_channel::bounded(handoff::NOTES))
+    });
+    let (notes_tx, notes_rx) = match notes {
+        Some((tx, rx)) => (Some(tx), Some(rx)),
+        None => (None, None),
+    };
+    let retrain = setup.retrain.clone();
+    let duties = ConsumerDuties {
+        recorder: setup.recorder.take(),
+        notes: notes_rx,
+        monitor: retrain.as_ref().filter(|_| mpc_on).map(|r| r.monitor()),
+        recent: retrain.as_ref().map(|r| r.recent.clone()),
+    };
+    let training_flag = retrain.as_ref().map(|r| r.training.clone());
 
     let trace = match &setup.trace_out {
         Some(p) => Some((
@@ -463,6 +588,7 @@ pub fn run(
         QualityMeter::new(c.objective, period_ms),
         setup.keep_records,
         trace,
+        duties,
     );
 
     let realtime = rt::apply(&c.realtime);
@@ -485,6 +611,10 @@ pub fn run(
             );
             let budget = rt_rules.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
             let exclude = realtime.pinned_cpu;
+            let links = planner::PlannerLinks {
+                notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
+                swaps: setup.swaps.take(),
+            };
             Some(
                 std::thread::Builder::new()
                     .name("planner".into())
@@ -492,7 +622,7 @@ pub fn run(
                         if let Some(cpu) = exclude {
                             rt::exclude_cpu(cpu);
                         }
-                        planner::run(pe, f, mpc, budget)
+                        planner::run(pe, f, mpc, budget, links)
                     })
                     .map_err(|e| ControlError::Setup(format!("cannot start the planner: {e}")))?,
             )
@@ -502,7 +632,10 @@ pub fn run(
     let mut realtime = realtime;
     realtime.planner_excluded = planner.is_some() && realtime.pinned_cpu.is_some();
 
+    drop(notes_tx);
     let mut hist = LoopHistograms::new();
+    // Retraining: sample→command split by whether a model is being trained.
+    let mut split_hist = [new_histogram(), new_histogram()];
     let mut detector = SpikeDetector::new(DEFAULT_THRESHOLD_MV);
     let mut last_spike_ms = f64::NEG_INFINITY;
     let mut spikes = 0u64;
@@ -695,6 +828,14 @@ pub fn run(
             baseline.step(s.t_ms, s.v_mv, spiked)
         };
 
+        // What the plan in use forecast for this sample's model step.
+        let forecast = match &active {
+            Some(p) if mpc_on && p.status == PlanStatus::Ok && s.index > p.base_index => {
+                let j = ((s.index - p.base_index - 1) / dec) as usize;
+                p.forecast.get(j).copied().unwrap_or(f32::NAN)
+            }
+            _ => f32::NAN,
+        };
         let d = limiter.limit(requested, fault);
         if let Err(e) = plant.write(d.command) {
             let z = limiter.limit(0.0, Some(Fault::PlantFault));
@@ -705,6 +846,10 @@ pub fn run(
         }
         let latency = arrived.elapsed().as_nanos().max(1) as u64;
         hist.sample_to_command.saturating_record(latency);
+        if let Some(flag) = &training_flag {
+            let k = usize::from(flag.load(Ordering::Relaxed));
+            split_hist[k].saturating_record(latency);
+        }
         if let Some(j) = jitter_ns {
             hist.wakeup_jitter.saturating_record(j);
         }
@@ -717,6 +862,7 @@ pub fn run(
                 requested,
                 command: d.command,
                 cause: d.cause,
+                forecast,
             },
             !rt_rules,
         );
@@ -800,9 +946,28 @@ pub fn run(
         interventions.insert(cause.name(), n);
     }
     let pct = |h: &Histogram<u64>| (!h.is_empty()).then(|| Percentiles::from_ns(h));
-    let (superseded, model_errors, model_error) = planner_totals
-        .map(|t| (t.superseded, t.model_errors, t.first_error))
+    let (superseded, model_errors, model_error, models_swapped, notes_dropped) = planner_totals
+        .map(|t| {
+            (
+                t.superseded,
+                t.model_errors,
+                t.first_error,
+                t.models_swapped,
+                t.notes_dropped,
+            )
+        })
         .unwrap_or_default();
+    let recording = match consumed.recorder {
+        Some(r) => {
+            let dir = r.dir().display().to_string();
+            let counts = r.finish(records_dropped).map_err(|e| ControlError::Io {
+                path: dir.clone(),
+                error: std::io::Error::other(e.to_string()),
+            })?;
+            Some(serde_json::json!({ "dir": dir, "counts": counts }))
+        }
+        None => None,
+    };
     let summary = LoopSummary {
         plant: plant.kind(),
         policy: c.policy.name(),
@@ -842,11 +1007,17 @@ pub fn run(
             plan_latency: pct(&hist.plan_latency),
             decision_age: pct(&hist.decision_age),
             forecast_time: pct(&hist.forecast_time),
+            sample_to_command_training: pct(&split_hist[1]),
+            sample_to_command_not_training: pct(&split_hist[0]),
         },
         overruns,
         realtime,
         stop: reason,
         fault: fault_text,
+        recording,
+        models_swapped,
+        notes_dropped,
+        retraining: None,
     };
     Ok(RunOutcome {
         summary,

@@ -5,7 +5,7 @@
 //! returned unused) and publishes the plan with the sample index it was
 //! computed from. It ends when the loop drops its ends of the channels.
 
-use super::handoff::{PlanStatus, PlannerEnds};
+use super::handoff::{Note, PlanStatus, PlannerEnds};
 use crate::forecast::{ForecastError, Forecaster};
 use crate::policy::mpc::{Mpc, PlanInput};
 use std::time::{Duration, Instant};
@@ -19,6 +19,27 @@ pub struct PlannerTotals {
     pub model_errors: u64,
     /// The first model error, to say why stimulation stopped.
     pub first_error: Option<String>,
+    pub models_swapped: u64,
+    /// Forecast notes the record consumer had no room for.
+    pub notes_dropped: u64,
+}
+
+/// A model to plan with from the next tick on (retraining or rollback).
+pub struct ModelSwap {
+    pub forecaster: Forecaster,
+    /// Version and name, for the recording and the logs.
+    pub label: String,
+}
+
+/// The planner's optional connections besides the loop.
+#[derive(Default)]
+pub struct PlannerLinks {
+    /// Forecasts and model swaps for the recorder and the drift monitor.
+    /// `wait`: block for room (free clock, reproducible) instead of
+    /// dropping and counting.
+    pub notes: Option<(crossbeam_channel::Sender<Note>, bool)>,
+    /// New models, taken between planning ticks.
+    pub swaps: Option<crossbeam_channel::Receiver<ModelSwap>>,
 }
 
 /// Plan until the loop hangs up. `budget`: stop refining after this much
@@ -29,9 +50,40 @@ pub fn run(
     mut forecaster: Forecaster,
     mut mpc: Mpc,
     budget: Option<Duration>,
+    links: PlannerLinks,
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
     while let Ok(mut snap) = ends.snapshots.recv() {
+        // A swap happens between ticks only, and only to a model of the
+        // same geometry (the loop's window and plans are sized for it).
+        if let Some(rx) = &links.swaps {
+            while let Ok(swap) = rx.try_recv() {
+                let (a, b) = (forecaster.card(), swap.forecaster.card());
+                let text = if (a.t_in, a.t_out, a.dt_ms) != (b.t_in, b.t_out, b.dt_ms)
+                    || swap.forecaster.max_batch() < forecaster.max_batch()
+                {
+                    tracing::warn!(model = %swap.label, "model swap refused: its window, horizon, step or batch differ from the running model's");
+                    None
+                } else {
+                    forecaster = swap.forecaster;
+                    mpc.reset();
+                    totals.models_swapped += 1;
+                    tracing::info!(model = %swap.label, sample = snap.index, "model swapped in");
+                    Some(swap.label)
+                };
+                if let (Some(label), Some((tx, _))) = (text, &links.notes) {
+                    if tx
+                        .try_send(Note::ModelSwapped {
+                            base_index: snap.index,
+                            label,
+                        })
+                        .is_err()
+                    {
+                        totals.notes_dropped += 1;
+                    }
+                }
+            }
+        }
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
                 .empty_snapshots
@@ -61,6 +113,21 @@ pub fn run(
                 plan.forecast_ns = stats.forecast_ns;
                 plan.iterations = stats.iterations;
                 plan.cost = stats.cost;
+                plan.forecast.copy_from_slice(mpc.best_forecast());
+                if let Some((tx, wait)) = &links.notes {
+                    let note = Note::Forecast {
+                        base_index: snap.index,
+                        values: plan.forecast.clone().into_boxed_slice(),
+                    };
+                    let sent = if *wait {
+                        tx.send(note).is_ok()
+                    } else {
+                        tx.try_send(note).is_ok()
+                    };
+                    if !sent {
+                        totals.notes_dropped += 1;
+                    }
+                }
             }
             Err(e) => {
                 totals.model_errors += 1;
@@ -76,6 +143,7 @@ pub fn run(
                 plan.forecast_ns = 0;
                 plan.iterations = 0;
                 plan.cost = f64::NAN;
+                plan.forecast.fill(f32::NAN);
                 mpc.reset();
             }
         }

@@ -97,6 +97,23 @@ fn constants(g: &pb::GraphProto) -> HashMap<&str, (&pb::TensorProto, Vec<usize>)
     m
 }
 
+/// One LSTM layer's tensors as ONNX stores them: W `[4H, input]`, R
+/// `[4H, H]`, B `[8H]` (None: zeros).
+pub struct RawLayer {
+    pub input: usize,
+    pub hidden: usize,
+    pub w: Vec<f32>,
+    pub r: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+}
+
+/// The weights of a contract-architecture graph.
+pub struct ContractWeights {
+    pub layers: Vec<RawLayer>,
+    pub head_w: Vec<f32>,
+    pub head_b: f32,
+}
+
 /// Build the native evaluator from the graph's weights if the graph is the
 /// contract's architecture (stacked forward LSTMs with default activations,
 /// then one linear unit). Returns why not otherwise; the caller then uses
@@ -106,6 +123,25 @@ pub fn extract_native(
     card: &ModelCard,
     max_batch: usize,
 ) -> Result<NativeLstm, String> {
+    let cw = contract_weights(proto, card)?;
+    let layers = cw
+        .layers
+        .iter()
+        .map(|l| LstmLayer::from_onnx(&l.w, &l.r, l.b.as_deref(), l.input, l.hidden))
+        .collect();
+    Ok(NativeLstm::new(
+        layers, cw.head_w, cw.head_b, card.t_in, card.t_out, max_batch,
+    ))
+}
+
+/// The weights of the contract's architecture (stacked forward LSTMs with
+/// default activations, then one linear unit), or why the graph is not it.
+/// Shared by the native engine and by retraining, which starts from the
+/// running model's weights.
+pub fn contract_weights(
+    proto: &pb::ModelProto,
+    card: &ModelCard,
+) -> Result<ContractWeights, String> {
     let g = proto.graph.as_ref().ok_or("the file has no graph")?;
     let consts = constants(g);
     let get = |name: &str| -> Result<(Vec<f32>, &Vec<usize>), String> {
@@ -164,7 +200,13 @@ pub fn extract_native(
         if b.as_ref().is_some_and(|b| b.len() != 8 * hidden) {
             return Err("LSTM bias is not [1, 8H]".into());
         }
-        layers.push(LstmLayer::from_onnx(&w, &r, b.as_deref(), input, hidden));
+        layers.push(RawLayer {
+            input,
+            hidden,
+            w,
+            r,
+            b,
+        });
         input = hidden;
     }
     if layers.is_empty() {
@@ -198,12 +240,9 @@ pub fn extract_native(
     if card.architecture.head != "linear" {
         return Err(format!("head `{}` is not `linear`", card.architecture.head));
     }
-    Ok(NativeLstm::new(
+    Ok(ContractWeights {
         layers,
         head_w,
-        head_b.unwrap_or(0.0),
-        card.t_in,
-        card.t_out,
-        max_batch,
-    ))
+        head_b: head_b.unwrap_or(0.0),
+    })
 }

@@ -10,6 +10,7 @@
 //! that led into that V. A command written after reading sample `k` is
 //! applied over `(t_k, t_{k+1}]` and reported with sample `k + 1`.
 
+pub mod replay;
 pub mod serial;
 pub mod sim;
 

@@ -201,6 +201,13 @@ impl Mpc {
         &self.best_samples
     }
 
+    /// The model's forecast (mV) for the best plan of the last
+    /// [`Mpc::plan`], without the online bias correction: what the model
+    /// itself predicted, for the recording and the drift monitor.
+    pub fn best_forecast(&self) -> &[f32] {
+        &self.prev_v
+    }
+
     /// Forget the warm start and the bias (after a fault or a model swap).
     pub fn reset(&mut self) {
         self.prev_base = None;

@@ -457,6 +457,26 @@ pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> 
     score_second_half(&mut f, s, label)
 }
 
+/// `model eval --recording DIR`: a recording made with `--record`, V and
+/// the applied current decimated to the model's step; AR fitted on the
+/// first half, everything scored on the second.
+pub fn eval_recording(model: &Path, dir: &Path) -> Result<Comparison, TrainError> {
+    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let r = crate::record::Recording::open(dir)
+        .map_err(|e| TrainError::NotEnoughData(e.to_string()))?;
+    let dec = crate::forecast::WindowRing::decimation_for(f.card().dt_ms, r.sample_period_ms())
+        .ok_or_else(|| {
+            TrainError::NotEnoughData(format!(
+                "the model's dt_ms {} is not a whole number of the recording's sample periods ({} ms)",
+                f.card().dt_ms,
+                r.sample_period_ms()
+            ))
+        })?;
+    let s = Series::from_samples(r.v_mv(), r.applied(), dec, f.card().dt_ms);
+    let label = format!("{}, second half", dir.display());
+    score_second_half(&mut f, s, label)
+}
+
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
 /// not use), split in time; AR fitted on the first half, everything scored
 /// on the second.

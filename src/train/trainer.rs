@@ -114,7 +114,28 @@ pub fn fit(
     train: &Windows,
     val: &Windows,
     s: &Schedule,
+    progress: impl FnMut(&EpochReport),
+) -> Vec<EpochReport> {
+    fit_until(
+        net,
+        train,
+        val,
+        s,
+        progress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+}
+
+/// [`fit`] that gives up between mini-batches once `cancel` is set (the
+/// daemon's retraining, which must not hold up a shutdown); the best
+/// weights so far are kept.
+pub fn fit_until(
+    net: &mut Net,
+    train: &Windows,
+    val: &Windows,
+    s: &Schedule,
     mut progress: impl FnMut(&EpochReport),
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Vec<EpochReport> {
     let steps = train.t_in + train.t_out;
     let mut grad = net.zeros_like();
@@ -137,6 +158,9 @@ pub fn fit(
         }
         let (mut sum, mut batches) = (0.0, 0usize);
         for chunk in order.chunks(s.batch) {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             xb.clear();
             yb.clear();
             for &k in chunk {
@@ -149,6 +173,9 @@ pub fn fit(
             sum += ws.backward(net, &yb, chunk.len(), &mut grad);
             adam.step(net, &mut grad, s.clip_norm);
             batches += 1;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
         }
         let secs = t0.elapsed().as_secs_f64();
         let val_loss = loss(net, val, 256);
