@@ -289,3 +289,24 @@ impl AdaptReport {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quick_scenario_replaces_the_schedule_and_shortens_the_run() {
+        let out = Path::new("/nonexistent/adapt");
+        let full = config(false, None, out).unwrap();
+        let quick = config(true, None, out).unwrap();
+        assert_eq!(full.sim.schedule.len(), 1);
+        assert_eq!(full.sim.schedule[0].at_ms, 30_000.0);
+        assert_eq!(quick.sim.schedule.len(), 1);
+        assert_eq!(quick.sim.schedule[0].at_ms, 15_000.0);
+        assert_eq!(full.run.duration_s, Some(150.0));
+        assert_eq!(quick.run.duration_s, Some(75.0));
+        assert!(quick.retrain.enabled && quick.retrain.on_drift);
+        assert_eq!(quick.retrain.state_dir, out.join("state"));
+        assert_eq!(quick.run.clock, crate::config::Clock::Paced);
+    }
+}

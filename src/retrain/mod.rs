@@ -510,7 +510,7 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
         let trigger = if sh.live.drift.swap(false, Ordering::Acquire) {
             follow_up = None;
             Some(format!(
-                "drift: rolling forecast RMSE {:.2} mV > {} x validation {:.2} mV",
+                "drift: rolling forecast RMSE {:.2} mV > {} x reference {:.2} mV",
                 sh.live.rolling_rmse_mv.get(),
                 cfg.drift_multiple,
                 sh.live.reference_rmse_mv.get()
