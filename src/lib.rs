@@ -28,6 +28,9 @@
 //!   hand-offs, real-time measures.
 //! - [`policy`]: objectives and their scoring, the MPC planner, the
 //!   PI/PID/open baselines.
+//! - [`service`]: the daemon's service side: control API on a Unix
+//!   socket, Prometheus metrics, systemd notify/watchdog, log formats, and
+//!   the `neurostimd ctl` client.
 //! - [`session`]: one run of the daemon from a configuration (plant,
 //!   forecaster, threads, report).
 //! - [`scenarios`]: `neurostimd scenarios`, MPC against its baseline on
@@ -53,6 +56,7 @@ pub mod report;
 pub mod rig;
 pub mod safety;
 pub mod scenarios;
+pub mod service;
 pub mod session;
 pub mod simulate;
 pub mod train;

@@ -126,6 +126,10 @@ impl IntervalHandoff {
     }
 }
 
+/// Called with each interval's histograms on the writer thread before they
+/// are reset (the service's live latency figures).
+pub type IntervalTap = Box<dyn FnMut(&IntervalSet) + Send>;
+
 /// Writes an interval log (`.hlog`) on its own thread.
 pub struct IntervalLogThread {
     handle: std::thread::JoinHandle<std::io::Result<u64>>,
@@ -139,7 +143,18 @@ impl IntervalLogThread {
         tags: &'static [&'static str],
         pool: usize,
     ) -> std::io::Result<(IntervalLogThread, IntervalHandoff)> {
-        let file = std::fs::File::create(path)?;
+        Self::start_tapped(Some(path), tags, pool, None)
+    }
+
+    /// Like [`IntervalLogThread::start`], with the log optional (`None`:
+    /// only `tap` sees the intervals) and each interval shown to `tap`.
+    pub fn start_tapped(
+        path: Option<&Path>,
+        tags: &'static [&'static str],
+        pool: usize,
+        mut tap: Option<IntervalTap>,
+    ) -> std::io::Result<(IntervalLogThread, IntervalHandoff)> {
+        let file = path.map(std::fs::File::create).transpose()?;
         let make = || {
             Box::new(IntervalSet {
                 tags,
@@ -156,6 +171,20 @@ impl IntervalLogThread {
         let handle = std::thread::Builder::new()
             .name("hlog-writer".into())
             .spawn(move || {
+                let Some(file) = file else {
+                    let mut seen = 0u64;
+                    for mut set in full_rx {
+                        if let Some(t) = tap.as_mut() {
+                            t(&set);
+                        }
+                        for h in set.histograms.iter_mut() {
+                            h.reset();
+                        }
+                        seen += 1;
+                        let _ = empty_tx.try_send(set);
+                    }
+                    return Ok(seen);
+                };
                 let mut out = std::io::BufWriter::new(file);
                 let mut serializer = V2DeflateSerializer::new();
                 let mut builder = IntervalLogWriterBuilder::new();
@@ -164,6 +193,9 @@ impl IntervalLogThread {
                 let mut log = builder.begin_log_with(&mut out, &mut serializer)?;
                 let mut written = 0u64;
                 for mut set in full_rx {
+                    if let Some(t) = tap.as_mut() {
+                        t(&set);
+                    }
                     for (tag, h) in set.tags.iter().zip(set.histograms.iter_mut()) {
                         log.write_histogram(h, set.start, set.length, Tag::new(tag))
                             .map_err(|e| std::io::Error::other(format!("{e:?}")))?;

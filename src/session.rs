@@ -36,6 +36,23 @@ pub struct SessionOptions {
     pub report: Option<PathBuf>,
     pub trace_out: Option<PathBuf>,
     pub keep_records: bool,
+    /// The service's hooks into the loop (control API, metrics, watchdog).
+    pub service: Option<ServiceHooks>,
+}
+
+/// What the service shares with a run: the loop's controls and live
+/// status, and the live latency histograms (fed from the interval log's
+/// writer thread, which then runs even without a report directory).
+#[derive(Clone)]
+pub struct ServiceHooks {
+    pub controls: Arc<crate::control::controls::LoopControls>,
+    pub latency: Arc<crate::service::latency::LiveLatency>,
+}
+
+impl std::fmt::Debug for ServiceHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHooks").finish_non_exhaustive()
+    }
 }
 
 pub struct SessionOutcome {
@@ -117,10 +134,20 @@ pub fn run(
         None
     };
     let mut writer = None;
+    let tap = opts.service.as_ref().map(|s| s.latency.tap());
     if let Some(dir) = &opts.report {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let log = dir.join("latency.hlog");
-        writer = Some(IntervalLogThread::start(&log, control::LATENCY_TAGS, 4).map_err(io(&log))?);
+        writer = Some(
+            IntervalLogThread::start_tapped(Some(&log), control::LATENCY_TAGS, 4, tap)
+                .map_err(io(&log))?,
+        );
+    } else if tap.is_some() {
+        let name = Path::new("latency tap");
+        writer = Some(
+            IntervalLogThread::start_tapped(None, control::LATENCY_TAGS, 4, tap)
+                .map_err(io(name))?,
+        );
     }
     let setup = RunSetup {
         clock: config.run.clock,
@@ -130,6 +157,7 @@ pub fn run(
         forecaster,
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
+        controls: opts.service.as_ref().map(|s| s.controls.clone()),
     };
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),
@@ -150,6 +178,16 @@ pub fn run(
     let (result, handoff) = control.join().map_err(|_| SessionError::Panicked)?;
     let outcome = result?;
     let mut intervals = 0;
+    let (thread, handoff) = if opts.report.is_none() {
+        // Only the service's tap: let it see the last interval.
+        if let (Some(t), Some(h)) = (thread, handoff) {
+            h.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
+            let _ = t.join();
+        }
+        (None, None)
+    } else {
+        (thread, handoff)
+    };
     if let (Some(thread), Some(handoff), Some(dir)) = (thread, handoff, &opts.report) {
         handoff.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
         intervals = thread.join().map_err(io(dir))?;

@@ -43,6 +43,7 @@ fn run_on(plant: &mut dyn Plant, cfg: &Config, seconds: f64) -> RunOutcome {
         forecaster,
         keep_records: true,
         trace_out: None,
+        controls: None,
     };
     control::run(plant, setup, &AtomicBool::new(false), None).unwrap()
 }

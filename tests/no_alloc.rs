@@ -138,6 +138,7 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                 forecaster,
                 keep_records: false,
                 trace_out: None,
+                controls: None,
             };
             let mut result = None;
             let n = allocations_during(|| {
@@ -210,6 +211,7 @@ fn the_serial_link_does_not_allocate_per_sample() {
             forecaster: None,
             keep_records: false,
             trace_out: None,
+            controls: None,
         };
         let stop = AtomicBool::new(false);
         let mut out = None;

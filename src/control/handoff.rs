@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub limiter: SafetyLimiter,
     /// When the sample arrived.
     pub taken: Instant,
+    /// An objective the operator changed to, with its change number
+    /// (`None`: the configured one).
+    pub objective: Option<(u64, crate::policy::Objective)>,
 }
 
 /// How a planning step ended.
@@ -52,6 +55,9 @@ pub struct Plan {
     pub forecast_ns: u64,
     pub iterations: u32,
     pub cost: f64,
+    /// The planner's running RMS forecast error, mV (NaN: not measured
+    /// yet); for the service's metrics.
+    pub forecast_error_mv: f64,
 }
 
 /// One sample as the loop saw and answered it.
@@ -131,6 +137,7 @@ pub fn build(
                     i: vec![0.0; t_in],
                     limiter: limiter.clone(),
                     taken: now,
+                    objective: None,
                 });
                 empty_snapshots.try_send(s).expect("pool fits its channel");
             }
@@ -147,6 +154,7 @@ pub fn build(
                     forecast_ns: 0,
                     iterations: 0,
                     cost: 0.0,
+                    forecast_error_mv: f64::NAN,
                 });
                 used_plans.try_send(p).expect("pool fits its channel");
             }

@@ -18,6 +18,7 @@
 //! paces the loop by its samples: no sleeping, and the real-time rules of
 //! the paced clock (never wait for the planner or the consumer).
 
+pub mod controls;
 pub mod handoff;
 pub mod planner;
 pub mod rt;
@@ -243,6 +244,8 @@ pub struct LoopSummary {
     pub latency: Latencies,
     /// Paced clock: wake-ups more than one sample period late.
     pub overruns: u64,
+    /// Samples the operator held stimulation disarmed (control API).
+    pub disarmed_samples: u64,
     pub realtime: rt::RtReport,
     pub stop: StopReason,
     /// The plant fault that ended the run, if any.
@@ -262,6 +265,9 @@ pub struct RunSetup {
     pub keep_records: bool,
     /// Write every record to this CSV file (consumer thread).
     pub trace_out: Option<PathBuf>,
+    /// Operator controls and live status (the service); `None`: the loop
+    /// runs armed with its configured objective and publishes nothing.
+    pub controls: Option<std::sync::Arc<controls::LoopControls>>,
 }
 
 /// A run's results.
@@ -531,12 +537,24 @@ pub fn run(
         std::collections::VecDeque::with_capacity(plan_pool);
     let mut last_t = 0.0;
     let mut fault_text = None;
+    // Operator controls (service): the objective in force and its change
+    // number, whether stimulation is armed, the newest forecast error.
+    let controls = setup.controls.take();
+    let period_samples = ((c.period_ms / period_ms).round() as u64).max(1);
+    let mut objective = c.objective;
+    let mut objective_seq = 0u64;
+    let mut armed = controls.as_ref().is_none_or(|k| k.armed_requested());
+    let mut disarmed_samples = 0u64;
+    let mut forecast_error_mv = f64::NAN;
     if paced {
         reduce_timer_slack();
     }
     let start = Instant::now();
     let start_mono = monotonic_ns();
     let mut reason = StopReason::Signal;
+    if let Some(k) = &controls {
+        k.mark_started();
+    }
 
     // --------------------------------------------------------------- loop
     loop {
@@ -546,6 +564,54 @@ pub fn run(
         }
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(k) = controls.as_deref() {
+            // Operator changes take effect at a control-period boundary
+            // (disarming at once); status is published at the same rate.
+            k.beat();
+            let boundary = samples.is_multiple_of(period_samples);
+            if boundary {
+                if let Some((seq, o)) = k.take_objective() {
+                    objective = o;
+                    objective_seq = seq;
+                    if c.policy == PolicyKind::Pid {
+                        baseline = Baseline::pid_for(
+                            &objective,
+                            &c.pid,
+                            period_ms,
+                            setup.safety.max_amplitude,
+                        );
+                    }
+                    replan = true;
+                    k.applied(seq);
+                }
+                k.publish(
+                    &controls::Published {
+                        samples,
+                        lost_samples,
+                        plant_interruptions,
+                        records_dropped,
+                        spikes,
+                        plans_adopted,
+                        late_plans,
+                        plan_misses,
+                        plan_miss_samples,
+                        snapshots_skipped,
+                        disarmed_samples,
+                        plant_time_ms: last_t,
+                        forecast_error_mv,
+                    },
+                    &limiter,
+                );
+            }
+            let now = k.armed_for(armed, boundary);
+            if now && !armed && c.policy == PolicyKind::Pid {
+                // Re-armed: start the baseline afresh (its integrator kept
+                // integrating an error nobody acted on).
+                baseline =
+                    Baseline::pid_for(&objective, &c.pid, period_ms, setup.safety.max_amplitude);
+            }
+            armed = now;
         }
         let mut jitter_ns = None;
         if paced {
@@ -642,6 +708,9 @@ pub fn run(
                             set.histograms[4].saturating_record(p.forecast_ns);
                         }
                     }
+                    if p.forecast_error_mv.is_finite() {
+                        forecast_error_mv = p.forecast_error_mv;
+                    }
                     if let Some(old) = active.replace(p) {
                         let _ = se.used_plans.try_send(old);
                     }
@@ -694,6 +763,13 @@ pub fn run(
         } else {
             baseline.step(s.t_ms, s.v_mv, spiked)
         };
+        // Disarmed: the request is zero (still through the limiter).
+        let requested = if armed {
+            requested
+        } else {
+            disarmed_samples += 1;
+            0.0
+        };
 
         let d = limiter.limit(requested, fault);
         if let Err(e) = plant.write(d.command) {
@@ -739,6 +815,8 @@ pub fn run(
                             snap.last_spike_ms = last_spike_ms;
                             snap.limiter = limiter.clone();
                             snap.taken = arrived;
+                            snap.objective =
+                                (objective_seq > 0).then_some((objective_seq, objective));
                             if se.to_planner.try_send(snap).is_err() {
                                 planner_gone = true;
                             } else if !rt_rules {
@@ -779,6 +857,27 @@ pub fn run(
         }
     }
     let wall = start.elapsed().as_secs_f64();
+    if let Some(k) = &controls {
+        k.publish(
+            &controls::Published {
+                samples,
+                lost_samples,
+                plant_interruptions,
+                records_dropped,
+                spikes,
+                plans_adopted,
+                late_plans,
+                plan_misses,
+                plan_miss_samples,
+                snapshots_skipped,
+                disarmed_samples,
+                plant_time_ms: last_t,
+                forecast_error_mv,
+            },
+            &limiter,
+        );
+        k.mark_finished();
+    }
     ends.records.flush();
     let planner_totals = {
         let snapshot_ends = ends.snapshots.take();
@@ -844,6 +943,7 @@ pub fn run(
             forecast_time: pct(&hist.forecast_time),
         },
         overruns,
+        disarmed_samples,
         realtime,
         stop: reason,
         fault: fault_text,

@@ -31,6 +31,7 @@ pub fn run(
     budget: Option<Duration>,
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
+    let mut objective_seq = 0;
     while let Ok(mut snap) = ends.snapshots.recv() {
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
@@ -41,6 +42,12 @@ pub fn run(
         let Ok(mut plan) = ends.empty_plans.recv() else {
             break;
         };
+        if let Some((seq, o)) = snap.objective {
+            if seq != objective_seq {
+                mpc.set_objective(o);
+                objective_seq = seq;
+            }
+        }
         let deadline = budget.map(|b| snap.taken + b);
         let input = PlanInput {
             window_v: &snap.v,
@@ -79,6 +86,7 @@ pub fn run(
                 mpc.reset();
             }
         }
+        plan.forecast_error_mv = mpc.forecast_error_mv().unwrap_or(f64::NAN);
         let _ = ends.empty_snapshots.try_send(snap);
         plan.published = Instant::now();
         totals.plans += 1;
