@@ -26,6 +26,8 @@
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
 //! - [`control`]: the real-time control loop, the planner thread and their
 //!   hand-offs, real-time measures.
+//! - [`plot`]: `neurostimd plot`: a run's membrane, forecasts,
+//!   stimulation, spikes and latency in one SVG/PNG figure.
 //! - [`policy`]: objectives and their scoring, the MPC planner, the
 //!   PI/PID/open baselines.
 //! - [`service`]: the daemon's service side: control API on a Unix
@@ -50,6 +52,7 @@ pub mod modeltool;
 pub mod neuron;
 pub mod npy;
 pub mod plant;
+pub mod plot;
 pub mod policy;
 pub mod protocol;
 pub mod report;

@@ -147,6 +147,25 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Draw a run: rate vs target, membrane with forecasts, stimulation, spikes and
+    /// latency histograms, from a report directory (and its trace) to SVG or PNG.
+    Plot {
+        /// The run's report directory (--report).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The run's --trace-out CSV (default DIR/trace.csv); its .forecasts.csv beside it.
+        #[arg(long, value_name = "FILE.csv")]
+        trace: Option<PathBuf>,
+        /// The figure: .svg or .png.
+        #[arg(long, value_name = "FILE.svg|FILE.png")]
+        out: PathBuf,
+        /// Start of the zoomed window, s (default: the middle of the run).
+        #[arg(long, value_name = "SECONDS")]
+        zoom_start: Option<f64>,
+        /// Length of the zoomed window, ms.
+        #[arg(long, value_name = "MS", default_value_t = 250.0)]
+        zoom_ms: f64,
+    },
     /// Steer a running daemon through its control API (Unix socket).
     Ctl {
         /// The daemon's control socket (default: $NEUROSTIMD_SOCKET, else
@@ -650,6 +669,30 @@ fn model_info(path: &std::path::Path) -> Option<service::ModelInfo> {
     })
 }
 
+fn cmd_plot(
+    dir: PathBuf,
+    trace: Option<PathBuf>,
+    out: PathBuf,
+    zoom_start: Option<f64>,
+    zoom_ms: f64,
+) -> anyhow::Result<()> {
+    use neurostimd::plot::{self, PlotError, RunLoader};
+    if !(zoom_ms.is_finite() && zoom_ms > 0.0) {
+        return Err(UsageError(format!("--zoom-ms {zoom_ms} must be > 0")).into());
+    }
+    let data = plot::ReportDir { dir, trace }.load()?;
+    let opts = plot::PlotOptions {
+        zoom_start_s: zoom_start,
+        zoom_ms,
+    };
+    plot::plot(&data, &out, &opts).map_err(|e| match e {
+        PlotError::Format(_) => anyhow::Error::new(UsageError(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 /// A control-API refusal (4xx: exit 2) or failure (exit 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -1017,6 +1060,13 @@ fn main() -> ExitCode {
             epochs,
             json,
         }) => cmd_train(config, out, epochs, json),
+        Some(Command::Plot {
+            dir,
+            trace,
+            out,
+            zoom_start,
+            zoom_ms,
+        }) => cmd_plot(dir, trace, out, zoom_start, zoom_ms),
         Some(Command::Ctl {
             socket,
             timeout,

@@ -235,6 +235,28 @@ pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> std::io::Result
     Ok(path)
 }
 
+/// An objective with all its parameters (the rate schedule included, which
+/// the objective's own serialisation leaves out), for `objective.json`.
+pub fn objective_json(o: &crate::policy::Objective) -> serde_json::Value {
+    serde_json::json!({
+        "kind": o.kind.name(),
+        "settle_ms": o.settle_ms,
+        "rate_schedule": o.rate.steps().iter().map(|(t, hz)| serde_json::json!({"at_ms": t, "hz": hz})).collect::<Vec<_>>(),
+        "reference": o.reference,
+        "max_isi_ms": o.max_isi_ms,
+        "min_rate_hz": o.min_rate_hz,
+        "ceiling_mv": o.ceiling_mv,
+    })
+}
+
+/// Write `name` (JSON) into `dir`.
+pub fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text + "\n")?;
+    Ok(path)
+}
+
 /// Write `summary.json` into `dir`.
 pub fn write_summary(dir: &Path, summary: &impl Serialize) -> std::io::Result<PathBuf> {
     let path = dir.join("summary.json");

@@ -197,6 +197,13 @@ pub fn run(
             }
         }
         report::write_summary(dir, &outcome.summary).map_err(io(dir))?;
+        // What the run aimed for, for `neurostimd plot`.
+        report::write_json(
+            dir,
+            "objective.json",
+            &report::objective_json(&config.control.objective),
+        )
+        .map_err(io(dir))?;
     }
     Ok(SessionOutcome {
         summary: outcome.summary,

@@ -351,6 +351,38 @@ fn spawn_consumer(
         .expect("spawning the record consumer")
 }
 
+/// Where the plans' forecasts go beside a trace: `trace.csv` →
+/// `trace.forecasts.csv`.
+pub fn forecasts_path(trace: &std::path::Path) -> PathBuf {
+    trace.with_extension("forecasts.csv")
+}
+
+/// Write forecast rows (`t_ms,dt_ms,v1,...`) until the planner hangs up;
+/// the first error, if any.
+fn spawn_forecast_writer(
+    path: PathBuf,
+    file: std::fs::File,
+    rx: crossbeam_channel::Receiver<handoff::ForecastRow>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::Builder::new()
+        .name("forecasts".into())
+        .spawn(move || {
+            let mut w = std::io::BufWriter::new(file);
+            let fail = |e: std::io::Error| Some(format!("{}: {e}", path.display()));
+            for row in rx {
+                let mut line = format!("{:.4},{}", row.t_ms, row.dt_ms);
+                for v in &row.v {
+                    line.push_str(&format!(",{v:.3}"));
+                }
+                if let Err(e) = writeln!(w, "{line}") {
+                    return fail(e);
+                }
+            }
+            w.flush().err().and_then(fail)
+        })
+        .expect("spawning the forecast writer")
+}
+
 /// Free clock: wait for the next item (a plan, an empty record block)
 /// without the channel's blocking machinery (which parks the thread and may
 /// allocate its wait context lazily): spin briefly, then yield, then nap.
@@ -449,7 +481,7 @@ pub fn run(
     let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
     let dec = geometry.map_or(1, |g| g.2 as u64);
     let plan_pool = 4 + delay_samples.div_ceil(dec) as usize;
-    let (mut ends, planner_ends, consumer_ends) = handoff::build(
+    let (mut ends, mut planner_ends, consumer_ends) = handoff::build(
         mpc_on.then(|| (t_in, plan_len, plan_pool, limiter.clone())),
         64,
     );
@@ -463,6 +495,21 @@ pub fn run(
             })?,
         )),
         None => None,
+    };
+    // With a trace, each plan's forecast goes to FILE.forecasts.csv (a
+    // writer thread fed by the planner; the loop never sees it).
+    let forecast_writer = match (&setup.trace_out, planner_ends.as_mut()) {
+        (Some(trace), Some(pe)) => {
+            let path = forecasts_path(trace);
+            let file = std::fs::File::create(&path).map_err(|error| ControlError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+            let (tx, rx) = crossbeam_channel::bounded::<handoff::ForecastRow>(4096);
+            pe.forecasts = Some(tx);
+            Some(spawn_forecast_writer(path, file, rx))
+        }
+        _ => None,
     };
     let consumer = spawn_consumer(
         consumer_ends,
@@ -884,11 +931,12 @@ pub fn run(
         drop(snapshot_ends);
         planner.map(|h| h.join().unwrap_or_default())
     };
+    let forecast_error = forecast_writer.and_then(|w| w.join().ok().flatten());
     drop(ends);
     let consumed = consumer
         .join()
         .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
-    if let Some(e) = consumed.error {
+    if let Some(e) = consumed.error.or(forecast_error) {
         return Err(ControlError::Io {
             path: "trace".into(),
             error: std::io::Error::other(e),

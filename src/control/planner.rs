@@ -63,6 +63,13 @@ pub fn run(
         plan.snapshot_taken = snap.taken;
         match result {
             Ok(stats) => {
+                if let Some(tx) = &ends.forecasts {
+                    let _ = tx.try_send(super::handoff::ForecastRow {
+                        t_ms: snap.t_ms,
+                        dt_ms: mpc.dt_model(),
+                        v: mpc.best_forecast().to_vec(),
+                    });
+                }
                 plan.status = PlanStatus::Ok;
                 plan.currents.copy_from_slice(mpc.best());
                 plan.forecast_ns = stats.forecast_ns;

@@ -232,6 +232,17 @@ impl Mpc {
         self.error_sq.is_finite().then(|| self.error_sq.sqrt())
     }
 
+    /// The best plan's forecast of the last [`Mpc::plan`], mV, one per
+    /// model step after the snapshot (what `neurostimd plot` overlays).
+    pub fn best_forecast(&self) -> &[f32] {
+        &self.best_v
+    }
+
+    /// Model step, ms.
+    pub fn dt_model(&self) -> f64 {
+        self.dt_model
+    }
+
     /// The learnt spike-timing bias, ms.
     pub fn spike_lag(&self) -> f64 {
         self.spike_lag
