@@ -188,6 +188,7 @@ struct RawConfig {
     train: RawTrain,
     record: RawRecord,
     retrain: RawRetrain,
+    service: RawService,
     presets: BTreeMap<String, RawParams>,
 }
 
@@ -223,6 +224,12 @@ struct RawRetrain {
     patience: usize,
     seed: u64,
     cooldown: Quantity<Time>,
+struct RawService {
+    socket: String,
+    socket_mode: String,
+    metrics: String,
+    metrics_public: bool,
+    start_armed: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +566,29 @@ pub struct ControlConfig {
     pub open: crate::policy::Waveform,
 }
 
+/// Where the control API listens.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketChoice {
+    /// `$RUNTIME_DIRECTORY/control.sock` under systemd, else `control.sock`
+    /// in the run's report directory, else no API.
+    Auto,
+    Off,
+    Path(std::path::PathBuf),
+}
+
+/// The service around the loop (validated `[service]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ServiceConfig {
+    pub socket: SocketChoice,
+    /// File mode of the socket: who may connect (and so steer the loop).
+    pub socket_mode: u32,
+    /// Prometheus metrics address; `None`: off.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Stimulation armed when the loop starts.
+    pub start_armed: bool,
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -574,6 +604,7 @@ pub struct Config {
     pub retrain: RetrainConfig,
     /// `--plant replay`: the recording to play back.
     pub replay: std::path::PathBuf,
+    pub service: ServiceConfig,
     /// Every preset, resolved against the published model.
     pub presets: BTreeMap<String, Params>,
 }
@@ -1164,7 +1195,9 @@ impl Config {
                 "plant.kind = \"replay\" needs a recording directory (--recording DIR)".into(),
             ));
         }
+        let service = Self::validate_service(&raw.service, &err)?;
         Ok(Config {
+            service,
             plant_kind: raw.plant.kind,
             record,
             retrain,
@@ -1363,6 +1396,77 @@ impl Config {
         })
     }
 
+    fn validate_service(
+        s: &RawService,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<ServiceConfig, ConfigError> {
+        let socket = match s.socket.as_str() {
+            "auto" => SocketChoice::Auto,
+            "" => SocketChoice::Off,
+            p => SocketChoice::Path(p.into()),
+        };
+        if let SocketChoice::Path(p) = &socket {
+            // sockaddr_un holds 108 bytes including the terminating NUL.
+            if p.as_os_str().len() > 107 {
+                return Err(err(
+                    "service.socket",
+                    format!(
+                        "`{}` is longer than the 107 bytes a Unix socket path may have",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        let mode = u32::from_str_radix(s.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                err(
+                    "service.socket_mode",
+                    format!(
+                        "`{}` is not an octal file mode such as \"0660\"",
+                        s.socket_mode
+                    ),
+                )
+            })?;
+        if mode & 0o002 != 0 {
+            return Err(err(
+                "service.socket_mode",
+                format!("{mode:04o} lets every local user steer the stimulation; drop the world-write bit (e.g. \"0660\": owner and group)"),
+            ));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(err(
+                "service.socket_mode",
+                format!("{mode:04o} keeps the daemon's own user out; the owner needs read and write (0600 at least)"),
+            ));
+        }
+        let metrics = match s.metrics.as_str() {
+            "" => None,
+            a => {
+                let addr: std::net::SocketAddr = a.parse().map_err(|_| {
+                    err(
+                        "service.metrics",
+                        format!("`{a}` is not an address:port such as \"127.0.0.1:9187\" (\"\" turns metrics off)"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() && !s.metrics_public {
+                    return Err(err(
+                        "service.metrics",
+                        format!("{addr} is reachable from other machines; metrics stay on loopback unless service.metrics_public = true"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        Ok(ServiceConfig {
+            socket,
+            socket_mode: mode,
+            metrics,
+            start_armed: s.start_armed,
+        })
+    }
+
     /// Parameters of a named preset.
     pub fn preset(&self, name: &str) -> Option<Params> {
         self.presets.get(name).copied()
@@ -1515,6 +1619,34 @@ mod tests {
         assert_eq!(e.key(), Some("safety.max_slew"));
         let c = Config::defaults();
         assert!(c.safety.validate().is_ok());
+    }
+
+    #[test]
+    fn service_keys_are_validated() {
+        let c = Config::defaults();
+        assert_eq!(c.service.socket, SocketChoice::Auto);
+        assert_eq!(c.service.socket_mode, 0o660);
+        assert_eq!(c.service.metrics, Some("127.0.0.1:9187".parse().unwrap()));
+        assert!(c.service.start_armed);
+        let e = invalid("[service]\nmetrics = \"0.0.0.0:9187\"\n");
+        assert_eq!(e.key(), Some("service.metrics"));
+        assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+        assert!(e.to_string().contains("metrics_public"), "{e}");
+        let c = Config::from_str_named(
+            "t.toml",
+            "[service]\nmetrics = \"0.0.0.0:9187\"\nmetrics_public = true\nsocket = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.service.socket, SocketChoice::Off);
+        let e = invalid("[service]\nsocket_mode = \"0666\"\n");
+        assert_eq!(e.key(), Some("service.socket_mode"));
+        assert!(e.to_string().contains("world-write"), "{e}");
+        let e = invalid("[service]\nsocket_mode = \"rw\"\n");
+        assert_eq!(e.key(), Some("service.socket_mode"));
+        let e = invalid("[service]\nmetrics = \"localhost\"\n");
+        assert_eq!(e.key(), Some("service.metrics"));
+        let e = invalid("[service]\nlisten = 1\n");
+        assert_eq!(e.key(), Some("service.listen"));
     }
 
     #[test]

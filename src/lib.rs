@@ -27,8 +27,13 @@
 //!   (the `neurostimd simulate` command) and writing traces and spike times.
 //! - [`control`]: the real-time control loop, the planner thread and their
 //!   hand-offs, real-time measures.
+//! - [`plot`]: `neurostimd plot`: a run's membrane, forecasts,
+//!   stimulation, spikes and latency in one SVG/PNG figure.
 //! - [`policy`]: objectives and their scoring, the MPC planner, the
 //!   PI/PID/open baselines.
+//! - [`service`]: the daemon's service side: control API on a Unix
+//!   socket, Prometheus metrics, systemd notify/watchdog, log formats, and
+//!   the `neurostimd ctl` client.
 //! - [`session`]: one run of the daemon from a configuration (plant,
 //!   forecaster, threads, report).
 //! - [`scenarios`]: `neurostimd scenarios`, MPC against its baseline on
@@ -56,6 +61,7 @@ pub mod modeltool;
 pub mod neuron;
 pub mod npy;
 pub mod plant;
+pub mod plot;
 pub mod policy;
 pub mod protocol;
 pub mod record;
@@ -64,6 +70,7 @@ pub mod retrain;
 pub mod rig;
 pub mod safety;
 pub mod scenarios;
+pub mod service;
 pub mod session;
 pub mod simulate;
 pub mod train;

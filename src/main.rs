@@ -7,10 +7,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use neurostimd::config::{overlay_at as table_at, Clock, Config, ConfigError};
 use neurostimd::control;
+use neurostimd::control::controls::LoopControls;
 use neurostimd::forecast::Engine;
 use neurostimd::modeltool::{self, ModelToolError};
 use neurostimd::policy::{ObjectiveKind, PolicyKind};
-use neurostimd::session::{self, SessionError, SessionOptions};
+use neurostimd::service::latency::LiveLatency;
+use neurostimd::service::notify::Notifier;
+use neurostimd::service::{self, RunInfo, Service, ServiceSetup};
+use neurostimd::session::{self, ServiceHooks, SessionError, SessionOptions};
 use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -183,6 +187,65 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Draw a run: rate vs target, membrane with forecasts, stimulation, spikes and
+    /// latency histograms, from a report directory (and its trace) to SVG or PNG.
+    Plot {
+        /// The run's report directory (--report).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The run's --trace-out CSV (default DIR/trace.csv); its .forecasts.csv beside it.
+        #[arg(long, value_name = "FILE.csv")]
+        trace: Option<PathBuf>,
+        /// The figure: .svg or .png.
+        #[arg(long, value_name = "FILE.svg|FILE.png")]
+        out: PathBuf,
+        /// Start of the zoomed window, s (default: the middle of the run).
+        #[arg(long, value_name = "SECONDS")]
+        zoom_start: Option<f64>,
+        /// Length of the zoomed window, ms.
+        #[arg(long, value_name = "MS", default_value_t = 250.0)]
+        zoom_ms: f64,
+    },
+    /// Steer a running daemon through its control API (Unix socket).
+    Ctl {
+        /// The daemon's control socket (default: $NEUROSTIMD_SOCKET, else
+        /// /run/neurostimd/control.sock; a run outside systemd prints its own).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        #[command(subcommand)]
+        call: CtlCall,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCall {
+    /// Plant, policy, objective, model, rates and counters (JSON).
+    Status,
+    /// Arm stimulation (from the next control-period boundary).
+    Arm,
+    /// Disarm: stimulation to zero from the next sample; the loop keeps running.
+    Disarm,
+    /// Change the objective and its target (rate, burst: Hz; voltage, silence: mV).
+    Objective {
+        #[arg(value_enum)]
+        kind: ObjectiveKind,
+        /// The target in the objective's unit (default: keep its parameters).
+        #[arg(long, allow_hyphen_values = true)]
+        target: Option<f64>,
+    },
+    /// Retrain the forecaster from the recorded data (needs retraining enabled).
+    Retrain,
+    /// Return to the previous model version (needs retraining enabled).
+    Rollback,
+    /// Latency percentiles: whole run and the newest interval.
+    Latency,
+    /// The Prometheus metrics text.
+    Metrics,
+    /// Stop the daemon as SIGTERM does (stimulation to zero first).
+    Shutdown,
 }
 
 #[derive(Subcommand, Debug)]
@@ -651,14 +714,49 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         duration_s = ?config.run.duration_s,
         "starting the closed loop"
     );
+    // The service: control API, metrics, systemd notifications.
+    let controls = Arc::new(LoopControls::new(
+        config.service.start_armed,
+        config.control.objective,
+    ));
+    let latency = Arc::new(LiveLatency::new());
+    let model = (config.control.policy == PolicyKind::Mpc)
+        .then(|| model_info(&config.control.model))
+        .flatten();
+    let socket = service::socket_path(&config.service.socket, report_dir.as_deref());
+    // Retraining's calls, bound once the session starts its thread.
+    let retrain_ops = (config.retrain.enabled && config.control.policy == PolicyKind::Mpc)
+        .then(|| Arc::new(neurostimd::retrain::RetrainOps::new()));
+    let svc = Service::start(
+        ServiceSetup {
+            config: config.service.clone(),
+            info: RunInfo::new(&config, model, report_dir.clone()),
+            objective: config.control.objective,
+            controls: controls.clone(),
+            latency: latency.clone(),
+            stop: stop.clone(),
+            model_ops: retrain_ops
+                .clone()
+                .map(|o| o as Arc<dyn neurostimd::service::ModelOps>),
+            notifier: Notifier::from_env(),
+        },
+        socket,
+    )?;
+    if !config.service.start_armed {
+        tracing::warn!("stimulation starts disarmed (service.start_armed = false): `neurostimd ctl arm` arms it");
+    }
     let opts = SessionOptions {
         report: report_dir.clone(),
         trace_out: a.trace_out.clone(),
         keep_records: false,
         record: a.record.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        service: Some(ServiceHooks { controls, latency }),
+        retrain_slot: retrain_ops.as_ref().map(|o| o.slot()),
     };
-    let outcome = session::run(&config, &opts, stop).map_err(|e| match e {
+    let outcome = session::run(&config, &opts, stop);
+    svc.finish();
+    let outcome = outcome.map_err(|e| match e {
         SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
             "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
         ))),
@@ -692,6 +790,97 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model card of `path`, for status and metrics (`None` if unreadable:
+/// loading the model then fails with the full reason).
+fn model_info(path: &std::path::Path) -> Option<service::ModelInfo> {
+    let card = neurostimd::forecast::read_card(&neurostimd::forecast::card_path(path)).ok()?;
+    Some(service::ModelInfo {
+        path: path.display().to_string(),
+        name: card.name,
+        sha256: card.onnx_sha256,
+        dt_ms: card.dt_ms,
+        t_in: card.t_in,
+        t_out: card.t_out,
+    })
+}
+
+fn cmd_plot(
+    dir: PathBuf,
+    trace: Option<PathBuf>,
+    out: PathBuf,
+    zoom_start: Option<f64>,
+    zoom_ms: f64,
+) -> anyhow::Result<()> {
+    use neurostimd::plot::{self, PlotError, RunLoader};
+    if !(zoom_ms.is_finite() && zoom_ms > 0.0) {
+        return Err(UsageError(format!("--zoom-ms {zoom_ms} must be > 0")).into());
+    }
+    let data = plot::ReportDir { dir, trace }.load()?;
+    let opts = plot::PlotOptions {
+        zoom_start_s: zoom_start,
+        zoom_ms,
+    };
+    plot::plot(&data, &out, &opts).map_err(|e| match e {
+        PlotError::Format(_) => anyhow::Error::new(UsageError(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// A control-API refusal (4xx: exit 2) or failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct CtlRefused {
+    status: u16,
+    message: String,
+}
+
+fn cmd_ctl(socket: Option<PathBuf>, timeout: f64, call: CtlCall) -> anyhow::Result<()> {
+    use hyper::Method;
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err(UsageError(format!("--timeout {timeout} must be > 0 seconds")).into());
+    }
+    let socket = socket.unwrap_or_else(service::client::default_socket);
+    let (method, path, body) = match call {
+        CtlCall::Status => (Method::GET, "/status", None),
+        CtlCall::Arm => (Method::POST, "/arm", None),
+        CtlCall::Disarm => (Method::POST, "/disarm", None),
+        CtlCall::Objective { kind, target } => {
+            let mut b = serde_json::json!({ "kind": kind.name() });
+            if let Some(t) = target {
+                b["target"] = t.into();
+            }
+            (Method::POST, "/objective", Some(b.to_string()))
+        }
+        CtlCall::Retrain => (Method::POST, "/model/retrain", None),
+        CtlCall::Rollback => (Method::POST, "/model/rollback", None),
+        CtlCall::Latency => (Method::GET, "/latency", None),
+        CtlCall::Metrics => (Method::GET, "/metrics", None),
+        CtlCall::Shutdown => (Method::POST, "/shutdown", None),
+    };
+    let answer = service::client::call(
+        &socket,
+        method,
+        path,
+        body,
+        std::time::Duration::from_secs_f64(timeout),
+    )?;
+    if (200..300).contains(&answer.status) {
+        print!("{}", answer.body);
+        return Ok(());
+    }
+    let message = serde_json::from_str::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| answer.body.trim().to_string());
+    Err(CtlRefused {
+        status: answer.status,
+        message: format!("{} {path}: {message}", answer.status),
+    }
+    .into())
 }
 
 /// A few lines a person reads after a run.
@@ -995,15 +1184,24 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .compact()
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if service::logging::stderr_is_journal() {
+        // Under systemd: priority-prefixed lines, the journal adds the time.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .event_format(service::logging::JournalFormat)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(filter)
+            .compact()
+            .init();
+    }
     let result = match cli.command {
         Some(Command::Simulate(a)) => cmd_simulate(*a),
         Some(Command::Model { command }) => cmd_model(command),
@@ -1033,6 +1231,18 @@ fn main() -> ExitCode {
             out,
             json,
         }) => cmd_adapt(quick, config, out, json),
+        Some(Command::Plot {
+            dir,
+            trace,
+            out,
+            zoom_start,
+            zoom_ms,
+        }) => cmd_plot(dir, trace, out, zoom_start, zoom_ms),
+        Some(Command::Ctl {
+            socket,
+            timeout,
+            call,
+        }) => cmd_ctl(socket, timeout, call),
         None => cmd_run(cli.run),
     };
     match result {
@@ -1048,7 +1258,9 @@ fn main() -> ExitCode {
                 || matches!(
                     e.downcast_ref::<ModelToolError>(),
                     Some(ModelToolError::BadInput { .. })
-                );
+                )
+                || e.downcast_ref::<CtlRefused>()
+                    .is_some_and(|r| (400..500).contains(&r.status));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

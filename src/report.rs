@@ -126,6 +126,10 @@ impl IntervalHandoff {
     }
 }
 
+/// Called with each interval's histograms on the writer thread before they
+/// are reset (the service's live latency figures).
+pub type IntervalTap = Box<dyn FnMut(&IntervalSet) + Send>;
+
 /// Writes an interval log (`.hlog`) on its own thread.
 pub struct IntervalLogThread {
     handle: std::thread::JoinHandle<std::io::Result<u64>>,
@@ -139,7 +143,18 @@ impl IntervalLogThread {
         tags: &'static [&'static str],
         pool: usize,
     ) -> std::io::Result<(IntervalLogThread, IntervalHandoff)> {
-        let file = std::fs::File::create(path)?;
+        Self::start_tapped(Some(path), tags, pool, None)
+    }
+
+    /// Like [`IntervalLogThread::start`], with the log optional (`None`:
+    /// only `tap` sees the intervals) and each interval shown to `tap`.
+    pub fn start_tapped(
+        path: Option<&Path>,
+        tags: &'static [&'static str],
+        pool: usize,
+        mut tap: Option<IntervalTap>,
+    ) -> std::io::Result<(IntervalLogThread, IntervalHandoff)> {
+        let file = path.map(std::fs::File::create).transpose()?;
         let make = || {
             Box::new(IntervalSet {
                 tags,
@@ -156,6 +171,20 @@ impl IntervalLogThread {
         let handle = std::thread::Builder::new()
             .name("hlog-writer".into())
             .spawn(move || {
+                let Some(file) = file else {
+                    let mut seen = 0u64;
+                    for mut set in full_rx {
+                        if let Some(t) = tap.as_mut() {
+                            t(&set);
+                        }
+                        for h in set.histograms.iter_mut() {
+                            h.reset();
+                        }
+                        seen += 1;
+                        let _ = empty_tx.try_send(set);
+                    }
+                    return Ok(seen);
+                };
                 let mut out = std::io::BufWriter::new(file);
                 let mut serializer = V2DeflateSerializer::new();
                 let mut builder = IntervalLogWriterBuilder::new();
@@ -164,6 +193,9 @@ impl IntervalLogThread {
                 let mut log = builder.begin_log_with(&mut out, &mut serializer)?;
                 let mut written = 0u64;
                 for mut set in full_rx {
+                    if let Some(t) = tap.as_mut() {
+                        t(&set);
+                    }
                     for (tag, h) in set.tags.iter().zip(set.histograms.iter_mut()) {
                         log.write_histogram(h, set.start, set.length, Tag::new(tag))
                             .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -200,6 +232,28 @@ impl IntervalLogThread {
 pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> std::io::Result<PathBuf> {
     let path = dir.join(format!("{name}.hgrm"));
     std::fs::write(&path, percentile_distribution(h, 1000.0))?;
+    Ok(path)
+}
+
+/// An objective with all its parameters (the rate schedule included, which
+/// the objective's own serialisation leaves out), for `objective.json`.
+pub fn objective_json(o: &crate::policy::Objective) -> serde_json::Value {
+    serde_json::json!({
+        "kind": o.kind.name(),
+        "settle_ms": o.settle_ms,
+        "rate_schedule": o.rate.steps().iter().map(|(t, hz)| serde_json::json!({"at_ms": t, "hz": hz})).collect::<Vec<_>>(),
+        "reference": o.reference,
+        "max_isi_ms": o.max_isi_ms,
+        "min_rate_hz": o.min_rate_hz,
+        "ceiling_mv": o.ceiling_mv,
+    })
+}
+
+/// Write `name` (JSON) into `dir`.
+pub fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text + "\n")?;
     Ok(path)
 }
 

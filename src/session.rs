@@ -50,6 +50,26 @@ pub struct SessionOptions {
     pub record: Option<PathBuf>,
     /// The command line, for the recording's sidecar.
     pub command: String,
+    /// The service's hooks into the loop (control API, metrics, watchdog).
+    pub service: Option<ServiceHooks>,
+    /// Filled with retraining's shared state once it starts (the service's
+    /// retrain and rollback calls go there).
+    pub retrain_slot: Option<Arc<std::sync::OnceLock<Arc<crate::retrain::Shared>>>>,
+}
+
+/// What the service shares with a run: the loop's controls and live
+/// status, and the live latency histograms (fed from the interval log's
+/// writer thread, which then runs even without a report directory).
+#[derive(Clone)]
+pub struct ServiceHooks {
+    pub controls: Arc<crate::control::controls::LoopControls>,
+    pub latency: Arc<crate::service::latency::LiveLatency>,
+}
+
+impl std::fmt::Debug for ServiceHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHooks").finish_non_exhaustive()
+    }
 }
 
 pub struct SessionOutcome {
@@ -203,6 +223,9 @@ pub fn run(
         .map_err(SessionError::Retrain)?;
         notes = Some((note_tx, note_rx));
         swaps = Some(swap_rx);
+        if let Some(slot) = &opts.retrain_slot {
+            let _ = slot.set(sup.shared.clone());
+        }
         supervisor = Some(sup);
     }
     // The recording.
@@ -241,10 +264,20 @@ pub fn run(
         None => None,
     };
     let mut writer = None;
+    let tap = opts.service.as_ref().map(|s| s.latency.tap());
     if let Some(dir) = &opts.report {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let log = dir.join("latency.hlog");
-        writer = Some(IntervalLogThread::start(&log, control::LATENCY_TAGS, 4).map_err(io(&log))?);
+        writer = Some(
+            IntervalLogThread::start_tapped(Some(&log), control::LATENCY_TAGS, 4, tap)
+                .map_err(io(&log))?,
+        );
+    } else if tap.is_some() {
+        let name = Path::new("latency tap");
+        writer = Some(
+            IntervalLogThread::start_tapped(None, control::LATENCY_TAGS, 4, tap)
+                .map_err(io(name))?,
+        );
     }
     let setup = RunSetup {
         clock: config.run.clock,
@@ -258,6 +291,7 @@ pub fn run(
         notes,
         swaps,
         retrain: supervisor.as_ref().map(|s| s.shared.clone()),
+        controls: opts.service.as_ref().map(|s| s.controls.clone()),
     };
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),
@@ -290,6 +324,16 @@ pub fn run(
         }));
     }
     let mut intervals = 0;
+    let (thread, handoff) = if opts.report.is_none() {
+        // Only the service's tap: let it see the last interval.
+        if let (Some(t), Some(h)) = (thread, handoff) {
+            h.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
+            let _ = t.join();
+        }
+        (None, None)
+    } else {
+        (thread, handoff)
+    };
     if let (Some(thread), Some(handoff), Some(dir)) = (thread, handoff, &opts.report) {
         handoff.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
         intervals = thread.join().map_err(io(dir))?;
@@ -299,6 +343,13 @@ pub fn run(
             }
         }
         report::write_summary(dir, &outcome.summary).map_err(io(dir))?;
+        // What the run aimed for, for `neurostimd plot`.
+        report::write_json(
+            dir,
+            "objective.json",
+            &report::objective_json(&config.control.objective),
+        )
+        .map_err(io(dir))?;
     }
     Ok(SessionOutcome {
         summary: outcome.summary,

@@ -47,6 +47,7 @@ fn run_on(plant: &mut dyn Plant, cfg: &Config, seconds: f64) -> RunOutcome {
         notes: None,
         swaps: None,
         retrain: None,
+        controls: None,
     };
     control::run(plant, setup, &AtomicBool::new(false), None).unwrap()
 }

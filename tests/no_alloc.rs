@@ -3,12 +3,15 @@
 //! allocator wraps the system one for this test binary only.
 
 use neurostimd::config::Config;
+use neurostimd::control::controls::LoopControls;
 use neurostimd::forecast::{Engine, Forecaster, WindowRing};
 use neurostimd::plant::{Plant, SimPlant};
+use neurostimd::policy::RateSchedule;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 struct Counting;
 
@@ -102,7 +105,9 @@ fn hot_paths_do_not_allocate() {
 /// the interval-log hand-off. Setup allocates a fixed amount; the loop must
 /// add nothing, so a 1 s run and an 11 s run (100,000 more ticks) allocate
 /// exactly the same on the control thread. The planner, consumer and
-/// writer threads may allocate: they are not real-time.
+/// writer threads may allocate: they are not real-time. An operator thread
+/// arms, disarms and changes the objective through the loop's controls all
+/// along (what the control API does), so those hand-offs are measured too.
 #[test]
 fn the_control_loop_does_not_allocate_in_steady_state() {
     use neurostimd::control::{self, RunSetup, LATENCY_TAGS};
@@ -130,6 +135,24 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                 IntervalLogThread::start(&dir.path().join("l.hlog"), LATENCY_TAGS, 4).unwrap();
             let mut plant = SimPlant::new(&cfg.sim);
             let stop = AtomicBool::new(false);
+            // An operator steering the loop throughout (the control API's
+            // path): disarm/arm and objective changes every 2 ms.
+            let controls = Arc::new(LoopControls::new(true, cfg.control.objective));
+            let done = Arc::new(AtomicBool::new(false));
+            let operator = {
+                let (c, d, base) = (controls.clone(), done.clone(), cfg.control.objective);
+                std::thread::spawn(move || {
+                    let mut k = 0u64;
+                    while !d.load(Ordering::Relaxed) {
+                        k += 1;
+                        c.set_armed(k % 4 != 0);
+                        let mut o = base;
+                        o.rate = RateSchedule::new(&[(0.0, 10.0 + (k % 10) as f64)]).unwrap();
+                        c.post_objective(o);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                })
+            };
             let setup = RunSetup {
                 clock: cfg.run.clock,
                 duration_s: Some(seconds),
@@ -142,12 +165,18 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                 notes: None,
                 swaps: None,
                 retrain: None,
+                controls: Some(controls.clone()),
             };
             let mut result = None;
             let n = allocations_during(|| {
                 result = Some(control::run(&mut plant, setup, &stop, Some(&mut handoff)).unwrap());
             });
+            done.store(true, Ordering::Relaxed);
+            operator.join().unwrap();
             let outcome = result.unwrap();
+            let live = controls.status();
+            assert!(live.finished && live.samples == outcome.summary.samples);
+            assert!(live.objective_seq > 0, "no objective change was applied");
             handoff.finish(std::time::Duration::from_secs(seconds as u64 + 1));
             let intervals = writer.join().unwrap();
             (n, outcome.summary, intervals)
@@ -158,6 +187,7 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
         let (n1, s1, _) = count(1.0);
         let (n11, s11, i11) = count(11.0);
         assert_eq!((s1.samples, s11.samples), (10_001, 110_001));
+        assert!(s11.disarmed_samples > 0 && s11.disarmed_samples < s11.samples);
         assert!(i11 >= 5, "{i11} intervals written");
         if policy == "mpc" {
             // The planner really ran: a plan every control period or spike.
@@ -218,6 +248,7 @@ fn the_serial_link_does_not_allocate_per_sample() {
             notes: None,
             swaps: None,
             retrain: None,
+            controls: None,
         };
         let stop = AtomicBool::new(false);
         let mut out = None;

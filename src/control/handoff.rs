@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub limiter: SafetyLimiter,
     /// When the sample arrived.
     pub taken: Instant,
+    /// An objective the operator changed to, with its change number
+    /// (`None`: the configured one).
+    pub objective: Option<(u64, crate::policy::Objective)>,
 }
 
 /// How a planning step ended.
@@ -55,6 +58,9 @@ pub struct Plan {
     /// The model's forecast of V (mV) at the end of each model step of the
     /// horizon under this plan, step 1 first (NaN if none).
     pub forecast: Vec<f32>,
+    /// The planner's running RMS forecast error, mV (NaN: not measured
+    /// yet); for the service's metrics.
+    pub forecast_error_mv: f64,
 }
 
 /// One sample as the loop saw and answered it.
@@ -116,6 +122,16 @@ pub struct PlannerEnds {
     pub empty_snapshots: Sender<Box<Snapshot>>,
     pub plans: Sender<Box<Plan>>,
     pub empty_plans: Receiver<Box<Plan>>,
+    /// Copies of each plan's forecast for a writer (the planner thread may
+    /// allocate; dropped if the writer is behind). `None`: not wanted.
+    pub forecasts: Option<Sender<ForecastRow>>,
+}
+
+/// One plan's forecast: V at `t_ms + (j + 1)·dt_ms`, mV.
+pub struct ForecastRow {
+    pub t_ms: f64,
+    pub dt_ms: f64,
+    pub v: Vec<f32>,
 }
 
 pub struct RecordEnds {
@@ -157,6 +173,7 @@ pub fn build(
                     i: vec![0.0; t_in],
                     limiter: limiter.clone(),
                     taken: now,
+                    objective: None,
                 });
                 empty_snapshots.try_send(s).expect("pool fits its channel");
             }
@@ -174,6 +191,7 @@ pub fn build(
                     iterations: 0,
                     cost: 0.0,
                     forecast: vec![f32::NAN; t_out],
+                    forecast_error_mv: f64::NAN,
                 });
                 used_plans.try_send(p).expect("pool fits its channel");
             }
@@ -189,6 +207,7 @@ pub fn build(
                     empty_snapshots,
                     plans: plans_tx,
                     empty_plans,
+                    forecasts: None,
                 }),
             )
         }

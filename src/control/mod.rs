@@ -18,6 +18,7 @@
 //! paces the loop by its samples: no sleeping, and the real-time rules of
 //! the paced clock (never wait for the planner or the consumer).
 
+pub mod controls;
 pub mod handoff;
 pub mod planner;
 pub mod rt;
@@ -248,6 +249,8 @@ pub struct LoopSummary {
     pub latency: Latencies,
     /// Paced clock: wake-ups more than one sample period late.
     pub overruns: u64,
+    /// Samples the operator held stimulation disarmed (control API).
+    pub disarmed_samples: u64,
     pub realtime: rt::RtReport,
     pub stop: StopReason,
     /// The plant fault that ended the run, if any.
@@ -286,6 +289,9 @@ pub struct RunSetup {
     /// Retraining's shared state: the consumer feeds its recent data and
     /// drift monitor; the loop splits its latency on `training`.
     pub retrain: Option<std::sync::Arc<crate::retrain::Shared>>,
+    /// Operator controls and live status (the service); `None`: the loop
+    /// runs armed with its configured objective and publishes nothing.
+    pub controls: Option<std::sync::Arc<controls::LoopControls>>,
 }
 
 /// A run's results.
@@ -318,6 +324,9 @@ struct ConsumerDuties {
     notes: Option<Receiver<Note>>,
     monitor: Option<crate::retrain::drift::DriftMonitor>,
     recent: Option<std::sync::Arc<crate::retrain::drift::RecentData>>,
+    /// Operator changes to record as events: (controls, last seen armed
+    /// state and objective sequence).
+    controls: Option<(std::sync::Arc<controls::LoopControls>, (bool, u64))>,
 }
 
 impl ConsumerDuties {
@@ -353,6 +362,18 @@ impl ConsumerDuties {
                     }
                 }
             }
+        }
+        if let (Some((c, seen)), Some(r)) = (&mut self.controls, &mut self.recorder) {
+            let now = c.applied_state();
+            if now.0 != seen.0 {
+                let text = if now.0 { "armed" } else { "disarmed" };
+                r.pulse(None, crate::record::EventLine::PolicyChange, text);
+            }
+            if now.1 != seen.1 {
+                let text = format!("objective change #{} applied", now.1);
+                r.pulse(None, crate::record::EventLine::PolicyChange, &text);
+            }
+            *seen = now;
         }
         if let Some(r) = &mut self.recorder {
             if let Err(e) = r.maybe_flush() {
@@ -449,6 +470,38 @@ fn spawn_consumer(
             }
         })
         .expect("spawning the record consumer")
+}
+
+/// Where the plans' forecasts go beside a trace: `trace.csv` →
+/// `trace.forecasts.csv`.
+pub fn forecasts_path(trace: &std::path::Path) -> PathBuf {
+    trace.with_extension("forecasts.csv")
+}
+
+/// Write forecast rows (`t_ms,dt_ms,v1,...`) until the planner hangs up;
+/// the first error, if any.
+fn spawn_forecast_writer(
+    path: PathBuf,
+    file: std::fs::File,
+    rx: crossbeam_channel::Receiver<handoff::ForecastRow>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::Builder::new()
+        .name("forecasts".into())
+        .spawn(move || {
+            let mut w = std::io::BufWriter::new(file);
+            let fail = |e: std::io::Error| Some(format!("{}: {e}", path.display()));
+            for row in rx {
+                let mut line = format!("{:.4},{}", row.t_ms, row.dt_ms);
+                for v in &row.v {
+                    line.push_str(&format!(",{v:.3}"));
+                }
+                if let Err(e) = writeln!(w, "{line}") {
+                    return fail(e);
+                }
+            }
+            w.flush().err().and_then(fail)
+        })
+        .expect("spawning the forecast writer")
 }
 
 /// Free clock: wait for the next item (a plan, an empty record block)
@@ -550,7 +603,7 @@ pub fn run(
     let dec = geometry.map_or(1, |g| g.2 as u64);
     let plan_pool = 4 + delay_samples.div_ceil(dec) as usize;
     let t_out = geometry.map_or(1, |g| g.1);
-    let (mut ends, planner_ends, consumer_ends) = handoff::build(
+    let (mut ends, mut planner_ends, consumer_ends) = handoff::build(
         mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
         64,
     );
@@ -570,6 +623,10 @@ pub fn run(
         notes: notes_rx,
         monitor: retrain.as_ref().filter(|_| mpc_on).map(|r| r.monitor()),
         recent: retrain.as_ref().map(|r| r.recent.clone()),
+        controls: setup.controls.clone().map(|c| {
+            let seen = c.applied_state();
+            (c, seen)
+        }),
     };
     let training_flag = retrain.as_ref().map(|r| r.training.clone());
 
@@ -582,6 +639,21 @@ pub fn run(
             })?,
         )),
         None => None,
+    };
+    // With a trace, each plan's forecast goes to FILE.forecasts.csv (a
+    // writer thread fed by the planner; the loop never sees it).
+    let forecast_writer = match (&setup.trace_out, planner_ends.as_mut()) {
+        (Some(trace), Some(pe)) => {
+            let path = forecasts_path(trace);
+            let file = std::fs::File::create(&path).map_err(|error| ControlError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+            let (tx, rx) = crossbeam_channel::bounded::<handoff::ForecastRow>(4096);
+            pe.forecasts = Some(tx);
+            Some(spawn_forecast_writer(path, file, rx))
+        }
+        _ => None,
     };
     let consumer = spawn_consumer(
         consumer_ends,
@@ -664,12 +736,24 @@ pub fn run(
         std::collections::VecDeque::with_capacity(plan_pool);
     let mut last_t = 0.0;
     let mut fault_text = None;
+    // Operator controls (service): the objective in force and its change
+    // number, whether stimulation is armed, the newest forecast error.
+    let controls = setup.controls.take();
+    let period_samples = ((c.period_ms / period_ms).round() as u64).max(1);
+    let mut objective = c.objective;
+    let mut objective_seq = 0u64;
+    let mut armed = controls.as_ref().is_none_or(|k| k.armed_requested());
+    let mut disarmed_samples = 0u64;
+    let mut forecast_error_mv = f64::NAN;
     if paced {
         reduce_timer_slack();
     }
     let start = Instant::now();
     let start_mono = monotonic_ns();
     let mut reason = StopReason::Signal;
+    if let Some(k) = &controls {
+        k.mark_started();
+    }
 
     // --------------------------------------------------------------- loop
     loop {
@@ -679,6 +763,54 @@ pub fn run(
         }
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(k) = controls.as_deref() {
+            // Operator changes take effect at a control-period boundary
+            // (disarming at once); status is published at the same rate.
+            k.beat();
+            let boundary = samples.is_multiple_of(period_samples);
+            if boundary {
+                if let Some((seq, o)) = k.take_objective() {
+                    objective = o;
+                    objective_seq = seq;
+                    if c.policy == PolicyKind::Pid {
+                        baseline = Baseline::pid_for(
+                            &objective,
+                            &c.pid,
+                            period_ms,
+                            setup.safety.max_amplitude,
+                        );
+                    }
+                    replan = true;
+                    k.applied(seq);
+                }
+                k.publish(
+                    &controls::Published {
+                        samples,
+                        lost_samples,
+                        plant_interruptions,
+                        records_dropped,
+                        spikes,
+                        plans_adopted,
+                        late_plans,
+                        plan_misses,
+                        plan_miss_samples,
+                        snapshots_skipped,
+                        disarmed_samples,
+                        plant_time_ms: last_t,
+                        forecast_error_mv,
+                    },
+                    &limiter,
+                );
+            }
+            let now = k.armed_for(armed, boundary);
+            if now && !armed && c.policy == PolicyKind::Pid {
+                // Re-armed: start the baseline afresh (its integrator kept
+                // integrating an error nobody acted on).
+                baseline =
+                    Baseline::pid_for(&objective, &c.pid, period_ms, setup.safety.max_amplitude);
+            }
+            armed = now;
         }
         let mut jitter_ns = None;
         if paced {
@@ -775,6 +907,9 @@ pub fn run(
                             set.histograms[4].saturating_record(p.forecast_ns);
                         }
                     }
+                    if p.forecast_error_mv.is_finite() {
+                        forecast_error_mv = p.forecast_error_mv;
+                    }
                     if let Some(old) = active.replace(p) {
                         let _ = se.used_plans.try_send(old);
                     }
@@ -826,6 +961,13 @@ pub fn run(
             }
         } else {
             baseline.step(s.t_ms, s.v_mv, spiked)
+        };
+        // Disarmed: the request is zero (still through the limiter).
+        let requested = if armed {
+            requested
+        } else {
+            disarmed_samples += 1;
+            0.0
         };
 
         // What the plan in use forecast for this sample's model step.
@@ -885,6 +1027,8 @@ pub fn run(
                             snap.last_spike_ms = last_spike_ms;
                             snap.limiter = limiter.clone();
                             snap.taken = arrived;
+                            snap.objective =
+                                (objective_seq > 0).then_some((objective_seq, objective));
                             if se.to_planner.try_send(snap).is_err() {
                                 planner_gone = true;
                             } else if !rt_rules {
@@ -925,17 +1069,39 @@ pub fn run(
         }
     }
     let wall = start.elapsed().as_secs_f64();
+    if let Some(k) = &controls {
+        k.publish(
+            &controls::Published {
+                samples,
+                lost_samples,
+                plant_interruptions,
+                records_dropped,
+                spikes,
+                plans_adopted,
+                late_plans,
+                plan_misses,
+                plan_miss_samples,
+                snapshots_skipped,
+                disarmed_samples,
+                plant_time_ms: last_t,
+                forecast_error_mv,
+            },
+            &limiter,
+        );
+        k.mark_finished();
+    }
     ends.records.flush();
     let planner_totals = {
         let snapshot_ends = ends.snapshots.take();
         drop(snapshot_ends);
         planner.map(|h| h.join().unwrap_or_default())
     };
+    let forecast_error = forecast_writer.and_then(|w| w.join().ok().flatten());
     drop(ends);
     let consumed = consumer
         .join()
         .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
-    if let Some(e) = consumed.error {
+    if let Some(e) = consumed.error.or(forecast_error) {
         return Err(ControlError::Io {
             path: "trace".into(),
             error: std::io::Error::other(e),
@@ -1011,6 +1177,7 @@ pub fn run(
             sample_to_command_not_training: pct(&split_hist[0]),
         },
         overruns,
+        disarmed_samples,
         realtime,
         stop: reason,
         fault: fault_text,

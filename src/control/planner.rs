@@ -53,6 +53,7 @@ pub fn run(
     links: PlannerLinks,
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
+    let mut objective_seq = 0;
     while let Ok(mut snap) = ends.snapshots.recv() {
         // A swap happens between ticks only, and only to a model of the
         // same geometry (the loop's window and plans are sized for it).
@@ -93,6 +94,12 @@ pub fn run(
         let Ok(mut plan) = ends.empty_plans.recv() else {
             break;
         };
+        if let Some((seq, o)) = snap.objective {
+            if seq != objective_seq {
+                mpc.set_objective(o);
+                objective_seq = seq;
+            }
+        }
         let deadline = budget.map(|b| snap.taken + b);
         let input = PlanInput {
             window_v: &snap.v,
@@ -108,6 +115,13 @@ pub fn run(
         plan.snapshot_taken = snap.taken;
         match result {
             Ok(stats) => {
+                if let Some(tx) = &ends.forecasts {
+                    let _ = tx.try_send(super::handoff::ForecastRow {
+                        t_ms: snap.t_ms,
+                        dt_ms: mpc.dt_model(),
+                        v: mpc.best_forecast().to_vec(),
+                    });
+                }
                 plan.status = PlanStatus::Ok;
                 plan.currents.copy_from_slice(mpc.best());
                 plan.forecast_ns = stats.forecast_ns;
@@ -147,6 +161,7 @@ pub fn run(
                 mpc.reset();
             }
         }
+        plan.forecast_error_mv = mpc.forecast_error_mv().unwrap_or(f64::NAN);
         let _ = ends.empty_snapshots.try_send(snap);
         plan.published = Instant::now();
         totals.plans += 1;

@@ -40,6 +40,9 @@ const SPIKE_MATCH_MS: f64 = 8.0;
 /// stimulation toward it, ms.
 const LEAD_MIN_MS: f64 = 3.0;
 const LEAD_MAX_MS: f64 = 8.0;
+/// Weight of each new squared error in the forecast-error figure (about
+/// the last 50 measurements, a tenth of a second of plans).
+const ERROR_WEIGHT: f64 = 0.02;
 /// Plans remembered for the lag estimate (at most one per model step).
 const PREDICTIONS: usize = 32;
 
@@ -127,6 +130,9 @@ pub struct Mpc {
     prev_v: Vec<f32>,
     /// Output-disturbance estimate added to forecasts, mV.
     bias: f64,
+    /// Exponentially weighted mean square of the subthreshold forecast
+    /// errors `update_bias` sees, mV² (NaN: none yet); read by the service.
+    error_sq: f64,
     /// Spike-timing bias: real spike − forecast crossing, ms; the last
     /// plan's forecast crossing (absolute ms) and the last spike seen.
     spike_lag: f64,
@@ -178,6 +184,7 @@ impl Mpc {
             best_v: vec![0.0; t_out],
             prev_v: vec![0.0; t_out],
             bias: 0.0,
+            error_sq: f64::NAN,
             spike_lag: 0.0,
             predictions: [(f64::NEG_INFINITY, f64::NAN); PREDICTIONS],
             next_prediction: 0,
@@ -216,6 +223,31 @@ impl Mpc {
         self.bias = 0.0;
         self.spike_lag = 0.0;
         self.predictions = [(f64::NEG_INFINITY, f64::NAN); PREDICTIONS];
+    }
+
+    /// Pursue `objective` from the next plan on (an operator's change).
+    pub fn set_objective(&mut self, objective: Objective) {
+        self.objective = objective;
+    }
+
+    /// RMS of recent subthreshold forecast errors (what the previous plan
+    /// forecast for now against what came), mV; `None` before the first.
+    /// It is the innovation of the offset-free correction, before that
+    /// correction is applied, so it shows how well the model tracks the
+    /// cell (a regime change raises it).
+    pub fn forecast_error_mv(&self) -> Option<f64> {
+        self.error_sq.is_finite().then(|| self.error_sq.sqrt())
+    }
+
+    /// The best plan's forecast of the last [`Mpc::plan`], mV, one per
+    /// model step after the snapshot (what `neurostimd plot` overlays).
+    pub fn best_forecast(&self) -> &[f32] {
+        &self.best_v
+    }
+
+    /// Model step, ms.
+    pub fn dt_model(&self) -> f64 {
+        self.dt_model
     }
 
     /// The learnt spike-timing bias, ms.
@@ -259,7 +291,7 @@ impl Mpc {
     fn update_bias(&mut self, input: &PlanInput) {
         let g = self.cfg.bias_gain;
         let Some(b) = self.prev_base else { return };
-        if g <= 0.0 || input.base_index <= b {
+        if input.base_index <= b {
             return;
         }
         let m = (input.base_index - b) as usize;
@@ -274,8 +306,16 @@ impl Mpc {
         let predicted = self.prev_v[j] as f64;
         let recent_spike = input.t_ms - input.last_spike_ms < 20.0;
         if predicted < th && input.v_now < th && !recent_spike {
-            let e = (input.v_now - predicted).clamp(-10.0, 10.0);
-            self.bias = (1.0 - g) * self.bias + g * e;
+            let raw = input.v_now - predicted;
+            self.error_sq = if self.error_sq.is_finite() {
+                (1.0 - ERROR_WEIGHT) * self.error_sq + ERROR_WEIGHT * raw * raw
+            } else {
+                raw * raw
+            };
+            if g > 0.0 {
+                let e = raw.clamp(-10.0, 10.0);
+                self.bias = (1.0 - g) * self.bias + g * e;
+            }
         }
     }
 

@@ -274,8 +274,9 @@ pub struct Shared {
     store: Mutex<ModelStore>,
     swaps: Sender<ModelSwap>,
     notes: Sender<Note>,
-    /// Label of the running model (`vN NAME`).
+    /// Version and label (`vN NAME`) of the running model, and its sha256.
     current: Mutex<(u32, String)>,
+    current_sha: Mutex<String>,
     attempts: Mutex<Vec<Attempt>>,
     max_batch: usize,
     period_ms: f64,
@@ -286,6 +287,15 @@ pub struct Shared {
     pub online_reference: bool,
     pub decimation: usize,
     pub t_out: usize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("retrain::Shared")
+            .field("current", &self.current_version())
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -354,6 +364,7 @@ impl Shared {
             .map_err(|_| "a model swap is already pending; try again".to_string())?;
         self.live.reference_rmse_mv.set(reference);
         *self.current.lock().expect("current") = (to.version, label.clone());
+        *self.current_sha.lock().expect("current") = to.onnx_sha256.clone();
         let text = format!("rolled back from v{} to {label}", from.version);
         self.event(text.clone());
         Ok(text)
@@ -367,7 +378,12 @@ impl Shared {
 
     pub fn status(&self) -> serde_json::Value {
         let (v, label) = self.current_version();
+        let name = label.split_once(' ').map_or(label.as_str(), |(_, n)| n);
         serde_json::json!({
+            "version": v,
+            "name": name,
+            "sha256": *self.current_sha.lock().expect("current"),
+            "state": self.phase().name(),
             "model_version": v,
             "model": label,
             "phase": self.phase().name(),
@@ -428,6 +444,7 @@ impl Supervisor {
             swaps: s.swaps,
             notes: s.notes,
             current: Mutex::new(s.version),
+            current_sha: Mutex::new(card.onnx_sha256.clone()),
             attempts: Mutex::new(Vec::new()),
             max_batch: s.model.max_batch(),
             period_ms: s.period_ms,
@@ -688,6 +705,7 @@ fn adopt(
     store.make_current(v.version).map_err(|e| e.to_string())?;
     drop(store);
     *sh.current.lock().expect("current") = (v.version, label);
+    *sh.current_sha.lock().expect("current") = v.onnx_sha256.clone();
     let reference = rms(&c.candidate_rmse);
     Ok((v.version, card, reference))
 }
@@ -703,5 +721,56 @@ mod tests {
         assert!(!accept(2.0, 2.5, 0.0));
         assert!(!accept(2.0, f64::NAN, 0.05));
         assert!(!accept(f64::NAN, 1.0, 0.05));
+    }
+}
+
+/// The service's handle on retraining ([`crate::service::ModelOps`]). The
+/// service starts before the run's retraining thread exists, so the handle
+/// is bound when the session starts it.
+#[derive(Default)]
+pub struct RetrainOps {
+    slot: Arc<std::sync::OnceLock<Arc<Shared>>>,
+}
+
+impl RetrainOps {
+    pub fn new() -> RetrainOps {
+        RetrainOps::default()
+    }
+
+    /// What the session fills in once retraining runs.
+    pub fn slot(&self) -> Arc<std::sync::OnceLock<Arc<Shared>>> {
+        self.slot.clone()
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>, String> {
+        self.slot
+            .get()
+            .ok_or_else(|| "retraining has not started yet (the loop is starting); try again".into())
+    }
+}
+
+impl crate::service::ModelOps for RetrainOps {
+    fn retrain(&self) -> Result<serde_json::Value, String> {
+        let s = self.shared()?;
+        s.request();
+        Ok(serde_json::json!({
+            "requested": true,
+            "state": s.phase().name(),
+            "note": "the retraining thread takes the request within 20 ms; GET /status shows its phase and every attempt",
+        }))
+    }
+
+    fn rollback(&self) -> Result<serde_json::Value, String> {
+        let s = self.shared()?;
+        s.rollback().map(|text| {
+            serde_json::json!({ "rolled_back": true, "model": s.current_version().1, "note": text })
+        })
+    }
+
+    fn status(&self) -> serde_json::Value {
+        match self.slot.get() {
+            Some(s) => s.status(),
+            None => serde_json::json!({ "state": "starting" }),
+        }
     }
 }

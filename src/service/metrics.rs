@@ -1,0 +1,348 @@
+//! Prometheus metrics in the text exposition format (0.0.4), served on
+//! the configured address (loopback unless `service.metrics_public`).
+//! Rendered on demand from the loop's live status and the latency
+//! histograms; nothing here touches the real-time thread.
+
+use super::State;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::fmt::Write;
+use std::sync::Arc;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Quantiles of each latency summary.
+const QUANTILES: [(f64, &str); 4] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
+
+/// Label values escaped as the format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (k, (l, val)) in labels.iter().enumerate() {
+                if k > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{l}=\"{}\"", esc(val));
+            }
+            self.0.push('}');
+        }
+        let text = if v.is_nan() {
+            "NaN".to_string()
+        } else if v.is_infinite() {
+            if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+        } else {
+            format!("{v}")
+        };
+        let _ = writeln!(self.0, " {text}");
+    }
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], v);
+    }
+}
+
+/// The metrics text.
+pub fn render(state: &State) -> String {
+    let live = state.controls.status();
+    let info = &state.info;
+    let mut o = Out(String::with_capacity(8 * 1024));
+    let (_, objective) = *state.objective.lock().unwrap_or_else(|e| e.into_inner());
+    o.family(
+        "neurostimd_info",
+        "gauge",
+        "The run: plant, policy, objective in force, clock (value 1).",
+    );
+    o.sample(
+        "neurostimd_info",
+        &[
+            ("plant", info.plant),
+            ("policy", info.policy),
+            ("objective", objective.kind.name()),
+            ("clock", info.clock),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+        1.0,
+    );
+    o.one(
+        "neurostimd_running",
+        "gauge",
+        "1 while the control loop runs.",
+        f64::from(u8::from(live.running)),
+    );
+    o.one(
+        "neurostimd_armed",
+        "gauge",
+        "1 while stimulation is armed (0: held at zero by the operator).",
+        f64::from(u8::from(live.armed)),
+    );
+    o.one(
+        "neurostimd_objective_target",
+        "gauge",
+        "Target of the objective in force, in its unit (Hz for rate and burst, mV for voltage and silence).",
+        super::api::target_of(&objective),
+    );
+    let counters: [(&str, &str, u64); 11] = [
+        (
+            "neurostimd_loop_iterations_total",
+            "Control loop iterations (its heartbeat).",
+            live.heartbeat,
+        ),
+        (
+            "neurostimd_samples_total",
+            "Samples the loop answered.",
+            live.samples,
+        ),
+        (
+            "neurostimd_lost_samples_total",
+            "Samples the plant skipped (gaps in its sample index).",
+            live.lost_samples,
+        ),
+        (
+            "neurostimd_plant_interruptions_total",
+            "Plant stalls/disconnects reported (stimulation held at zero).",
+            live.plant_interruptions,
+        ),
+        (
+            "neurostimd_records_dropped_total",
+            "Sample records the consumer could not take in time.",
+            live.records_dropped,
+        ),
+        (
+            "neurostimd_spikes_total",
+            "Spikes the loop detected.",
+            live.spikes,
+        ),
+        (
+            "neurostimd_plans_adopted_total",
+            "MPC plans the loop started using.",
+            live.plans_adopted,
+        ),
+        (
+            "neurostimd_late_plans_total",
+            "Plans that arrived after the planning delay.",
+            live.late_plans,
+        ),
+        (
+            "neurostimd_plan_misses_total",
+            "Times a plan ran out with no fresher one (stimulation to zero).",
+            live.plan_misses,
+        ),
+        (
+            "neurostimd_plan_miss_samples_total",
+            "Samples spent in a plan miss.",
+            live.plan_miss_samples,
+        ),
+        (
+            "neurostimd_disarmed_samples_total",
+            "Samples with stimulation disarmed by the operator.",
+            live.disarmed_samples,
+        ),
+    ];
+    for (name, help, v) in counters {
+        o.one(name, "counter", help, v as f64);
+    }
+    o.family(
+        "neurostimd_safety_interventions_total",
+        "counter",
+        "Commands the safety limiter changed, by cause.",
+    );
+    for (cause, n) in &live.interventions {
+        o.sample(
+            "neurostimd_safety_interventions_total",
+            &[("cause", cause)],
+            *n as f64,
+        );
+    }
+    o.one(
+        "neurostimd_stimulation_charge_nc_cm2_total",
+        "counter",
+        "Total |charge| of the stimulation let through, nC/cm2.",
+        live.charge_delivered_nc_cm2,
+    );
+    o.one(
+        "neurostimd_net_charge_nc_cm2",
+        "gauge",
+        "Leaky net (signed) charge integral the limiter bounds, nC/cm2.",
+        live.net_charge_nc_cm2,
+    );
+    o.one(
+        "neurostimd_stimulation_ua_cm2",
+        "gauge",
+        "Last stimulation command written, uA/cm2.",
+        live.last_command_ua_cm2,
+    );
+    o.one(
+        "neurostimd_plant_time_seconds",
+        "gauge",
+        "Plant time of the newest sample, s.",
+        live.plant_time_s,
+    );
+    if let Some(e) = live.forecast_error_mv {
+        o.one(
+            "neurostimd_forecast_error_mv",
+            "gauge",
+            "RMS of recent subthreshold forecast errors (previous plan's forecast vs the sample), mV.",
+            e,
+        );
+    }
+    // Model version and retraining state.
+    let (name, sha, version, retraining) = match &state.model_ops {
+        Some(ops) => {
+            let s = ops.status();
+            let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            (
+                text("name"),
+                text("sha256"),
+                s.get("version").and_then(|v| v.as_f64()),
+                s.get("state")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown")
+                    .to_string(),
+            )
+        }
+        None => (
+            info.model
+                .as_ref()
+                .map_or(String::new(), |m| m.name.clone()),
+            info.model
+                .as_ref()
+                .map_or(String::new(), |m| m.sha256.clone()),
+            None,
+            "disabled".to_string(),
+        ),
+    };
+    if !name.is_empty() || !sha.is_empty() {
+        o.family(
+            "neurostimd_model_info",
+            "gauge",
+            "The forecaster in use: card name and ONNX sha256 (value 1).",
+        );
+        o.sample(
+            "neurostimd_model_info",
+            &[("name", &name), ("sha256", &sha)],
+            1.0,
+        );
+    }
+    if let Some(v) = version {
+        o.one(
+            "neurostimd_model_version",
+            "gauge",
+            "Version number of the model in use (retraining).",
+            v,
+        );
+    }
+    o.family(
+        "neurostimd_retraining_state",
+        "gauge",
+        "Retraining state: 1 for the current state.",
+    );
+    let mut states = vec!["disabled", "idle", "training", "validating", "failed"];
+    if !states.contains(&retraining.as_str()) {
+        states.push(&retraining);
+    }
+    for s in states {
+        o.sample(
+            "neurostimd_retraining_state",
+            &[("state", s)],
+            f64::from(u8::from(s == retraining)),
+        );
+    }
+    // Latency summaries.
+    let lat = state.latency.snapshot();
+    o.family(
+        "neurostimd_latency_seconds",
+        "summary",
+        "Loop latencies since start (HdrHistogram, 3 significant digits): sample_to_command, wakeup_jitter, plan_latency, decision_age, forecast_time.",
+    );
+    let hist = state.latency.clone();
+    for t in &lat.tags {
+        let Some(p) = &t.total else { continue };
+        for (q, label) in QUANTILES {
+            o.sample(
+                "neurostimd_latency_seconds",
+                &[("kind", t.tag), ("quantile", label)],
+                hist.quantile_ns(t.tag, q).unwrap_or(f64::NAN) / 1e9,
+            );
+        }
+        o.sample(
+            "neurostimd_latency_seconds_sum",
+            &[("kind", t.tag)],
+            t.sum_ns / 1e9,
+        );
+        o.sample(
+            "neurostimd_latency_seconds_count",
+            &[("kind", t.tag)],
+            p.count as f64,
+        );
+    }
+    o.family(
+        "neurostimd_latency_max_seconds",
+        "gauge",
+        "Largest latency since start, by kind.",
+    );
+    for t in &lat.tags {
+        if let Some(p) = &t.total {
+            o.sample(
+                "neurostimd_latency_max_seconds",
+                &[("kind", t.tag)],
+                p.max_us / 1e6,
+            );
+        }
+    }
+    o.0
+}
+
+/// Serve `GET /metrics` until the task is aborted.
+pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("metrics accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let resp = if req.method() == Method::GET && req.uri().path() == "/metrics"
+                        {
+                            Response::builder()
+                                .header("content-type", CONTENT_TYPE)
+                                .body(Full::new(Bytes::from(render(&st))))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"GET /metrics\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            resp.expect("static response parts are valid"),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
