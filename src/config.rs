@@ -224,6 +224,10 @@ struct RawRetrain {
     patience: usize,
     seed: u64,
     cooldown: Quantity<Time>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     socket: String,
     socket_mode: String,

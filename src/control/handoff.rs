@@ -64,7 +64,7 @@ pub struct Plan {
 }
 
 /// One sample as the loop saw and answered it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Record {
     pub index: u64,
     pub t_ms: f64,
@@ -79,6 +79,22 @@ pub struct Record {
     /// What the plan in use forecast for the end of this sample's model
     /// step, mV (NaN without a plan).
     pub forecast: f32,
+}
+
+/// Records are equal when every field is: the forecast bit for bit, so
+/// that "no forecast" (NaN) equals itself (reproducibility checks compare
+/// whole runs).
+impl PartialEq for Record {
+    fn eq(&self, o: &Record) -> bool {
+        self.index == o.index
+            && self.t_ms.to_bits() == o.t_ms.to_bits()
+            && self.v_mv.to_bits() == o.v_mv.to_bits()
+            && self.applied.to_bits() == o.applied.to_bits()
+            && self.requested.to_bits() == o.requested.to_bits()
+            && self.command.to_bits() == o.command.to_bits()
+            && self.cause == o.cause
+            && self.forecast.to_bits() == o.forecast.to_bits()
+    }
 }
 
 /// What the planner and the trainer tell the record consumer (not the

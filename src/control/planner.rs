@@ -127,7 +127,7 @@ pub fn run(
                 plan.forecast_ns = stats.forecast_ns;
                 plan.iterations = stats.iterations;
                 plan.cost = stats.cost;
-                plan.forecast.copy_from_slice(mpc.best_forecast());
+                plan.forecast.copy_from_slice(mpc.model_forecast());
                 if let Some((tx, wait)) = &links.notes {
                     let note = Note::Forecast {
                         base_index: snap.index,

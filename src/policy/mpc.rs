@@ -211,7 +211,7 @@ impl Mpc {
     /// The model's forecast (mV) for the best plan of the last
     /// [`Mpc::plan`], without the online bias correction: what the model
     /// itself predicted, for the recording and the drift monitor.
-    pub fn best_forecast(&self) -> &[f32] {
+    pub fn model_forecast(&self) -> &[f32] {
         &self.prev_v
     }
 

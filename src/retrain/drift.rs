@@ -162,6 +162,19 @@ impl RecentData {
     }
 }
 
+/// When forecast error counts as drift (`[retrain]`).
+#[derive(Clone, Copy, Debug)]
+pub struct DriftRule {
+    /// Rolling window, ms of plant time.
+    pub window_ms: f64,
+    /// Drift: rolling error above this multiple of the reference.
+    pub multiple: f64,
+    /// Detect drift at all (else only measure).
+    pub enabled: bool,
+    /// The reference is measured online (see [`DriftMonitor`]).
+    pub online_reference: bool,
+}
+
 /// Rolling forecast error and the drift rule.
 pub struct DriftMonitor {
     decimation: u64,
@@ -197,12 +210,15 @@ impl DriftMonitor {
         decimation: usize,
         t_out: usize,
         period_ms: f64,
-        window_ms: f64,
-        multiple: f64,
-        enabled: bool,
-        online_reference: bool,
+        rule: DriftRule,
         live: std::sync::Arc<LiveForecast>,
     ) -> DriftMonitor {
+        let DriftRule {
+            window_ms,
+            multiple,
+            enabled,
+            online_reference,
+        } = rule;
         let per_second = (1000.0 / period_ms).round().max(1.0) as u64;
         DriftMonitor {
             decimation: decimation.max(1) as u64,
@@ -394,7 +410,13 @@ mod tests {
     fn rolling_error_is_measured_and_drift_fires_once() {
         let live = Arc::new(LiveForecast::new(1.0));
         // 0.1 ms samples, 5-sample steps, 4-step horizon, 100 ms window.
-        let mut m = DriftMonitor::new(5, 4, 0.1, 100.0, 2.0, true, false, live.clone());
+        let rule = |online| DriftRule {
+            window_ms: 100.0,
+            multiple: 2.0,
+            enabled: true,
+            online_reference: online,
+        };
+        let mut m = DriftMonitor::new(5, 4, 0.1, rule(false), live.clone());
         let mut index = 0u64;
         let mut run = |m: &mut DriftMonitor, err: f32, blocks: usize| {
             for _ in 0..blocks {
@@ -423,7 +445,13 @@ mod tests {
     #[test]
     fn the_online_reference_is_the_first_full_window() {
         let live = Arc::new(LiveForecast::new(f64::NAN));
-        let mut m = DriftMonitor::new(5, 4, 0.1, 100.0, 2.0, true, true, live.clone());
+        let rule = DriftRule {
+            window_ms: 100.0,
+            multiple: 2.0,
+            enabled: true,
+            online_reference: true,
+        };
+        let mut m = DriftMonitor::new(5, 4, 0.1, rule, live.clone());
         let mut index = 0u64;
         for k in 0..400 {
             let err = if k < 200 { 1.5 } else { 4.0 };

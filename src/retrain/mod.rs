@@ -305,10 +305,12 @@ impl Shared {
             self.decimation,
             self.t_out,
             self.period_ms,
-            self.drift_window_ms,
-            self.drift_multiple,
-            self.on_drift,
-            self.online_reference,
+            drift::DriftRule {
+                window_ms: self.drift_window_ms,
+                multiple: self.drift_multiple,
+                enabled: self.on_drift,
+                online_reference: self.online_reference,
+            },
             self.live.clone(),
         )
     }
@@ -743,9 +745,9 @@ impl RetrainOps {
     }
 
     fn shared(&self) -> Result<&Arc<Shared>, String> {
-        self.slot
-            .get()
-            .ok_or_else(|| "retraining has not started yet (the loop is starting); try again".into())
+        self.slot.get().ok_or_else(|| {
+            "retraining has not started yet (the loop is starting); try again".into()
+        })
     }
 }
 

@@ -84,6 +84,7 @@ impl RunInfo {
             plant: match config.plant_kind {
                 crate::config::PlantKind::Sim => "sim",
                 crate::config::PlantKind::Serial => "serial",
+                crate::config::PlantKind::Replay => "replay",
             },
             policy: config.control.policy.name(),
             clock: match config.run.clock {
