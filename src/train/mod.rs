@@ -239,12 +239,13 @@ pub fn run(
             val_w.len()
         )));
     }
-    let mut net = net::Net::new(
+    let mut net = net::Net::with_head(
         cfg.layers,
         cfg.hidden,
         cfg.t_in,
         cfg.t_out,
         cfg.order,
+        cfg.head,
         cfg.schedule.seed,
     );
     let epochs = trainer::fit(&mut net, &train_w, &val_w, &cfg.schedule, &mut progress);
@@ -322,7 +323,7 @@ pub fn run(
             cell: "lstm".into(),
             layers: cfg.layers,
             hidden: cfg.hidden,
-            head: "linear".into(),
+            head: cfg.head.name().into(),
         },
         provenance: serde_json::json!({
             "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),
