@@ -8,12 +8,14 @@
 //! - [`export`]: the ONNX file written by our code.
 //! - [`baselines`], [`metrics`]: persistence and AR; RMSE per horizon step
 //!   and spike-prediction F1.
+//! - [`study`]: the seed paper's claims tested with this trainer.
 
 pub mod baselines;
 pub mod dataset;
 pub mod export;
 pub mod metrics;
 pub mod net;
+pub mod study;
 pub mod trainer;
 
 use crate::config::{Config, TrainConfig};
