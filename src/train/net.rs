@@ -251,9 +251,8 @@ pub struct Workspace {
     dc_next: Vec<f32>,
     zeros: Vec<f32>,
     wgrad: Vec<f32>,
-    /// MLP head: tanh activations `[B][t_out][M]` and their gradient.
+    /// MLP head: tanh activations `[B][t_out][M]`.
     head_a: Vec<f32>,
-    head_dz: Vec<f32>,
 }
 
 impl Workspace {
@@ -478,11 +477,9 @@ impl Workspace {
                     if !net.head_w1.is_empty() {
                         let m = net.head_b1.len();
                         let a = &self.head_a[(b * t_out + j) * m..(b * t_out + j + 1) * m];
-                        self.head_dz.resize(m, 0.0);
-                        for k in 0..m {
-                            grad.head_w[k] += ds * a[k];
-                            let dz = ds * net.head_w[k] * (1.0 - a[k] * a[k]);
-                            self.head_dz[k] = dz;
+                        for (k, &ak) in a.iter().enumerate() {
+                            grad.head_w[k] += ds * ak;
+                            let dz = ds * net.head_w[k] * (1.0 - ak * ak);
                             grad.head_b1[k] += dz;
                             let w = &net.head_w1[k * hd_top..(k + 1) * hd_top];
                             let gw = &mut grad.head_w1[k * hd_top..(k + 1) * hd_top];
