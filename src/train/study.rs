@@ -70,12 +70,12 @@ impl StudyPlan {
             t_in: 80,
             base_t_out: 20,
             horizons: vec![1, 5, 10, 20, 40],
-            horizons_2layer: vec![1, 10, 20, 40],
+            horizons_2layer: vec![1, 20, 40],
             h_eval: 40,
             train_ms: 20_000.0,
-            stride: 4,
-            epochs: 18,
-            patience: 5,
+            stride: 5,
+            epochs: 14,
+            patience: 4,
             batch: 64,
             learning_rate: 3e-3,
             eval_ms: 16_000.0,
@@ -1060,8 +1060,8 @@ mod tests {
         let p = StudyPlan::full();
         let v = variants(&p);
         // 4 head/order at the base horizon, 4 more horizons at 1 layer,
-        // 4 horizons at 2 layers (the base one among them).
-        assert_eq!(v.len(), 4 + 4 + 4);
+        // 3 horizons at 2 layers (the base one among them).
+        assert_eq!(v.len(), 4 + 4 + 3);
         let names: std::collections::BTreeSet<_> = v.iter().map(|x| &x.name).collect();
         assert_eq!(names.len(), v.len());
     }
