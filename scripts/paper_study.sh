@@ -3,7 +3,7 @@
 #
 #   scripts/paper_study.sh [--quick] [OUT_DIR]
 #
-# Builds the release binary, runs `neurostimd paper-study` (full: about 17
+# Builds the release binary, runs `neurostimd paper-study` (full: about 13
 # minutes on 2 cores; --quick: seconds), records the commit and the wall
 # time beside the results, then draws the plots with matplotlib from a venv
 # under target/ (created on first use; set PLOT=0 to skip the plots).
