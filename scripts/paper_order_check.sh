@@ -6,7 +6,7 @@
 # 20 epochs), two trainings at a time, then scores each with
 # `neurostimd model eval --sim PRESET` on fresh data and prints a summary.
 #
-#   scripts/paper_order_check.sh [OUT_DIR]      # ~12 min on 2 cores
+#   scripts/paper_order_check.sh [OUT_DIR]      # ~8 min on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/paper-order}
