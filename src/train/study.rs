@@ -1055,6 +1055,52 @@ mod tests {
         assert_eq!(r1[1], second);
     }
 
+    /// A miniature study end to end: every cell trained and scored, every
+    /// table complete; a missing run is reported by `problems`.
+    #[test]
+    fn a_tiny_study_fills_every_table_and_a_gap_is_caught() {
+        let plan = StudyPlan {
+            name: "tiny".into(),
+            seeds: vec![1, 2],
+            hidden: 4,
+            t_in: 12,
+            base_t_out: 5,
+            horizons: vec![1, 5],
+            horizons_2layer: vec![5],
+            h_eval: 10,
+            train_ms: 1_500.0,
+            stride: 6,
+            epochs: 1,
+            patience: 1,
+            batch: 32,
+            learning_rate: 3e-3,
+            eval_ms: 1_500.0,
+            eval_stride: 6,
+            data_seed: 1,
+            eval_seed: 2,
+        };
+        let mut r = run(&Config::defaults(), &plan, 2, |_| {}).unwrap();
+        // 4 head/order variants at t_out 5, t_out 1, and 2 layers at 5.
+        assert_eq!(r.variants.len(), 6);
+        assert_eq!(r.runs.len(), 12);
+        assert_eq!(r.sources.len(), 3);
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let t = r.tables();
+        for k in 1..=6 {
+            assert!(t.contains(&format!("### Table {k}:")), "table {k}");
+        }
+        let one = r
+            .runs
+            .iter()
+            .find(|x| x.variant.ends_with("t_out 1"))
+            .unwrap();
+        assert_eq!(one.eval[0].direct.rmse_mv.len(), 1);
+        assert_eq!(one.eval[0].rollout.rmse_mv.len(), 10);
+        let dropped = r.runs.remove(0).variant;
+        let p = r.problems();
+        assert!(p.iter().any(|x| x.contains(&dropped)), "{p:?}");
+    }
+
     #[test]
     fn variants_cover_every_cell_once() {
         let p = StudyPlan::full();
