@@ -359,6 +359,8 @@ struct RawTrain {
     t_out: usize,
     dt: Quantity<Time>,
     order: crate::forecast::OutputOrder,
+    #[serde(default)]
+    head: crate::train::net::Head,
     epochs: usize,
     batch: usize,
     learning_rate: f64,
@@ -489,6 +491,8 @@ pub struct TrainConfig {
     /// Samples per model step.
     pub decimation: usize,
     pub order: crate::forecast::OutputOrder,
+    /// Output head: one linear unit (default, the paper's) or a 2-layer MLP.
+    pub head: crate::train::net::Head,
     pub schedule: crate::train::trainer::Schedule,
     pub sources: Vec<TrainSource>,
     /// Recorded or simulated traces (CSV, as `simulate --trace-out` writes)
@@ -1047,6 +1051,7 @@ impl Config {
             dt_ms: t.dt.get(),
             decimation,
             order: t.order,
+            head: t.head,
             schedule: crate::train::trainer::Schedule {
                 epochs: t.epochs,
                 batch: t.batch,

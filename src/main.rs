@@ -128,6 +128,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reproduce the seed paper's claims with our trainer: train every variant
+    /// (output head and order, training horizon, 1 vs 2 layers) on the same data
+    /// and seeds, score all on the same fresh windows, write the tables and plot
+    /// data (docs/paper-reproduction.md).
+    PaperStudy {
+        /// The small CI run (same cells and tables, tiny data and networks).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for results.json, tables.md, rmse_per_step.csv, traces.csv.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Worker threads (our trainer is single-threaded; cells run in parallel).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Configuration file laid over the built-in defaults (plant and data settings).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Emulate a bench rig on a pseudo-terminal (the CA1 simulator behind the wire
     /// protocol, paced in real time) and print the path to give `--port`.
     Rig(Box<RigArgs>),
@@ -1174,6 +1192,39 @@ fn cmd_train(
     Ok(())
 }
 
+fn cmd_paper_study(
+    quick: bool,
+    out: PathBuf,
+    threads: usize,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use neurostimd::train::study;
+    let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
+    let plan = if quick {
+        study::StudyPlan::quick()
+    } else {
+        study::StudyPlan::full()
+    };
+    let cells = study::variants(&plan).len() * plan.seeds.len();
+    tracing::info!(plan = %plan.name, cells, threads, "paper study");
+    let report = study::run(&config, &plan, threads, |line| {
+        tracing::info!("{line}");
+    })?;
+    report.write(&out)?;
+    print!("{}", report.tables());
+    let problems = report.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("the study's tables are incomplete: {}", problems.join("; "));
+    }
+    println!(
+        "wrote {} ({} models, {:.0} s wall time)",
+        out.display(),
+        report.runs.len(),
+        report.wall_seconds
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Like any Unix filter: a closed stdout (`| head`) ends the process
     // quietly instead of panicking on the failed write.
@@ -1243,6 +1294,12 @@ fn main() -> ExitCode {
             timeout,
             call,
         }) => cmd_ctl(socket, timeout, call),
+        Some(Command::PaperStudy {
+            quick,
+            out,
+            threads,
+            config,
+        }) => cmd_paper_study(quick, out, threads, config),
         None => cmd_run(cli.run),
     };
     match result {

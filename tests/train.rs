@@ -175,3 +175,44 @@ fn bad_train_configs_name_the_key() {
         assert!(!dir.path().join("m.onnx").exists());
     }
 }
+
+/// `head = "mlp"` trains, exports an ONNX whose tract output equals the
+/// trained network (`train` checks that and fails otherwise), records the
+/// head in the card, and loads with the native engine declining (it runs
+/// only the linear head) so the forecaster falls back to tract.
+#[test]
+fn mlp_head_trains_exports_and_runs_on_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SMALL.replace("[train]\n", "[train]\nhead = \"mlp\"\n");
+    std::fs::write(dir.path().join("mlp.toml"), cfg).unwrap();
+    let o = neurostimd(
+        &["train", "--config", "mlp.toml", "--out", "m.onnx", "--json"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["export_difference"].as_f64().unwrap() < 1e-4);
+    // 1 x LSTM(3 -> 8) + MLP head (8x8 + 8) + output (8 + 1).
+    let lstm = 4 * 8 * (3 + 8) + 2 * 4 * 8;
+    assert_eq!(j["parameters"], lstm + 64 + 8 + 8 + 1);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(card["architecture"]["head"], "mlp");
+    let model = dir.path().join("m.onnx");
+    let mut f = Forecaster::load(&model, 8, Engine::Native).unwrap();
+    assert_eq!(f.engine(), Engine::Tract);
+    assert!(
+        f.native_unavailable().unwrap().contains("mlp"),
+        "{:?}",
+        f.native_unavailable()
+    );
+    let x = NpyF32::read(&dir.path().join("m.input.npy")).unwrap();
+    let want = NpyF32::read(&dir.path().join("m.expected.npy")).unwrap();
+    let got = f.run_raw(x.shape[0], &x.data).unwrap();
+    let d = got
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-4, "bundle mismatch {d}");
+}

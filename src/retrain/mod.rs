@@ -59,6 +59,9 @@ pub fn net_from_forecaster(f: &Forecaster) -> Result<Net, String> {
         layers,
         head_w: cw.head_w,
         head_b: cw.head_b,
+        // The contract's linear head (`contract_weights` refuses others).
+        head_w1: Vec::new(),
+        head_b1: Vec::new(),
         t_in: card.t_in,
         t_out: card.t_out,
         order: card.output.order,

@@ -227,12 +227,50 @@ pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
         &["/horizon"],
         vec![],
     ));
-    inits.push(f32_tensor("head.weight_t", &[h, 1], &net.head_w));
+    // The MLP head's hidden layer (none for the linear head, whose nodes
+    // stay exactly as before): MatMul [H, M], Add [M], Tanh.
+    let mut head_in = "/horizon";
+    if !net.head_w1.is_empty() {
+        let m = net.head_b1.len();
+        let hd = net.hidden();
+        let mut w1t = vec![0.0f32; hd * m];
+        for k in 0..m {
+            for u in 0..hd {
+                w1t[u * m + k] = net.head_w1[k * hd + u];
+            }
+        }
+        inits.push(f32_tensor("head.hidden.weight_t", &[h, m as i64], &w1t));
+        inits.push(f32_tensor("head.hidden.bias", &[m as i64], &net.head_b1));
+        nodes.push(node(
+            "MatMul",
+            "/head/hidden/MatMul",
+            &["/horizon", "head.hidden.weight_t"],
+            &["/head/hidden/MatMul_output_0"],
+            vec![],
+        ));
+        nodes.push(node(
+            "Add",
+            "/head/hidden/Add",
+            &["/head/hidden/MatMul_output_0", "head.hidden.bias"],
+            &["/head/hidden/Add_output_0"],
+            vec![],
+        ));
+        nodes.push(node(
+            "Tanh",
+            "/head/hidden/Tanh",
+            &["/head/hidden/Add_output_0"],
+            &["/head/hidden/Tanh_output_0"],
+            vec![],
+        ));
+        head_in = "/head/hidden/Tanh_output_0";
+    }
+    let m_out = net.head_w.len() as i64;
+    inits.push(f32_tensor("head.weight_t", &[m_out, 1], &net.head_w));
     inits.push(f32_tensor("head.bias", &[1], &[net.head_b]));
     nodes.push(node(
         "MatMul",
         "/head/MatMul",
-        &["/horizon", "head.weight_t"],
+        &[head_in, "head.weight_t"],
         &["/head/MatMul_output_0"],
         vec![],
     ));

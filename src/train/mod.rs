@@ -8,12 +8,14 @@
 //! - [`export`]: the ONNX file written by our code.
 //! - [`baselines`], [`metrics`]: persistence and AR; RMSE per horizon step
 //!   and spike-prediction F1.
+//! - [`study`]: the seed paper's claims tested with this trainer.
 
 pub mod baselines;
 pub mod dataset;
 pub mod export;
 pub mod metrics;
 pub mod net;
+pub mod study;
 pub mod trainer;
 
 use crate::config::{Config, TrainConfig};
@@ -239,12 +241,13 @@ pub fn run(
             val_w.len()
         )));
     }
-    let mut net = net::Net::new(
+    let mut net = net::Net::with_head(
         cfg.layers,
         cfg.hidden,
         cfg.t_in,
         cfg.t_out,
         cfg.order,
+        cfg.head,
         cfg.schedule.seed,
     );
     let epochs = trainer::fit(&mut net, &train_w, &val_w, &cfg.schedule, &mut progress);
@@ -322,7 +325,7 @@ pub fn run(
             cell: "lstm".into(),
             layers: cfg.layers,
             hidden: cfg.hidden,
-            head: "linear".into(),
+            head: cfg.head.name().into(),
         },
         provenance: serde_json::json!({
             "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),

@@ -2,6 +2,11 @@
 //! (the seed paper's architecture), with forward and backward passes
 //! written out over batched loops (backpropagation through time).
 //!
+//! A two-layer MLP head (`Head::Mlp`) exists so the paper's claim that a
+//! single fully connected output layer beats MLP heads can be tested with
+//! the same trainer; the linear head stays the default and its arithmetic
+//! is untouched by the option.
+//!
 //! Weights are kept in ONNX layout (W `[4H][in]`, R `[4H][H]`, gates in
 //! i, o, f, c order, two bias vectors) so export is a copy. Training runs
 //! on the trainer thread, never on the control loop; it allocates freely at
@@ -24,13 +29,40 @@ pub struct Layer {
     pub rb: Vec<f32>,
 }
 
+/// The output head applied to each of the last `t_out` hidden states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// One fully connected unit, `Linear(H, 1)` (the paper's choice).
+    #[default]
+    Linear,
+    /// `Linear(H, H)`, tanh, `Linear(H, 1)`: the MLP output head the paper
+    /// argues against.
+    Mlp,
+}
+
+impl Head {
+    /// The name the model card's `architecture.head` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Linear => "linear",
+            Head::Mlp => "mlp",
+        }
+    }
+}
+
 /// The whole network's parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Net {
     pub layers: Vec<Layer>,
-    /// `[H]` and the bias of the linear head.
+    /// `[H]` (linear head) or `[M]` (MLP head, the output layer) and the
+    /// bias of the output unit.
     pub head_w: Vec<f32>,
     pub head_b: f32,
+    /// MLP head only: the hidden layer's `[M][H]` weights and `[M]` biases;
+    /// empty for the linear head.
+    pub head_w1: Vec<f32>,
+    pub head_b1: Vec<f32>,
     pub t_in: usize,
     pub t_out: usize,
     pub order: OutputOrder,
@@ -44,6 +76,21 @@ impl Net {
         t_in: usize,
         t_out: usize,
         order: OutputOrder,
+        seed: u64,
+    ) -> Net {
+        Net::with_head(layers, hidden, t_in, t_out, order, Head::Linear, seed)
+    }
+
+    /// As [`Net::new`] with a choice of head. The linear head draws exactly
+    /// the numbers `new` always drew (same weights for the same seed); the
+    /// MLP head's hidden layer (width M = H) is drawn after them.
+    pub fn with_head(
+        layers: usize,
+        hidden: usize,
+        t_in: usize,
+        t_out: usize,
+        order: OutputOrder,
+        head: Head,
         seed: u64,
     ) -> Net {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -71,13 +118,29 @@ impl Net {
                 rb: rnd(g),
             });
         }
+        let head_w = rnd(hidden);
+        let head_b = rnd(1)[0];
+        let (head_w1, head_b1) = match head {
+            Head::Linear => (Vec::new(), Vec::new()),
+            Head::Mlp => (rnd(hidden * hidden), rnd(hidden)),
+        };
         Net {
-            head_w: rnd(hidden),
-            head_b: rnd(1)[0],
+            head_w,
+            head_b,
+            head_w1,
+            head_b1,
             layers: ls,
             t_in,
             t_out,
             order,
+        }
+    }
+
+    pub fn head(&self) -> Head {
+        if self.head_w1.is_empty() {
+            Head::Linear
+        } else {
+            Head::Mlp
         }
     }
 
@@ -95,6 +158,10 @@ impl Net {
             v.push(&mut l.wb);
             v.push(&mut l.rb);
         }
+        if !self.head_w1.is_empty() {
+            v.push(&mut self.head_w1);
+            v.push(&mut self.head_b1);
+        }
         v.push(&mut self.head_w);
         v.push(std::slice::from_mut(&mut self.head_b));
         v
@@ -105,6 +172,8 @@ impl Net {
             .iter()
             .map(|l| l.w.len() + l.r.len() + 2 * l.wb.len())
             .sum::<usize>()
+            + self.head_w1.len()
+            + self.head_b1.len()
             + self.head_w.len()
             + 1
     }
@@ -182,6 +251,8 @@ pub struct Workspace {
     dc_next: Vec<f32>,
     zeros: Vec<f32>,
     wgrad: Vec<f32>,
+    /// MLP head: tanh activations `[B][t_out][M]`.
+    head_a: Vec<f32>,
 }
 
 impl Workspace {
@@ -346,6 +417,25 @@ impl Workspace {
         let top = &self.caches[net.layers.len() - 1].h;
         self.out.clear();
         self.out.resize(batch * net.t_out, 0.0);
+        if !net.head_w1.is_empty() {
+            let m = net.head_b1.len();
+            self.head_a.resize(batch * net.t_out * m, 0.0);
+            for b in 0..batch {
+                for j in 0..net.t_out {
+                    let t = net.t_in + j;
+                    let h = &top[(t * batch + b) * hd..(t * batch + b + 1) * hd];
+                    let a = &mut self.head_a[(b * net.t_out + j) * m..(b * net.t_out + j + 1) * m];
+                    for (k, ak) in a.iter_mut().enumerate() {
+                        let w = &net.head_w1[k * hd..(k + 1) * hd];
+                        let z = net.head_b1[k] + h.iter().zip(w).map(|(x, y)| x * y).sum::<f32>();
+                        *ak = tanh_k::<FMA>(z);
+                    }
+                    self.out[b * net.t_out + j] =
+                        net.head_b + a.iter().zip(&net.head_w).map(|(x, y)| x * y).sum::<f32>();
+                }
+            }
+            return;
+        }
         for b in 0..batch {
             for j in 0..net.t_out {
                 let t = net.t_in + j;
@@ -384,6 +474,22 @@ impl Workspace {
                     let t = t_in + j;
                     let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
                     let dh = &mut dh_above[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
+                    if !net.head_w1.is_empty() {
+                        let m = net.head_b1.len();
+                        let a = &self.head_a[(b * t_out + j) * m..(b * t_out + j + 1) * m];
+                        for (k, &ak) in a.iter().enumerate() {
+                            grad.head_w[k] += ds * ak;
+                            let dz = ds * net.head_w[k] * (1.0 - ak * ak);
+                            grad.head_b1[k] += dz;
+                            let w = &net.head_w1[k * hd_top..(k + 1) * hd_top];
+                            let gw = &mut grad.head_w1[k * hd_top..(k + 1) * hd_top];
+                            for u in 0..hd_top {
+                                gw[u] += dz * h[u];
+                                dh[u] += dz * w[u];
+                            }
+                        }
+                        continue;
+                    }
                     for u in 0..hd_top {
                         grad.head_w[u] += ds * h[u];
                         dh[u] += ds * net.head_w[u];
@@ -529,12 +635,40 @@ mod tests {
         (x, y)
     }
 
+    /// The head option leaves the linear network as it was: the same draws
+    /// for the same seed (so the shipped model's retraining is unchanged),
+    /// and the MLP head only adds its hidden layer after them.
+    #[test]
+    fn linear_head_is_unchanged_and_mlp_adds_a_layer() {
+        let old = Net::new(2, 6, 4, 3, OutputOrder::Reversed, 7);
+        let lin = Net::with_head(2, 6, 4, 3, OutputOrder::Reversed, Head::Linear, 7);
+        assert_eq!(old, lin);
+        assert_eq!(lin.head(), Head::Linear);
+        let mut mlp = Net::with_head(2, 6, 4, 3, OutputOrder::Reversed, Head::Mlp, 7);
+        assert_eq!(mlp.head(), Head::Mlp);
+        assert_eq!(mlp.layers, lin.layers);
+        assert_eq!((mlp.head_w1.len(), mlp.head_b1.len()), (36, 6));
+        assert_eq!(mlp.param_count(), lin.param_count() + 36 + 6);
+        let mut lin = lin;
+        assert_eq!(mlp.params_mut().len(), lin.params_mut().len() + 2);
+        // The head changes the output, so the option is not a no-op.
+        let (x, _) = batch(&mlp, 2, 3);
+        let a = Workspace::default().forward(&mlp, &x, 2).to_vec();
+        let b = Workspace::default().forward(&lin, &x, 2).to_vec();
+        assert_ne!(a, b);
+    }
+
     /// Backpropagation agrees with central finite differences on every
     /// parameter tensor of a 2-layer net (sampled entries).
     #[test]
     fn gradients_match_finite_differences() {
-        for order in [OutputOrder::Reversed, OutputOrder::Forward] {
-            let mut net = Net::new(2, 5, 4, 3, order, 11);
+        for (order, head) in [
+            (OutputOrder::Reversed, Head::Linear),
+            (OutputOrder::Forward, Head::Linear),
+            (OutputOrder::Reversed, Head::Mlp),
+            (OutputOrder::Forward, Head::Mlp),
+        ] {
+            let mut net = Net::with_head(2, 5, 4, 3, order, head, 11);
             let (x, y) = batch(&net, 3, 5);
             let mut ws = Workspace::default();
             let mut grad = net.zeros_like();
@@ -570,7 +704,7 @@ mod tests {
                     let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(1e-3);
                     assert!(
                         err < 2e-2,
-                        "{order:?} tensor {ti} entry {idx}: analytic {a:e}, numeric {numeric:e}"
+                        "{order:?} {head:?} tensor {ti} entry {idx}: analytic {a:e}, numeric {numeric:e}"
                     );
                 }
             }
