@@ -138,6 +138,9 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
             // An operator steering the loop throughout (the control API's
             // path): disarm/arm and objective changes every 2 ms.
             let controls = Arc::new(LoopControls::new(true, cfg.control.objective));
+            // One change is pending from the start: a fast free-clock run
+            // can end before the operator thread is first scheduled.
+            controls.post_objective(cfg.control.objective);
             let done = Arc::new(AtomicBool::new(false));
             let operator = {
                 let (c, d, base) = (controls.clone(), done.clone(), cfg.control.objective);
