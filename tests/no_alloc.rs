@@ -145,7 +145,7 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                     let mut k = 0u64;
                     while !d.load(Ordering::Relaxed) {
                         k += 1;
-                        c.set_armed(k % 4 != 0);
+                        c.set_armed(!k.is_multiple_of(4));
                         let mut o = base;
                         o.rate = RateSchedule::new(&[(0.0, 10.0 + (k % 10) as f64)]).unwrap();
                         c.post_objective(o);
