@@ -455,6 +455,7 @@ fn control_api_steers_the_loop_and_refuses_bad_requests_without_changing_anythin
     let s = d.summary();
     assert_eq!(s["stop"], "signal");
     assert!(s["disarmed_samples"].as_u64() > Some(2000), "{s:#}");
+    assert_eq!(s["objective_changes"], 1, "{s:#}");
     // The refusals were logged as such.
     assert!(err.contains("control API refused"), "{err}");
 }
