@@ -1659,6 +1659,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_service_config_is_valid() {
+        let text = include_str!("../systemd/neurostimd.toml");
+        let c = Config::from_str_named("systemd/neurostimd.toml", text).unwrap();
+        assert_eq!(c.plant_kind, PlantKind::Serial);
+        assert!(!c.service.start_armed);
+        assert_eq!(c.service.socket, SocketChoice::Auto);
+    }
+
+    #[test]
     fn users_may_add_presets() {
         let c = Config::from_str_named(
             "t.toml",

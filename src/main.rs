@@ -77,7 +77,8 @@ struct RunArgs {
     #[arg(long, value_name = "FILE.onnx")]
     model: Option<PathBuf>,
     /// Write every sample (t, V, applied, requested and commanded current,
-    /// safety cause) to this CSV file.
+    /// safety cause) to this CSV file; with the mpc policy, each plan's
+    /// forecast goes to FILE.forecasts.csv beside it (for `neurostimd plot`).
     #[arg(long, value_name = "FILE.csv")]
     trace_out: Option<PathBuf>,
     /// Record the run here in the Open Ephys binary layout (V, controller

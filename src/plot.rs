@@ -666,7 +666,7 @@ where
         c.configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.85))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(draw_err)?;
 
@@ -709,7 +709,7 @@ where
         c.configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.85))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(draw_err)?;
     }

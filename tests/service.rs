@@ -455,6 +455,7 @@ fn control_api_steers_the_loop_and_refuses_bad_requests_without_changing_anythin
     let s = d.summary();
     assert_eq!(s["stop"], "signal");
     assert!(s["disarmed_samples"].as_u64() > Some(2000), "{s:#}");
+    assert_eq!(s["objective_changes"], 1, "{s:#}");
     // The refusals were logged as such.
     assert!(err.contains("control API refused"), "{err}");
 }
@@ -603,4 +604,61 @@ fn metrics_scrape_parses_with_a_prometheus_text_parser() {
     d.signal(libc::SIGTERM);
     let (st, _, err) = d.wait_exit(Duration::from_secs(20));
     assert!(st.success(), "{err}");
+}
+
+#[test]
+fn logs_under_systemd_carry_journal_priorities_and_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let run = |journal: bool| {
+        let log = dir
+            .path()
+            .join(if journal { "journal.log" } else { "plain.log" });
+        let file = std::fs::File::create(&log).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_neurostimd"));
+        cmd.args([
+            "--plant",
+            "sim",
+            "--policy",
+            "off",
+            "--clock",
+            "free",
+            "--duration",
+            "0.3",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--report")
+        .arg(dir.path().join(if journal { "r1" } else { "r2" }))
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .env_remove("JOURNAL_STREAM");
+        if journal {
+            // What systemd sets when stderr is the journal's stream: the
+            // device and inode of that stream (here: the log file).
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        assert!(cmd.status().unwrap().success());
+        std::fs::read_to_string(log).unwrap()
+    };
+    let journal = run(true);
+    let lines: Vec<&str> = journal.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines.iter().filter(|l| l.starts_with('<')) {
+        assert!(
+            l.starts_with("<6>neurostimd") || l.starts_with("<4>neurostimd"),
+            "{l}"
+        );
+        assert!(!l.contains("Z  INFO") && !l.contains(" INFO "), "{l}");
+    }
+    assert!(
+        journal.contains("<6>neurostimd: starting the closed loop"),
+        "{journal}"
+    );
+    let plain = run(false);
+    assert!(!plain.contains("<6>"), "{plain}");
+    assert!(plain.contains(" INFO "), "{plain}");
 }

@@ -251,6 +251,9 @@ pub struct LoopSummary {
     pub overruns: u64,
     /// Samples the operator held stimulation disarmed (control API).
     pub disarmed_samples: u64,
+    /// Objective changes applied (control API). With any, `quality` mixes
+    /// objectives: it is scored against the configured one.
+    pub objective_changes: u64,
     pub realtime: rt::RtReport,
     pub stop: StopReason,
     /// The plant fault that ended the run, if any.
@@ -744,6 +747,7 @@ pub fn run(
     let mut objective_seq = 0u64;
     let mut armed = controls.as_ref().is_none_or(|k| k.armed_requested());
     let mut disarmed_samples = 0u64;
+    let mut objective_changes = 0u64;
     let mut forecast_error_mv = f64::NAN;
     if paced {
         reduce_timer_slack();
@@ -773,6 +777,7 @@ pub fn run(
                 if let Some((seq, o)) = k.take_objective() {
                     objective = o;
                     objective_seq = seq;
+                    objective_changes += 1;
                     if c.policy == PolicyKind::Pid {
                         baseline = Baseline::pid_for(
                             &objective,
@@ -1178,6 +1183,7 @@ pub fn run(
         },
         overruns,
         disarmed_samples,
+        objective_changes,
         realtime,
         stop: reason,
         fault: fault_text,

@@ -148,22 +148,37 @@ pub struct Service {
     state: Arc<State>,
 }
 
-/// The control socket for `choice`, given the run's report directory.
+/// The control socket for `choice`, given the run's report directory. An
+/// automatic path too long for a Unix socket (a deep report directory)
+/// turns the API off with a warning rather than failing the run.
 pub fn socket_path(choice: &SocketChoice, report_dir: Option<&Path>) -> Option<PathBuf> {
     match choice {
         SocketChoice::Off => None,
         SocketChoice::Path(p) => Some(p.clone()),
-        SocketChoice::Auto => std::env::var_os("RUNTIME_DIRECTORY")
-            .filter(|d| !d.is_empty())
-            // systemd may list several directories, separated by ':'.
-            .and_then(|d| {
-                d.to_str()
-                    .and_then(|s| s.split(':').next())
-                    .map(PathBuf::from)
-            })
-            .or_else(|| report_dir.map(Path::to_path_buf))
-            .map(|d| d.join("control.sock")),
+        SocketChoice::Auto => auto_socket(report_dir).filter(|p| {
+            let fits = p.as_os_str().len() <= 107;
+            if !fits {
+                tracing::warn!(
+                    "control API off: {} is longer than a Unix socket path may be; set service.socket",
+                    p.display()
+                );
+            }
+            fits
+        }),
     }
+}
+
+fn auto_socket(report_dir: Option<&Path>) -> Option<PathBuf> {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        // systemd may list several directories, separated by ':'.
+        .and_then(|d| {
+            d.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .or_else(|| report_dir.map(Path::to_path_buf))
+        .map(|d| d.join("control.sock"))
 }
 
 /// Bind the control socket: a stale socket file left by a crash is
@@ -382,5 +397,52 @@ impl Lifecycle {
         } else if !state.controls.is_finished() && self.fed.is_some() {
             tracing::error!("control loop heartbeat stalled at {hb}; not feeding the watchdog");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths() {
+        assert_eq!(socket_path(&SocketChoice::Off, Some(Path::new("r"))), None);
+        assert_eq!(
+            socket_path(&SocketChoice::Path("/x/c.sock".into()), None),
+            Some(PathBuf::from("/x/c.sock"))
+        );
+        if std::env::var_os("RUNTIME_DIRECTORY").is_none() {
+            assert_eq!(
+                socket_path(&SocketChoice::Auto, Some(Path::new("reports/run-1"))),
+                Some(PathBuf::from("reports/run-1/control.sock"))
+            );
+            assert_eq!(socket_path(&SocketChoice::Auto, None), None);
+            let deep = "d/".repeat(60);
+            assert_eq!(
+                socket_path(&SocketChoice::Auto, Some(Path::new(&deep))),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sock");
+        let live = bind_socket(&p, 0o660).unwrap();
+        assert!(matches!(
+            bind_socket(&p, 0o660),
+            Err(ServiceError::SocketInUse(_))
+        ));
+        drop(live);
+        // The file stays after the listener is gone: stale.
+        assert!(p.exists());
+        let again = bind_socket(&p, 0o600).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(again);
     }
 }
