@@ -152,48 +152,28 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
         .iter()
         .find(|a| a["accepted"].as_bool() == Some(true))
         .and_then(|a| a["decided_s"].as_f64());
-    let pre = mean(
-        timeline
-            .iter()
-            .filter(|(t, _)| *t >= change_s - 10.0 && *t < change_s)
-            .map(|p| p.1),
-    );
-    let drifted = swapped_s.map(|sw| {
+    let end = s.plant_time_s;
+    // Means over the three stretches: the 10 s before the change, from 5 s
+    // after it to the swap (the old model on the new cell), the last 10 s.
+    let between = |xs: &[(f64, f64)], from: f64, to: f64| {
         mean(
-            timeline
-                .iter()
-                .filter(|(t, _)| *t >= change_s + 5.0 && *t < sw)
+            xs.iter()
+                .filter(|(t, _)| *t >= from && *t < to)
                 .map(|p| p.1),
         )
-    });
+    };
+    let pre = between(&timeline, change_s - 10.0, change_s);
+    let drifted = swapped_s.map(|sw| between(&timeline, change_s + 5.0, sw));
+    let final_rmse = between(&timeline, end - 10.0, f64::INFINITY);
+    let pre_skill = between(&skill, change_s - 10.0, change_s);
+    let drifted_skill = swapped_s.map(|sw| between(&skill, change_s + 5.0, sw));
+    let final_skill = between(&skill, end - 10.0, f64::INFINITY);
     let recovered_s = swapped_s.and_then(|sw| {
         timeline
             .iter()
             .find(|(t, x)| *t > sw && x.is_finite() && *x <= 1.2 * pre)
             .map(|p| p.0)
     });
-    let end = s.plant_time_s;
-    let pre_skill = mean(
-        skill
-            .iter()
-            .filter(|(t, _)| *t >= change_s - 10.0 && *t < change_s)
-            .map(|p| p.1),
-    );
-    let final_skill = mean(skill.iter().filter(|(t, _)| *t >= end - 10.0).map(|p| p.1));
-    let drifted_skill = swapped_s.map(|sw| {
-        mean(
-            skill
-                .iter()
-                .filter(|(t, _)| *t >= change_s + 5.0 && *t < sw)
-                .map(|p| p.1),
-        )
-    });
-    let final_rmse = mean(
-        timeline
-            .iter()
-            .filter(|(t, _)| *t >= end - 10.0)
-            .map(|p| p.1),
-    );
     let p99 = |p: &Option<crate::control::Percentiles>| p.as_ref().map(|p| p.p99_us);
     let (pt, pn) = (
         p99(&s.latency.sample_to_command_training),

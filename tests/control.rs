@@ -11,19 +11,10 @@ use neurostimd::safety::{Cause, Fault};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 fn config(extra: &str) -> Config {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ca1_lstm.onnx");
-    let base = format!(
-        "[run]\nclock = \"free\"\n[control]\nmodel = \"{}\"\n\
-         [control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n",
-        model.display()
-    );
-    Config::load_stack(
-        &[("base.toml", &base), ("test.toml", extra)],
-        None,
-        &toml::Table::new(),
-    )
-    .unwrap()
+    common::free_clock_config(extra)
 }
 
 fn run_on(plant: &mut dyn Plant, cfg: &Config, seconds: f64) -> RunOutcome {

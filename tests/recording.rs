@@ -21,19 +21,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+mod common;
+
 fn config(extra: &str) -> Config {
-    let model = root().join("models/ca1_lstm.onnx");
-    let base = format!(
-        "[run]\nclock = \"free\"\n[control]\nmodel = \"{}\"\n\
-         [control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n",
-        model.display()
-    );
-    Config::load_stack(
-        &[("base.toml", &base), ("test.toml", extra)],
-        None,
-        &toml::Table::new(),
-    )
-    .unwrap()
+    common::free_clock_config(extra)
 }
 
 fn record_run(cfg: &Config, dir: &Path) -> session::SessionOutcome {
