@@ -228,7 +228,8 @@ enum Command {
     /// Steer a running daemon through its control API (Unix socket).
     Ctl {
         /// The daemon's control socket (default: $NEUROSTIMD_SOCKET, else
-        /// /run/neurostimd/control.sock; a run outside systemd prints its own).
+        /// /run/neurostimd/control.sock if present, else the newest
+        /// reports/*/control.sock here; a run prints its own at start).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Seconds to wait for the answer.

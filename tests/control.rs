@@ -278,3 +278,79 @@ fn a_fast_free_run_loses_no_records() {
     assert!(r.summary.quality.spikes as u64 <= loop_spikes_after);
     assert!(scored_from > 0.0 && r.summary.quality.spikes > 0);
 }
+
+/// Run with operator controls set up before the start (what the control
+/// API posts while the loop runs).
+fn run_with_controls(
+    cfg: &Config,
+    seconds: f64,
+    controls: std::sync::Arc<neurostimd::control::controls::LoopControls>,
+) -> RunOutcome {
+    let mut plant = SimPlant::new(&cfg.sim);
+    let forecaster = (cfg.control.policy == neurostimd::policy::PolicyKind::Mpc).then(|| {
+        Forecaster::load(
+            &cfg.control.model,
+            cfg.control.mpc.candidates,
+            Engine::Native,
+        )
+        .unwrap()
+    });
+    let setup = RunSetup {
+        clock: cfg.run.clock,
+        duration_s: Some(seconds),
+        control: cfg.control.clone(),
+        safety: cfg.safety,
+        forecaster,
+        keep_records: true,
+        trace_out: None,
+        controls: Some(controls),
+    };
+    control::run(&mut plant, setup, &AtomicBool::new(false), None).unwrap()
+}
+
+/// An objective change through the loop's controls reaches the policy: the
+/// MPC (on the planner thread) and the PI baseline both move the cell from
+/// the configured 15 Hz to the new 5 Hz; disarmed, nothing is delivered.
+#[test]
+fn operator_controls_change_the_objective_and_disarm_through_the_limiter() {
+    use neurostimd::control::controls::LoopControls;
+    use neurostimd::policy::RateSchedule;
+    use std::sync::Arc;
+    for policy in ["mpc", "pid"] {
+        let cfg = config(&format!("[control]\npolicy = \"{policy}\"\n"));
+        let controls = Arc::new(LoopControls::new(true, cfg.control.objective));
+        let mut slow = cfg.control.objective;
+        slow.rate = RateSchedule::new(&[(0.0, 5.0)]).unwrap();
+        let seq = controls.post_objective(slow);
+        let r = run_with_controls(&cfg, 4.0, controls.clone());
+        assert_eq!(controls.status().objective_seq, seq);
+        assert_eq!(r.summary.objective_changes, 1);
+        // Spikes after the first second (settled), in 3 s.
+        let spikes = {
+            let recs = r.records.as_ref().unwrap();
+            let mut det = neurostimd::neuron::spikes::SpikeDetector::new(-20.0);
+            recs.iter()
+                .filter_map(|x| det.push(x.t_ms, x.v_mv))
+                .filter(|&t| t >= 1000.0)
+                .count()
+        };
+        let hz = spikes as f64 / 3.0;
+        assert!(
+            (3.5..=6.5).contains(&hz),
+            "{policy}: {hz} Hz after asking for 5 Hz (configured 15 Hz)"
+        );
+    }
+    // Disarmed from the start: every request is zero, so is every command,
+    // and it is a state, not a safety intervention.
+    let cfg = config("[control]\npolicy = \"pid\"\n");
+    let controls = Arc::new(LoopControls::new(false, cfg.control.objective));
+    let r = run_with_controls(&cfg, 1.0, controls);
+    let recs = r.records.as_ref().unwrap();
+    assert!(recs.iter().all(|x| x.requested == 0.0 && x.command == 0.0));
+    assert_eq!(r.summary.disarmed_samples, r.summary.samples);
+    assert_eq!(r.summary.charge_delivered_nc_cm2, 0.0);
+    assert_eq!(
+        r.summary.interventions_total,
+        r.summary.interventions["shutdown"]
+    );
+}

@@ -8,13 +8,61 @@ use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where `ctl` looks when no `--socket` is given: `$NEUROSTIMD_SOCKET`,
-/// else the systemd service's socket.
+/// The systemd service's socket.
+pub const SERVICE_SOCKET: &str = "/run/neurostimd/control.sock";
+
+/// Where `ctl` looks when no `--socket` is given: `$NEUROSTIMD_SOCKET`;
+/// else the systemd service's socket if it exists; else the newest
+/// `reports/*/control.sock` under the working directory (a daemon started
+/// from a shell there); else the service's path (for the error message).
 pub fn default_socket() -> PathBuf {
-    std::env::var_os("NEUROSTIMD_SOCKET")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/neurostimd/control.sock"))
+    if let Some(s) = std::env::var_os("NEUROSTIMD_SOCKET").filter(|s| !s.is_empty()) {
+        return PathBuf::from(s);
+    }
+    let service = PathBuf::from(SERVICE_SOCKET);
+    if service.exists() {
+        return service;
+    }
+    newest_run_socket(Path::new("reports")).unwrap_or(service)
+}
+
+/// The most recently modified `*/control.sock` under `reports`.
+pub fn newest_run_socket(reports: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(reports)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("control.sock"))
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?.modified().ok()?;
+            Some((m, p))
+        })
+        .max_by_key(|(m, _)| *m)
+        .map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_run_socket_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest_run_socket(dir.path()), None);
+        for (k, run) in ["run-a", "run-b"].iter().enumerate() {
+            let d = dir.path().join(run);
+            std::fs::create_dir(&d).unwrap();
+            // The socket file stays after its listener is gone.
+            drop(std::os::unix::net::UnixListener::bind(d.join("control.sock")).unwrap());
+            if k == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        std::fs::create_dir(dir.path().join("run-c")).unwrap();
+        assert_eq!(
+            newest_run_socket(dir.path()),
+            Some(dir.path().join("run-b/control.sock"))
+        );
+    }
 }
 
 /// A failed call.
