@@ -303,6 +303,10 @@ fn run_with_controls(
         forecaster,
         keep_records: true,
         trace_out: None,
+        recorder: None,
+        notes: None,
+        swaps: None,
+        retrain: None,
         controls: Some(controls),
     };
     control::run(&mut plant, setup, &AtomicBool::new(false), None).unwrap()
