@@ -662,3 +662,69 @@ fn logs_under_systemd_carry_journal_priorities_and_no_timestamps() {
     assert!(!plain.contains("<6>"), "{plain}");
     assert!(plain.contains(" INFO "), "{plain}");
 }
+
+/// Retraining through the control API of a recording daemon: on-demand
+/// retraining runs and is decided, the model version and attempts show in
+/// status and metrics, a rollback with nothing before v1 is refused, and
+/// the recording holds the retraining events.
+#[test]
+fn retraining_and_rollback_through_the_api_are_recorded() {
+    let mut d = Daemon::start(
+        &["--duration", "60", "--retrain", "--record", "rec"],
+        "[retrain]\nstate_dir = \"state\"\ndata = \"3 s\"\nepochs = 1\nstride = 8\non_drift = false\n",
+        &[],
+    );
+    d.wait_running();
+    let s = d.wait_for("retraining is bound", |v| v["model"]["state"] == "idle");
+    assert_eq!(s["model"]["version"], 1, "{s:#}");
+    let a = d.call(Method::POST, "/model/rollback", None);
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("nothing to roll back to"), "{}", a.body);
+    let a = d.call(Method::POST, "/model/retrain", None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let s = d.wait_for("a retraining decision", |v| {
+        v["model"]["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let attempt = &s["model"]["attempts"][0];
+    assert_eq!(attempt["trigger"], "on demand");
+    let accepted = attempt["accepted"] == true;
+    let metrics = d.call(Method::GET, "/metrics", None).body;
+    let expect_version = if accepted { 2 } else { 1 };
+    assert!(
+        metrics.contains(&format!("neurostimd_model_version {expect_version}")),
+        "{metrics}"
+    );
+    let outcome = if accepted { "accepted" } else { "not_accepted" };
+    assert!(
+        metrics.contains(&format!(
+            "neurostimd_retraining_attempts_total{{outcome=\"{outcome}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    if accepted {
+        let a = d.call(Method::POST, "/model/rollback", None);
+        assert_eq!(a.status, 200, "{}", a.body);
+        d.wait_for("v1 back", |v| v["model"]["version"] == 1);
+    }
+    let a = d.call(Method::POST, "/shutdown", None);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let (st, _, err) = d.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "{err}");
+    let summary = d.summary();
+    assert_eq!(summary["retraining"]["attempts"][0]["accepted"], accepted);
+    let rec = d.dir.path().join("rec");
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rec.join("neurostimd.json")).unwrap()).unwrap();
+    assert_eq!(side["status"], "complete");
+    let log =
+        std::fs::read_to_string(rec.join("Record Node 100/experiment1/recording1/events.jsonl"))
+            .unwrap();
+    assert!(log.contains("retraining triggered (on demand)"), "{log}");
+    assert!(log.contains(if accepted { "accepted" } else { "rejected" }));
+    if accepted {
+        assert!(log.contains("\"event\":\"model_swap\""));
+        assert!(log.contains("rolled back from v2"));
+    }
+}

@@ -205,6 +205,46 @@ pub fn render(state: &State) -> String {
     let (name, sha, version, retraining) = match &state.model_ops {
         Some(ops) => {
             let s = ops.status();
+            // Retraining's own figures: the drift monitor's rolling error
+            // (every horizon step of every plan), its reference, and the
+            // attempts by outcome.
+            for (key, metric, help) in [
+                (
+                    "rolling_forecast_rmse_mv",
+                    "neurostimd_forecast_rolling_rmse_mv",
+                    "Rolling RMS error of the planners' forecasts over every horizon step against the V that followed (drift monitor window), mV.",
+                ),
+                (
+                    "reference_rmse_mv",
+                    "neurostimd_forecast_reference_rmse_mv",
+                    "The running model's reference error that drift is measured against, mV.",
+                ),
+            ] {
+                if let Some(x) = s.get(key).and_then(|v| v.as_f64()) {
+                    o.one(metric, "gauge", help, x);
+                }
+            }
+            if let Some(list) = s.get("attempts").and_then(|v| v.as_array()) {
+                let accepted = list
+                    .iter()
+                    .filter(|a| a["accepted"].as_bool() == Some(true))
+                    .count();
+                o.family(
+                    "neurostimd_retraining_attempts_total",
+                    "counter",
+                    "Retraining attempts by outcome (accepted: swapped in; not_accepted: rejected by the gate or no candidate).",
+                );
+                o.sample(
+                    "neurostimd_retraining_attempts_total",
+                    &[("outcome", "accepted")],
+                    accepted as f64,
+                );
+                o.sample(
+                    "neurostimd_retraining_attempts_total",
+                    &[("outcome", "not_accepted")],
+                    (list.len() - accepted) as f64,
+                );
+            }
             let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
             (
                 text("name"),
