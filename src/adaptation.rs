@@ -43,6 +43,8 @@ pub struct AdaptReport {
     /// First time after the swap at which the rolling error is within 20%
     /// of the pre-change level.
     pub recovered_s: Option<f64>,
+    /// The same for the error relative to persistence's (skill).
+    pub recovered_relative_s: Option<f64>,
     /// Mean rolling RMSE over the last 10 s, mV, and its ratio to the
     /// pre-change level.
     pub final_rmse_mv: f64,
@@ -68,9 +70,13 @@ pub struct AdaptReport {
 pub struct Checks {
     pub drift_detected: bool,
     pub candidate_swapped_in: bool,
-    /// Error back within 20% of pre-change within 120 s of the change (the
-    /// quick version: within its shorter run).
+    /// Error back within 20% of pre-change within 120 s of the change, and
+    /// still there over the last 10 s.
     pub recovered_in_time: bool,
+    /// The same for the error relative to persistence's on the same
+    /// forecasts: the model's skill, with the cell's own predictability
+    /// (which a regime change also moves) divided out.
+    pub recovered_relative_in_time: bool,
     pub p99_within_10_percent: bool,
 }
 
@@ -168,12 +174,15 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
     let pre_skill = between(&skill, change_s - 10.0, change_s);
     let drifted_skill = swapped_s.map(|sw| between(&skill, change_s + 5.0, sw));
     let final_skill = between(&skill, end - 10.0, f64::INFINITY);
-    let recovered_s = swapped_s.and_then(|sw| {
-        timeline
-            .iter()
-            .find(|(t, x)| *t > sw && x.is_finite() && *x <= 1.2 * pre)
-            .map(|p| p.0)
-    });
+    let first_within = |xs: &[(f64, f64)], level: f64| {
+        swapped_s.and_then(|sw| {
+            xs.iter()
+                .find(|(t, x)| *t > sw && x.is_finite() && *x <= 1.2 * level)
+                .map(|p| p.0)
+        })
+    };
+    let recovered_s = first_within(&timeline, pre);
+    let recovered_relative_s = first_within(&skill, pre_skill);
     let p99 = |p: &Option<crate::control::Percentiles>| p.as_ref().map(|p| p.p99_us);
     let (pt, pn) = (
         p99(&s.latency.sample_to_command_training),
@@ -191,6 +200,7 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
         detected_s,
         swapped_s,
         recovered_s,
+        recovered_relative_s,
         final_rmse_mv: final_rmse,
         final_ratio: final_rmse / pre,
         pre_change_relative_error: pre_skill,
@@ -205,6 +215,8 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
             candidate_swapped_in: swapped_s.is_some(),
             recovered_in_time: recovered_s.is_some_and(|t| t - change_s <= 120.0)
                 && final_rmse <= 1.2 * pre,
+            recovered_relative_in_time: recovered_relative_s.is_some_and(|t| t - change_s <= 120.0)
+                && final_skill <= 1.2 * pre_skill,
             p99_within_10_percent: ratio.is_some_and(|r| r <= 1.1),
         },
         report_dir: report_dir.clone(),
@@ -247,10 +259,11 @@ impl AdaptReport {
             self.final_rmse_mv, self.final_ratio
         ));
         t.push_str(&format!(
-            "relative to persistence: {:.3} before the change, {} with the old model after it, {:.3} in the last 10 s\n",
+            "relative to persistence: {:.3} before the change, {} with the old model after it, {:.3} in the last 10 s; within 20% again: {}\n",
             self.pre_change_relative_error,
             self.drifted_relative_error.map_or("-".into(), |x| format!("{x:.3}")),
-            self.final_relative_error
+            self.final_relative_error,
+            f(self.recovered_relative_s)
         ));
         if let (Some(a), Some(b), Some(r)) = (
             self.p99_training_us,
@@ -263,8 +276,12 @@ impl AdaptReport {
         }
         let c = &self.checks;
         t.push_str(&format!(
-            "checks: drift detected {}, swapped in {}, recovered in time {}, p99 within 10% {}\n",
-            c.drift_detected, c.candidate_swapped_in, c.recovered_in_time, c.p99_within_10_percent
+            "checks: drift detected {}, swapped in {}, recovered in time {} (relative to persistence: {}), p99 within 10% {}\n",
+            c.drift_detected,
+            c.candidate_swapped_in,
+            c.recovered_in_time,
+            c.recovered_relative_in_time,
+            c.p99_within_10_percent
         ));
         t
     }
