@@ -18,6 +18,17 @@ fn config(extra: &str) -> Config {
 }
 
 fn run_on(plant: &mut dyn Plant, cfg: &Config, seconds: f64) -> RunOutcome {
+    run_on_with(plant, cfg, seconds, None)
+}
+
+/// A run with the shipped model (for mpc), every record kept, and operator
+/// controls if given.
+fn run_on_with(
+    plant: &mut dyn Plant,
+    cfg: &Config,
+    seconds: f64,
+    controls: Option<std::sync::Arc<neurostimd::control::controls::LoopControls>>,
+) -> RunOutcome {
     let forecaster = (cfg.control.policy == neurostimd::policy::PolicyKind::Mpc).then(|| {
         Forecaster::load(
             &cfg.control.model,
@@ -38,7 +49,7 @@ fn run_on(plant: &mut dyn Plant, cfg: &Config, seconds: f64) -> RunOutcome {
         notes: None,
         swaps: None,
         retrain: None,
-        controls: None,
+        controls,
     };
     control::run(plant, setup, &AtomicBool::new(false), None).unwrap()
 }
@@ -287,29 +298,7 @@ fn run_with_controls(
     controls: std::sync::Arc<neurostimd::control::controls::LoopControls>,
 ) -> RunOutcome {
     let mut plant = SimPlant::new(&cfg.sim);
-    let forecaster = (cfg.control.policy == neurostimd::policy::PolicyKind::Mpc).then(|| {
-        Forecaster::load(
-            &cfg.control.model,
-            cfg.control.mpc.candidates,
-            Engine::Native,
-        )
-        .unwrap()
-    });
-    let setup = RunSetup {
-        clock: cfg.run.clock,
-        duration_s: Some(seconds),
-        control: cfg.control.clone(),
-        safety: cfg.safety,
-        forecaster,
-        keep_records: true,
-        trace_out: None,
-        recorder: None,
-        notes: None,
-        swaps: None,
-        retrain: None,
-        controls: Some(controls),
-    };
-    control::run(&mut plant, setup, &AtomicBool::new(false), None).unwrap()
+    run_on_with(&mut plant, cfg, seconds, Some(controls))
 }
 
 /// An objective change through the loop's controls reaches the policy: the

@@ -759,6 +759,28 @@ pub fn run(
         k.mark_started();
     }
 
+    // The loop's counters as the service sees them, from the locals of the
+    // moment (each period boundary, and once at the end).
+    macro_rules! published {
+        () => {
+            controls::Published {
+                samples,
+                lost_samples,
+                plant_interruptions,
+                records_dropped,
+                spikes,
+                plans_adopted,
+                late_plans,
+                plan_misses,
+                plan_miss_samples,
+                snapshots_skipped,
+                disarmed_samples,
+                plant_time_ms: last_t,
+                forecast_error_mv,
+            }
+        };
+    }
+
     // --------------------------------------------------------------- loop
     loop {
         if max_samples.is_some_and(|m| samples >= m) {
@@ -789,24 +811,7 @@ pub fn run(
                     replan = true;
                     k.applied(seq);
                 }
-                k.publish(
-                    &controls::Published {
-                        samples,
-                        lost_samples,
-                        plant_interruptions,
-                        records_dropped,
-                        spikes,
-                        plans_adopted,
-                        late_plans,
-                        plan_misses,
-                        plan_miss_samples,
-                        snapshots_skipped,
-                        disarmed_samples,
-                        plant_time_ms: last_t,
-                        forecast_error_mv,
-                    },
-                    &limiter,
-                );
+                k.publish(&published!(), &limiter);
             }
             let now = k.armed_for(armed, boundary);
             if now && !armed && c.policy == PolicyKind::Pid {
@@ -1075,24 +1080,7 @@ pub fn run(
     }
     let wall = start.elapsed().as_secs_f64();
     if let Some(k) = &controls {
-        k.publish(
-            &controls::Published {
-                samples,
-                lost_samples,
-                plant_interruptions,
-                records_dropped,
-                spikes,
-                plans_adopted,
-                late_plans,
-                plan_misses,
-                plan_miss_samples,
-                snapshots_skipped,
-                disarmed_samples,
-                plant_time_ms: last_t,
-                forecast_error_mv,
-            },
-            &limiter,
-        );
+        k.publish(&published!(), &limiter);
         k.mark_finished();
     }
     ends.records.flush();
