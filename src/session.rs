@@ -280,11 +280,6 @@ pub fn run(
         );
     }
     let setup = RunSetup {
-        clock: config.run.clock,
-        duration_s: config.run.duration_s,
-        control: config.control.clone(),
-        safety: config.safety,
-        forecaster,
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
         recorder,
@@ -292,6 +287,7 @@ pub fn run(
         swaps,
         retrain: supervisor.as_ref().map(|s| s.shared.clone()),
         controls: opts.service.as_ref().map(|s| s.controls.clone()),
+        ..RunSetup::new(config, config.run.duration_s, forecaster)
     };
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),

@@ -38,18 +38,9 @@ fn run_on_with(
         .unwrap()
     });
     let setup = RunSetup {
-        clock: cfg.run.clock,
-        duration_s: Some(seconds),
-        control: cfg.control.clone(),
-        safety: cfg.safety,
-        forecaster,
         keep_records: true,
-        trace_out: None,
-        recorder: None,
-        notes: None,
-        swaps: None,
-        retrain: None,
         controls,
+        ..RunSetup::new(cfg, Some(seconds), forecaster)
     };
     control::run(plant, setup, &AtomicBool::new(false), None).unwrap()
 }

@@ -157,18 +157,8 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
                 })
             };
             let setup = RunSetup {
-                clock: cfg.run.clock,
-                duration_s: Some(seconds),
-                control: cfg.control.clone(),
-                safety: cfg.safety,
-                forecaster,
-                keep_records: false,
-                trace_out: None,
-                recorder: None,
-                notes: None,
-                swaps: None,
-                retrain: None,
                 controls: Some(controls.clone()),
+                ..RunSetup::new(&cfg, Some(seconds), forecaster)
             };
             let mut result = None;
             let n = allocations_during(|| {
@@ -239,20 +229,7 @@ fn the_serial_link_does_not_allocate_per_sample() {
     let cfg = Config::from_str_named("t.toml", &text).unwrap();
     let count = |seconds: f64| {
         let mut plant = SerialPlant::open(cfg.serial.clone()).unwrap();
-        let setup = RunSetup {
-            clock: cfg.run.clock,
-            duration_s: Some(seconds),
-            control: cfg.control.clone(),
-            safety: cfg.safety,
-            forecaster: None,
-            keep_records: false,
-            trace_out: None,
-            recorder: None,
-            notes: None,
-            swaps: None,
-            retrain: None,
-            controls: None,
-        };
+        let setup = RunSetup::new(&cfg, Some(seconds), None);
         let stop = AtomicBool::new(false);
         let mut out = None;
         let n = allocations_during(|| {

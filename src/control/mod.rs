@@ -297,6 +297,33 @@ pub struct RunSetup {
     pub controls: Option<std::sync::Arc<controls::LoopControls>>,
 }
 
+impl RunSetup {
+    /// A run of `config`'s loop for `duration_s` of plant time (`None`:
+    /// until stopped), with no records kept and none of the optional
+    /// connections (recorder, retraining, operator controls): set those
+    /// with struct-update syntax.
+    pub fn new(
+        config: &crate::config::Config,
+        duration_s: Option<f64>,
+        forecaster: Option<Forecaster>,
+    ) -> RunSetup {
+        RunSetup {
+            clock: config.run.clock,
+            duration_s,
+            control: config.control.clone(),
+            safety: config.safety,
+            forecaster,
+            keep_records: false,
+            trace_out: None,
+            recorder: None,
+            notes: None,
+            swaps: None,
+            retrain: None,
+            controls: None,
+        }
+    }
+}
+
 /// A run's results.
 pub struct RunOutcome {
     pub summary: LoopSummary,
