@@ -1,0 +1,56 @@
+/* Reset and vector table for the mps2-an386 port (Cortex-M4F). */
+#include <stdint.h>
+#include <string.h>
+
+#include "mps2.h"
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+void Reset_Handler(void);
+void SysTick_Handler(void);
+void Uart0Rx_Handler(void);
+void Uart0Tx_Handler(void);
+
+static void Default_Handler(void)
+{
+    /* An unexpected exception: the safe state is no current. The board's
+     * main() put the DAC at zero at reset; a real port would also force
+     * its output stage off here (e.g. an enable pin), then reset. */
+    for (;;) {
+    }
+}
+
+void Reset_Handler(void)
+{
+    /* The FPU (CP10, CP11) before any floating-point instruction. */
+    SCB_CPACR |= 0xFu << 20;
+    __asm__ volatile("dsb\n isb" ::: "memory");
+    uint32_t *src = &_sidata, *dst = &_sdata;
+    while (dst < &_edata)
+        *dst++ = *src++;
+    for (dst = &_sbss; dst < &_ebss;)
+        *dst++ = 0;
+    main();
+    for (;;) {
+    }
+}
+
+typedef void (*vector)(void);
+
+__attribute__((section(".isr_vector"), used)) static const vector vectors[16 + 2] = {
+    (vector)(uintptr_t)&_estack,
+    Reset_Handler,
+    Default_Handler, /* NMI */
+    Default_Handler, /* HardFault */
+    Default_Handler, /* MemManage */
+    Default_Handler, /* BusFault */
+    Default_Handler, /* UsageFault */
+    0, 0, 0, 0,
+    Default_Handler, /* SVC */
+    Default_Handler, /* DebugMon */
+    0,
+    Default_Handler, /* PendSV */
+    SysTick_Handler,
+    Uart0Rx_Handler, /* IRQ 0: UART0 RX */
+    Uart0Tx_Handler, /* IRQ 1: UART0 TX */
+};
