@@ -187,6 +187,7 @@ static void apply(ns_rig *r, const ns_frame *f)
     r->out = a;
     r->active = 1;
     r->expires_us = r->t_us + valid;
+    r->cmd_t_us = r->t_us;
     r->echo_us = c->daemon_us;
     r->cmd_seq = f->seq;
     r->n.commands++;
@@ -348,6 +349,10 @@ int32_t ns_rig_tick(ns_rig *r, int32_t v)
         r->n.heartbeats_tx++;
         r->next_heartbeat_us = r->t_us + r->cfg.heartbeat_us;
     }
+    /* Safety evidence: the longest the output has stayed non-zero since
+     * the command that set it (bounded by the validity, max_valid_us). */
+    if (r->out != 0 && r->t_us - r->cmd_t_us > r->n.hold_max_us)
+        r->n.hold_max_us = (uint32_t)(r->t_us - r->cmd_t_us);
     r->prev_out = r->out;
     r->k++;
     return r->out;

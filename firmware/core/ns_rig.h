@@ -94,6 +94,7 @@ typedef struct {
     uint32_t tx_full;        /* frames not queued: the UART was behind */
     uint32_t rx_full;        /* bytes lost: the sample cycle was behind */
     uint32_t overruns;       /* timer ticks the board missed (set by the board) */
+    uint32_t hold_max_us;    /* longest non-zero output since its command, µs */
     /* Fault injection (host tests). */
     uint32_t dropped, corrupted, duplicated, garbage_bytes, stalled_cycles;
 } ns_rig_counters;
@@ -130,6 +131,7 @@ typedef struct {
     int32_t out;          /* current driven now, counts */
     int32_t prev_out;     /* current over the interval ending at this sample */
     uint64_t expires_us;
+    uint64_t cmd_t_us;    /* when the command in force was applied */
     uint64_t echo_us;
     uint16_t cmd_seq;
     uint64_t next_heartbeat_us;

@@ -18,7 +18,7 @@ extern "C" {
 #endif
 
 #ifndef NS_CA1_SUBSTEPS
-#define NS_CA1_SUBSTEPS 10
+#define NS_CA1_SUBSTEPS 5
 #endif
 
 /* Table of the voltage functions: V from NS_CA1_VMIN in NS_CA1_DV steps. */

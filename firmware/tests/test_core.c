@@ -375,6 +375,7 @@ static void test_rig(void)
     }
     CHECK(k == 20);
     CHECK(rig.n.expired == 1);
+    CHECK(rig.n.hold_max_us == 1900);
     /* Limits: amplitude clamped, validity cut to 1 s. */
     command(&rig, 78, -10000000, 4000000000u, 1);
     CHECK(ns_rig_tick(&rig, 0) == -50000);
@@ -444,8 +445,22 @@ static void test_fuzz(long iters)
     uint8_t buf[128];
     for (long it = 0; it < iters; it++) {
         size_t n = r32() % sizeof buf;
-        int mode = (int)(r32() % 3);
-        if (mode == 0) {
+        int mode = (int)(r32() % 4);
+        if (mode == 3) {
+            /* Any type byte and length with a valid CRC: the decoder must
+             * sort out unknown types and wrong lengths. */
+            uint8_t raw[40];
+            size_t len = 3 + r32() % 34;
+            for (size_t i = 0; i < len; i++)
+                raw[i] = (uint8_t)r32();
+            if (r32() % 2)
+                raw[0] = (uint8_t)(1 + r32() % 5);
+            uint16_t c = ns_crc16(raw, len);
+            raw[len] = (uint8_t)c;
+            raw[len + 1] = (uint8_t)(c >> 8);
+            n = ns_cobs_encode(raw, len + 2, buf);
+            buf[n++] = 0;
+        } else if (mode == 0) {
             /* Random bytes, zeros as common as any. */
             for (size_t i = 0; i < n; i++)
                 buf[i] = (uint8_t)r32();

@@ -328,13 +328,13 @@ int main(int argc, char **argv)
                 "\"tx_full\":%u,\"rx_full\":%u,\"overruns\":%u,\"late_max_us\":%llu,"
                 "\"dropped\":%u,\"corrupted\":%u,\"duplicated\":%u,\"garbage_bytes\":%u,"
                 "\"stalled_cycles\":%u,\"disconnects\":%d,\"rx_frames\":%u,\"rx_errors\":%u,"
-                "\"busy_us_per_cycle\":%.3f,\"wall_s\":%.3f,\"output_at_exit\":%d}\n",
+                "\"hold_max_us\":%u,\"busy_us_per_cycle\":%.3f,\"wall_s\":%.3f,\"output_at_exit\":%d}\n",
                 n->cycles, n->samples_sent, n->frames_sent, n->hellos, n->commands, n->expired,
                 n->clamped, n->malformed, n->unexpected, n->heartbeats_rx, n->heartbeats_tx,
                 n->faults_sent, n->tx_full, n->rx_full, n->overruns,
                 (unsigned long long)behind_max_us, n->dropped, n->corrupted, n->duplicated,
                 n->garbage_bytes, n->stalled_cycles, disconnects, d->frames, ns_decode_errors(d),
-                n->cycles ? busy_us / n->cycles : 0.0, ts_diff_us(&end, &t0) / 1e6, out);
+                n->hold_max_us, n->cycles ? busy_us / n->cycles : 0.0, ts_diff_us(&end, &t0) / 1e6, out);
     }
     if (master >= 0)
         close(master);

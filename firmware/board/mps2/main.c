@@ -198,6 +198,7 @@ int main(void)
             /* SysTick counts per cycle: mean over the last second, max ever. */
             diag_u(" busy_avg=", avg);
             diag_u(" busy_max=", busy_max);
+            diag_u(" hold_max_us=", rig.n.hold_max_us);
             diag_u(" dac=", (uint32_t)dac_code);
             diag_puts("\n");
         }
