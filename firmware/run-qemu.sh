@@ -60,10 +60,10 @@ while [ -z "$pty" ]; do
 done
 if [ -n "$link" ]; then
     ln -sfn "$pty" "$link"
-    echo "$link"
-else
-    echo "$pty"
+    pty="$link"
 fi
+echo "$pty"
+echo "rig ready: run \`neurostimd --plant serial --port $pty\` (Ctrl-C stops QEMU)" >&2
 if [ -n "$duration" ]; then
     ( sleep "$duration"; kill "$qpid" 2>/dev/null ) &
 fi

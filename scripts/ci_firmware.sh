@@ -112,7 +112,7 @@ daemon() {
 }
 
 # check NAME PYTHON-EXPR...: assertions over s (summary.json), link
-# (its plant_report.link), fr (link.frames), rig (the host rig's --stats
+# (its plant_report.link), fr (link.frames), rig (the host rig's
 # JSON, {} if none); prints the run's figures.
 check() {
     local name=$1
@@ -132,8 +132,8 @@ rig = {}
 errf = os.path.join(work, name + ".rig.err")
 if os.path.exists(errf):
     for line in open(errf):
-        if line.startswith("{"):
-            rig = json.loads(line)
+        if line.startswith("rig stopped: "):
+            rig = json.loads(line[len("rig stopped: "):])
 rtt = pr.get("round_trip_us") or {}
 errors = sum(fr.get(k, 0) for k in ("oversized", "bad_cobs", "short", "bad_crc", "unknown_type", "bad_length"))
 print(f"{name}: samples {s['samples']}, lost {s['lost_samples']}, bad frames {errors} "
@@ -167,7 +167,7 @@ n_secs=$((secs * 10000 + 1))
 for policy in mpc pid; do
     name=host-$policy
     say "$name: ${secs} s closed loop, neurostimd --plant serial --policy $policy against the host build"
-    start_rig "$name" "$host" --stats
+    start_rig "$name" "$host"
     daemon "$name" "$secs" --policy "$policy"
     stop_rig "$name"
     [ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
@@ -177,7 +177,7 @@ for policy in mpc pid; do
 done
 
 say "host faults: corrupted, dropped, duplicated frames and garbage (1 s)"
-start_rig host-noise "$host" --stats --corrupt 0.02 --drop 0.01 --duplicate 0.01 --garbage 0.01
+start_rig host-noise "$host" --corrupt 0.02 --drop 0.01 --duplicate 0.01 --garbage 0.01
 daemon host-noise 1 --policy pid
 stop_rig host-noise
 [ "$rc" = 0 ] || fail "host-noise: daemon exited $rc"
@@ -185,7 +185,7 @@ check host-noise "s['samples'] == 10001" "errors >= rig['corrupted'] // 2" "link
     "link['stale_frames'] > 0" "s['lost_samples'] == link['sequence_gaps']"
 
 say "host faults: a flood of garbage (1 s)"
-start_rig host-flood "$host" --stats --garbage 0.9
+start_rig host-flood "$host" --garbage 0.9
 daemon host-flood 1 --policy pid
 stop_rig host-flood
 [ "$rc" = 0 ] || fail "host-flood: daemon exited $rc"
@@ -193,7 +193,7 @@ check host-flood "s['samples'] == 10001" "rig['garbage_bytes'] > 100000" "s['los
     "fr['frames'] >= 10001" "s['plant_interruptions'] == 0" "errors > 0"
 
 say "host faults: a 100 ms stall at 0.4 s (1 s)"
-start_rig host-stall "$host" --stats --stall-at 0.4 --stall-ms 100
+start_rig host-stall "$host" --stall-at 0.4 --stall-ms 100
 daemon host-stall 1 --policy pid
 stop_rig host-stall
 [ "$rc" = 0 ] || fail "host-stall: daemon exited $rc"
@@ -201,7 +201,7 @@ check host-stall "s['plant_interruptions'] >= 1" "s['interventions']['plant_faul
     "link['stalls'] >= 1" "rig['expired'] >= 1" "s['samples'] == 10001" "rig['hold_max_us'] <= 2000"
 
 say "host faults: a disconnect at 0.3 s, a new pty after 300 ms (1 s)"
-start_rig host-disconnect "$host" --stats --link "$work/rig-link" --disconnect-at 0.3 --reconnect-ms 300
+start_rig host-disconnect "$host" --link "$work/rig-link" --disconnect-at 0.3 --reconnect-ms 300
 daemon host-disconnect 1 --policy pid
 stop_rig host-disconnect
 [ "$rc" = 0 ] || fail "host-disconnect: daemon exited $rc"
@@ -209,7 +209,7 @@ check host-disconnect "link['disconnects'] >= 1" "link['reconnects'] >= 1" \
     "s['plant_interruptions'] >= 1" "s['samples'] == 10001" "rig['hellos'] >= 2"
 
 say "host faults: another protocol version is refused"
-start_rig host-version "$host" --protocol-version 2
+start_rig host-version "$host" --version 2
 daemon host-version 0.5 --policy pid
 stop_rig host-version
 [ "$rc" != 0 ] || fail "host-version: the daemon accepted protocol version 2"
@@ -218,7 +218,7 @@ grep -q "protocol version 2" "$work/host-version.err" && grep -q "this daemon sp
 echo "host-version: refused (exit $rc): $(grep -o 'rig speaks.*\|protocol version 2[^"]*' "$work/host-version.err" | head -n 1)"
 
 say "host faults: a rig Fault frame (code 2) at 0.5 s"
-start_rig host-fault "$host" --stats --fault-at 0.5 --fault-code 2
+start_rig host-fault "$host" --fault-at 0.5 --fault-code 2
 daemon host-fault 2 --policy pid
 stop_rig host-fault
 check host-fault "s['stop'] == 'plant_fault'" "'fault code 2' in (s['fault'] or '')" \
@@ -226,7 +226,7 @@ check host-fault "s['stop'] == 'plant_fault'" "'fault code 2' in (s['fault'] or 
 echo "host-fault: daemon exit code $rc, fault: $(python3 -c "import json;print(json.load(open('$work/host-fault/summary.json'))['fault'])")"
 
 say "host safety: the daemon is killed mid-run; the rig's output returns to zero by itself"
-start_rig host-kill "$host" --stats
+start_rig host-kill "$host"
 set +e
 "$bin" --config "$work/ci.toml" --plant serial --port "$port" --policy pid --report "$work/host-kill" >"$work/host-kill.out" 2>&1 &
 dpid=$!
@@ -238,7 +238,7 @@ sleep 0.5
 stop_rig host-kill
 python3 - "$work/host-kill.rig.err" <<'PY'
 import json, sys
-rig = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
+rig = [json.loads(l[13:]) for l in open(sys.argv[1]) if l.startswith("rig stopped: ")][-1]
 print("host-kill: rig", json.dumps(rig))
 assert rig["commands"] > 1000, "the daemon never drove the rig"
 assert rig["hold_max_us"] <= 2000, "output held longer than the command validity"

@@ -54,14 +54,15 @@ static void usage(FILE *to)
             "  --duration S         stop after S seconds of rig time\n"
             "  --rate HZ            sample rate (default 10000)\n"
             "  --rig-id N           rig id in Hello (default 18)\n"
-            "  --protocol-version N version announced in Hello (default 1)\n"
+            "  --version N          protocol version announced in Hello (default 1)\n"
             "  --v-scale X          mV per count (default 0.001)\n"
             "  --i-scale X          uA/cm2 per count (default 0.001)\n"
-            "  --stats              print the rig's counters as JSON on stderr at exit\n"
+            "  --stats              (accepted; the counters are always printed on stderr\n"
+            "                       at exit: `rig stopped: {JSON}`, like `neurostimd rig`)\n"
             "fault injection (like `neurostimd rig`):\n"
             "  --drop P --corrupt P --duplicate P --garbage P   per sample\n"
             "  --stall-at S --stall-ms MS      silent and deaf for MS from S\n"
-            "  --disconnect-at S --reconnect-ms MS   close the pty, a new one after MS\n"
+            "  --disconnect-at S --reconnect-ms MS   close the pty, a new one after MS (500)\n"
             "  --fault-at S --fault-code N     send a Fault frame at S\n"
             "  --seed N\n");
 }
@@ -135,7 +136,7 @@ int main(int argc, char **argv)
     o.v_scale = 0.001f;
     o.i_scale = 0.001f;
     o.disconnect_at_s = -1;
-    o.reconnect_ms = 300;
+    o.reconnect_ms = 500;
     ns_faults f;
     memset(&f, 0, sizeof f);
     double stall_at = -1, stall_ms = 0, fault_at = -1;
@@ -154,7 +155,7 @@ int main(int argc, char **argv)
         } else if (ARG("--duration")) o.duration_s = num(a, v);
         else if (ARG("--rate")) o.rate = (uint32_t)num(a, v);
         else if (ARG("--rig-id")) o.rig_id = (uint32_t)num(a, v);
-        else if (ARG("--protocol-version") || ARG("--version")) o.version = (uint16_t)num(a, v);
+        else if (ARG("--version") || ARG("--protocol-version")) o.version = (uint16_t)num(a, v);
         else if (ARG("--v-scale")) o.v_scale = (float)num(a, v);
         else if (ARG("--i-scale")) o.i_scale = (float)num(a, v);
         else if (ARG("--drop")) f.drop = (float)num(a, v);
@@ -216,6 +217,8 @@ int main(int argc, char **argv)
     }
     printf("%s\n", o.link ? o.link : name);
     fflush(stdout);
+    fprintf(stderr, "rig ready: run `neurostimd --plant serial --port %s` (Ctrl-C stops the rig)\n",
+            o.link ? o.link : name);
 
 #ifdef NS_WITH_NEURON
     static ns_ca1 cell;
@@ -318,11 +321,11 @@ int main(int argc, char **argv)
     rig.n.overruns = (uint32_t)overruns;
     struct timespec end;
     clock_gettime(CLOCK_MONOTONIC, &end);
-    if (o.stats) {
+    {
         const ns_rig_counters *n = &rig.n;
         const ns_decode_stats *d = &rig.dec.stats;
         fprintf(stderr,
-                "{\"cycles\":%u,\"samples_sent\":%u,\"frames_sent\":%u,\"hellos\":%u,"
+                "rig stopped: {\"cycles\":%u,\"samples_sent\":%u,\"frames_sent\":%u,\"hellos\":%u,"
                 "\"commands\":%u,\"expired\":%u,\"clamped\":%u,\"malformed\":%u,"
                 "\"unexpected\":%u,\"heartbeats_rx\":%u,\"heartbeats_tx\":%u,\"faults_sent\":%u,"
                 "\"tx_full\":%u,\"rx_full\":%u,\"overruns\":%u,\"late_max_us\":%llu,"
