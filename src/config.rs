@@ -16,6 +16,13 @@ use std::path::Path;
 
 /// The documented defaults, compiled in.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/neurostimd.toml");
+/// Longest `control.compute_delay`, ms.
+const MAX_COMPUTE_DELAY_MS: f64 = 100.0;
+/// Shortest `plant.sim.sample_period`, ms (1 MHz): below it buffers sized
+/// in samples per second stop being reasonable allocations.
+const MIN_SAMPLE_PERIOD_MS: f64 = 1e-3;
+/// Longest `run.duration`, s (100 days): sample counts stay exact.
+const MAX_DURATION_S: f64 = 100.0 * 86_400.0;
 const DEFAULT_NAME: &str = "config/neurostimd.toml (built-in defaults)";
 /// Name under which command-line settings are reported.
 pub const CLI_NAME: &str = "command line";
@@ -241,7 +248,7 @@ struct RawService {
 struct RawControl {
     policy: crate::policy::PolicyKind,
     objective: crate::policy::ObjectiveKind,
-    model: std::path::PathBuf,
+    model: String,
     period: Quantity<Time>,
     compute_delay: Quantity<Time>,
     realtime: RawRealtime,
@@ -565,7 +572,8 @@ pub enum CpuChoice {
 pub struct ControlConfig {
     pub policy: crate::policy::PolicyKind,
     pub objective: crate::policy::Objective,
-    pub model: std::path::PathBuf,
+    /// The forecaster: `embedded:ca1_lstm` (compiled in) or a file.
+    pub model: crate::forecast::ModelSource,
     pub period_ms: f64,
     pub compute_delay_ms: f64,
     pub realtime: RealtimeConfig,
@@ -629,6 +637,29 @@ pub fn overlay_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> &'a mut toml:
             .expect("overlay tables are tables");
     }
     t
+}
+
+/// [`overlay_at`] for user-given paths (`--set a.b.c=…`): a segment that
+/// already holds a value, not a table, is an error naming the key instead
+/// of a panic.
+pub fn try_overlay_at<'a>(
+    root: &'a mut toml::Table,
+    path: &[&str],
+) -> Result<&'a mut toml::Table, String> {
+    let mut t = root;
+    for (depth, k) in path.iter().enumerate() {
+        t = t
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is set to a value, so it cannot also hold keys",
+                    path[..=depth].join(".")
+                )
+            })?;
+    }
+    Ok(t)
 }
 
 /// Where the text of a key can be found, to point errors at a line.
@@ -854,6 +885,12 @@ impl Config {
 
         let sp = s.sample_period.get();
         positive(sp).map_err(|m| err("plant.sim.sample_period", m))?;
+        if sp < MIN_SAMPLE_PERIOD_MS {
+            return Err(err(
+                "plant.sim.sample_period",
+                format!("{sp} ms is shorter than {MIN_SAMPLE_PERIOD_MS} ms (1 MHz)"),
+            ));
+        }
         if sp > 10.0 {
             return Err(err(
                 "plant.sim.sample_period",
@@ -927,6 +964,15 @@ impl Config {
 
         let d = raw.run.duration.get();
         non_negative(d).map_err(|m| err("run.duration", m))?;
+        if d / 1000.0 > MAX_DURATION_S {
+            return Err(err(
+                "run.duration",
+                format!(
+                    "{} s is longer than {MAX_DURATION_S} s (100 days)",
+                    d / 1000.0
+                ),
+            ));
+        }
 
         let sf = &raw.safety;
         let safety = crate::safety::Limits {
@@ -938,11 +984,7 @@ impl Config {
             charge_budget: sf.charge_budget.get(),
         };
         safety.validate().map_err(|e| {
-            let name = match &e {
-                crate::safety::SafetyError::NotPositive { name, .. }
-                | crate::safety::SafetyError::AboveCeiling { name, .. } => *name,
-                crate::safety::SafetyError::BadPeriod(_) => "",
-            };
+            let name = e.key().unwrap_or("");
             let full = e.to_string();
             let message = full
                 .split_once(" = ")
@@ -1243,7 +1285,16 @@ impl Config {
                 ),
             ));
         }
-        non_negative(c.compute_delay.get()).map_err(|m| err("control.compute_delay", m))?;
+        let delay = c.compute_delay.get();
+        non_negative(delay).map_err(|m| err("control.compute_delay", m))?;
+        // A plan applied this late is stale whatever the model; the bound
+        // also keeps the free clock's in-flight plan pool small.
+        if delay > MAX_COMPUTE_DELAY_MS {
+            return Err(err(
+                "control.compute_delay",
+                format!("{delay} ms is longer than {MAX_COMPUTE_DELAY_MS} ms; a plan would take effect after it had ended"),
+            ));
+        }
         let rt = &c.realtime;
         if !(0..=99).contains(&rt.priority) {
             return Err(err(
@@ -1367,7 +1418,7 @@ impl Config {
         Ok(ControlConfig {
             policy: c.policy,
             objective,
-            model: c.model.clone(),
+            model: crate::forecast::ModelSource::parse(&c.model),
             period_ms: period,
             compute_delay_ms: c.compute_delay.get(),
             realtime: RealtimeConfig {

@@ -16,6 +16,7 @@ use neurostimd::service::notify::Notifier;
 use neurostimd::service::{self, RunInfo, Service, ServiceSetup};
 use neurostimd::session::{self, ServiceHooks, SessionError, SessionOptions};
 use neurostimd::simulate::{self, SimulateError, SimulateRequest, Waveform};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,8 +273,10 @@ enum CtlCall {
 enum ModelCommand {
     /// Print the model card, shapes, parameters and FLOPs per forecast.
     Info {
-        /// The model's .onnx file (its card NAME.json sits beside it).
-        model: PathBuf,
+        /// The model's .onnx file (its card NAME.json sits beside it), or
+        /// `embedded` for the model compiled into this binary (default).
+        #[arg(default_value = neurostimd::forecast::EMBEDDED_NAME)]
+        model: String,
         #[arg(long)]
         json: bool,
     },
@@ -780,15 +783,20 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
             "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
         ))),
+        SessionError::Budget(m) => anyhow::Error::new(UsageError(m)),
         other => anyhow::Error::new(other),
     })?;
     let s = &outcome.summary;
     tracing::info!("control thread real-time measures: {}", s.realtime.line());
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(s)?);
+    // stdout may be a closed pipe by now (SIGPIPE is ignored here): the
+    // report and recording are already written, so a failed print is no
+    // reason to fail the run.
+    let text = if a.json {
+        serde_json::to_string_pretty(s)?
     } else {
-        println!("{}", control_summary_text(s));
-    }
+        control_summary_text(s)
+    };
+    let _ = writeln!(std::io::stdout(), "{text}");
     if let Some(dir) = &outcome.recording {
         eprintln!(
             "recording written to {} (Open Ephys binary; neo/SpikeInterface read it)",
@@ -812,12 +820,13 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The model card of `path`, for status and metrics (`None` if unreadable:
+/// The model's card, for status and metrics (`None` if unreadable:
 /// loading the model then fails with the full reason).
-fn model_info(path: &std::path::Path) -> Option<service::ModelInfo> {
-    let card = neurostimd::forecast::read_card(&neurostimd::forecast::card_path(path)).ok()?;
+fn model_info(source: &neurostimd::forecast::ModelSource) -> Option<service::ModelInfo> {
+    let card = source.read().ok()?.card;
     Some(service::ModelInfo {
-        path: path.display().to_string(),
+        path: source.name(),
+        origin: source.origin(),
         name: card.name,
         sha256: card.onnx_sha256,
         dt_ms: card.dt_ms,
@@ -836,6 +845,11 @@ fn cmd_plot(
     use neurostimd::plot::{self, PlotError, RunLoader};
     if !(zoom_ms.is_finite() && zoom_ms > 0.0) {
         return Err(UsageError(format!("--zoom-ms {zoom_ms} must be > 0")).into());
+    }
+    if let Some(z) = zoom_start.filter(|z| !z.is_finite()) {
+        return Err(
+            UsageError(format!("--zoom-start {z} must be a finite time in seconds")).into(),
+        );
     }
     let data = plot::ReportDir { dir, trace }.load()?;
     let opts = plot::PlotOptions {
@@ -971,7 +985,16 @@ fn dotted_overlay(sets: &[String]) -> anyhow::Result<toml::Table> {
             .and_then(|mut t| t.remove("x"))
             .unwrap_or_else(|| toml::Value::String(v.trim().to_string()));
         let (last, parents) = path.split_last().expect("non-empty");
-        table_at(&mut t, parents).insert(last.to_string(), value);
+        let parent = neurostimd::config::try_overlay_at(&mut t, parents)
+            .map_err(|m| UsageError(format!("--set `{kv}`: {m}")))?;
+        if parent.get(*last).is_some_and(toml::Value::is_table) && !value.is_table() {
+            return Err(UsageError(format!(
+                "--set `{kv}`: `{}` already holds keys, so it cannot be set to a value",
+                path.join(".")
+            ))
+            .into());
+        }
+        parent.insert(last.to_string(), value);
     }
     Ok(t)
 }
@@ -1022,7 +1045,7 @@ fn cmd_scenarios(
 fn cmd_model(c: ModelCommand) -> anyhow::Result<()> {
     match c {
         ModelCommand::Info { model, json } => {
-            let info = modeltool::info(&model)?;
+            let info = modeltool::info(&neurostimd::forecast::ModelSource::parse(&model))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -1228,15 +1251,22 @@ fn cmd_paper_study(
 }
 
 fn main() -> ExitCode {
-    // Like any Unix filter: a closed stdout (`| head`) ends the process
-    // quietly instead of panicking on the failed write.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread
-    // starts; no handler code is involved.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // The printing commands behave like any Unix filter: a closed stdout
+    // (`| head`) ends the process quietly instead of panicking on the
+    // failed write. The daemon and the rig keep Rust's default (SIGPIPE
+    // ignored): they write to sockets and pseudo-terminals whose peers may
+    // leave at any time, and a departed client must end its own
+    // connection, never the experiment.
+    let long_running = matches!(cli.command, None | Some(Command::Rig(_)));
+    #[cfg(unix)]
+    if !long_running {
+        // SAFETY: restoring the default disposition of SIGPIPE before any
+        // thread starts; no handler code is involved.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if service::logging::stderr_is_journal() {

@@ -25,6 +25,8 @@ pub enum ModelToolError {
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelInfo {
     pub path: String,
+    /// Compiled into the binary, or the file's absolute path.
+    pub origin: String,
     pub card: crate::forecast::ModelCard,
     pub input_shape: String,
     pub output_shape: String,
@@ -41,12 +43,13 @@ pub struct ModelInfo {
     pub probe_difference: Option<f32>,
 }
 
-pub fn info(path: &Path) -> Result<ModelInfo, ModelToolError> {
-    let f = Forecaster::load(path, 32, Engine::Native)?;
+pub fn info(source: &crate::forecast::ModelSource) -> Result<ModelInfo, ModelToolError> {
+    let f = Forecaster::load_source(source, 32, Engine::Native)?;
     let c = f.card().clone();
     let n = f.native();
     Ok(ModelInfo {
-        path: path.display().to_string(),
+        path: source.name(),
+        origin: source.origin(),
         input_shape: format!(
             "[batch, {}, 3] float32 `{}`",
             c.t_in + c.t_out,
@@ -70,6 +73,7 @@ impl std::fmt::Display for ModelInfo {
         let c = &self.card;
         let a = &c.architecture;
         writeln!(f, "model        {} ({})", c.name, self.path)?;
+        writeln!(f, "origin       {}", self.origin)?;
         writeln!(
             f,
             "architecture {} x {} hidden {}, head {}, output order {:?}",

@@ -151,7 +151,17 @@ fn parse_trace(path: &Path, d: &mut RunData) -> Result<(), PlotError> {
                     message: format!("column {} is not a number", i + 1),
                 })
         };
-        d.t_ms.push(num(ct)?);
+        let t = num(ct)?;
+        // Time sets the axes and the zoom: it must be finite and never go
+        // back (an infinite or NaN time would stretch an axis forever).
+        if !t.is_finite() || d.t_ms.last().is_some_and(|&p| t < p) {
+            return Err(PlotError::Parse {
+                path: path.display().to_string(),
+                line: k + 1,
+                message: format!("t_ms {t} is not a finite time after the previous row's"),
+            });
+        }
+        d.t_ms.push(t);
         d.v_mv.push(num(cv)?);
         d.command.push(num(cc)?);
         d.requested.push(num(cr)?);
@@ -165,16 +175,17 @@ fn parse_forecasts(path: &Path) -> Result<Vec<Forecast>, PlotError> {
     for (k, line) in text.lines().enumerate() {
         let vals: Result<Vec<f64>, _> = line.split(',').map(str::parse::<f64>).collect();
         match vals {
-            Ok(v) if v.len() >= 3 => out.push(Forecast {
-                t0_ms: v[0],
-                dt_ms: v[1],
-                v_mv: v[2..].to_vec(),
-            }),
+            Ok(v) if v.len() >= 3 && v[0].is_finite() && v[1].is_finite() && v[1] > 0.0 => out
+                .push(Forecast {
+                    t0_ms: v[0],
+                    dt_ms: v[1],
+                    v_mv: v[2..].to_vec(),
+                }),
             _ => {
                 return Err(PlotError::Parse {
                     path: path.display().to_string(),
                     line: k + 1,
-                    message: "expected t_ms,dt_ms,v1,...".into(),
+                    message: "expected t_ms,dt_ms,v1,... (finite t_ms, dt_ms > 0)".into(),
                 })
             }
         }

@@ -53,6 +53,21 @@ pub const HARD_CEILINGS: Limits = Limits {
     charge_budget: 10_000_000.0,
 };
 
+/// The shortest `net_charge_tau` any configuration may set, ms. The net
+/// charge bound is a leaky integral: the shorter its memory, the more
+/// one-signed charge passes it (with τ = 1 µs a steady 5 µA/cm² passes
+/// 10,000 nC/cm² in 2 s against a 1,000 nC/cm² bound without one
+/// intervention). At this floor, one-signed charge within any window of
+/// `MIN_NET_CHARGE_TAU_MS` stays below (e + 1) × `max_net_charge` (see
+/// `tests/safety_props.rs`). Larger τ remembers longer and is stricter.
+pub const MIN_NET_CHARGE_TAU_MS: f64 = 1_000.0;
+
+/// The longest sample period a limiter accepts, ms. The limiter counts a
+/// command as held for one period; beyond this a plant is not sampled
+/// often enough for the per-sample rules (slew, phase charge) to mean
+/// what they say.
+pub const MAX_PERIOD_MS: f64 = 10.0;
+
 /// Why the limiter forced zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,8 +159,28 @@ pub enum SafetyError {
         value: f64,
         ceiling: f64,
     },
-    #[error("sample period {0} ms must be > 0")]
+    #[error(
+        "safety.{name} = {value} is below the floor {floor} compiled into this binary (a smaller value weakens the bound)"
+    )]
+    BelowFloor {
+        name: &'static str,
+        value: f64,
+        floor: f64,
+    },
+    #[error("sample period {0} ms must be > 0 and at most {MAX_PERIOD_MS} ms")]
     BadPeriod(f64),
+}
+
+impl SafetyError {
+    /// The `[safety]` key at fault, if the error is about one.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            SafetyError::NotPositive { name, .. }
+            | SafetyError::AboveCeiling { name, .. }
+            | SafetyError::BelowFloor { name, .. } => Some(name),
+            SafetyError::BadPeriod(_) => None,
+        }
+    }
 }
 
 impl Limits {
@@ -160,11 +195,20 @@ impl Limits {
         ]
     }
 
-    /// Every limit finite, positive and within [`HARD_CEILINGS`].
+    /// Every limit finite, positive, within [`HARD_CEILINGS`] and, for
+    /// `net_charge_tau` (the one limit where larger is safer), at least
+    /// [`MIN_NET_CHARGE_TAU_MS`].
     pub fn validate(&self) -> Result<(), SafetyError> {
         for ((name, value), (_, ceiling)) in self.fields().into_iter().zip(HARD_CEILINGS.fields()) {
             if !(value.is_finite() && value > 0.0) {
                 return Err(SafetyError::NotPositive { name, value });
+            }
+            if name == "net_charge_tau" && value < MIN_NET_CHARGE_TAU_MS {
+                return Err(SafetyError::BelowFloor {
+                    name,
+                    value,
+                    floor: MIN_NET_CHARGE_TAU_MS,
+                });
             }
             if value > ceiling {
                 return Err(SafetyError::AboveCeiling {
@@ -209,7 +253,7 @@ impl SafetyLimiter {
     /// A limiter for samples `dt_ms` apart.
     pub fn new(limits: Limits, dt_ms: f64) -> Result<SafetyLimiter, SafetyError> {
         limits.validate()?;
-        if !(dt_ms.is_finite() && dt_ms > 0.0) {
+        if !(dt_ms.is_finite() && dt_ms > 0.0 && dt_ms <= MAX_PERIOD_MS) {
             return Err(SafetyError::BadPeriod(dt_ms));
         }
         Ok(SafetyLimiter {
@@ -338,7 +382,7 @@ mod tests {
             max_amplitude: 5.0,
             max_slew: 10.0,
             max_phase_charge: 2.0,
-            net_charge_tau: 10.0,
+            net_charge_tau: 1_000.0,
             max_net_charge: 3.0,
             charge_budget: 100.0,
         }
@@ -443,8 +487,9 @@ mod tests {
         assert!(s.count(Cause::NetCharge) > 0);
         // The opposite sign is allowed and restores balance.
         assert_eq!(s.limit(-5.0, None).command, -5.0);
-        // Left alone, the imbalance decays with the time constant.
-        for _ in 0..1000 {
+        // Left alone, the imbalance decays with the time constant (1 s:
+        // ten time constants are 100,000 samples).
+        for _ in 0..100_000 {
             s.limit(0.0, None);
         }
         assert!(s.net_charge().abs() < 3.0 * (-10.0f64).exp() * 1.01);

@@ -35,6 +35,9 @@ pub enum SessionError {
     Store(#[from] crate::retrain::store::StoreError),
     #[error("retraining: {0}")]
     Retrain(String),
+    /// The planner cannot keep up (see [`crate::policy::budget`]).
+    #[error("{0}")]
+    Budget(String),
 }
 
 /// Extra choices of one run beyond the configuration.
@@ -149,11 +152,32 @@ fn loop_cpu(config: &Config) -> Option<usize> {
 
 /// Load the forecaster the configuration names, for its MPC batch.
 pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
-    Forecaster::load(
+    Forecaster::load_source(
         &config.control.model,
         config.control.mpc.candidates,
         Engine::Native,
     )
+}
+
+/// Before a paced run: refuse a forecaster that cannot produce a plan
+/// within the planning deadline (the free clock models the delay and does
+/// not care how long a forecast takes).
+fn check_planning_budget(f: &mut Forecaster, config: &Config) -> Result<(), SessionError> {
+    let c = &config.control;
+    let deadline = c.compute_delay_ms.min(c.period_ms);
+    let b = crate::policy::budget::measure(f, c.mpc.candidates, deadline)?;
+    if !b.fits() {
+        return Err(SessionError::Budget(b.refusal()));
+    }
+    tracing::info!(
+        engine = b.engine,
+        candidates = b.candidates,
+        fastest_ms = format!("{:.3}", b.fastest_ms),
+        median_ms = format!("{:.3}", b.median_ms),
+        deadline_ms = b.deadline_ms,
+        "planning budget: one forecast batch fits the planning deadline"
+    );
+    Ok(())
 }
 
 /// Run the configured loop until its duration or `stop`.
@@ -190,6 +214,10 @@ pub fn run(
     } else {
         None
     };
+    let mut forecaster = forecaster;
+    if let (Some(f), crate::config::Clock::Paced) = (forecaster.as_mut(), config.run.clock) {
+        check_planning_budget(f, config)?;
+    }
     let period_ms = plant.sample_period_ms();
     // Retraining: the supervisor thread, and the channels to the planner
     // (new models) and the record consumer (events).

@@ -587,3 +587,100 @@ fn rig_and_serial_plant_run_the_loop_through_the_binary() {
         text(&o).1
     );
 }
+
+/// The shipped model is compiled in: the daemon runs MPC from a directory
+/// with no model files, `model info` names the embedded model and where it
+/// came from, and `--model` still overrides it.
+#[test]
+fn the_embedded_model_runs_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(
+        &[
+            "--plant",
+            "sim",
+            "--duration",
+            "0.3",
+            "--clock",
+            "free",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["policy"], "mpc", "{out}");
+    assert!(s["plans_adopted"].as_u64() > Some(10), "{out}");
+
+    let o = neurostimd(&["model", "info"], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("embedded:ca1_lstm"), "{out}");
+    assert!(
+        out.contains("origin       compiled into neurostimd"),
+        "{out}"
+    );
+
+    let o = neurostimd(
+        &[
+            "--plant",
+            "sim",
+            "--duration",
+            "0.1",
+            "--clock",
+            "free",
+            "--model",
+            "missing.onnx",
+        ],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("missing.onnx"), "{err}");
+}
+
+/// A planner that cannot produce a plan within the planning deadline is
+/// refused before a paced run starts (exit 2), naming the measured time,
+/// the deadline and what would fit; the free clock models the delay and
+/// does not check.
+#[test]
+fn a_planner_that_cannot_keep_up_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.toml"),
+        "[control]\ncompute_delay = \"0.001 ms\"\n[control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n[service]\nmetrics = \"\"\nsocket = \"\"\n",
+    )
+    .unwrap();
+    let o = neurostimd(
+        &[
+            "--plant",
+            "sim",
+            "--duration",
+            "0.2",
+            "--config",
+            "slow.toml",
+        ],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("planning budget: one forecast of 32 candidates takes"),
+        "{err}"
+    );
+    assert!(err.contains("must be ready within 0.00 ms"), "{err}");
+    let o = neurostimd(
+        &[
+            "--plant",
+            "sim",
+            "--duration",
+            "0.2",
+            "--config",
+            "slow.toml",
+            "--clock",
+            "free",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+}

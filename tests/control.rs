@@ -30,7 +30,7 @@ fn run_on_with(
     controls: Option<std::sync::Arc<neurostimd::control::controls::LoopControls>>,
 ) -> RunOutcome {
     let forecaster = (cfg.control.policy == neurostimd::policy::PolicyKind::Mpc).then(|| {
-        Forecaster::load(
+        Forecaster::load_source(
             &cfg.control.model,
             cfg.control.mpc.candidates,
             Engine::Native,

@@ -123,7 +123,7 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
             );
             let cfg = Config::from_str_named("t.toml", &text).unwrap();
             let forecaster = (policy == "mpc").then(|| {
-                Forecaster::load(
+                Forecaster::load_source(
                     &cfg.control.model,
                     cfg.control.mpc.candidates,
                     Engine::Native,

@@ -63,7 +63,9 @@ fn start(extra: &str) -> Rig {
     );
     let cfg = Config::load_stack(&[("test.toml", &text)], None, &toml::Table::new()).unwrap();
     let mut store = ModelStore::open(state.path()).unwrap();
-    let (path, v) = store.adopt(&model()).unwrap();
+    let (path, v) = store
+        .adopt(&neurostimd::forecast::ModelSource::File(model()))
+        .unwrap();
     let f = Forecaster::load(&path, 32, Engine::Native).unwrap();
     let (swap_tx, swaps) = bounded(1);
     let (note_tx, notes) = bounded(1024);
@@ -191,7 +193,9 @@ fn a_better_candidate_is_swapped_in_versioned_and_rolled_back() {
 fn model_rollback_on_the_command_line() {
     let state = tempfile::tempdir().unwrap();
     let mut store = ModelStore::open(state.path()).unwrap();
-    store.adopt(&model()).unwrap();
+    store
+        .adopt(&neurostimd::forecast::ModelSource::File(model()))
+        .unwrap();
     let onnx = std::fs::read(model()).unwrap();
     let card = std::fs::read(neurostimd::forecast::card_path(&model())).unwrap();
     let (_, v2) = store

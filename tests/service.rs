@@ -728,3 +728,185 @@ fn retraining_and_rollback_through_the_api_are_recorded() {
         assert!(log.contains("rolled back from v2"));
     }
 }
+
+/// Abusive and careless clients on both listeners (issue 15): clients that
+/// leave before, during and after their answer (this used to end the
+/// daemon with SIGPIPE), hundreds of idle and half-open connections, a
+/// slow sender, oversized headers and bodies, and a flood of concurrent
+/// requests. The daemon runs on with no lost sample, still answers a
+/// well-behaved client, and exits 0 on SIGTERM with its report.
+#[test]
+fn abusive_clients_never_take_the_daemon_down() {
+    use std::os::unix::net::UnixStream;
+    let mut d = Daemon::start(&["--policy", "mpc"], "", &[]);
+    let s = d.wait_running();
+    let sock = d.socket();
+    let metrics = s["metrics"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // 1. Leave before, during and right after the answer, on both.
+    for k in 0..60 {
+        let req = get(if k % 2 == 0 { "/status" } else { "/metrics" });
+        let mut u = UnixStream::connect(&sock).unwrap();
+        u.write_all(req.as_bytes()).unwrap();
+        match k % 3 {
+            0 => {}
+            1 => {
+                let mut b = [0u8; 16];
+                let _ = u.read(&mut b);
+            }
+            _ => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        drop(u);
+        let mut t = std::net::TcpStream::connect(&metrics).unwrap();
+        t.write_all(get("/metrics").as_bytes()).unwrap();
+        drop(t);
+    }
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon died");
+    assert_eq!(d.status()["running"], true);
+
+    // 2. Hundreds of idle and half-open connections, then a well-behaved
+    // client still gets its answer.
+    let mut held = Vec::new();
+    for k in 0..300 {
+        match UnixStream::connect(&sock) {
+            Ok(mut u) => {
+                if k % 2 == 1 {
+                    let _ = u.write_all(b"GET /sta");
+                }
+                held.push(u);
+            }
+            Err(e) => panic!("connect {k}: {e}"),
+        }
+    }
+    let mut held_tcp = Vec::new();
+    for _ in 0..100 {
+        if let Ok(t) = std::net::TcpStream::connect(&metrics) {
+            held_tcp.push(t);
+        }
+    }
+    let t0 = Instant::now();
+    let v = d.status();
+    eprintln!(
+        "status answered in {:.1} ms with 400 idle/half-open connections held",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(v["running"], true);
+    let (head, _) = http_get(&metrics, "/metrics");
+    assert!(head.contains(" 200"), "{head}");
+
+    // 3. A slow sender is cut off (header timeout), not served forever.
+    let mut slow = UnixStream::connect(&sock).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut cut = false;
+    for b in
+        b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    {
+        if slow.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !cut {
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            !text.contains("\"running\""),
+            "a slow header was served: {text}"
+        );
+    }
+    eprintln!(
+        "slow sender cut off after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 4. Oversized header and body.
+    let mut u = UnixStream::connect(&sock).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let big = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let _ = u.write_all(big.as_bytes());
+    let mut answer = String::new();
+    let _ = u.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "oversized header: {}",
+        &answer[..answer.len().min(200)]
+    );
+    let mut u = UnixStream::connect(&sock).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = "x".repeat(100_000);
+    let _ = write!(
+        u,
+        "POST /objective HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = String::new();
+    let _ = u.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 413"),
+        "oversized body: {}",
+        &answer[..answer.len().min(200)]
+    );
+
+    // 5. A flood of concurrent requests.
+    let flood: Vec<_> = (0..8)
+        .map(|k| {
+            let sock = sock.clone();
+            let metrics = metrics.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for _ in 0..50 {
+                    if k % 2 == 0 {
+                        if let Ok(a) =
+                            call(&sock, Method::GET, "/status", None, Duration::from_secs(20))
+                        {
+                            ok += usize::from(a.status == 200);
+                        }
+                    } else if let Ok(mut t) = std::net::TcpStream::connect(&metrics) {
+                        let _ = t.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                        let mut s = String::new();
+                        let _ = t.read_to_string(&mut s);
+                        ok += usize::from(s.starts_with("HTTP/1.0 200"));
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let answered: usize = flood.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("flood: {answered} of 400 requests answered 200");
+    assert!(
+        answered >= 200,
+        "only {answered} of 400 flood requests answered"
+    );
+    drop(held);
+    drop(held_tcp);
+
+    let v = d.status();
+    assert_eq!(v["running"], true);
+    assert_eq!(v["counters"]["lost_samples"], 0, "{v:#}");
+    d.signal(libc::SIGTERM);
+    let (st, _, err) = d.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit {st:?}\n{err}");
+    let s = d.summary();
+    assert_eq!(s["stop"], "signal");
+    assert_eq!(s["lost_samples"], 0, "{s:#}");
+    eprintln!(
+        "after the abuse: {} samples, {} plan misses, 0 lost",
+        s["samples"], s["plan_misses"]
+    );
+}

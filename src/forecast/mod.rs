@@ -19,9 +19,11 @@
 pub mod card;
 pub mod lstm;
 pub mod onnx;
+pub mod source;
 pub mod window;
 
 pub use card::{ModelCard, OutputOrder};
+pub use source::{ModelSource, EMBEDDED_NAME};
 pub use window::WindowRing;
 
 use sha2::{Digest, Sha256};
@@ -114,14 +116,19 @@ pub fn read_card(path: &Path) -> Result<ModelCard, ForecastError> {
         path: name.clone(),
         error: source,
     })?;
-    let card: ModelCard = serde_json::from_str(&text).map_err(|e| ForecastError::Card {
-        path: name.clone(),
+    parse_card(&name, &text)
+}
+
+/// Parse and check a model card's text (`name` for errors).
+pub fn parse_card(name: &str, text: &str) -> Result<ModelCard, ForecastError> {
+    let card: ModelCard = serde_json::from_str(text).map_err(|e| ForecastError::Card {
+        path: name.to_string(),
         message: e.to_string(),
     })?;
     let problems = card.problems();
     if !problems.is_empty() {
         return Err(ForecastError::Card {
-            path: name,
+            path: name.to_string(),
             message: problems.join("; "),
         });
     }
@@ -152,15 +159,20 @@ impl Forecaster {
         max_batch: usize,
         engine: Engine,
     ) -> Result<Forecaster, ForecastError> {
-        let name = path.display().to_string();
+        Self::load_source(&ModelSource::File(path.to_path_buf()), max_batch, engine)
+    }
+
+    /// [`Forecaster::load`] from a file or the embedded model.
+    pub fn load_source(
+        source: &ModelSource,
+        max_batch: usize,
+        engine: Engine,
+    ) -> Result<Forecaster, ForecastError> {
+        let name = source.name();
+        let path = PathBuf::from(&name);
         let max_batch = max_batch.max(1);
-        // The model file first: a wrong path should name the file asked for,
-        // not its card.
-        let bytes = std::fs::read(path).map_err(|source| ForecastError::Io {
-            path: name.clone(),
-            error: source,
-        })?;
-        let card = read_card(&card_path(path))?;
+        let files = source.read()?;
+        let (bytes, card) = (files.onnx, files.card);
         let actual = sha256_hex(&bytes);
         if actual != card.onnx_sha256.to_ascii_lowercase() {
             return Err(ForecastError::Hash {
@@ -184,7 +196,7 @@ impl Forecaster {
         let steps = card.t_in + card.t_out;
         let plan1 = onnx::plain_plan(&proto, 1, steps).map_err(|e| onnx_err(&e))?;
         let mut f = Forecaster {
-            path: path.to_path_buf(),
+            path,
             observed: vec![0.0; 2 * card.t_in],
             future: vec![0.0; max_batch * card.t_out],
             raw: vec![0.0; max_batch * card.t_out],

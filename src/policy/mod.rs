@@ -13,6 +13,7 @@
 //! multiply-adds and a lab would run them at the full sample rate.
 //! Everything here is pure computation: no I/O, no threads.
 
+pub mod budget;
 pub mod mpc;
 pub mod pid;
 pub mod quality;

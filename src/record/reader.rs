@@ -6,6 +6,10 @@ use super::layout::{ACQUIRED, CONTROLLER, NODE_DIR};
 use crate::npy::parse_header;
 use std::path::{Path, PathBuf};
 
+/// The highest sample rate a recording may declare (1 MHz): far above any
+/// current-clamp amplifier, and it keeps periods representable.
+const MAX_SAMPLE_RATE_HZ: f64 = 1e6;
+
 /// A recording that cannot be read, naming the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -107,19 +111,25 @@ impl Recording {
         let streams = oebin["continuous"]
             .as_array()
             .ok_or_else(|| fmt_err(&oebin_path, "no `continuous` list"))?;
-        let mut rate = 0.0;
-        let mut load = |folder: &str| -> Result<Stream, RecordingError> {
+        let load = |folder: &str| -> Result<(Stream, f64), RecordingError> {
             let info = streams
                 .iter()
                 .find(|s| {
                     s["folder_name"].as_str().map(|f| f.trim_end_matches('/')) == Some(folder)
                 })
                 .ok_or_else(|| fmt_err(&oebin_path, format!("no continuous stream `{folder}`")))?;
-            rate = info["sample_rate"]
+            let rate = info["sample_rate"]
                 .as_f64()
                 .ok_or_else(|| fmt_err(&oebin_path, format!("{folder}: no sample_rate")))?;
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_SAMPLE_RATE_HZ) {
+                return Err(fmt_err(
+                    &oebin_path,
+                    format!("{folder}: sample_rate {rate} must be > 0 and at most {MAX_SAMPLE_RATE_HZ} Hz"),
+                ));
+            }
             let chans = info["channels"]
                 .as_array()
+                .filter(|c| !c.is_empty())
                 .ok_or_else(|| fmt_err(&oebin_path, format!("{folder}: no channels")))?;
             let names: Vec<String> = chans
                 .iter()
@@ -133,6 +143,15 @@ impl Recording {
                 .iter()
                 .map(|c| c["bit_volts"].as_f64().unwrap_or(f64::NAN))
                 .collect();
+            if let Some(k) = bit.iter().position(|b| !(b.is_finite() && *b != 0.0)) {
+                return Err(fmt_err(
+                    &oebin_path,
+                    format!(
+                        "{folder}: channel {k} ({}) has no usable bit_volts (a finite, non-zero scale)",
+                        names[k]
+                    ),
+                ));
+            }
             let sdir = dir.join("continuous").join(folder);
             let sn: Vec<i64> = read_npy_8(&sdir.join("sample_numbers.npy"), "<i8")?
                 .into_iter()
@@ -177,18 +196,33 @@ impl Recording {
                         .collect()
                 })
                 .collect();
-            Ok(Stream {
-                names,
-                units,
-                bit,
-                data,
-                raw,
-                sample_numbers: sn,
-                timestamps: ts,
-            })
+            Ok((
+                Stream {
+                    names,
+                    units,
+                    bit,
+                    data,
+                    raw,
+                    sample_numbers: sn,
+                    timestamps: ts,
+                },
+                rate,
+            ))
         };
-        let acquired = load(ACQUIRED)?;
-        let controller = load(CONTROLLER)?;
+        let (acquired, acquired_rate) = load(ACQUIRED)?;
+        let (controller, rate) = load(CONTROLLER)?;
+        if rate != acquired_rate {
+            return Err(fmt_err(
+                &oebin_path,
+                format!("{ACQUIRED} at {acquired_rate} Hz but {CONTROLLER} at {rate} Hz: the streams must share one clock"),
+            ));
+        }
+        if !controller.names.iter().any(|n| n == "applied") {
+            return Err(fmt_err(
+                &oebin_path,
+                format!("{CONTROLLER}: no `applied` channel (the stimulation the plant applied): replay and training need it"),
+            ));
+        }
         Ok(Recording {
             root: root.to_path_buf(),
             sample_rate_hz: rate,

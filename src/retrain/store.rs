@@ -22,6 +22,8 @@ pub enum StoreError {
     Corrupt { path: String, what: String },
     #[error("{0}")]
     Rollback(String),
+    #[error("the configured model: {0}")]
+    Source(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -150,8 +152,14 @@ impl ModelStore {
     /// The model to start with: the store's current version, unless the
     /// configured model is not one the store knows (a new configured model
     /// becomes a new current version). Returns its path and version.
-    pub fn adopt(&mut self, configured: &Path) -> Result<(PathBuf, Version), StoreError> {
-        let onnx = std::fs::read(configured).map_err(io(configured))?;
+    pub fn adopt(
+        &mut self,
+        configured: &crate::forecast::ModelSource,
+    ) -> Result<(PathBuf, Version), StoreError> {
+        let files = configured
+            .read()
+            .map_err(|e| StoreError::Source(e.to_string()))?;
+        let onnx = files.onnx;
         let sha = sha256_hex(&onnx);
         let known_config = self
             .registry
@@ -162,18 +170,19 @@ impl ModelStore {
             let cur = cur.clone();
             return Ok((self.path_of(&cur), cur));
         }
-        let cp = card_path(configured);
-        let card = std::fs::read(&cp).map_err(io(&cp))?;
-        let name = configured
-            .file_stem()
-            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let name = match configured {
+            crate::forecast::ModelSource::Embedded => "ca1_lstm".to_string(),
+            crate::forecast::ModelSource::File(p) => p
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        };
         let parent = self.registry.current;
         let v = self.write_version(
             &name,
             &onnx,
-            &card,
+            files.card_text.as_bytes(),
             parent,
-            format!("config: {}", configured.display()),
+            format!("config: {configured}"),
             None,
         )?;
         self.make_current(v.version)?;
@@ -249,10 +258,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("m.onnx");
         std::fs::write(&cfg, b"onnx-1").unwrap();
-        std::fs::write(card_path(&cfg), b"{}").unwrap();
+        std::fs::write(card_path(&cfg), crate::forecast::source::EMBEDDED_CARD).unwrap();
+        let src = crate::forecast::ModelSource::File(cfg.clone());
         let state = tmp.path().join("state");
         let mut s = ModelStore::open(&state).unwrap();
-        let (p, v) = s.adopt(&cfg).unwrap();
+        let (p, v) = s.adopt(&src).unwrap();
         assert_eq!(v.version, 1);
         assert_eq!(std::fs::read(&p).unwrap(), b"onnx-1");
         assert!(s.rollback().is_err(), "nothing before v1");
@@ -263,7 +273,7 @@ mod tests {
         s.make_current(2).unwrap();
         // Restart: the store's current wins over the configured model.
         let mut s = ModelStore::open(&state).unwrap();
-        assert_eq!(s.adopt(&cfg).unwrap().1.version, 2);
+        assert_eq!(s.adopt(&src).unwrap().1.version, 2);
         let (from, to) = s.rollback().unwrap();
         assert_eq!((from.version, to.version), (2, 1));
         assert_eq!(
@@ -273,6 +283,6 @@ mod tests {
         // A different configured model becomes current.
         std::fs::write(&cfg, b"onnx-3").unwrap();
         let mut s = ModelStore::open(&state).unwrap();
-        assert_eq!(s.adopt(&cfg).unwrap().1.version, 3);
+        assert_eq!(s.adopt(&src).unwrap().1.version, 3);
     }
 }

@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -184,31 +183,20 @@ fn refuse(r: Refusal) -> Resp {
     reply(r.0, json!({ "error": r.1 }))
 }
 
-/// Accept connections until the task is aborted.
+/// Accept connections until the task is aborted, within
+/// [`super::conn::ClientLimits::DEFAULT`].
 pub async fn serve(state: Arc<State>, listener: tokio::net::UnixListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("control API accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let handler: super::conn::Handler = Arc::new(move |req| {
         let st = state.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let st = st.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&st, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!("control API connection: {e}");
-            }
-        });
-    }
+        Box::pin(async move { handle(&st, req).await })
+    });
+    super::conn::serve(
+        listener,
+        "control API",
+        super::conn::ClientLimits::DEFAULT,
+        handler,
+    )
+    .await
 }
 
 /// One request.

@@ -7,7 +7,6 @@ use super::State;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -157,6 +156,12 @@ pub fn render(state: &State) -> String {
     for (name, help, v) in counters {
         o.one(name, "counter", help, v as f64);
     }
+    o.one(
+        "neurostimd_plan_misses_sustained",
+        "gauge",
+        "1 while plans have been missing their deadline for two seconds or more (also a warning in the log).",
+        f64::from(u8::from(state.plan_misses_sustained.load(std::sync::atomic::Ordering::Relaxed))),
+    );
     o.family(
         "neurostimd_safety_interventions_total",
         "counter",
@@ -348,41 +353,30 @@ pub fn render(state: &State) -> String {
     o.0
 }
 
-/// Serve `GET /metrics` until the task is aborted.
+/// Serve `GET /metrics` until the task is aborted, within
+/// [`super::conn::ClientLimits::DEFAULT`].
 pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("metrics accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let st = state.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let st = st.clone();
-                    async move {
-                        let resp = if req.method() == Method::GET && req.uri().path() == "/metrics"
-                        {
-                            Response::builder()
-                                .header("content-type", CONTENT_TYPE)
-                                .body(Full::new(Bytes::from(render(&st))))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"GET /metrics\n")))
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            resp.expect("static response parts are valid"),
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+    let handler: super::conn::Handler =
+        Arc::new(move |req: hyper::Request<hyper::body::Incoming>| {
+            let st = state.clone();
+            Box::pin(async move {
+                let resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header("content-type", CONTENT_TYPE)
+                        .body(Full::new(Bytes::from(render(&st))))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"GET /metrics\n")))
+                };
+                resp.expect("static response parts are valid")
+            })
         });
-    }
+    super::conn::serve(
+        listener,
+        "metrics",
+        super::conn::ClientLimits::DEFAULT,
+        handler,
+    )
+    .await
 }

@@ -16,10 +16,12 @@
 
 pub mod api;
 pub mod client;
+pub mod conn;
 pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod watch;
 
 use crate::config::{Config, ServiceConfig, SocketChoice};
 use crate::control::controls::LoopControls;
@@ -57,7 +59,11 @@ pub trait ModelOps: Send + Sync {
 /// The loaded model as its card describes it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelInfo {
+    /// `embedded:ca1_lstm` or the configured path.
     pub path: String,
+    /// Where it came from: compiled into the binary, or the file's
+    /// absolute path.
+    pub origin: String,
     pub name: String,
     pub sha256: String,
     pub dt_ms: f64,
@@ -139,6 +145,9 @@ pub struct State {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub socket: Option<PathBuf>,
     pub started: Instant,
+    /// Plans have been missing their deadline for a while now (the
+    /// operator log's watcher sets it; a metric).
+    pub plan_misses_sustained: AtomicBool,
 }
 
 /// The running service; [`Service::finish`] ends it.
@@ -241,6 +250,7 @@ impl Service {
             metrics_addr,
             socket: socket.clone(),
             started: Instant::now(),
+            plan_misses_sustained: AtomicBool::new(false),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -330,12 +340,23 @@ async fn run(
             w.min(Duration::from_millis(50))
         });
     let mut last_feed = Instant::now();
+    let mut watch = watch::Watch::default();
+    let mut last_watch = Instant::now();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(tick) => {}
         }
         lifecycle.step(&state, &notifier);
+        if last_watch.elapsed() >= watch::WINDOW {
+            last_watch = Instant::now();
+            for c in watch.step(state.controls.status(), last_watch) {
+                watch::log(&c);
+            }
+            state
+                .plan_misses_sustained
+                .store(watch.misses_sustained(), Ordering::Relaxed);
+        }
         if let Some(w) = notifier.watchdog_interval() {
             if last_feed.elapsed() >= w {
                 last_feed = Instant::now();
