@@ -45,7 +45,8 @@ pub enum Class {
     /// Regular spiking pyramidal cell: I_Na, I_Kd and the slow I_M that makes
     /// it adapt.
     Rs,
-    /// Fast-spiking interneuron: I_Na, I_Kd and a weak, faster I_M.
+    /// Fast-spiking interneuron: I_Na, I_Kd and, in the fitted cell, an I_M
+    /// with a shorter τ_max that adapts it only near threshold.
     Fs,
     /// Intrinsically bursting pyramidal cell: adds the high-threshold Ca²⁺
     /// current I_L.
