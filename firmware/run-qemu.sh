@@ -5,44 +5,68 @@
 # (like `neurostimd rig`); QEMU then runs until this script is stopped
 # (SIGINT/SIGTERM) or --duration seconds have passed.
 #
-# usage: run-qemu.sh [--core] [--elf FILE] [--link PATH] [--diag FILE]
-#                    [--icount SHIFT] [--duration S] [-- QEMU ARGS...]
-#   --core          the image without the on-chip neuron (passive membrane)
+# usage: run-qemu.sh [--board B] [--core] [--elf FILE] [--link PATH]
+#                    [--diag FILE] [--icount SHIFT] [--duration S] [-- QEMU ARGS...]
+#   --board B       mps2-an386 (Cortex-M4F, CMSDK UART; default) or
+#                   lm3s6965evb (Cortex-M3, PL011 UART with a FIFO)
+#   --core          the mps2 image without the on-chip neuron
 #   --elf FILE      another image
 #   --link PATH     keep a symlink to the pty at PATH
 #   --diag FILE     UART1 (one line of firmware counters per second) to FILE
+#   --rate HZ       sample rate (default 10000), announced in Hello
 #   --icount SHIFT  -icount shift=SHIFT,sleep=on: virtual time from
 #                   instruction counts (2^SHIFT ns per instruction), for
 #                   measuring; see docs/firmware.md
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-elf="$here/build/mps2/rig.elf"
-link="" diag="" icount="" duration=""
+board=mps2-an386 core="" elf=""
+link="" diag="" icount="" duration="" rate=""
 while [ $# -gt 0 ]; do
     case "$1" in
-    --core) elf="$here/build/mps2/rig-core.elf" ;;
+    --board) board="$2"; shift ;;
+    --core) core=1 ;;
     --elf) elf="$2"; shift ;;
     --link) link="$2"; shift ;;
     --diag) diag="$2"; shift ;;
     --icount) icount="$2"; shift ;;
+    --rate) rate="$2"; shift ;;
     --duration) duration="$2"; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-qemu.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
+case "$board" in
+mps2-an386) [ -n "$elf" ] || elf="$here/build/mps2/rig${core:+-core}.elf" ;;
+lm3s6965evb) [ -n "$elf" ] || elf="$here/build/lm3s/rig.elf"
+    [ -z "$core" ] || { echo "run-qemu.sh: --core is the mps2 image" >&2; exit 2; } ;;
+*) echo "run-qemu.sh: --board mps2-an386 or lm3s6965evb" >&2; exit 2 ;;
+esac
 [ -f "$elf" ] || { echo "run-qemu.sh: $elf missing (make -C $here)" >&2; exit 1; }
 command -v qemu-system-arm >/dev/null || { echo "run-qemu.sh: qemu-system-arm missing (apt-get install qemu-system-arm)" >&2; exit 1; }
 err=$(mktemp "${TMPDIR:-/tmp}/ns-rig-qemu.XXXXXX")
 uart1=null
 [ -z "$diag" ] || uart1="file:$diag"
-set -- -M mps2-an386 -display none -monitor none -nodefaults \
+set -- -M "$board" -display none -monitor none -nodefaults \
     -kernel "$elf" -serial pty -serial "$uart1" \
-    ${icount:+-icount shift=$icount,sleep=on} "$@"
+    ${icount:+-icount shift=$icount,sleep=on} \
+    ${rate:+-device loader,addr=0x20000000,data=0x45544152,data-len=4} \
+    ${rate:+-device loader,addr=0x20000004,data=$rate,data-len=4} "$@"
 qemu-system-arm "$@" >"$err" 2>&1 &
 qpid=$!
-cleanup() { kill "$qpid" 2>/dev/null || true; wait "$qpid" 2>/dev/null || true; rm -f "$err"; [ -z "$link" ] || rm -f "$link"; }
+# QEMU's PL011 model (lm3s6965evb) writes with a blocking loop: once the
+# daemon has gone and the pty is full, QEMU no longer answers SIGTERM, so
+# it gets SIGKILL after a second.
+cleanup() {
+    kill "$qpid" 2>/dev/null || true
+    i=0
+    while kill -0 "$qpid" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.05; i=$((i + 1)); done
+    kill -9 "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
+    rm -f "$err"
+    [ -z "$link" ] || rm -f "$link"
+}
 trap 'cleanup; exit 0' INT TERM
 trap cleanup EXIT
 pty=""
@@ -65,6 +89,6 @@ fi
 echo "$pty"
 echo "rig ready: run \`neurostimd --plant serial --port $pty\` (Ctrl-C stops QEMU)" >&2
 if [ -n "$duration" ]; then
-    ( sleep "$duration"; kill "$qpid" 2>/dev/null ) &
+    ( sleep "$duration"; kill "$qpid" 2>/dev/null; sleep 1; kill -9 "$qpid" 2>/dev/null ) &
 fi
 wait "$qpid" || true

@@ -189,8 +189,12 @@ start_rig host-flood "$host" --garbage 0.9
 daemon host-flood 1 --policy pid
 stop_rig host-flood
 [ "$rc" = 0 ] || fail "host-flood: daemon exited $rc"
+# No interruption from the garbage itself; one is allowed only if the rig
+# process was itself descheduled for most of the 20 ms timeout (a loaded
+# CI machine), which its own late_max_us shows.
 check host-flood "s['samples'] == 10001" "rig['garbage_bytes'] > 100000" "s['lost_samples'] == 0" \
-    "fr['frames'] >= 10001" "s['plant_interruptions'] == 0" "errors > 0"
+    "fr['frames'] >= 10001" "errors > 0" \
+    "s['plant_interruptions'] == 0 or rig['late_max_us'] > 10000"
 
 say "host faults: a 100 ms stall at 0.4 s (1 s)"
 start_rig host-stall "$host" --stall-at 0.4 --stall-ms 100

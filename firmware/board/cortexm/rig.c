@@ -1,5 +1,5 @@
 /*
- * mps2-an386 port (QEMU): the rig firmware on an emulated Cortex-M4.
+ * The rig firmware on a Cortex-M (the QEMU ports: board/mps2, board/lm3s).
  *
  *   SysTick at the sample rate   -> the sample cycle (ns_rig_tick)
  *   UART0 RX interrupt           -> RX ring      (the rig link, -serial #1)
@@ -8,12 +8,14 @@
  *   "ADC"/"DAC"                  -> the on-chip neuron (NS_WITH_NEURON) through
  *                                   ns_afe scaling, or a passive RC membrane
  *
- * Priorities: UART RX/TX above SysTick, so a long sample cycle never costs
- * a received byte on a UART with a one-byte buffer.
+ * Priorities: UART above SysTick, so a long sample cycle never costs a
+ * received byte on a UART with a one-byte buffer. The port's registers are
+ * in its port.h.
  */
 #include <stdint.h>
 
-#include "mps2.h"
+#define PORT_DEFINE_HANDLERS
+#include "port.h"
 #include "ns_afe.h"
 #include "ns_rig.h"
 #ifdef NS_WITH_NEURON
@@ -24,7 +26,14 @@
 #define RIG_RATE_HZ 10000u
 #endif
 
-static ns_rig rig;
+/* Boot configuration a loader may leave in RAM before reset (QEMU:
+ * run-qemu.sh --rate uses -device loader): not zeroed by the startup code.
+ * A bench board would read jumpers or flash instead. */
+#define BOOTCFG_MAGIC 0x45544152u /* "RATE" */
+__attribute__((section(".bootcfg"), used)) volatile uint32_t bootcfg[2];
+static uint32_t rate_hz = RIG_RATE_HZ;
+
+ns_rig rig;
 
 /* The emulated front end: a 16-bit ADC over +-2.5 V behind a x10
  * headstage (membrane +-250 mV, 7.6 uV per code), and a 16-bit DAC whose
@@ -52,8 +61,6 @@ static volatile uint32_t busy_hist[8];
 
 static void dac_write(int32_t code) { dac_code = code; }
 
-static void uart_kick_tx(void) { NVIC_ISPR0 = 1u << UART0_TX_IRQ; }
-
 void SysTick_Handler(void)
 {
     uint32_t t0 = SYST_CVR;
@@ -64,13 +71,13 @@ void SysTick_Handler(void)
     int32_t out = ns_rig_tick(&rig, v);
     int32_t code = ns_afe_dac_code(&afe, out);
     dac_write(code);
-    uart_kick_tx();
+    port_uart_kick_tx();
     /* The cell over the next interval, with the current actually driven. */
     float i = ns_afe_dac_current(&afe, code);
 #ifdef NS_WITH_NEURON
-    float mv = ns_ca1_step(&cell, i, 1000.0f / (float)RIG_RATE_HZ);
+    float mv = ns_ca1_step(&cell, i, 1000.0f / (float)rate_hz);
 #else
-    v_rc += (1000.0f / (float)RIG_RATE_HZ) / 10.0f * (-65.0f + i - v_rc);
+    v_rc += (1000.0f / (float)rate_hz) / 10.0f * (-65.0f + i - v_rc);
     float mv = v_rc;
 #endif
     adc_code = ns_afe_adc_code(&afe, mv);
@@ -86,41 +93,12 @@ void SysTick_Handler(void)
         late_ticks++;
 }
 
-void Uart0Rx_Handler(void)
-{
-    UART_INT(UART0) = 2u;
-    while (UART_STATE(UART0) & UART_RXFULL)
-        ns_rig_rx_put(&rig, (uint8_t)UART_DATA(UART0));
-}
-
-void Uart0Tx_Handler(void)
-{
-    UART_INT(UART0) = 1u;
-    const uint8_t *p;
-    uint32_t n;
-    while ((n = ns_rig_tx_peek(&rig, &p)) > 0) {
-        uint32_t k = 0;
-        while (k < n && !(UART_STATE(UART0) & UART_TXFULL))
-            UART_DATA(UART0) = p[k++];
-        ns_rig_tx_consume(&rig, k);
-        if (k < n)
-            break; /* the TX interrupt brings us back */
-    }
-}
-
 /* ---- diagnostics on UART1 ---- */
-
-static void diag_putc(char c)
-{
-    while (UART_STATE(UART1) & UART_TXFULL) {
-    }
-    UART_DATA(UART1) = (uint32_t)c;
-}
 
 static void diag_puts(const char *s)
 {
     while (*s)
-        diag_putc(*s++);
+        port_diag_putc(*s++);
 }
 
 static void diag_u(const char *key, uint32_t v)
@@ -133,17 +111,92 @@ static void diag_u(const char *key, uint32_t v)
     } while (v);
     diag_puts(key);
     while (n)
-        diag_putc(b[--n]);
+        port_diag_putc(b[--n]);
 }
+
+#ifdef RIG_BENCH
+/* Instruction counts under `qemu -icount shift=0` (1 ns of virtual time per
+ * instruction; SysTick counts 1/SYSCLK_HZ s): N sample cycles, each
+ * decoding one 27-byte Command and encoding one Sample, then N neuron
+ * steps. Printed on the diagnostics UART. */
+static uint32_t bench_counts(void)
+{
+    return 0xFFFFFFu - SYST_CVR;
+}
+
+static void bench(void)
+{
+    enum { N = 2000 };
+    ns_rig_config cfg = {.rig_id = 1, .version = 1, .sample_rate_hz = 10000, .v_unit = 1, .i_unit = 1,
+                         .v_scale = 0.001f, .i_scale = 0.001f, .i_limit = 50000, .max_valid_us = 1000000};
+    ns_rig_init(&rig, &cfg);
+    ns_frame f;
+    uint8_t hello[NS_MAX_WIRE], cmd[NS_MAX_WIRE];
+    f.type = NS_HELLO;
+    f.seq = 0;
+    f.u.hello = (ns_hello){1, 0, 0, 0, 0, 0.0f, 0.0f};
+    uint32_t nh = (uint32_t)ns_encode(&f, hello);
+    f.type = NS_COMMAND;
+    f.u.command = (ns_command){0, 1234, 2000, 1};
+    uint32_t nc = (uint32_t)ns_encode(&f, cmd);
+    for (uint32_t i = 0; i < nh; i++)
+        ns_rig_rx_put(&rig, hello[i]);
+    SYST_RVR = 0xFFFFFFu;
+    SYST_CVR = 0;
+    SYST_CSR = 0x5u; /* running, no interrupt */
+    const uint8_t *p;
+    uint32_t n, t_idle = 0, t_cycle = 0, t_neuron = 0, t0;
+    ns_rig_tick(&rig, 0);
+    while ((n = ns_rig_tx_peek(&rig, &p)) > 0)
+        ns_rig_tx_consume(&rig, n);
+    /* A sample cycle with nothing received: ADC, sample out, DAC. */
+    t0 = bench_counts();
+    for (int k = 0; k < N; k++) {
+        int32_t out = ns_rig_tick(&rig, -65000 + k);
+        dac_write(ns_afe_dac_code(&afe, out));
+        while ((n = ns_rig_tx_peek(&rig, &p)) > 0)
+            ns_rig_tx_consume(&rig, n);
+    }
+    t_idle = bench_counts() - t0;
+    /* The same with one Command received per cycle (the daemon's stream). */
+    t0 = bench_counts();
+    for (int k = 0; k < N; k++) {
+        for (uint32_t i = 0; i < nc; i++)
+            ns_rig_rx_put(&rig, cmd[i]);
+        int32_t out = ns_rig_tick(&rig, -65000 + k);
+        dac_write(ns_afe_dac_code(&afe, out));
+        while ((n = ns_rig_tx_peek(&rig, &p)) > 0)
+            ns_rig_tx_consume(&rig, n);
+    }
+    t_cycle = bench_counts() - t0;
+#ifdef NS_WITH_NEURON
+    t0 = bench_counts();
+    for (int k = 0; k < N; k++)
+        ns_ca1_step(&cell, 1.0f, 0.1f);
+    t_neuron = bench_counts() - t0;
+#endif
+    SYST_CSR = 0;
+    /* counts x (1e9 / SYSCLK_HZ) ns = instructions at shift=0 */
+    uint32_t ns_per_count = 1000000000u / SYSCLK_HZ;
+    diag_u("bench instructions per call (qemu -icount shift=0): cycle_idle=", t_idle / N * ns_per_count);
+    diag_u(" cycle_with_command=", t_cycle / N * ns_per_count);
+    diag_u(" neuron_step=", t_neuron / N * ns_per_count);
+    diag_u(" commands=", rig.n.commands);
+    diag_puts("\n");
+}
+#endif
 
 int main(void)
 {
+    if (bootcfg[0] == BOOTCFG_MAGIC && bootcfg[1] >= 100 && bootcfg[1] <= 20000
+        && SYSCLK_HZ / bootcfg[1] <= 0x1000000u)
+        rate_hz = bootcfg[1];
     /* Output to zero first: the safe state at reset. */
     dac_write(ns_afe_dac_code(&afe, 0));
     ns_rig_config cfg = {
         .rig_id = 0x4D345246u, /* "FR4M" */
         .version = NS_PROTO_VERSION,
-        .sample_rate_hz = RIG_RATE_HZ,
+        .sample_rate_hz = rate_hz,
         .v_unit = NS_V_UNIT_MV,
         .i_unit = NS_I_UNIT_UA_CM2,
         .v_scale = afe.v_scale,
@@ -152,6 +205,13 @@ int main(void)
         .max_valid_us = 1000000,
         .heartbeat_us = 250000,
     };
+#ifdef RIG_BENCH
+#ifdef NS_WITH_NEURON
+    ns_ca1_init(&cell);
+#endif
+    port_uart_init();
+    bench();
+#endif
     ns_rig_init(&rig, &cfg);
 #ifdef NS_WITH_NEURON
     ns_ca1_init(&cell);
@@ -159,32 +219,28 @@ int main(void)
 #else
     adc_code = ns_afe_adc_code(&afe, v_rc);
 #endif
-    /* UARTs: BAUDDIV 16 is the fastest the CMSDK UART allows. */
-    UART_BAUDDIV(UART0) = 16;
-    UART_CTRL(UART0) = 0x1u | 0x2u | 0x4u | 0x8u;
-    UART_BAUDDIV(UART1) = 16;
-    UART_CTRL(UART1) = 0x1u;
-    NVIC_IPR(UART0_RX_IRQ) = 0x40;
-    NVIC_IPR(UART0_TX_IRQ) = 0x40;
-    NVIC_ISER0 = (1u << UART0_RX_IRQ) | (1u << UART0_TX_IRQ);
-    /* SysTick: the sample clock, from the 25 MHz core clock. */
+    port_uart_init();
+    /* SysTick: the sample clock, from the core clock. */
     SCB_SHPR3 = (SCB_SHPR3 & 0x00FFFFFFu) | (0x80u << 24);
-    SYST_RVR = SYSCLK_HZ / RIG_RATE_HZ - 1;
+    SYST_RVR = SYSCLK_HZ / rate_hz - 1;
     SYST_CVR = 0;
     SYST_CSR = 0x7u;
-    diag_puts("ns-rig mps2-an386 up\n");
+    diag_puts("ns-rig " PORT_NAME " up\n");
     uint32_t last = 0, last_busy = 0;
     for (;;) {
+#ifndef PORT_BUSY_IDLE
         __asm__ volatile("wfi");
+#endif
         uint32_t c = rig.n.cycles;
-        if (c - last >= RIG_RATE_HZ) {
+        if (c - last >= rate_hz) {
             uint32_t busy = busy_sum_lo;
             uint32_t avg = (busy - last_busy) / (c - last);
             last = c;
             last_busy = busy;
             /* Read-only snapshot of counters the cycle writes (torn reads
              * of independent 32-bit words are harmless here). */
-            diag_u("cycles=", c);
+            diag_u("rate=", rate_hz);
+            diag_u(" cycles=", c);
             diag_u(" samples=", rig.n.samples_sent);
             diag_u(" hellos=", rig.n.hellos);
             diag_u(" commands=", rig.n.commands);

@@ -1,15 +1,13 @@
-/* Reset and vector table for the mps2-an386 port (Cortex-M4F). */
+/* Reset and vector table for the Cortex-M ports (the IRQ entries come
+ * from the port's PORT_IRQS). */
 #include <stdint.h>
-#include <string.h>
 
-#include "mps2.h"
+#include "port.h"
 
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
 int main(void);
 void Reset_Handler(void);
 void SysTick_Handler(void);
-void Uart0Rx_Handler(void);
-void Uart0Tx_Handler(void);
 
 static void Default_Handler(void)
 {
@@ -22,9 +20,11 @@ static void Default_Handler(void)
 
 void Reset_Handler(void)
 {
+#if defined(__ARM_FP)
     /* The FPU (CP10, CP11) before any floating-point instruction. */
     SCB_CPACR |= 0xFu << 20;
     __asm__ volatile("dsb\n isb" ::: "memory");
+#endif
     uint32_t *src = &_sidata, *dst = &_sdata;
     while (dst < &_edata)
         *dst++ = *src++;
@@ -37,7 +37,7 @@ void Reset_Handler(void)
 
 typedef void (*vector)(void);
 
-__attribute__((section(".isr_vector"), used)) static const vector vectors[16 + 2] = {
+__attribute__((section(".isr_vector"), used)) static const vector vectors[] = {
     (vector)(uintptr_t)&_estack,
     Reset_Handler,
     Default_Handler, /* NMI */
@@ -51,6 +51,5 @@ __attribute__((section(".isr_vector"), used)) static const vector vectors[16 + 2
     0,
     Default_Handler, /* PendSV */
     SysTick_Handler,
-    Uart0Rx_Handler, /* IRQ 0: UART0 RX */
-    Uart0Tx_Handler, /* IRQ 1: UART0 TX */
+    PORT_IRQS
 };
