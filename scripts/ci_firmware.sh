@@ -250,28 +250,54 @@ assert rig["output_at_exit"] == 0
 PY
 
 # ---- QEMU ----
+# QEMU's emulated UARTs carry tens of kB/s into the guest, not the 270 kB/s
+# of the daemon's 10 kHz command stream (docs/firmware.md, "What is and is
+# not real time under QEMU"): the closed loops run at QEMU_RATE (2 kHz: the
+# lowest at which the default MPC model's 0.5 ms step is a whole number of
+# samples) on the board whose UART model has a FIFO.
+qboard=${QEMU_BOARD:-lm3s6965evb}
+qrate=${QEMU_RATE:-2000}
+q_samples=$((secs * qrate + 1))
+diag_last() { tail -n 1 "$1" 2>/dev/null || true; }
 for policy in mpc pid; do
     name=qemu-$policy
-    say "$name: ${secs} s closed loop against the mps2-an386 image under QEMU"
-    start_rig "$name" "$fw/run-qemu.sh" --diag "$work/$name.diag"
+    say "$name: ${secs} s closed loop against the $qboard image under QEMU at $qrate Hz"
+    start_rig "$name" "$fw/run-qemu.sh" --board "$qboard" --rate "$qrate" --diag "$work/$name.diag"
     daemon "$name" "$secs" --policy "$policy"
-    sleep 1.2 # one more diagnostics line after the daemon left
     stop_rig "$name"
+    echo "$name: firmware: $(diag_last "$work/$name.diag")"
     [ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
-    check "$name" "s['samples'] == $n_secs" "s['stop'] == 'duration_reached'" \
-        "rtt.get('count', 0) > s['samples'] // 4" "s['spikes'] > 0" \
-        "pr['hello']['sample_rate_hz'] == 10000"
-    echo "$name: firmware: $(tail -n 1 "$work/$name.diag")"
+    check "$name" "s['samples'] == $q_samples" "s['stop'] == 'duration_reached'" \
+        "rtt.get('count', 0) > s['samples'] // 2" "s['spikes'] > 0" \
+        "pr['hello']['sample_rate_hz'] == $qrate"
     python3 - "$work/$name.diag" <<'PY'
 import sys
 last = open(sys.argv[1]).read().strip().splitlines()[-1]
 kv = dict(x.split("=") for x in last.split() if "=" in x)
-# After the daemon left: no current, and never held past a command's validity.
-assert kv["dac"] == "0", last
-assert int(kv["hold_max_us"]) <= 2000, last
 assert int(kv["commands"]) > 1000, last
+assert int(kv["hold_max_us"]) <= 2000, last
 PY
 done
+
+# The rig side after the daemon leaves, on the mps2 (Cortex-M4F) image,
+# whose UART model does not block the CPU when nobody reads the pty.
+name=qemu-leave
+say "$name: mps2-an386 image, 3 s of PID at $qrate Hz, then the daemon leaves"
+start_rig "$name" "$fw/run-qemu.sh" --board mps2-an386 --rate "$qrate" --diag "$work/$name.diag"
+daemon "$name" 3 --policy pid
+sleep 3 # commands still queued in the pty drain, then expire
+echo "$name: firmware: $(diag_last "$work/$name.diag")"
+stop_rig "$name"
+[ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
+check "$name" "s['samples'] == $((3 * qrate + 1))" "pr['hello']['rig_id'] == 0x4D345246"
+python3 - "$work/$name.diag" <<'PY'
+import sys
+last = open(sys.argv[1]).read().strip().splitlines()[-1]
+kv = dict(x.split("=") for x in last.split() if "=" in x)
+assert int(kv["commands"]) > 100, last
+assert kv["dac"] == "0", "output not at zero after the daemon left: " + last
+assert int(kv["hold_max_us"]) <= 2000, last
+PY
 
 echo
 echo "ci_firmware: all passed in $(($(date +%s) - t_start)) s"
