@@ -71,6 +71,10 @@ mlockall = false
 priority = 0
 cpu = "none"
 EOF
+# Extra configuration for the daemon (e.g. on a loaded machine, where MPC's
+# start-up check refuses the default candidate count:
+# CI_EXTRA_TOML='[mpc]\ncandidates = 8').
+printf '%b\n' "${CI_EXTRA_TOML:-}" >>"$work/ci.toml"
 
 # start_rig NAME CMD...: the rig in the background; its first stdout line
 # is the port. Sets $port and $rigpid.
@@ -100,15 +104,25 @@ stop_rig() {
 }
 
 # daemon NAME SECONDS ARGS...: run the daemon against $port; its exit code
-# in $rc, report in $work/NAME/.
+# in $rc, report in $work/NAME/. MPC's start-up check of the planning
+# budget (a property of the machine's load, not of the rig) is retried
+# twice.
 daemon() {
-    local name=$1 s=$2
+    local name=$1 s=$2 try
     shift 2
-    set +e
-    timeout $((${s%.*} + 60)) "$bin" --config "$work/ci.toml" --plant serial --port "$port" \
-        --duration "$s" --report "$work/$name" "$@" >"$work/$name.out" 2>"$work/$name.err"
-    rc=$?
-    set -e
+    for try in 1 2 3; do
+        set +e
+        timeout $((${s%.*} + 60)) "$bin" --config "$work/ci.toml" --plant serial --port "$port" \
+            --duration "$s" --report "$work/$name" "$@" >"$work/$name.out" 2>"$work/$name.err"
+        rc=$?
+        set -e
+        if [ "$rc" = 2 ] && grep -q "planning budget" "$work/$name.err"; then
+            echo "$name: the daemon refused MPC's planning budget on this machine now (try $try): $(grep -o 'one forecast.*fit;' "$work/$name.err" | head -c 200)"
+            sleep 5
+            continue
+        fi
+        break
+    done
 }
 
 # check NAME PYTHON-EXPR...: assertions over s (summary.json), link
@@ -172,7 +186,8 @@ for policy in mpc pid; do
     stop_rig "$name"
     [ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
     check "$name" "s['samples'] == $n_secs" "s['stop'] == 'duration_reached'" \
-        "s['lost_samples'] <= s['samples'] // 100" "rtt.get('count', 0) > s['samples'] // 2" \
+        "s['lost_samples'] <= s['samples'] // 100 or rig['late_max_us'] > 40000" \
+        "rtt.get('count', 0) > s['samples'] // 2" \
         "s['spikes'] > 0" "pr['hello']['rig_id'] == 18" "rig['hold_max_us'] <= 2000"
 done
 
@@ -189,11 +204,13 @@ start_rig host-flood "$host" --garbage 0.9
 daemon host-flood 1 --policy pid
 stop_rig host-flood
 [ "$rc" = 0 ] || fail "host-flood: daemon exited $rc"
-# No interruption from the garbage itself; one is allowed only if the rig
-# process was itself descheduled for most of the 20 ms timeout (a loaded
-# CI machine), which its own late_max_us shows.
-check host-flood "s['samples'] == 10001" "rig['garbage_bytes'] > 100000" "s['lost_samples'] == 0" \
-    "fr['frames'] >= 10001" "errors > 0" \
+# No loss and no interruption from the garbage itself; they are allowed
+# only if the rig process was itself descheduled for most of the 20 ms
+# timeout or longer than its TX ring holds (a loaded CI machine), which its
+# own late_max_us shows.
+check host-flood "s['samples'] == 10001" "rig['garbage_bytes'] > 100000" "errors > 0" \
+    "s['lost_samples'] == 0 or rig['late_max_us'] > 40000" \
+    "fr['frames'] >= 10001 - s['lost_samples']" \
     "s['plant_interruptions'] == 0 or rig['late_max_us'] > 10000"
 
 say "host faults: a 100 ms stall at 0.4 s (1 s)"
