@@ -1,30 +1,36 @@
 #!/bin/sh
-# Start the rig firmware under QEMU (mps2-an386, Cortex-M4) with its UART0
-# on a pseudo-terminal. The first line of output is the path to open with
+# Start the rig firmware under QEMU with its UART0 on a pseudo-terminal.
+# The first line of output is the path to open with
 #   neurostimd --plant serial --port PATH
 # (like `neurostimd rig`); QEMU then runs until this script is stopped
 # (SIGINT/SIGTERM) or --duration seconds have passed.
 #
+# Defaults: the lm3s6965evb image at 2 kHz, the combination whose emulated
+# UART carries the daemon's command stream (docs/firmware.md, "What is and
+# is not real time under QEMU"); --board mps2-an386 is the Cortex-M4F image
+# the resource figures are measured on.
+#
 # usage: run-qemu.sh [--board B] [--core] [--elf FILE] [--link PATH]
 #                    [--diag FILE] [--icount SHIFT] [--duration S] [-- QEMU ARGS...]
-#   --board B       mps2-an386 (Cortex-M4F, CMSDK UART; default) or
-#                   lm3s6965evb (Cortex-M3, PL011 UART with a FIFO)
-#   --core          the mps2 image without the on-chip neuron
+#   --board B       lm3s6965evb (Cortex-M3, PL011 UART with a FIFO; default)
+#                   or mps2-an386 (Cortex-M4F, CMSDK UART)
+#   --core          the mps2-an386 image without the on-chip neuron
 #   --elf FILE      another image
 #   --link PATH     keep a symlink to the pty at PATH
 #   --diag FILE     UART1 (one line of firmware counters per second) to FILE
-#   --rate HZ       sample rate (default 10000), announced in Hello
+#   --rate HZ       sample rate (default 2000; the firmware's own default,
+#                   without a loader, is 10000), announced in Hello
 #   --icount SHIFT  -icount shift=SHIFT,sleep=on: virtual time from
 #                   instruction counts (2^SHIFT ns per instruction), for
 #                   measuring; see docs/firmware.md
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-board=mps2-an386 core="" elf=""
-link="" diag="" icount="" duration="" rate=""
+board=lm3s6965evb core="" elf=""
+link="" diag="" icount="" duration="" rate=2000
 while [ $# -gt 0 ]; do
     case "$1" in
     --board) board="$2"; shift ;;
-    --core) core=1 ;;
+    --core) core=1; board=mps2-an386 ;;
     --elf) elf="$2"; shift ;;
     --link) link="$2"; shift ;;
     --diag) diag="$2"; shift ;;
@@ -32,7 +38,7 @@ while [ $# -gt 0 ]; do
     --rate) rate="$2"; shift ;;
     --duration) duration="$2"; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run-qemu.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
