@@ -5,9 +5,11 @@
 #   2. builds the host and board images (make -C firmware), runs the core's
 #      tests (protocol vectors, rig behaviour, decoder fuzz, also under
 #      ASan/UBSan) and prints flash/RAM;
-#   3. runs `neurostimd --plant serial` in closed loop against the host
-#      build and against the QEMU image (mps2-an386, Cortex-M4), MPC and
-#      PID, and checks the daemon's report (summary.json);
+#   3. runs `neurostimd --plant serial` in closed loop, MPC and PID, 10 s
+#      each, against the host build (10 kHz) and against the QEMU image
+#      (lm3s6965evb at 2 kHz: the emulated UART that carries the command
+#      stream), and the mps2-an386 (Cortex-M4F) image briefly, and checks
+#      the daemon's report (summary.json) and the firmware's counters;
 #   4. replays the daemon's serial fault tests (tests/serial.rs) against
 #      the host build's fault injection: corruption/drops/duplicates/
 #      garbage, a garbage flood, a stall, a disconnect, another protocol
@@ -17,7 +19,10 @@
 # usage: scripts/ci_firmware.sh           (from anywhere; needs
 #        target/release/neurostimd, or NEUROSTIMD=path)
 # env:   LOOP_SECS (default 10): length of each closed loop
+#        QEMU_BOARD (lm3s6965evb), QEMU_RATE (2000): the QEMU closed loops
+#        CI_EXTRA_TOML: configuration lines appended for the daemon
 #        KEEP=1: keep the work directory (reports, logs)
+# Takes about 2 minutes; exits non-zero on the first failed check.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
