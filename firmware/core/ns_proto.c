@@ -236,15 +236,8 @@ uint32_t ns_decode_errors(const ns_decode_stats *s)
     return s->oversized + s->bad_cobs + s->short_frames + s->bad_crc + s->unknown_type + s->bad_length;
 }
 
-int ns_decoder_push(ns_decoder *d, uint8_t byte, ns_frame *f)
+int ns_decoder_end(ns_decoder *d, ns_frame *f)
 {
-    if (byte != 0) {
-        if (d->len < NS_DECODE_BUF)
-            d->buf[d->len++] = byte;
-        else
-            d->overflow = 1;
-        return -1;
-    }
     size_t len = d->len;
     int overflow = d->overflow;
     ns_decoder_reset(d);
