@@ -8,7 +8,7 @@
 //! can never find its channel full; a `try_recv` that finds no empty buffer
 //! means the other side is behind, and the loop counts it instead of waiting.
 
-use crate::safety::{Cause, SafetyLimiter};
+use crate::safety::SafetyLimiter;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::time::Instant;
 
@@ -63,55 +63,9 @@ pub struct Plan {
     pub forecast_error_mv: f64,
 }
 
-/// One sample as the loop saw and answered it.
-#[derive(Clone, Copy, Debug)]
-pub struct Record {
-    pub index: u64,
-    pub t_ms: f64,
-    pub v_mv: f64,
-    /// The current the plant reported as applied during the sample.
-    pub applied: f64,
-    /// What the policy asked for, and what the limiter let through.
-    pub requested: f64,
-    pub command: f64,
-    /// The rule that changed the request, if any.
-    pub cause: Option<Cause>,
-    /// What the plan in use forecast for the end of this sample's model
-    /// step, mV (NaN without a plan).
-    pub forecast: f32,
-}
-
-/// Records are equal when every field is: the forecast bit for bit, so
-/// that "no forecast" (NaN) equals itself (reproducibility checks compare
-/// whole runs).
-impl PartialEq for Record {
-    fn eq(&self, o: &Record) -> bool {
-        self.index == o.index
-            && self.t_ms.to_bits() == o.t_ms.to_bits()
-            && self.v_mv.to_bits() == o.v_mv.to_bits()
-            && self.applied.to_bits() == o.applied.to_bits()
-            && self.requested.to_bits() == o.requested.to_bits()
-            && self.command.to_bits() == o.command.to_bits()
-            && self.cause == o.cause
-            && self.forecast.to_bits() == o.forecast.to_bits()
-    }
-}
-
-/// What the planner and the trainer tell the record consumer (not the
-/// real-time thread: these may allocate).
-#[derive(Debug)]
-pub enum Note {
-    /// A planning tick's forecast over the horizon (mV, step 1 first) from
-    /// the window ending at `base_index`.
-    Forecast { base_index: u64, values: Box<[f32]> },
-    /// The planner took a new model before planning from `base_index`.
-    ModelSwapped { base_index: u64, label: String },
-    /// Anything else worth an event: stamped with the newest sample.
-    Event {
-        line: crate::record::EventLine,
-        text: String,
-    },
-}
+// The sample record and the notes belong to the recording (`record`),
+// which everything else hands data to.
+pub use crate::record::{Note, Record};
 
 /// Notes in flight at most (the consumer drains them after every block).
 pub const NOTES: usize = 4096;

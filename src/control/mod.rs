@@ -18,27 +18,30 @@
 //! paces the loop by its samples: no sleeping, and the real-time rules of
 //! the paced clock (never wait for the planner or the consumer).
 
+mod clock;
+mod consumer;
 pub mod controls;
+pub mod decide;
 pub mod handoff;
 pub mod planner;
 pub mod rt;
 
+pub(crate) use clock::await_item;
+pub use consumer::forecasts_path;
+
 use crate::config::{Clock, ControlConfig};
 use crate::forecast::{Forecaster, WindowRing};
-use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
-use crate::plant::{Plant, PlantError};
+use crate::plant::{Plant, PlantError, Sample};
 use crate::policy::mpc::Mpc;
-use crate::policy::pid::Baseline;
 use crate::policy::quality::{Quality, QualityMeter};
 use crate::policy::PolicyKind;
 use crate::report::{new_histogram, IntervalHandoff};
 use crate::safety::{Fault, Limits, SafetyLimiter};
 use crossbeam_channel::{Receiver, Sender};
-use handoff::{ConsumerEnds, Note, Plan, PlanStatus, Record};
+use handoff::{Note, Plan, Record};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -63,68 +66,6 @@ impl Percentiles {
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
-        }
-    }
-}
-
-/// Linux lets a thread's timers fire up to its "timer slack" late (50 µs by
-/// default) so wake-ups can be batched; a 10 kHz loop cannot afford that.
-fn reduce_timer_slack() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
-    // calling thread.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
-}
-
-/// CLOCK_MONOTONIC now, ns (the clock `Instant` uses on Linux).
-fn monotonic_ns() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid out-pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
-}
-
-/// Sleep until an absolute CLOCK_MONOTONIC time (cyclictest's method: no
-/// drift from computing relative sleeps); `deadline` is the same moment as
-/// an `Instant`, for other platforms.
-fn sleep_until(mono_ns: u64, deadline: Instant) {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = deadline;
-        let ts = libc::timespec {
-            tv_sec: (mono_ns / 1_000_000_000) as libc::time_t,
-            tv_nsec: (mono_ns % 1_000_000_000) as libc::c_long,
-        };
-        // SAFETY: valid timespec; a null remainder is allowed with
-        // TIMER_ABSTIME. EINTR just ends the sleep early (measured as
-        // negative lateness, recorded as 1 ns).
-        unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &ts,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = mono_ns;
-        let now = Instant::now();
-        if deadline > now {
-            std::thread::sleep(deadline - now);
         }
     }
 }
@@ -340,853 +281,657 @@ pub enum ControlError {
     Io { path: String, error: std::io::Error },
 }
 
-/// What the consumer thread returns.
-struct Consumed {
-    quality: Quality,
-    records: Option<Vec<Record>>,
-    error: Option<String>,
-    recorder: Option<crate::record::Recorder>,
-}
-
-/// The consumer's optional duties besides the quality meter and the trace.
-struct ConsumerDuties {
-    recorder: Option<crate::record::Recorder>,
-    notes: Option<Receiver<Note>>,
-    monitor: Option<crate::retrain::drift::DriftMonitor>,
-    recent: Option<std::sync::Arc<crate::retrain::drift::RecentData>>,
-    /// Operator changes to record as events: (controls, last seen armed
-    /// state and objective sequence).
-    controls: Option<(std::sync::Arc<controls::LoopControls>, (bool, u64))>,
-}
-
-impl ConsumerDuties {
-    /// Take every note waiting: forecasts to the recorder and the monitor,
-    /// swaps and events to the recording.
-    fn drain_notes(&mut self, error: &mut Option<String>) {
-        let Some(rx) = &self.notes else { return };
-        while let Ok(note) = rx.try_recv() {
-            match note {
-                Note::Forecast { base_index, values } => {
-                    if let Some(r) = &mut self.recorder {
-                        r.forecast(base_index, &values);
-                    }
-                    if let Some(m) = &mut self.monitor {
-                        m.forecast(base_index, values);
-                    }
-                }
-                Note::ModelSwapped { base_index, label } => {
-                    if let Some(r) = &mut self.recorder {
-                        r.pulse(
-                            Some(base_index),
-                            crate::record::EventLine::ModelSwap,
-                            &label,
-                        );
-                    }
-                    if let Some(m) = &mut self.monitor {
-                        m.model_swapped(base_index, 0.0);
-                    }
-                }
-                Note::Event { line, text } => {
-                    if let Some(r) = &mut self.recorder {
-                        r.pulse(None, line, &text);
-                    }
-                }
-            }
-        }
-        if let (Some((c, seen)), Some(r)) = (&mut self.controls, &mut self.recorder) {
-            let now = c.applied_state();
-            if now.0 != seen.0 {
-                let text = if now.0 { "armed" } else { "disarmed" };
-                r.pulse(None, crate::record::EventLine::PolicyChange, text);
-            }
-            if now.1 != seen.1 {
-                let text = format!("objective change #{} applied", now.1);
-                r.pulse(None, crate::record::EventLine::PolicyChange, &text);
-            }
-            *seen = now;
-        }
-        if let Some(r) = &mut self.recorder {
-            if let Err(e) = r.maybe_flush() {
-                error.get_or_insert(format!("recording stopped: {e}"));
-                self.recorder = None;
-            }
-        }
-    }
-
-    fn block(&mut self, block: &[Record]) {
-        if let Some(r) = &mut self.recorder {
-            for rec in block {
-                r.push(rec);
-            }
-        }
-        if let Some(recent) = &self.recent {
-            recent.push_block(block);
-        }
-        if let Some(m) = &mut self.monitor {
-            m.records(block);
-        }
-    }
-}
-
-fn spawn_consumer(
-    ends: ConsumerEnds,
-    mut meter: QualityMeter,
-    keep: bool,
-    trace: Option<(PathBuf, std::fs::File)>,
-    mut duties: ConsumerDuties,
-) -> std::thread::JoinHandle<Consumed> {
-    std::thread::Builder::new()
-        .name("records".into())
-        .spawn(move || {
-            let mut kept = keep.then(Vec::new);
-            let mut error = None;
-            let mut out = trace.map(|(p, f)| (p, std::io::BufWriter::new(f)));
-            if let Some((p, w)) = &mut out {
-                if let Err(e) = writeln!(
-                    w,
-                    "t_ms,V_mV,I_stim_uA_cm2,I_requested_uA_cm2,I_command_uA_cm2,safety"
-                ) {
-                    error = Some(format!("{}: {e}", p.display()));
-                }
-            }
-            loop {
-                // A bounded wait, so notes are taken and the recording is
-                // flushed even while no samples come (a stalled rig).
-                let mut block = match ends.full.recv_timeout(Duration::from_millis(100)) {
-                    Ok(b) => b,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        duties.drain_notes(&mut error);
-                        continue;
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                };
-                duties.drain_notes(&mut error);
-                duties.block(&block);
-                for r in &block {
-                    meter.push(r.t_ms, r.v_mv, r.command);
-                    if let (Some((p, w)), None) = (&mut out, &error) {
-                        if let Err(e) = writeln!(
-                            w,
-                            "{:.4},{:.6},{:.6},{:.6},{:.6},{}",
-                            r.t_ms,
-                            r.v_mv,
-                            r.applied,
-                            r.requested,
-                            r.command,
-                            r.cause.map_or("", |c| c.name())
-                        ) {
-                            error = Some(format!("{}: {e}", p.display()));
-                        }
-                    }
-                }
-                if let Some(k) = &mut kept {
-                    k.extend_from_slice(&block);
-                }
-                block.clear();
-                let _ = ends.empty.try_send(block);
-            }
-            if let Some((p, w)) = &mut out {
-                if let Err(e) = w.flush() {
-                    error.get_or_insert(format!("{}: {e}", p.display()));
-                }
-            }
-            // The planner has stopped: take its last notes.
-            duties.drain_notes(&mut error);
-            Consumed {
-                quality: meter.finish(),
-                records: kept,
-                error,
-                recorder: duties.recorder,
-            }
-        })
-        .expect("spawning the record consumer")
-}
-
-/// Where the plans' forecasts go beside a trace: `trace.csv` →
-/// `trace.forecasts.csv`.
-pub fn forecasts_path(trace: &std::path::Path) -> PathBuf {
-    trace.with_extension("forecasts.csv")
-}
-
-/// Write forecast rows (`t_ms,dt_ms,v1,...`) until the planner hangs up;
-/// the first error, if any.
-fn spawn_forecast_writer(
-    path: PathBuf,
-    file: std::fs::File,
-    rx: crossbeam_channel::Receiver<handoff::ForecastRow>,
-) -> std::thread::JoinHandle<Option<String>> {
-    std::thread::Builder::new()
-        .name("forecasts".into())
-        .spawn(move || {
-            let mut w = std::io::BufWriter::new(file);
-            let fail = |e: std::io::Error| Some(format!("{}: {e}", path.display()));
-            for row in rx {
-                let mut line = format!("{:.4},{}", row.t_ms, row.dt_ms);
-                for v in &row.v {
-                    line.push_str(&format!(",{v:.3}"));
-                }
-                if let Err(e) = writeln!(w, "{line}") {
-                    return fail(e);
-                }
-            }
-            w.flush().err().and_then(fail)
-        })
-        .expect("spawning the forecast writer")
-}
-
-/// Free clock: wait for the next item (a plan, an empty record block)
-/// without the channel's blocking machinery (which parks the thread and may
-/// allocate its wait context lazily): spin briefly, then yield, then nap.
-/// `None` if the other side is gone.
-pub(crate) fn await_item<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
-    let mut tries = 0u32;
-    loop {
-        match rx.try_recv() {
-            Ok(p) => return Some(p),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam_channel::TryRecvError::Empty) => {}
-        }
-        tries += 1;
-        if tries < 64 {
-            std::hint::spin_loop();
-        } else if tries < 1024 {
-            std::thread::yield_now();
-        } else {
-            // A SCHED_FIFO loop sharing a CPU with the other thread must
-            // let it run: yielding only yields to equal priority.
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
-}
-
 /// Run the closed loop on the calling thread (which should be a thread of
 /// its own: it is the one promoted to real time) until the duration is
 /// reached, `stop` is set, the plant ends or faults. Stimulation is driven
 /// to zero through the limiter at the end in every case. With `intervals`,
 /// per-second histograms go to the interval-log writer.
+///
+/// Three steps: [`Running::start`] checks the model's geometry, builds
+/// the hand-offs and starts the planner and consumer threads;
+/// [`Running::sample_loop`] answers samples until a stop; and
+/// [`Running::finish`] zeroes the stimulation, joins the threads and
+/// writes the summary.
 pub fn run(
     plant: &mut dyn Plant,
-    mut setup: RunSetup,
+    setup: RunSetup,
     stop: &AtomicBool,
     mut intervals: Option<&mut IntervalHandoff>,
 ) -> Result<RunOutcome, ControlError> {
-    // ------------------------------------------------------------ prepare
-    let c = setup.control.clone();
-    let period_ms = plant.sample_period_ms();
-    let period = Duration::from_secs_f64(period_ms / 1000.0);
-    let period_ns = period.as_nanos() as u64;
-    let max_samples = setup
-        .duration_s
-        .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1);
-    let per_interval = ((1000.0 / period_ms).round() as u64).max(1);
-    let mut limiter = SafetyLimiter::new(setup.safety, period_ms)
-        .map_err(|e| ControlError::Setup(e.to_string()))?;
-    let mpc_on = c.policy == PolicyKind::Mpc;
-    let mut baseline = match c.policy {
-        PolicyKind::Off | PolicyKind::Mpc => Baseline::Off,
-        PolicyKind::Open => Baseline::Open(c.open),
-        PolicyKind::Pid => {
-            Baseline::pid_for(&c.objective, &c.pid, period_ms, setup.safety.max_amplitude)
-        }
-    };
-    let model_path = setup
-        .forecaster
-        .as_ref()
-        .map(|f| f.path().display().to_string());
-    // Model geometry (MPC only).
-    let mut geometry = None;
-    if mpc_on {
-        let f = setup.forecaster.as_ref().ok_or_else(|| {
-            ControlError::Setup("policy mpc needs a forecaster (control.model)".into())
-        })?;
-        let card = f.card();
-        let dec = WindowRing::decimation_for(card.dt_ms, period_ms).ok_or_else(|| {
-            ControlError::Setup(format!(
-                "{}: model step {} ms is not a whole number of sample periods ({period_ms} ms)",
-                f.path().display(),
-                card.dt_ms
-            ))
-        })?;
-        let steps = c.period_ms / card.dt_ms;
-        if (steps - steps.round()).abs() > 1e-6 || steps.round() < 1.0 {
-            return Err(ControlError::Setup(format!(
-                "control.period = {} ms is not a whole number of the model's steps ({} ms)",
-                c.period_ms, card.dt_ms
-            )));
-        }
-        if f.max_batch() < c.mpc.candidates {
-            return Err(ControlError::Setup(format!(
-                "the forecaster was loaded for batches up to {}, mpc.candidates is {}",
-                f.max_batch(),
-                c.mpc.candidates
-            )));
-        }
-        geometry = Some((card.t_in, card.t_out, dec, steps.round() as u64, card.dt_ms));
+    let mut r = Running::start(plant, setup)?;
+    let reason = r.sample_loop(plant, stop, intervals.as_deref_mut());
+    r.finish(plant, reason)
+}
+
+/// The model's geometry as the loop uses it (MPC only).
+#[derive(Clone, Copy)]
+struct Geometry {
+    t_in: usize,
+    t_out: usize,
+    decimation: usize,
+    steps_per_period: u64,
+    dt_model: f64,
+}
+
+/// Check the forecaster against the plant's sample period and the control
+/// period; `None` when the policy is not MPC.
+fn geometry(
+    c: &ControlConfig,
+    forecaster: Option<&Forecaster>,
+    period_ms: f64,
+) -> Result<Option<Geometry>, ControlError> {
+    if c.policy != PolicyKind::Mpc {
+        return Ok(None);
     }
-    let (mut window, t_in, plan_len, steps_per_period) = match geometry {
-        Some((t_in, t_out, dec, spp, _)) => (WindowRing::new(t_in, dec), t_in, t_out * dec, spp),
-        None => (WindowRing::new(1, 1), 1, 1, 1),
-    };
-    // Free clock with a modelled delay: plans of every snapshot taken during
-    // the delay (at most one per model step) are in flight at once.
-    let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
-    let dec = geometry.map_or(1, |g| g.2 as u64);
-    let plan_pool = 4 + delay_samples.div_ceil(dec) as usize;
-    let t_out = geometry.map_or(1, |g| g.1);
-    let (mut ends, mut planner_ends, consumer_ends) = handoff::build(
-        mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
-        64,
-    );
-    let notes = setup.notes.take().or_else(|| {
-        setup
-            .recorder
-            .is_some()
-            .then(|| crossbeam_channel::bounded(handoff::NOTES))
-    });
-    let (notes_tx, notes_rx) = match notes {
-        Some((tx, rx)) => (Some(tx), Some(rx)),
-        None => (None, None),
-    };
-    let retrain = setup.retrain.clone();
-    let duties = ConsumerDuties {
-        recorder: setup.recorder.take(),
-        notes: notes_rx,
-        monitor: retrain.as_ref().filter(|_| mpc_on).map(|r| r.monitor()),
-        recent: retrain.as_ref().map(|r| r.recent.clone()),
-        controls: setup.controls.clone().map(|c| {
-            let seen = c.applied_state();
-            (c, seen)
-        }),
-    };
-    let training_flag = retrain.as_ref().map(|r| r.training.clone());
+    let f = forecaster.ok_or_else(|| {
+        ControlError::Setup("policy mpc needs a forecaster (control.model)".into())
+    })?;
+    let card = f.card();
+    let dec = WindowRing::decimation_for(card.dt_ms, period_ms).ok_or_else(|| {
+        ControlError::Setup(format!(
+            "{}: model step {} ms is not a whole number of sample periods ({period_ms} ms)",
+            f.path().display(),
+            card.dt_ms
+        ))
+    })?;
+    let steps = c.period_ms / card.dt_ms;
+    if (steps - steps.round()).abs() > 1e-6 || steps.round() < 1.0 {
+        return Err(ControlError::Setup(format!(
+            "control.period = {} ms is not a whole number of the model's steps ({} ms)",
+            c.period_ms, card.dt_ms
+        )));
+    }
+    if f.max_batch() < c.mpc.candidates {
+        return Err(ControlError::Setup(format!(
+            "the forecaster was loaded for batches up to {}, mpc.candidates is {}",
+            f.max_batch(),
+            c.mpc.candidates
+        )));
+    }
+    Ok(Some(Geometry {
+        t_in: card.t_in,
+        t_out: card.t_out,
+        decimation: dec,
+        steps_per_period: steps.round() as u64,
+        dt_model: card.dt_ms,
+    }))
+}
 
-    let trace = match &setup.trace_out {
-        Some(p) => Some((
-            p.clone(),
-            std::fs::File::create(p).map_err(|error| ControlError::Io {
-                path: p.display().to_string(),
-                error,
-            })?,
-        )),
-        None => None,
-    };
-    // With a trace, each plan's forecast goes to FILE.forecasts.csv (a
-    // writer thread fed by the planner; the loop never sees it).
-    let forecast_writer = match (&setup.trace_out, planner_ends.as_mut()) {
-        (Some(trace), Some(pe)) => {
-            let path = forecasts_path(trace);
-            let file = std::fs::File::create(&path).map_err(|error| ControlError::Io {
-                path: path.display().to_string(),
-                error,
-            })?;
-            let (tx, rx) = crossbeam_channel::bounded::<handoff::ForecastRow>(4096);
-            pe.forecasts = Some(tx);
-            Some(spawn_forecast_writer(path, file, rx))
+/// The threads a run starts besides its own.
+struct Threads {
+    consumer: std::thread::JoinHandle<consumer::Consumed>,
+    forecast_writer: Option<std::thread::JoinHandle<Option<String>>>,
+    planner: Option<std::thread::JoinHandle<planner::PlannerTotals>>,
+}
+
+/// A run in progress: the decision state, the hand-offs, the histograms
+/// and the other threads.
+struct Running {
+    c: ControlConfig,
+    period: Duration,
+    max_samples: Option<u64>,
+    per_interval: u64,
+    period_samples: u64,
+    mpc_on: bool,
+    rt_rules: bool,
+    paced: bool,
+    clocked: bool,
+    decider: decide::Decider,
+    ends: handoff::LoopEnds,
+    hist: LoopHistograms,
+    /// Retraining: sample→command split by whether a model is being
+    /// trained.
+    split_hist: [Histogram<u64>; 2],
+    training_flag: Option<std::sync::Arc<AtomicBool>>,
+    controls: Option<std::sync::Arc<controls::LoopControls>>,
+    threads: Threads,
+    realtime: rt::RtReport,
+    model_path: Option<String>,
+    fault_text: Option<String>,
+    start: Instant,
+    start_mono: u64,
+}
+
+impl Running {
+    /// Everything before the first sample (allocations, threads, files).
+    fn start(plant: &mut dyn Plant, mut setup: RunSetup) -> Result<Running, ControlError> {
+        let c = setup.control.clone();
+        let period_ms = plant.sample_period_ms();
+        let limiter = SafetyLimiter::new(setup.safety, period_ms)
+            .map_err(|e| ControlError::Setup(e.to_string()))?;
+        let mpc_on = c.policy == PolicyKind::Mpc;
+        let model_path = setup
+            .forecaster
+            .as_ref()
+            .map(|f| f.path().display().to_string());
+        let geo = geometry(&c, setup.forecaster.as_ref(), period_ms)?;
+        // Free clock with a modelled delay: plans of every snapshot taken
+        // during the delay (at most one per model step) are in flight.
+        let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
+        let dec = geo.map_or(1, |g| g.decimation);
+        let plan_pool = 4 + delay_samples.div_ceil(dec as u64) as usize;
+        let (window, t_in, plan_len) = match geo {
+            Some(g) => (WindowRing::new(g.t_in, dec), g.t_in, g.t_out * dec),
+            None => (WindowRing::new(1, 1), 1, 1),
+        };
+        let t_out = geo.map_or(1, |g| g.t_out);
+        let (ends, mut planner_ends, consumer_ends) = handoff::build(
+            mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
+            64,
+        );
+        let (notes_tx, duties) = Self::consumer_duties(&mut setup, mpc_on);
+        let training_flag = setup.retrain.as_ref().map(|r| r.training.clone());
+        let forecast_writer = Self::start_forecast_writer(&setup, planner_ends.as_mut())?;
+        let trace = match &setup.trace_out {
+            Some(p) => Some((p.clone(), create(p)?)),
+            None => None,
+        };
+        let consumer = consumer::spawn_consumer(
+            consumer_ends,
+            QualityMeter::new(c.objective, period_ms),
+            setup.keep_records,
+            trace,
+            duties,
+        );
+        let mut realtime = rt::apply(&c.realtime);
+        // A rig clocks the loop itself (its `read` blocks until the next
+        // sample): no sleeping, but real-time rules (never wait for the
+        // planner or the recorder) as with the paced clock.
+        let clocked = plant.clocked();
+        let rt_rules = setup.clock == Clock::Paced || clocked;
+        let paced = setup.clock == Clock::Paced && !clocked;
+        let planner = match (planner_ends, setup.forecaster.take(), geo) {
+            (Some(pe), Some(f), Some(g)) => {
+                let links = planner::PlannerLinks {
+                    notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
+                    swaps: setup.swaps.take(),
+                };
+                Some(Self::start_planner(
+                    &c,
+                    setup.safety.max_amplitude,
+                    g,
+                    delay_samples,
+                    pe,
+                    f,
+                    links,
+                    rt_rules,
+                    realtime.pinned_cpu,
+                )?)
+            }
+            _ => None,
+        };
+        realtime.planner_excluded = planner.is_some() && realtime.pinned_cpu.is_some();
+        drop(notes_tx);
+        let controls = setup.controls.take();
+        let armed = controls.as_ref().is_none_or(|k| k.armed_requested());
+        let timing = geo.map(|g| decide::PlanTiming {
+            decimation: g.decimation as u64,
+            steps_per_period: g.steps_per_period,
+            delay_samples,
+            pool: plan_pool,
+        });
+        Ok(Running {
+            period: Duration::from_secs_f64(period_ms / 1000.0),
+            max_samples: setup
+                .duration_s
+                .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1),
+            per_interval: ((1000.0 / period_ms).round() as u64).max(1),
+            period_samples: ((c.period_ms / period_ms).round() as u64).max(1),
+            decider: decide::Decider::new(&c, period_ms, limiter, timing, window, rt_rules, armed),
+            c,
+            mpc_on,
+            rt_rules,
+            paced,
+            clocked,
+            ends,
+            hist: LoopHistograms::new(),
+            split_hist: [new_histogram(), new_histogram()],
+            training_flag,
+            controls,
+            threads: Threads {
+                consumer,
+                forecast_writer,
+                planner,
+            },
+            realtime,
+            model_path,
+            fault_text: None,
+            start: Instant::now(),
+            start_mono: 0,
+        })
+    }
+
+    /// The notes channel (the planner's and the retraining thread's
+    /// sender) and the consumer's duties.
+    fn consumer_duties(
+        setup: &mut RunSetup,
+        mpc_on: bool,
+    ) -> (Option<Sender<Note>>, consumer::ConsumerDuties) {
+        let notes = setup.notes.take().or_else(|| {
+            setup
+                .recorder
+                .is_some()
+                .then(|| crossbeam_channel::bounded(handoff::NOTES))
+        });
+        let (notes_tx, notes_rx) = match notes {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        let retrain = setup.retrain.clone();
+        let duties = consumer::ConsumerDuties {
+            recorder: setup.recorder.take(),
+            notes: notes_rx,
+            monitor: retrain.as_ref().filter(|_| mpc_on).map(|r| r.monitor()),
+            recent: retrain.as_ref().map(|r| r.recent.clone()),
+            controls: setup.controls.clone().map(|c| {
+                let seen = c.applied_state();
+                (c, seen)
+            }),
+        };
+        (notes_tx, duties)
+    }
+
+    /// With a trace, each plan's forecast goes to FILE.forecasts.csv (a
+    /// writer thread fed by the planner; the loop never sees it).
+    fn start_forecast_writer(
+        setup: &RunSetup,
+        planner_ends: Option<&mut handoff::PlannerEnds>,
+    ) -> Result<Option<std::thread::JoinHandle<Option<String>>>, ControlError> {
+        let (Some(trace), Some(pe)) = (&setup.trace_out, planner_ends) else {
+            return Ok(None);
+        };
+        let path = forecasts_path(trace);
+        let file = create(&path)?;
+        let (tx, rx) = crossbeam_channel::bounded::<handoff::ForecastRow>(4096);
+        pe.forecasts = Some(tx);
+        Ok(Some(consumer::spawn_forecast_writer(path, file, rx)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_planner(
+        c: &ControlConfig,
+        max_amplitude: f64,
+        g: Geometry,
+        delay_samples: u64,
+        pe: handoff::PlannerEnds,
+        f: Forecaster,
+        links: planner::PlannerLinks,
+        rt_rules: bool,
+        exclude: Option<usize>,
+    ) -> Result<std::thread::JoinHandle<planner::PlannerTotals>, ControlError> {
+        let mpc = Mpc::new(
+            c.mpc,
+            c.objective,
+            g.t_out,
+            g.decimation,
+            g.dt_model,
+            c.mpc.max_amplitude.min(max_amplitude),
+            delay_samples as usize,
+        );
+        let budget = rt_rules.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
+        std::thread::Builder::new()
+            .name("planner".into())
+            .spawn(move || {
+                if let Some(cpu) = exclude {
+                    rt::exclude_cpu(cpu);
+                }
+                planner::run(pe, f, mpc, budget, links)
+            })
+            .map_err(|e| ControlError::Setup(format!("cannot start the planner: {e}")))
+    }
+
+    /// Answer samples until a stop; why it stopped. Between the first and
+    /// the last sample nothing here allocates, locks, logs or touches a
+    /// file (tests/no_alloc.rs).
+    fn sample_loop(
+        &mut self,
+        plant: &mut dyn Plant,
+        stop: &AtomicBool,
+        mut intervals: Option<&mut IntervalHandoff>,
+    ) -> StopReason {
+        if self.paced {
+            clock::reduce_timer_slack();
         }
-        _ => None,
-    };
-    let consumer = spawn_consumer(
-        consumer_ends,
-        QualityMeter::new(c.objective, period_ms),
-        setup.keep_records,
-        trace,
-        duties,
-    );
-
-    let realtime = rt::apply(&c.realtime);
-    // A rig clocks the loop itself (its `read` blocks until the next
-    // sample): no sleeping, but real-time rules (never wait for the planner
-    // or the recorder) as with the paced clock.
-    let clocked = plant.clocked();
-    let rt_rules = setup.clock == Clock::Paced || clocked;
-    let paced = setup.clock == Clock::Paced && !clocked;
-    let planner = match (planner_ends, setup.forecaster.take(), geometry) {
-        (Some(pe), Some(f), Some((_, t_out, dec, _, dt_model))) => {
-            let mpc = Mpc::new(
-                c.mpc,
-                c.objective,
-                t_out,
-                dec,
-                dt_model,
-                c.mpc.max_amplitude.min(setup.safety.max_amplitude),
-                delay_samples as usize,
-            );
-            let budget = rt_rules.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
-            let exclude = realtime.pinned_cpu;
-            let links = planner::PlannerLinks {
-                notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
-                swaps: setup.swaps.take(),
+        self.start = Instant::now();
+        self.start_mono = clock::monotonic_ns();
+        if let Some(k) = &self.controls {
+            k.mark_started();
+        }
+        loop {
+            let samples = self.decider.counters.samples;
+            if self.max_samples.is_some_and(|m| samples >= m) {
+                return StopReason::DurationReached;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return StopReason::Signal;
+            }
+            self.operator_boundary(samples);
+            let jitter_ns = self.pace(samples);
+            let s = match plant.read() {
+                Ok(s) => s,
+                Err(PlantError::Ended) => return StopReason::PlantEnded,
+                Err(PlantError::Interrupted { .. }) => {
+                    // Stimulation to zero now; the plant recovers on later
+                    // reads.
+                    let se = self.ends.snapshots.as_ref();
+                    let zero = self.decider.interrupted(|old| {
+                        if let Some(se) = se {
+                            let _ = se.used_plans.try_send(old);
+                        }
+                    });
+                    let _ = plant.write(zero);
+                    continue;
+                }
+                Err(e) => {
+                    let zero = self.decider.zero(Fault::PlantFault);
+                    let _ = plant.write(zero);
+                    self.fault_text = Some(e.to_string());
+                    return StopReason::PlantFault;
+                }
             };
-            Some(
-                std::thread::Builder::new()
-                    .name("planner".into())
-                    .spawn(move || {
-                        if let Some(cpu) = exclude {
-                            rt::exclude_cpu(cpu);
-                        }
-                        planner::run(pe, f, mpc, budget, links)
-                    })
-                    .map_err(|e| ControlError::Setup(format!("cannot start the planner: {e}")))?,
-            )
+            let arrived = Instant::now();
+            if let Some(reason) = self.answer(plant, &s, arrived, jitter_ns, &mut intervals) {
+                return reason;
+            }
         }
-        _ => None,
-    };
-    let mut realtime = realtime;
-    realtime.planner_excluded = planner.is_some() && realtime.pinned_cpu.is_some();
-
-    drop(notes_tx);
-    let mut hist = LoopHistograms::new();
-    // Retraining: sample→command split by whether a model is being trained.
-    let mut split_hist = [new_histogram(), new_histogram()];
-    let mut detector = SpikeDetector::new(DEFAULT_THRESHOLD_MV);
-    let mut last_spike_ms = f64::NEG_INFINITY;
-    let mut spikes = 0u64;
-    let mut overruns = 0u64;
-    let mut samples = 0u64;
-    let mut lost_samples = 0u64;
-    let mut records_dropped = 0u64;
-    let mut plans_adopted = 0u64;
-    let mut plant_interruptions = 0u64;
-    let mut late_plans = 0u64;
-    let mut plan_misses = 0u64;
-    let mut plan_miss_samples = 0u64;
-    let mut snapshots_skipped = 0u64;
-    let mut planner_gone = false;
-    let mut in_miss = false;
-    let mut replan = false;
-    // Index of the last spike's sample: plans computed before it are stale.
-    let mut spike_index = 0u64;
-    let mut model_steps = 0u64;
-    let mut expected_index: Option<u64> = None;
-    let mut active: Option<Box<Plan>> = None;
-    // Plans received but not yet due (free clock with a modelled delay can
-    // have several in flight; the queue's capacity is the plan pool's, so
-    // pushing never allocates).
-    let mut pending: std::collections::VecDeque<(u64, Box<Plan>)> =
-        std::collections::VecDeque::with_capacity(plan_pool);
-    let mut last_t = 0.0;
-    let mut fault_text = None;
-    // Operator controls (service): the objective in force and its change
-    // number, whether stimulation is armed, the newest forecast error.
-    let controls = setup.controls.take();
-    let period_samples = ((c.period_ms / period_ms).round() as u64).max(1);
-    let mut objective = c.objective;
-    let mut objective_seq = 0u64;
-    let mut armed = controls.as_ref().is_none_or(|k| k.armed_requested());
-    let mut disarmed_samples = 0u64;
-    let mut objective_changes = 0u64;
-    let mut forecast_error_mv = f64::NAN;
-    if paced {
-        reduce_timer_slack();
-    }
-    let start = Instant::now();
-    let start_mono = monotonic_ns();
-    let mut reason = StopReason::Signal;
-    if let Some(k) = &controls {
-        k.mark_started();
     }
 
-    // The loop's counters as the service sees them, from the locals of the
-    // moment (each period boundary, and once at the end).
-    macro_rules! published {
-        () => {
-            controls::Published {
-                samples,
-                lost_samples,
-                plant_interruptions,
-                records_dropped,
-                spikes,
-                plans_adopted,
-                late_plans,
-                plan_misses,
-                plan_miss_samples,
-                snapshots_skipped,
-                disarmed_samples,
-                plant_time_ms: last_t,
-                forecast_error_mv,
-            }
+    /// Operator changes take effect at a control-period boundary
+    /// (disarming at once); status is published at the same rate.
+    fn operator_boundary(&mut self, samples: u64) {
+        let Some(k) = self.controls.as_deref() else {
+            return;
         };
+        k.beat();
+        let boundary = samples.is_multiple_of(self.period_samples);
+        if boundary {
+            if let Some((seq, o)) = k.take_objective() {
+                self.decider.set_objective(seq, o);
+                k.applied(seq);
+            }
+            k.publish(&self.decider.published(), self.decider.limiter());
+        }
+        let now = k.armed_for(self.decider.armed(), boundary);
+        self.decider.set_armed(now);
     }
 
-    // --------------------------------------------------------------- loop
-    loop {
-        if max_samples.is_some_and(|m| samples >= m) {
-            reason = StopReason::DurationReached;
-            break;
+    /// Paced clock: sleep to the sample's deadline; the wake-up lateness.
+    fn pace(&mut self, samples: u64) -> Option<u64> {
+        if !self.paced {
+            return None;
         }
-        if stop.load(Ordering::Relaxed) {
-            break;
+        let period_ns = self.period.as_nanos() as u64;
+        let deadline = self.start + Duration::from_nanos(period_ns * samples);
+        clock::sleep_until(self.start_mono + period_ns * samples, deadline);
+        let late = Instant::now().saturating_duration_since(deadline);
+        if late > self.period {
+            self.decider.counters.overruns += 1;
         }
-        if let Some(k) = controls.as_deref() {
-            // Operator changes take effect at a control-period boundary
-            // (disarming at once); status is published at the same rate.
-            k.beat();
-            let boundary = samples.is_multiple_of(period_samples);
-            if boundary {
-                if let Some((seq, o)) = k.take_objective() {
-                    objective = o;
-                    objective_seq = seq;
-                    objective_changes += 1;
-                    if c.policy == PolicyKind::Pid {
-                        baseline = Baseline::pid_for(
-                            &objective,
-                            &c.pid,
-                            period_ms,
-                            setup.safety.max_amplitude,
-                        );
-                    }
-                    replan = true;
-                    k.applied(seq);
-                }
-                k.publish(&published!(), &limiter);
-            }
-            let now = k.armed_for(armed, boundary);
-            if now && !armed && c.policy == PolicyKind::Pid {
-                // Re-armed: start the baseline afresh (its integrator kept
-                // integrating an error nobody acted on).
-                baseline =
-                    Baseline::pid_for(&objective, &c.pid, period_ms, setup.safety.max_amplitude);
-            }
-            armed = now;
-        }
-        let mut jitter_ns = None;
-        if paced {
-            let deadline = start + Duration::from_nanos(period_ns * samples);
-            sleep_until(start_mono + period_ns * samples, deadline);
-            let late = Instant::now().saturating_duration_since(deadline);
-            jitter_ns = Some(late.as_nanos().max(1) as u64);
-            if late > period {
-                overruns += 1;
-            }
-        }
-        let s = match plant.read() {
-            Ok(s) => s,
-            Err(PlantError::Ended) => {
-                reason = StopReason::PlantEnded;
-                break;
-            }
-            Err(PlantError::Interrupted { .. }) => {
-                // Stimulation to zero now; the plant recovers on later
-                // reads. The window and the plan no longer match the cell.
-                let d = limiter.limit(0.0, Some(Fault::PlantFault));
-                let _ = plant.write(d.command);
-                plant_interruptions += 1;
-                window.clear();
-                if let Some(se) = &ends.snapshots {
-                    if let Some(old) = active.take() {
-                        let _ = se.used_plans.try_send(old);
-                    }
-                    while let Some((_, old)) = pending.pop_front() {
-                        let _ = se.used_plans.try_send(old);
-                    }
-                }
-                continue;
-            }
-            Err(e) => {
-                let d = limiter.limit(0.0, Some(Fault::PlantFault));
-                let _ = plant.write(d.command);
-                reason = StopReason::PlantFault;
-                fault_text = Some(e.to_string());
-                break;
-            }
-        };
-        let arrived = Instant::now();
-        let mut fault = None;
-        match expected_index {
-            Some(e) if s.index < e => fault = Some(Fault::StaleSample),
-            Some(e) => lost_samples += s.index - e,
-            None => {}
-        }
-        expected_index = Some(s.index.max(expected_index.unwrap_or(0)) + 1);
-        let spiked = match detector.push(s.t_ms, s.v_mv) {
-            Some(t) => {
-                last_spike_ms = t;
-                spikes += 1;
-                replan = true;
-                spike_index = s.index;
-                true
-            }
-            None => false,
-        };
-        last_t = s.t_ms;
-        let step_done = window.push(s.v_mv, s.i_applied);
+        Some(late.as_nanos().max(1) as u64)
+    }
 
-        // The policy's request.
-        let requested = if mpc_on {
-            if let Some(se) = &ends.snapshots {
-                if rt_rules {
-                    // Plans take effect `compute_delay` after their snapshot
-                    // (what the planner assumed), or on arrival if later.
-                    while let Ok(p) = se.plans.try_recv() {
-                        let due = p.base_index + 1 + delay_samples;
-                        if s.index > due {
-                            late_plans += 1;
-                        }
-                        pending.push_back((due, p));
-                    }
-                }
-                while pending.front().is_some_and(|(at, _)| s.index >= *at) {
-                    let (_, p) = pending.pop_front().expect("checked");
-                    let now = Instant::now();
-                    let ns = |d: Duration| d.as_nanos().max(1) as u64;
-                    let lat = ns(p.published.saturating_duration_since(p.snapshot_taken));
-                    let age = ns(now.saturating_duration_since(p.snapshot_taken));
-                    hist.plan_latency.saturating_record(lat);
-                    hist.decision_age.saturating_record(age);
-                    if p.forecast_ns > 0 {
-                        hist.forecast_time.saturating_record(p.forecast_ns);
-                    }
-                    if let Some(iv) = intervals.as_deref_mut() {
-                        let set = iv.current();
-                        set.histograms[2].saturating_record(lat);
-                        set.histograms[3].saturating_record(age);
-                        if p.forecast_ns > 0 {
-                            set.histograms[4].saturating_record(p.forecast_ns);
-                        }
-                    }
-                    if p.forecast_error_mv.is_finite() {
-                        forecast_error_mv = p.forecast_error_mv;
-                    }
-                    if let Some(old) = active.replace(p) {
-                        let _ = se.used_plans.try_send(old);
-                    }
-                    plans_adopted += 1;
-                    in_miss = false;
-                }
+    /// One sample: take in plans, decide, write, measure, hand off.
+    fn answer(
+        &mut self,
+        plant: &mut dyn Plant,
+        s: &Sample,
+        arrived: Instant,
+        jitter_ns: Option<u64>,
+        intervals: &mut Option<&mut IntervalHandoff>,
+    ) -> Option<StopReason> {
+        let se = self.ends.snapshots.as_ref();
+        if let (true, true, Some(se)) = (self.mpc_on, self.rt_rules, se) {
+            while let Ok(p) = se.plans.try_recv() {
+                self.decider.receive(p, s.index);
             }
-            match &active {
-                _ if planner_gone => {
-                    fault = fault.or(Some(Fault::ModelError));
-                    0.0
+        }
+        let hist = &mut self.hist;
+        let d = self.decider.tick(
+            s,
+            |p| record_plan_timing(hist, intervals.as_deref_mut(), p),
+            |old| {
+                if let Some(se) = se {
+                    let _ = se.used_plans.try_send(old);
                 }
-                None => 0.0,
-                Some(p) => match p.status {
-                    PlanStatus::ModelError => {
-                        fault = fault.or(Some(Fault::ModelError));
-                        0.0
-                    }
-                    PlanStatus::NonFinite => {
-                        fault = fault.or(Some(Fault::NonFinite));
-                        0.0
-                    }
-                    PlanStatus::Ok => {
-                        let off = s.index.saturating_sub(p.base_index + 1) as usize;
-                        if s.index > p.base_index && off < p.currents.len() {
-                            let u = p.currents[off] as f64;
-                            // A plan made before the last spike did not
-                            // know of it: its depolarising current (meant to
-                            // bring that spike about) would only evoke
-                            // another. Hyperpolarising current stays.
-                            if p.base_index < spike_index {
-                                u.min(0.0)
-                            } else {
-                                u
-                            }
-                        } else if s.index <= p.base_index {
-                            0.0
-                        } else {
-                            if !in_miss {
-                                plan_misses += 1;
-                                in_miss = true;
-                            }
-                            plan_miss_samples += 1;
-                            fault = fault.or(Some(Fault::PlanMiss));
-                            0.0
-                        }
-                    }
-                },
-            }
-        } else {
-            baseline.step(s.t_ms, s.v_mv, spiked)
-        };
-        // Disarmed: the request is zero (still through the limiter).
-        let requested = if armed {
-            requested
-        } else {
-            disarmed_samples += 1;
-            0.0
-        };
-
-        // What the plan in use forecast for this sample's model step.
-        let forecast = match &active {
-            Some(p) if mpc_on && p.status == PlanStatus::Ok && s.index > p.base_index => {
-                let j = ((s.index - p.base_index - 1) / dec) as usize;
-                p.forecast.get(j).copied().unwrap_or(f32::NAN)
-            }
-            _ => f32::NAN,
-        };
-        let d = limiter.limit(requested, fault);
-        if let Err(e) = plant.write(d.command) {
-            let z = limiter.limit(0.0, Some(Fault::PlantFault));
-            let _ = plant.write(z.command);
-            reason = StopReason::PlantFault;
-            fault_text = Some(e.to_string());
-            break;
+            },
+        );
+        if let Err(e) = plant.write(d.record.command) {
+            let zero = self.decider.zero(Fault::PlantFault);
+            let _ = plant.write(zero);
+            self.fault_text = Some(e.to_string());
+            return Some(StopReason::PlantFault);
         }
         let latency = arrived.elapsed().as_nanos().max(1) as u64;
-        hist.sample_to_command.saturating_record(latency);
-        if let Some(flag) = &training_flag {
+        self.hist.sample_to_command.saturating_record(latency);
+        if let Some(flag) = &self.training_flag {
             let k = usize::from(flag.load(Ordering::Relaxed));
-            split_hist[k].saturating_record(latency);
+            self.split_hist[k].saturating_record(latency);
         }
         if let Some(j) = jitter_ns {
-            hist.wakeup_jitter.saturating_record(j);
+            self.hist.wakeup_jitter.saturating_record(j);
         }
-        records_dropped += ends.records.push(
-            Record {
-                index: s.index,
-                t_ms: s.t_ms,
-                v_mv: s.v_mv,
-                applied: s.i_applied,
-                requested,
-                command: d.command,
-                cause: d.cause,
-                forecast,
-            },
-            !rt_rules,
-        );
-
-        // Snapshot for the planner at the end of each control period.
-        if step_done && mpc_on && !planner_gone {
-            model_steps += 1;
-            // Each control period, and at once after a spike: a spike
-            // changes what the forecast says next (and what the objective
-            // wants), so a plan made before it is stale.
-            if window.is_full() && (replan || model_steps.is_multiple_of(steps_per_period)) {
-                replan = false;
-                if let Some(se) = &ends.snapshots {
-                    match se.empty.try_recv() {
-                        Ok(mut snap) => {
-                            window.snapshot(&mut snap.v, &mut snap.i);
-                            snap.index = s.index;
-                            snap.t_ms = s.t_ms;
-                            snap.v_now = s.v_mv;
-                            snap.last_spike_ms = last_spike_ms;
-                            snap.limiter = limiter.clone();
-                            snap.taken = arrived;
-                            snap.objective =
-                                (objective_seq > 0).then_some((objective_seq, objective));
-                            if se.to_planner.try_send(snap).is_err() {
-                                planner_gone = true;
-                            } else if !rt_rules {
-                                // Lockstep: await this snapshot's plan.
-                                match await_item(&se.plans) {
-                                    Some(p) => {
-                                        pending.push_back((s.index + 1 + delay_samples, p));
-                                    }
-                                    None => planner_gone = true,
-                                }
-                            }
-                        }
-                        Err(_) => snapshots_skipped += 1,
-                    }
-                }
-            }
+        self.decider.counters.records_dropped += self.ends.records.push(d.record, !self.rt_rules);
+        if self.decider.snapshot_due(d.step_done) {
+            self.send_snapshot(s, arrived);
         }
-
         if let Some(iv) = intervals.as_deref_mut() {
             let set = iv.current();
             if let Some(j) = jitter_ns {
                 set.histograms[0].saturating_record(j);
             }
             set.histograms[1].saturating_record(latency);
-            if (samples + 1).is_multiple_of(per_interval) {
-                iv.rotate(start.elapsed());
+            if (self.decider.counters.samples + 1).is_multiple_of(self.per_interval) {
+                iv.rotate(self.start.elapsed());
             }
         }
-        samples += 1;
+        self.decider.counters.samples += 1;
+        None
     }
 
-    // ------------------------------------------------------------ wind down
-    // Stimulation to zero first, then the rest.
-    if reason != StopReason::PlantFault {
-        let d = limiter.limit(0.0, Some(Fault::Shutdown));
-        if let Err(e) = plant.write(d.command) {
-            fault_text.get_or_insert(e.to_string());
+    /// Hand the planner a snapshot of the window; in lockstep (free clock)
+    /// await its plan.
+    fn send_snapshot(&mut self, s: &Sample, arrived: Instant) {
+        let Some(se) = &self.ends.snapshots else {
+            return;
+        };
+        let Ok(mut snap) = se.empty.try_recv() else {
+            self.decider.counters.snapshots_skipped += 1;
+            return;
+        };
+        self.decider.fill_snapshot(&mut snap, s, arrived);
+        if se.to_planner.try_send(snap).is_err() {
+            self.decider.lose_planner();
+        } else if !self.rt_rules {
+            match clock::await_item(&se.plans) {
+                Some(p) => self.decider.queue(s.index, p),
+                None => self.decider.lose_planner(),
+            }
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    if let Some(k) = &controls {
-        k.publish(&published!(), &limiter);
-        k.mark_finished();
+
+    /// Stimulation to zero first, then join the threads and summarise.
+    fn finish(
+        mut self,
+        plant: &mut dyn Plant,
+        reason: StopReason,
+    ) -> Result<RunOutcome, ControlError> {
+        if reason != StopReason::PlantFault {
+            let zero = self.decider.zero(Fault::Shutdown);
+            if let Err(e) = plant.write(zero) {
+                self.fault_text.get_or_insert(e.to_string());
+            }
+        }
+        let wall = self.start.elapsed().as_secs_f64();
+        if let Some(k) = &self.controls {
+            k.publish(&self.decider.published(), self.decider.limiter());
+            k.mark_finished();
+        }
+        self.ends.records.flush();
+        let planner_totals = {
+            drop(self.ends.snapshots.take());
+            self.threads.planner.map(|h| h.join().unwrap_or_default())
+        };
+        let forecast_error = self
+            .threads
+            .forecast_writer
+            .and_then(|w| w.join().ok().flatten());
+        drop(self.ends);
+        let consumed = self
+            .threads
+            .consumer
+            .join()
+            .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
+        if let Some(e) = consumed.error.or(forecast_error) {
+            return Err(ControlError::Io {
+                path: "trace".into(),
+                error: std::io::Error::other(e),
+            });
+        }
+        let recording = match consumed.recorder {
+            Some(r) => {
+                let dir = r.dir().display().to_string();
+                let dropped = self.decider.counters.records_dropped;
+                let counts = r.finish(dropped).map_err(|e| ControlError::Io {
+                    path: dir.clone(),
+                    error: std::io::Error::other(e.to_string()),
+                })?;
+                Some(serde_json::json!({ "dir": dir, "counts": counts }))
+            }
+            None => None,
+        };
+        let ended = Ended {
+            plant_kind: plant.kind(),
+            plant_report: plant.report(),
+            reason,
+            wall,
+            planner: planner_totals.unwrap_or_default(),
+            quality: consumed.quality,
+            recording,
+        };
+        let summary = summarise(
+            &self.c,
+            &self.decider,
+            &self.hist,
+            &self.split_hist,
+            SummaryParts {
+                clock: if self.clocked {
+                    "plant"
+                } else if self.paced {
+                    "paced"
+                } else {
+                    "free"
+                },
+                model: self.model_path.filter(|_| self.mpc_on),
+                realtime: self.realtime,
+                fault: self.fault_text,
+                ended,
+            },
+        );
+        Ok(RunOutcome {
+            summary,
+            histograms: self.hist,
+            records: consumed.records,
+        })
     }
-    ends.records.flush();
-    let planner_totals = {
-        let snapshot_ends = ends.snapshots.take();
-        drop(snapshot_ends);
-        planner.map(|h| h.join().unwrap_or_default())
-    };
-    let forecast_error = forecast_writer.and_then(|w| w.join().ok().flatten());
-    drop(ends);
-    let consumed = consumer
-        .join()
-        .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
-    if let Some(e) = consumed.error.or(forecast_error) {
-        return Err(ControlError::Io {
-            path: "trace".into(),
-            error: std::io::Error::other(e),
-        });
+}
+
+/// A plan's timing, as the loop adopts it.
+fn record_plan_timing(
+    hist: &mut LoopHistograms,
+    intervals: Option<&mut IntervalHandoff>,
+    p: &Plan,
+) {
+    let now = Instant::now();
+    let ns = |d: Duration| d.as_nanos().max(1) as u64;
+    let lat = ns(p.published.saturating_duration_since(p.snapshot_taken));
+    let age = ns(now.saturating_duration_since(p.snapshot_taken));
+    hist.plan_latency.saturating_record(lat);
+    hist.decision_age.saturating_record(age);
+    if p.forecast_ns > 0 {
+        hist.forecast_time.saturating_record(p.forecast_ns);
     }
+    if let Some(iv) = intervals {
+        let set = iv.current();
+        set.histograms[2].saturating_record(lat);
+        set.histograms[3].saturating_record(age);
+        if p.forecast_ns > 0 {
+            set.histograms[4].saturating_record(p.forecast_ns);
+        }
+    }
+}
+
+fn create(p: &std::path::Path) -> Result<std::fs::File, ControlError> {
+    std::fs::File::create(p).map_err(|error| ControlError::Io {
+        path: p.display().to_string(),
+        error,
+    })
+}
+
+/// What the end of a run found out (threads joined, plant asked).
+struct Ended {
+    plant_kind: &'static str,
+    plant_report: Option<serde_json::Value>,
+    reason: StopReason,
+    wall: f64,
+    planner: planner::PlannerTotals,
+    quality: Quality,
+    recording: Option<serde_json::Value>,
+}
+
+/// The summary's parts that are not counters.
+struct SummaryParts {
+    clock: &'static str,
+    model: Option<String>,
+    realtime: rt::RtReport,
+    fault: Option<String>,
+    ended: Ended,
+}
+
+fn summarise(
+    c: &ControlConfig,
+    d: &decide::Decider,
+    hist: &LoopHistograms,
+    split_hist: &[Histogram<u64>; 2],
+    parts: SummaryParts,
+) -> LoopSummary {
+    let limiter = d.limiter();
+    let n = d.counters;
+    let e = parts.ended;
     let mut interventions = BTreeMap::new();
-    for (cause, n) in limiter.counts() {
-        interventions.insert(cause.name(), n);
+    for (cause, k) in limiter.counts() {
+        interventions.insert(cause.name(), k);
     }
     let pct = |h: &Histogram<u64>| (!h.is_empty()).then(|| Percentiles::from_ns(h));
-    let (superseded, model_errors, model_error, models_swapped, notes_dropped) = planner_totals
-        .map(|t| {
-            (
-                t.superseded,
-                t.model_errors,
-                t.first_error,
-                t.models_swapped,
-                t.notes_dropped,
-            )
-        })
-        .unwrap_or_default();
-    let recording = match consumed.recorder {
-        Some(r) => {
-            let dir = r.dir().display().to_string();
-            let counts = r.finish(records_dropped).map_err(|e| ControlError::Io {
-                path: dir.clone(),
-                error: std::io::Error::other(e.to_string()),
-            })?;
-            Some(serde_json::json!({ "dir": dir, "counts": counts }))
-        }
-        None => None,
-    };
-    let summary = LoopSummary {
-        plant: plant.kind(),
+    LoopSummary {
+        plant: e.plant_kind,
         policy: c.policy.name(),
         objective: c.objective.kind.name(),
-        clock: if clocked {
-            "plant"
-        } else if paced {
-            "paced"
-        } else {
-            "free"
-        },
-        model: model_path.filter(|_| mpc_on),
-        samples,
-        lost_samples,
-        plant_interruptions,
-        plant_report: plant.report(),
-        records_dropped,
-        plant_time_s: last_t / 1000.0,
-        wall_time_s: wall,
-        spikes,
-        plans_adopted,
-        late_plans,
-        plan_misses,
-        plan_miss_samples,
-        snapshots_skipped,
-        snapshots_superseded: superseded,
-        model_errors,
-        model_error: model_error.or_else(|| planner_gone.then(|| "the planner stopped".into())),
-        interventions_total: limiter.counts().map(|(_, n)| n).sum(),
+        clock: parts.clock,
+        model: parts.model,
+        samples: n.samples,
+        lost_samples: n.lost_samples,
+        plant_interruptions: n.plant_interruptions,
+        plant_report: e.plant_report,
+        records_dropped: n.records_dropped,
+        plant_time_s: d.plant_time_ms() / 1000.0,
+        wall_time_s: e.wall,
+        spikes: n.spikes,
+        plans_adopted: n.plans_adopted,
+        late_plans: n.late_plans,
+        plan_misses: n.plan_misses,
+        plan_miss_samples: n.plan_miss_samples,
+        snapshots_skipped: n.snapshots_skipped,
+        snapshots_superseded: e.planner.superseded,
+        model_errors: e.planner.model_errors,
+        model_error: e
+            .planner
+            .first_error
+            .or_else(|| d.planner_gone().then(|| "the planner stopped".into())),
+        interventions_total: limiter.counts().map(|(_, k)| k).sum(),
         interventions,
         charge_delivered_nc_cm2: limiter.charge_delivered(),
         net_charge_end_nc_cm2: limiter.net_charge(),
-        quality: consumed.quality,
+        quality: e.quality,
         latency: Latencies {
             wakeup_jitter: pct(&hist.wakeup_jitter),
             sample_to_command: pct(&hist.sample_to_command),
@@ -1196,20 +941,15 @@ pub fn run(
             sample_to_command_training: pct(&split_hist[1]),
             sample_to_command_not_training: pct(&split_hist[0]),
         },
-        overruns,
-        disarmed_samples,
-        objective_changes,
-        realtime,
-        stop: reason,
-        fault: fault_text,
-        recording,
-        models_swapped,
-        notes_dropped,
+        overruns: n.overruns,
+        disarmed_samples: n.disarmed_samples,
+        objective_changes: n.objective_changes,
+        realtime: parts.realtime,
+        stop: e.reason,
+        fault: parts.fault,
+        recording: e.recording,
+        models_swapped: e.planner.models_swapped,
+        notes_dropped: e.planner.notes_dropped,
         retraining: None,
-    };
-    Ok(RunOutcome {
-        summary,
-        histograms: hist,
-        records: consumed.records,
-    })
+    }
 }

@@ -31,7 +31,6 @@ pub use layout::{event_line_names, EventLine, NODE_DIR};
 pub use reader::{Recording, RecordingError};
 pub use recover::{recover, RecoverReport};
 
-use crate::control::handoff::Record;
 use crate::npy::fixed_header;
 use crate::safety::Cause;
 use std::fs::File;
@@ -39,6 +38,53 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// One sample as the loop saw and answered it.
+#[derive(Clone, Copy, Debug)]
+pub struct Record {
+    pub index: u64,
+    pub t_ms: f64,
+    pub v_mv: f64,
+    /// The current the plant reported as applied during the sample.
+    pub applied: f64,
+    /// What the policy asked for, and what the limiter let through.
+    pub requested: f64,
+    pub command: f64,
+    /// The rule that changed the request, if any.
+    pub cause: Option<Cause>,
+    /// What the plan in use forecast for the end of this sample's model
+    /// step, mV (NaN without a plan).
+    pub forecast: f32,
+}
+
+/// Records are equal when every field is: the forecast bit for bit, so
+/// that "no forecast" (NaN) equals itself (reproducibility checks compare
+/// whole runs).
+impl PartialEq for Record {
+    fn eq(&self, o: &Record) -> bool {
+        self.index == o.index
+            && self.t_ms.to_bits() == o.t_ms.to_bits()
+            && self.v_mv.to_bits() == o.v_mv.to_bits()
+            && self.applied.to_bits() == o.applied.to_bits()
+            && self.requested.to_bits() == o.requested.to_bits()
+            && self.command.to_bits() == o.command.to_bits()
+            && self.cause == o.cause
+            && self.forecast.to_bits() == o.forecast.to_bits()
+    }
+}
+
+/// What the planner and the trainer tell the record consumer (not the
+/// real-time thread: these may allocate).
+#[derive(Debug)]
+pub enum Note {
+    /// A planning tick's forecast over the horizon (mV, step 1 first) from
+    /// the window ending at `base_index`.
+    Forecast { base_index: u64, values: Box<[f32]> },
+    /// The planner took a new model before planning from `base_index`.
+    ModelSwapped { base_index: u64, label: String },
+    /// Anything else worth an event: stamped with the newest sample.
+    Event { line: EventLine, text: String },
+}
 
 /// A recording that cannot be written.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,207 @@
+//! The record consumer and the forecast writer: the threads that take what
+//! the loop and the planner hand off (records, notes, forecast rows) and
+//! do the slow things with it (recording, the trace CSV, the drift monitor,
+//! the quality meter). They may allocate, block and write files; the loop
+//! never waits for them under real-time rules.
+
+use super::controls;
+use super::handoff::{self, ConsumerEnds, Note, Record};
+use crate::policy::quality::{Quality, QualityMeter};
+use crossbeam_channel::Receiver;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the consumer thread returns.
+pub(crate) struct Consumed {
+    pub(crate) quality: Quality,
+    pub(crate) records: Option<Vec<Record>>,
+    pub(crate) error: Option<String>,
+    pub(crate) recorder: Option<crate::record::Recorder>,
+}
+
+/// The consumer's optional duties besides the quality meter and the trace.
+pub(crate) struct ConsumerDuties {
+    pub(crate) recorder: Option<crate::record::Recorder>,
+    pub(crate) notes: Option<Receiver<Note>>,
+    pub(crate) monitor: Option<crate::retrain::drift::DriftMonitor>,
+    pub(crate) recent: Option<std::sync::Arc<crate::retrain::drift::RecentData>>,
+    /// Operator changes to record as events: (controls, last seen armed
+    /// state and objective sequence).
+    pub(crate) controls: Option<(std::sync::Arc<controls::LoopControls>, (bool, u64))>,
+}
+
+impl ConsumerDuties {
+    /// Take every note waiting: forecasts to the recorder and the monitor,
+    /// swaps and events to the recording.
+    fn drain_notes(&mut self, error: &mut Option<String>) {
+        let Some(rx) = &self.notes else { return };
+        while let Ok(note) = rx.try_recv() {
+            match note {
+                Note::Forecast { base_index, values } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.forecast(base_index, &values);
+                    }
+                    if let Some(m) = &mut self.monitor {
+                        m.forecast(base_index, values);
+                    }
+                }
+                Note::ModelSwapped { base_index, label } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.pulse(
+                            Some(base_index),
+                            crate::record::EventLine::ModelSwap,
+                            &label,
+                        );
+                    }
+                    if let Some(m) = &mut self.monitor {
+                        m.model_swapped(base_index, 0.0);
+                    }
+                }
+                Note::Event { line, text } => {
+                    if let Some(r) = &mut self.recorder {
+                        r.pulse(None, line, &text);
+                    }
+                }
+            }
+        }
+        if let (Some((c, seen)), Some(r)) = (&mut self.controls, &mut self.recorder) {
+            let now = c.applied_state();
+            if now.0 != seen.0 {
+                let text = if now.0 { "armed" } else { "disarmed" };
+                r.pulse(None, crate::record::EventLine::PolicyChange, text);
+            }
+            if now.1 != seen.1 {
+                let text = format!("objective change #{} applied", now.1);
+                r.pulse(None, crate::record::EventLine::PolicyChange, &text);
+            }
+            *seen = now;
+        }
+        if let Some(r) = &mut self.recorder {
+            if let Err(e) = r.maybe_flush() {
+                error.get_or_insert(format!("recording stopped: {e}"));
+                self.recorder = None;
+            }
+        }
+    }
+
+    fn block(&mut self, block: &[Record]) {
+        if let Some(r) = &mut self.recorder {
+            for rec in block {
+                r.push(rec);
+            }
+        }
+        if let Some(recent) = &self.recent {
+            recent.push_block(block);
+        }
+        if let Some(m) = &mut self.monitor {
+            m.records(block);
+        }
+    }
+}
+
+pub(crate) fn spawn_consumer(
+    ends: ConsumerEnds,
+    mut meter: QualityMeter,
+    keep: bool,
+    trace: Option<(PathBuf, std::fs::File)>,
+    mut duties: ConsumerDuties,
+) -> std::thread::JoinHandle<Consumed> {
+    std::thread::Builder::new()
+        .name("records".into())
+        .spawn(move || {
+            let mut kept = keep.then(Vec::new);
+            let mut error = None;
+            let mut out = trace.map(|(p, f)| (p, std::io::BufWriter::new(f)));
+            if let Some((p, w)) = &mut out {
+                if let Err(e) = writeln!(
+                    w,
+                    "t_ms,V_mV,I_stim_uA_cm2,I_requested_uA_cm2,I_command_uA_cm2,safety"
+                ) {
+                    error = Some(format!("{}: {e}", p.display()));
+                }
+            }
+            loop {
+                // A bounded wait, so notes are taken and the recording is
+                // flushed even while no samples come (a stalled rig).
+                let mut block = match ends.full.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        duties.drain_notes(&mut error);
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                duties.drain_notes(&mut error);
+                duties.block(&block);
+                for r in &block {
+                    meter.push(r.t_ms, r.v_mv, r.command);
+                    if let (Some((p, w)), None) = (&mut out, &error) {
+                        if let Err(e) = writeln!(
+                            w,
+                            "{:.4},{:.6},{:.6},{:.6},{:.6},{}",
+                            r.t_ms,
+                            r.v_mv,
+                            r.applied,
+                            r.requested,
+                            r.command,
+                            r.cause.map_or("", |c| c.name())
+                        ) {
+                            error = Some(format!("{}: {e}", p.display()));
+                        }
+                    }
+                }
+                if let Some(k) = &mut kept {
+                    k.extend_from_slice(&block);
+                }
+                block.clear();
+                let _ = ends.empty.try_send(block);
+            }
+            if let Some((p, w)) = &mut out {
+                if let Err(e) = w.flush() {
+                    error.get_or_insert(format!("{}: {e}", p.display()));
+                }
+            }
+            // The planner has stopped: take its last notes.
+            duties.drain_notes(&mut error);
+            Consumed {
+                quality: meter.finish(),
+                records: kept,
+                error,
+                recorder: duties.recorder,
+            }
+        })
+        .expect("spawning the record consumer")
+}
+
+/// Where the plans' forecasts go beside a trace: `trace.csv` →
+/// `trace.forecasts.csv`.
+pub fn forecasts_path(trace: &std::path::Path) -> PathBuf {
+    trace.with_extension("forecasts.csv")
+}
+
+/// Write forecast rows (`t_ms,dt_ms,v1,...`) until the planner hangs up;
+/// the first error, if any.
+pub(crate) fn spawn_forecast_writer(
+    path: PathBuf,
+    file: std::fs::File,
+    rx: crossbeam_channel::Receiver<handoff::ForecastRow>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::Builder::new()
+        .name("forecasts".into())
+        .spawn(move || {
+            let mut w = std::io::BufWriter::new(file);
+            let fail = |e: std::io::Error| Some(format!("{}: {e}", path.display()));
+            for row in rx {
+                let mut line = format!("{:.4},{}", row.t_ms, row.dt_ms);
+                for v in &row.v {
+                    line.push_str(&format!(",{v:.3}"));
+                }
+                if let Err(e) = writeln!(w, "{line}") {
+                    return fail(e);
+                }
+            }
+            w.flush().err().and_then(fail)
+        })
+        .expect("spawning the forecast writer")
+}

@@ -1,0 +1,571 @@
+//! The per-sample decision, apart from threads, clocks and plants.
+//!
+//! [`Decider::tick`] takes one sample and returns the command to write and
+//! the record to keep: spike detection, the window, the plan step (or the
+//! baseline's request), the operator's arming, the safety limiter. The
+//! loop ([`super::run`]) only moves data around it: it reads the plant,
+//! hands plans in, writes the command, records timing and sends snapshots.
+//! Keeping the decision here means it can be unit-tested by feeding samples
+//! (see the tests below), and the real-time rules are easy to check: `tick`
+//! takes plans from a preallocated queue and never allocates, locks or logs.
+
+use super::controls::Published;
+use super::handoff::{Plan, PlanStatus, Snapshot};
+use crate::config::ControlConfig;
+use crate::forecast::WindowRing;
+use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
+use crate::plant::Sample;
+use crate::policy::pid::Baseline;
+use crate::policy::{Objective, PolicyKind};
+use crate::record::Record;
+use crate::safety::{Fault, SafetyLimiter};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// What the loop counts (published to the service, and in `summary.json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub samples: u64,
+    pub lost_samples: u64,
+    pub plant_interruptions: u64,
+    pub records_dropped: u64,
+    pub spikes: u64,
+    pub plans_adopted: u64,
+    pub late_plans: u64,
+    pub plan_misses: u64,
+    pub plan_miss_samples: u64,
+    pub snapshots_skipped: u64,
+    pub disarmed_samples: u64,
+    pub objective_changes: u64,
+    /// Paced clock: wake-ups more than one sample period late.
+    pub overruns: u64,
+}
+
+/// The MPC policy's timing, from the model's geometry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlanTiming {
+    /// Samples per model step.
+    pub decimation: u64,
+    /// Model steps per control period.
+    pub steps_per_period: u64,
+    /// The planning delay in samples: a plan takes effect this long after
+    /// its snapshot's sample.
+    pub delay_samples: u64,
+    /// Plans in the pool (the pending queue's capacity).
+    pub pool: usize,
+}
+
+/// The decision for one sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decision {
+    /// What the loop keeps; `record.command` is what to write.
+    pub record: Record,
+    /// The window completed a model step with this sample.
+    pub step_done: bool,
+}
+
+/// The loop's decision state for one run.
+pub struct Decider {
+    policy: PolicyKind,
+    pid: crate::policy::pid::PidGains,
+    period_ms: f64,
+    max_amplitude: f64,
+    /// `Some` for the MPC policy.
+    timing: Option<PlanTiming>,
+    /// Real-time rules: plans arrive on their own and take effect at
+    /// `delay_samples` after their snapshot, or on arrival if later.
+    rt_rules: bool,
+    limiter: SafetyLimiter,
+    baseline: Baseline,
+    detector: SpikeDetector,
+    window: WindowRing,
+    last_spike_ms: f64,
+    /// Index of the last spike's sample: plans computed before it are
+    /// stale.
+    spike_index: u64,
+    replan: bool,
+    model_steps: u64,
+    expected_index: Option<u64>,
+    active: Option<Box<Plan>>,
+    /// Plans received but not yet due (capacity: the plan pool, so pushing
+    /// never allocates).
+    pending: VecDeque<(u64, Box<Plan>)>,
+    in_miss: bool,
+    planner_gone: bool,
+    objective: Objective,
+    objective_seq: u64,
+    armed: bool,
+    forecast_error_mv: f64,
+    last_t_ms: f64,
+    pub counters: Counters,
+}
+
+impl Decider {
+    /// A decider for `c`'s policy at `period_ms` per sample, limited by
+    /// `limiter`; `timing` and `window` from the model (MPC) or `None` and
+    /// a one-sample window.
+    pub fn new(
+        c: &ControlConfig,
+        period_ms: f64,
+        limiter: SafetyLimiter,
+        timing: Option<PlanTiming>,
+        window: WindowRing,
+        rt_rules: bool,
+        armed: bool,
+    ) -> Decider {
+        let max_amplitude = limiter.limits().max_amplitude;
+        let baseline = match c.policy {
+            PolicyKind::Off | PolicyKind::Mpc => Baseline::Off,
+            PolicyKind::Open => Baseline::Open(c.open),
+            PolicyKind::Pid => Baseline::pid_for(&c.objective, &c.pid, period_ms, max_amplitude),
+        };
+        Decider {
+            policy: c.policy,
+            pid: c.pid,
+            period_ms,
+            max_amplitude,
+            pending: VecDeque::with_capacity(timing.map_or(0, |t| t.pool)),
+            timing,
+            rt_rules,
+            limiter,
+            baseline,
+            detector: SpikeDetector::new(DEFAULT_THRESHOLD_MV),
+            window,
+            last_spike_ms: f64::NEG_INFINITY,
+            spike_index: 0,
+            replan: false,
+            model_steps: 0,
+            expected_index: None,
+            active: None,
+            in_miss: false,
+            planner_gone: false,
+            objective: c.objective,
+            objective_seq: 0,
+            armed,
+            forecast_error_mv: f64::NAN,
+            last_t_ms: 0.0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn limiter(&self) -> &SafetyLimiter {
+        &self.limiter
+    }
+
+    pub fn planner_gone(&self) -> bool {
+        self.planner_gone
+    }
+
+    /// The planner hung up: from now on MPC's request is a model error.
+    pub fn lose_planner(&mut self) {
+        self.planner_gone = true;
+    }
+
+    /// Plant time of the newest sample, ms.
+    pub fn plant_time_ms(&self) -> f64 {
+        self.last_t_ms
+    }
+
+    /// The counters as the service sees them.
+    pub fn published(&self) -> Published {
+        let n = &self.counters;
+        Published {
+            samples: n.samples,
+            lost_samples: n.lost_samples,
+            plant_interruptions: n.plant_interruptions,
+            records_dropped: n.records_dropped,
+            spikes: n.spikes,
+            plans_adopted: n.plans_adopted,
+            late_plans: n.late_plans,
+            plan_misses: n.plan_misses,
+            plan_miss_samples: n.plan_miss_samples,
+            snapshots_skipped: n.snapshots_skipped,
+            disarmed_samples: n.disarmed_samples,
+            plant_time_ms: self.last_t_ms,
+            forecast_error_mv: self.forecast_error_mv,
+        }
+    }
+
+    /// The operator changed the objective (at a control-period boundary):
+    /// the baseline starts afresh for it, and MPC replans.
+    pub fn set_objective(&mut self, seq: u64, o: Objective) {
+        self.objective = o;
+        self.objective_seq = seq;
+        self.counters.objective_changes += 1;
+        if self.policy == PolicyKind::Pid {
+            self.baseline = self.fresh_pid();
+        }
+        self.replan = true;
+    }
+
+    /// Arming as the operator wants it now. Re-armed, the PID starts
+    /// afresh: its integrator kept integrating an error nobody acted on.
+    pub fn set_armed(&mut self, now: bool) {
+        if now && !self.armed && self.policy == PolicyKind::Pid {
+            self.baseline = self.fresh_pid();
+        }
+        self.armed = now;
+    }
+
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
+    fn fresh_pid(&self) -> Baseline {
+        Baseline::pid_for(
+            &self.objective,
+            &self.pid,
+            self.period_ms,
+            self.max_amplitude,
+        )
+    }
+
+    /// Stimulation to zero for `fault` (through the limiter, counted).
+    pub fn zero(&mut self, fault: Fault) -> f64 {
+        self.limiter.limit(0.0, Some(fault)).command
+    }
+
+    /// The plant stopped delivering (it recovers on later reads): zero now,
+    /// and forget the window and every plan, which no longer match the
+    /// cell. `recycle` takes the plans back to their pool.
+    pub fn interrupted(&mut self, mut recycle: impl FnMut(Box<Plan>)) -> f64 {
+        let command = self.zero(Fault::PlantFault);
+        self.counters.plant_interruptions += 1;
+        self.window.clear();
+        if self.timing.is_some() {
+            if let Some(old) = self.active.take() {
+                recycle(old);
+            }
+            while let Some((_, old)) = self.pending.pop_front() {
+                recycle(old);
+            }
+        }
+        command
+    }
+
+    /// A plan arrived on its own (real-time rules): due `delay_samples`
+    /// after its snapshot, or now if that has passed (counted late).
+    pub fn receive(&mut self, p: Box<Plan>, index_now: u64) {
+        let delay = self.timing.map_or(0, |t| t.delay_samples);
+        let due = p.base_index + 1 + delay;
+        if index_now > due {
+            self.counters.late_plans += 1;
+        }
+        self.pending.push_back((due, p));
+    }
+
+    /// A plan awaited in lockstep (free clock): due `delay_samples` after
+    /// the sample at `index`.
+    pub fn queue(&mut self, index: u64, p: Box<Plan>) {
+        let delay = self.timing.map_or(0, |t| t.delay_samples);
+        self.pending.push_back((index + 1 + delay, p));
+    }
+
+    /// Decide for sample `s`. `on_adopt` sees each plan as it is adopted
+    /// (for its timing); `recycle` takes superseded plans back.
+    pub fn tick(
+        &mut self,
+        s: &Sample,
+        mut on_adopt: impl FnMut(&Plan),
+        mut recycle: impl FnMut(Box<Plan>),
+    ) -> Decision {
+        let mut fault = None;
+        match self.expected_index {
+            Some(e) if s.index < e => fault = Some(Fault::StaleSample),
+            Some(e) => self.counters.lost_samples += s.index - e,
+            None => {}
+        }
+        self.expected_index = Some(s.index.max(self.expected_index.unwrap_or(0)) + 1);
+        let spiked = match self.detector.push(s.t_ms, s.v_mv) {
+            Some(t) => {
+                self.last_spike_ms = t;
+                self.counters.spikes += 1;
+                self.replan = true;
+                self.spike_index = s.index;
+                true
+            }
+            None => false,
+        };
+        self.last_t_ms = s.t_ms;
+        let step_done = self.window.push(s.v_mv, s.i_applied);
+
+        let requested = if self.timing.is_some() {
+            self.adopt_due(s.index, &mut on_adopt, &mut recycle);
+            self.plan_step(s.index, &mut fault)
+        } else {
+            self.baseline.step(s.t_ms, s.v_mv, spiked)
+        };
+        // Disarmed: the request is zero (still through the limiter).
+        let requested = if self.armed {
+            requested
+        } else {
+            self.counters.disarmed_samples += 1;
+            0.0
+        };
+        let forecast = self.forecast_for(s.index);
+        let d = self.limiter.limit(requested, fault);
+        Decision {
+            record: Record {
+                index: s.index,
+                t_ms: s.t_ms,
+                v_mv: s.v_mv,
+                applied: s.i_applied,
+                requested,
+                command: d.command,
+                cause: d.cause,
+                forecast,
+            },
+            step_done,
+        }
+    }
+
+    /// Adopt every pending plan that is due by sample `index`.
+    fn adopt_due(
+        &mut self,
+        index: u64,
+        on_adopt: &mut impl FnMut(&Plan),
+        recycle: &mut impl FnMut(Box<Plan>),
+    ) {
+        while self.pending.front().is_some_and(|(at, _)| index >= *at) {
+            let Some((_, p)) = self.pending.pop_front() else {
+                break;
+            };
+            on_adopt(&p);
+            if p.forecast_error_mv.is_finite() {
+                self.forecast_error_mv = p.forecast_error_mv;
+            }
+            if let Some(old) = self.active.replace(p) {
+                recycle(old);
+            }
+            self.counters.plans_adopted += 1;
+            self.in_miss = false;
+        }
+    }
+
+    /// MPC's request for sample `index`: the active plan's current, or
+    /// zero with the fault that says why not.
+    fn plan_step(&mut self, index: u64, fault: &mut Option<Fault>) -> f64 {
+        if self.planner_gone {
+            *fault = fault.or(Some(Fault::ModelError));
+            return 0.0;
+        }
+        let Some(p) = &self.active else {
+            return 0.0;
+        };
+        match p.status {
+            PlanStatus::ModelError => {
+                *fault = fault.or(Some(Fault::ModelError));
+                0.0
+            }
+            PlanStatus::NonFinite => {
+                *fault = fault.or(Some(Fault::NonFinite));
+                0.0
+            }
+            PlanStatus::Ok => {
+                let off = index.saturating_sub(p.base_index + 1) as usize;
+                if index > p.base_index && off < p.currents.len() {
+                    let u = p.currents[off] as f64;
+                    // A plan made before the last spike did not know of it:
+                    // its depolarising current (meant to bring that spike
+                    // about) would only evoke another. Hyperpolarising
+                    // current stays.
+                    if p.base_index < self.spike_index {
+                        u.min(0.0)
+                    } else {
+                        u
+                    }
+                } else if index <= p.base_index {
+                    0.0
+                } else {
+                    if !self.in_miss {
+                        self.counters.plan_misses += 1;
+                        self.in_miss = true;
+                    }
+                    self.counters.plan_miss_samples += 1;
+                    *fault = fault.or(Some(Fault::PlanMiss));
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// What the plan in use forecast for sample `index`'s model step.
+    fn forecast_for(&self, index: u64) -> f32 {
+        match (&self.active, self.timing) {
+            (Some(p), Some(t)) if p.status == PlanStatus::Ok && index > p.base_index => {
+                let j = ((index - p.base_index - 1) / t.decimation) as usize;
+                p.forecast.get(j).copied().unwrap_or(f32::NAN)
+            }
+            _ => f32::NAN,
+        }
+    }
+
+    /// After a sample whose window completed a model step: is a snapshot
+    /// for the planner due? Each control period, and at once after a spike
+    /// or an objective change (a plan made before it is stale).
+    pub fn snapshot_due(&mut self, step_done: bool) -> bool {
+        let Some(t) = self.timing else {
+            return false;
+        };
+        if !step_done || self.planner_gone {
+            return false;
+        }
+        self.model_steps += 1;
+        if self.window.is_full()
+            && (self.replan || self.model_steps.is_multiple_of(t.steps_per_period))
+        {
+            self.replan = false;
+            return true;
+        }
+        false
+    }
+
+    /// Fill `snap` with the state at sample `s` (arrived at `arrived`).
+    pub fn fill_snapshot(&self, snap: &mut Snapshot, s: &Sample, arrived: Instant) {
+        self.window.snapshot(&mut snap.v, &mut snap.i);
+        snap.index = s.index;
+        snap.t_ms = s.t_ms;
+        snap.v_now = s.v_mv;
+        snap.last_spike_ms = self.last_spike_ms;
+        snap.limiter = self.limiter.clone();
+        snap.taken = arrived;
+        snap.objective = (self.objective_seq > 0).then_some((self.objective_seq, self.objective));
+    }
+
+    /// Whether real-time rules apply (plans arrive on their own).
+    pub fn rt_rules(&self) -> bool {
+        self.rt_rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::safety::Cause;
+
+    fn sample(k: u64, v: f64) -> Sample {
+        Sample {
+            index: k,
+            t_ms: k as f64 * 0.1,
+            v_mv: v,
+            i_applied: 0.0,
+        }
+    }
+
+    fn decider(policy: PolicyKind, timing: Option<PlanTiming>) -> Decider {
+        let mut c = Config::defaults().control;
+        c.policy = policy;
+        let limiter = SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap();
+        Decider::new(&c, 0.1, limiter, timing, WindowRing::new(4, 5), true, true)
+    }
+
+    fn plan(base_index: u64, currents: &[f32]) -> Box<Plan> {
+        let now = Instant::now();
+        Box::new(Plan {
+            base_index,
+            status: PlanStatus::Ok,
+            currents: currents.to_vec(),
+            snapshot_taken: now,
+            published: now,
+            forecast_ns: 0,
+            iterations: 1,
+            cost: 0.0,
+            forecast: vec![-60.0; 2],
+            forecast_error_mv: 1.5,
+        })
+    }
+
+    #[test]
+    fn lost_and_stale_samples_are_counted_and_a_stale_one_is_zeroed() {
+        let mut d = decider(PolicyKind::Off, None);
+        d.tick(&sample(0, -65.0), |_| {}, |_| {});
+        d.tick(&sample(3, -65.0), |_| {}, |_| {});
+        assert_eq!(d.counters.lost_samples, 2);
+        let r = d.tick(&sample(2, -65.0), |_| {}, |_| {}).record;
+        assert_eq!(r.command, 0.0);
+        assert_eq!(r.cause, Some(Cause::Fault(Fault::StaleSample)));
+    }
+
+    #[test]
+    fn a_plan_is_applied_from_its_due_sample_then_misses_when_it_runs_out() {
+        let t = PlanTiming {
+            decimation: 5,
+            steps_per_period: 4,
+            delay_samples: 2,
+            pool: 4,
+        };
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        // Snapshot at sample 10: the plan is due at 10 + 1 + 2 = 13.
+        d.receive(plan(10, &[1.0, 2.0, 3.0, 4.0, 5.0]), 11);
+        let mut adopted = 0;
+        let mut out = Vec::new();
+        for k in 11..18 {
+            let r = d.tick(&sample(k, -65.0), |_| adopted += 1, |_| {}).record;
+            out.push((r.requested, r.cause));
+        }
+        assert_eq!(adopted, 1);
+        // 11, 12: nothing yet; 13..15 the plan's samples 2..4 (the first
+        // two were committed during the delay); 16 its last; 17 a miss.
+        assert_eq!(out[0].0, 0.0);
+        assert_eq!(out[1].0, 0.0);
+        assert_eq!(out[2].0, 3.0);
+        assert_eq!(out[5].0, 0.0);
+        assert_eq!(out[6], (0.0, Some(Cause::Fault(Fault::PlanMiss))));
+        assert_eq!(d.counters.plan_misses, 1);
+        assert_eq!(d.counters.plans_adopted, 1);
+        assert_eq!(d.published().forecast_error_mv, 1.5);
+    }
+
+    #[test]
+    fn a_late_plan_is_counted_and_applied_on_arrival() {
+        let t = PlanTiming {
+            decimation: 1,
+            steps_per_period: 1,
+            delay_samples: 1,
+            pool: 4,
+        };
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        d.receive(plan(0, &[0.5; 10]), 5);
+        assert_eq!(d.counters.late_plans, 1);
+        let r = d.tick(&sample(5, -65.0), |_| {}, |_| {}).record;
+        assert_eq!(r.requested, 0.5);
+    }
+
+    #[test]
+    fn disarmed_requests_are_zero_and_counted_and_interruptions_drop_plans() {
+        let t = PlanTiming {
+            decimation: 1,
+            steps_per_period: 1,
+            delay_samples: 0,
+            pool: 4,
+        };
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        d.receive(plan(0, &[0.5; 10]), 0);
+        d.set_armed(false);
+        let r = d.tick(&sample(1, -65.0), |_| {}, |_| {}).record;
+        assert_eq!((r.requested, r.command), (0.0, 0.0));
+        assert_eq!(d.counters.disarmed_samples, 1);
+        d.set_armed(true);
+        let mut recycled = 0;
+        assert_eq!(d.interrupted(|_| recycled += 1), 0.0);
+        assert_eq!(recycled, 1);
+        assert_eq!(d.counters.plant_interruptions, 1);
+        let r = d.tick(&sample(2, -65.0), |_| {}, |_| {}).record;
+        assert_eq!(r.requested, 0.0, "no plan after an interruption");
+    }
+
+    #[test]
+    fn the_pid_baseline_stimulates_a_silent_cell_toward_its_rate() {
+        let mut d = decider(PolicyKind::Pid, None);
+        let mut last = 0.0;
+        for k in 0..20_000 {
+            last = d.tick(&sample(k, -70.0), |_| {}, |_| {}).record.command;
+        }
+        assert!(
+            last > 0.0,
+            "a cell below its target rate gets depolarising current"
+        );
+        assert!(last <= d.limiter().limits().max_amplitude);
+    }
+}
