@@ -20,13 +20,16 @@
 #   --diag FILE     UART1 (one line of firmware counters per second) to FILE
 #   --rate HZ       sample rate (default 2000; the firmware's own default,
 #                   without a loader, is 10000), announced in Hello
+#   --garbage P, --stall-at S, --stall-ms MS   fault injection (lm3s image):
+#                   1-64 random bytes after a sample with probability P;
+#                   silent and deaf for MS from S (like `neurostimd rig`)
 #   --icount SHIFT  -icount shift=SHIFT,sleep=on: virtual time from
 #                   instruction counts (2^SHIFT ns per instruction), for
 #                   measuring; see docs/firmware.md
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 board=lm3s6965evb core="" elf=""
-link="" diag="" icount="" duration="" rate=2000
+link="" diag="" icount="" duration="" rate=2000 garbage=0 stall_at=0 stall_ms=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --board) board="$2"; shift ;;
@@ -36,6 +39,9 @@ while [ $# -gt 0 ]; do
     --diag) diag="$2"; shift ;;
     --icount) icount="$2"; shift ;;
     --rate) rate="$2"; shift ;;
+    --garbage) garbage=$(awk -v p="$2" 'BEGIN { printf "%d", p * 1000000 }'); shift ;;
+    --stall-at) stall_at=$(awk -v s="$2" 'BEGIN { printf "%d", s * 1000 }'); shift ;;
+    --stall-ms) stall_ms=$(awk -v s="$2" 'BEGIN { printf "%d", s }'); shift ;;
     --duration) duration="$2"; shift ;;
     --) shift; break ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -58,7 +64,10 @@ set -- -M "$board" -display none -monitor none -nodefaults \
     -kernel "$elf" -serial pty -serial "$uart1" \
     ${icount:+-icount shift=$icount,sleep=on} \
     ${rate:+-device loader,addr=0x20000000,data=0x45544152,data-len=4} \
-    ${rate:+-device loader,addr=0x20000004,data=$rate,data-len=4} "$@"
+    ${rate:+-device loader,addr=0x20000004,data=$rate,data-len=4} \
+    -device loader,addr=0x20000008,data="$garbage",data-len=4 \
+    -device loader,addr=0x2000000c,data="$stall_at",data-len=4 \
+    -device loader,addr=0x20000010,data="$stall_ms",data-len=4 "$@"
 qemu-system-arm "$@" >"$err" 2>&1 &
 qpid=$!
 # QEMU's PL011 model (lm3s6965evb) writes with a blocking loop: once the

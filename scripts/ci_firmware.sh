@@ -301,6 +301,28 @@ assert int(kv["hold_max_us"]) <= 2000, last
 PY
 done
 
+# Faults from the emulated MCU itself (the lm3s image has fault injection):
+# garbage after half the samples, and a 100 ms stall at 3 s of rig time.
+name=qemu-faults
+say "$name: $qboard image at $qrate Hz with --garbage 0.5 --stall-at 3 --stall-ms 100, PID 6 s"
+start_rig "$name" "$fw/run-qemu.sh" --board "$qboard" --rate "$qrate" --diag "$work/$name.diag" \
+    --garbage 0.5 --stall-at 3 --stall-ms 100
+daemon "$name" 6 --policy pid
+stop_rig "$name"
+echo "$name: firmware: $(diag_last "$work/$name.diag")"
+[ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
+check "$name" "s['samples'] == $((6 * qrate + 1))" "errors > 0" "link['stalls'] >= 1" \
+    "s['interventions']['plant_fault'] >= 1" "s['plant_interruptions'] >= 1"
+python3 - "$work/$name.diag" <<'PY'
+import sys
+last = open(sys.argv[1]).read().strip().splitlines()[-1]
+kv = dict(x.split("=") for x in last.split() if "=" in x)
+assert int(kv["garbage_bytes"]) > 10000, last
+assert int(kv["stalled_cycles"]) > 0, last
+assert int(kv["expired"]) >= 1, last  # the rig went to zero by itself in the stall
+assert int(kv["hold_max_us"]) <= 2000, last
+PY
+
 # The rig side after the daemon leaves, on the mps2 (Cortex-M4F) image,
 # whose UART model does not block the CPU when nobody reads the pty.
 name=qemu-leave

@@ -30,7 +30,10 @@
  * run-qemu.sh --rate uses -device loader): not zeroed by the startup code.
  * A bench board would read jumpers or flash instead. */
 #define BOOTCFG_MAGIC 0x45544152u /* "RATE" */
-__attribute__((section(".bootcfg"), used)) volatile uint32_t bootcfg[2];
+__attribute__((section(".bootcfg"), used)) volatile uint32_t bootcfg[5];
+/* bootcfg: [0] magic, [1] sample rate, Hz; with NS_FAULT_INJECTION (the
+ * lm3s image): [2] garbage probability per sample x 1e6, [3] stall start,
+ * ms, [4] stall length, ms. */
 static uint32_t rate_hz = RIG_RATE_HZ;
 
 ns_rig rig;
@@ -213,6 +216,13 @@ int main(void)
     bench();
 #endif
     ns_rig_init(&rig, &cfg);
+#ifdef NS_FAULT_INJECTION
+    if (bootcfg[0] == BOOTCFG_MAGIC) {
+        rig.faults.garbage = (float)bootcfg[2] * 1e-6f;
+        rig.faults.stall_at_us = (uint64_t)bootcfg[3] * 1000u;
+        rig.faults.stall_us = (uint64_t)bootcfg[4] * 1000u;
+    }
+#endif
 #ifdef NS_WITH_NEURON
     ns_ca1_init(&cell);
     adc_code = ns_afe_adc_code(&afe, cell.y[0]);
@@ -255,6 +265,10 @@ int main(void)
             diag_u(" busy_avg=", avg);
             diag_u(" busy_max=", busy_max);
             diag_u(" hold_max_us=", rig.n.hold_max_us);
+#ifdef NS_FAULT_INJECTION
+            diag_u(" garbage_bytes=", rig.n.garbage_bytes);
+            diag_u(" stalled_cycles=", rig.n.stalled_cycles);
+#endif
             diag_u(" dac=", (uint32_t)dac_code);
             diag_puts("\n");
         }
