@@ -13,8 +13,9 @@
 #   4. replays the daemon's serial fault tests (tests/serial.rs) against
 #      the host build's fault injection: corruption/drops/duplicates/
 #      garbage, a garbage flood, a stall, a disconnect, another protocol
-#      version, a rig Fault frame; and checks the rig side returns its
-#      output to zero when the daemon goes away (host and QEMU).
+#      version, a rig Fault frame; garbage and a stall from the QEMU image
+#      itself; and checks the rig side returns its output to zero when the
+#      daemon goes away (host and QEMU).
 #
 # usage: scripts/ci_firmware.sh           (from anywhere; needs
 #        target/release/neurostimd, or NEUROSTIMD=path)
