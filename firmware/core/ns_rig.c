@@ -217,10 +217,14 @@ static void receive(ns_rig *r)
         }
         switch (f.type) {
         case NS_HELLO:
-            /* A (new) daemon: a fresh session, output at zero. */
+            /* A (new) daemon: a fresh session, output at zero. Always
+             * answered (the daemon names both versions when they differ),
+             * but a daemon of another protocol version is not obeyed. */
             zero(r);
             r->faulted = 0;
-            r->linked = 1;
+            r->linked = f.u.hello.version == r->cfg.version;
+            if (!r->linked)
+                r->n.version_mismatch++;
             r->n.hellos++;
             r->hello_pending = 1;
             break;

@@ -88,6 +88,7 @@ typedef struct {
     uint32_t clamped;        /* commands beyond i_limit */
     uint32_t malformed;      /* malformed frames received: output -> 0 */
     uint32_t unexpected;     /* valid frames not taken (Command before Hello, Sample, Fault) */
+    uint32_t version_mismatch; /* Hellos from a daemon of another protocol version */
     uint32_t heartbeats_rx;
     uint32_t heartbeats_tx;
     uint32_t faults_sent;

@@ -403,6 +403,20 @@ static void test_rig(void)
     /* A new Hello (a reconnecting daemon) zeroes the output. */
     host_send(&rig, &h);
     CHECK(ns_rig_tick(&rig, 0) == 0);
+    /* A daemon of another protocol version is answered (so that it can
+     * name both versions) but never obeyed. */
+    host_drain(&rig);
+    int hellos0 = ngot[NS_HELLO];
+    ns_frame h2 = h;
+    h2.u.hello.version = 2;
+    host_send(&rig, &h2);
+    command(&rig, 90, 700, 2000, 5);
+    CHECK(ns_rig_tick(&rig, 0) == 0);
+    host_drain(&rig);
+    CHECK(ngot[NS_HELLO] == hellos0 + 1 && last[NS_HELLO].u.hello.version == 1);
+    CHECK(rig.n.version_mismatch == 1 && !rig.linked && rig.n.commands == 4);
+    host_send(&rig, &h);
+    CHECK(ns_rig_tick(&rig, 0) == 0 && rig.linked);
     /* The TX ring never takes a partial frame: with nobody draining,
      * frames are refused whole and counted. */
     uint32_t full0 = rig.n.tx_full;

@@ -327,13 +327,13 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "rig stopped: {\"cycles\":%u,\"samples_sent\":%u,\"frames_sent\":%u,\"hellos\":%u,"
                 "\"commands\":%u,\"expired\":%u,\"clamped\":%u,\"malformed\":%u,"
-                "\"unexpected\":%u,\"heartbeats_rx\":%u,\"heartbeats_tx\":%u,\"faults_sent\":%u,"
+                "\"unexpected\":%u,\"version_mismatch\":%u,\"heartbeats_rx\":%u,\"heartbeats_tx\":%u,\"faults_sent\":%u,"
                 "\"tx_full\":%u,\"rx_full\":%u,\"overruns\":%u,\"late_max_us\":%llu,"
                 "\"dropped\":%u,\"corrupted\":%u,\"duplicated\":%u,\"garbage_bytes\":%u,"
                 "\"stalled_cycles\":%u,\"disconnects\":%d,\"rx_frames\":%u,\"rx_errors\":%u,"
                 "\"hold_max_us\":%u,\"busy_us_per_cycle\":%.3f,\"wall_s\":%.3f,\"output_at_exit\":%d}\n",
                 n->cycles, n->samples_sent, n->frames_sent, n->hellos, n->commands, n->expired,
-                n->clamped, n->malformed, n->unexpected, n->heartbeats_rx, n->heartbeats_tx,
+                n->clamped, n->malformed, n->unexpected, n->version_mismatch, n->heartbeats_rx, n->heartbeats_tx,
                 n->faults_sent, n->tx_full, n->rx_full, n->overruns,
                 (unsigned long long)behind_max_us, n->dropped, n->corrupted, n->duplicated,
                 n->garbage_bytes, n->stalled_cycles, disconnects, d->frames, ns_decode_errors(d),
