@@ -23,5 +23,7 @@
  *   port_uart_rx_isr()   drain received bytes into ns_rig_rx_put()
  *   port_uart_tx_isr()   send from ns_rig_tx_peek()/ns_rig_tx_consume()
  *   port_uart_kick_tx()  make the TX path run (pend its interrupt)
+ *   port_uart_rx_resume() after the cycle: receive again if the RX path
+ *                        paused because the RX ring was full
  *   port_diag_putc(c)    one diagnostics character, polled */
 #endif

@@ -75,6 +75,7 @@ void SysTick_Handler(void)
     int32_t code = ns_afe_dac_code(&afe, out);
     dac_write(code);
     port_uart_kick_tx();
+    port_uart_rx_resume();
     /* The cell over the next interval, with the current actually driven. */
     float i = ns_afe_dac_current(&afe, code);
 #ifdef NS_WITH_NEURON

@@ -52,10 +52,29 @@ static inline void port_uart_init(void)
     NVIC_ISER0 = 1u << UART0_IRQ;
 }
 
+/* Flow control: with the RX ring full, leave bytes in the UART's FIFO and
+ * mask the RX interrupt (QEMU then stops reading the pty; on hardware,
+ * wire RTS to the FIFO level) until the sample cycle has made room. */
 static inline void port_uart_rx_isr(void)
 {
-    while (!(PL_FR(UART0) & PL_RXFE))
+    while (!(PL_FR(UART0) & PL_RXFE)) {
+        if (ns_rig_rx_free(&rig) == 0) {
+            PL_IMSC(UART0) &= ~((1u << 4) | (1u << 6));
+            return;
+        }
         ns_rig_rx_put(&rig, (uint8_t)PL_DR(UART0));
+    }
+}
+
+static inline void port_uart_rx_resume(void)
+{
+    if (!(PL_IMSC(UART0) & (1u << 4)) && ns_rig_rx_free(&rig) >= 16u) {
+        PL_IMSC(UART0) |= (1u << 4) | (1u << 6);
+        /* The handler cleared the RX interrupt with bytes still in the
+         * FIFO, and a non-empty FIFO raises no new one: pend it. */
+        if (!(PL_FR(UART0) & PL_RXFE))
+            NVIC_ISPR0 = 1u << UART0_IRQ;
+    }
 }
 
 static inline void port_uart_tx_isr(void)

@@ -40,11 +40,28 @@ static inline void port_uart_init(void)
     NVIC_ISER0 = (1u << UART0_RX_IRQ) | (1u << UART0_TX_IRQ);
 }
 
+/* Flow control: with the RX ring full, leave the byte in the UART and
+ * disable its RX interrupt (QEMU then stops reading the pty) until the
+ * sample cycle has made room. */
 static inline void port_uart_rx_isr(void)
 {
     UART_INT(UART0) = 2u;
-    while (UART_STATE(UART0) & UART_RXFULL)
+    while (UART_STATE(UART0) & UART_RXFULL) {
+        if (ns_rig_rx_free(&rig) == 0) {
+            UART_CTRL(UART0) &= ~0x8u;
+            return;
+        }
         ns_rig_rx_put(&rig, (uint8_t)UART_DATA(UART0));
+    }
+}
+
+static inline void port_uart_rx_resume(void)
+{
+    if (!(UART_CTRL(UART0) & 0x8u) && ns_rig_rx_free(&rig) > 0) {
+        UART_CTRL(UART0) |= 0x8u;
+        if (UART_STATE(UART0) & UART_RXFULL)
+            NVIC_ISPR0 = 1u << UART0_RX_IRQ;
+    }
 }
 
 static inline void port_uart_tx_isr(void)
