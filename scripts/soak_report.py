@@ -149,14 +149,14 @@ def table(runs):
     row("stop", lambda r: S(r)["stop"])
     row("samples", lambda r: f"{S(r)['samples']:,}")
     row("lost samples", lambda r: f"{S(r)['lost_samples']:,}")
-    row("plant interruptions", lambda r: S(r)["plant_interruptions"])
-    row("plan misses (samples held at zero)", lambda r: f"{S(r)['plan_misses']:,} of {S(r)['plans_adopted'] + S(r)['plan_misses']:,} plans ({S(r)['plan_miss_samples']:,})")
+    row("plant interruptions", lambda r: f"{S(r)['plant_interruptions']:,}")
+    row("plan misses (plans adopted; samples held at zero)", lambda r: f"{S(r)['plan_misses']:,} ({S(r)['plans_adopted']:,}; {S(r)['plan_miss_samples']:,})")
     row("safety interventions (by cause)", lambda r: f"{S(r)['interventions_total']:,}: " + ", ".join(
         f"{k} {v:,}" for k, v in sorted(S(r)["interventions"].items()) if v) or "0")
-    row("overruns", lambda r: S(r).get("overruns"))
+    row("overruns (wake-ups > 1 period late)", lambda r: f"{S(r).get('overruns'):,}")
     row("bad frames (cobs / crc / length / oversized / short / unknown)", lambda r: " / ".join(
         str(link(r)["frames"][k]) for k in ("bad_cobs", "bad_crc", "bad_length", "oversized", "short", "unknown_type")))
-    row("sequence gaps, stalls, disconnects / reconnects", lambda r: f"{link(r)['sequence_gaps']}, {link(r)['stalls']}, {link(r)['disconnects']} / {link(r)['reconnects']}")
+    row("samples missing in sequence gaps, link stalls, disconnects / reconnects", lambda r: f"{link(r)['sequence_gaps']}, {link(r)['stalls']}, {link(r)['disconnects']} / {link(r)['reconnects']}")
     row("rig: frames dropped / corrupted / garbage bytes (per rig process)", lambda r: "; ".join(
         f"{g['dropped']} / {g['corrupted']} / {g['garbage_bytes']}" for g in r["rigs"]) or None)
     row("recording: samples (numpy) vs summary", lambda r: f"{r['recording']['samples']:,} vs {S(r)['samples']:,}" + (
