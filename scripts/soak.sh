@@ -55,10 +55,15 @@ t0=$(date +%s)
 stamp() { echo "[soak +$(( $(date +%s) - t0 ))s] $*"; }
 
 pids_to_reap=()
+# on exit (also on an error or Ctrl-C): stop this script's own background
+# jobs that are still running (`jobs -p` lists only un-reaped children, so a
+# reused pid is never hit)
 cleanup() {
-  for p in "${pids_to_reap[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
+  local p
+  for p in $(jobs -p); do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
