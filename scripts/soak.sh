@@ -54,7 +54,6 @@ out=$(cd "$out" && pwd)
 t0=$(date +%s)
 stamp() { echo "[soak +$(( $(date +%s) - t0 ))s] $*"; }
 
-pids_to_reap=()
 # on exit (also on an error or Ctrl-C): stop this script's own background
 # jobs that are still running (`jobs -p` lists only un-reaped children, so a
 # reused pid is never hit)
@@ -81,6 +80,7 @@ wait_for() {
 # stop_daemon DIR PID: SIGTERM, wait up to 30 s, write DIR/exit_code and DIR/stop_ms
 stop_daemon() {
   local dir=$1 pid=$2 rc i t_sig t_end
+  [ -n "$pid" ] || return 0
   if ! kill -0 "$pid" 2>/dev/null; then
     wait "$pid"; rc=$?
     echo "$rc" > "$dir/exit_code"; echo "died_before_sigterm" > "$dir/died"
@@ -101,6 +101,31 @@ stop_daemon() {
   stamp "daemon exited $rc, $(( (t_end - t_sig) / 1000000 )) ms after SIGTERM"
 }
 
+# start_daemon DIR CMD...: start the daemon (stdout/stderr in DIR), set DPID,
+# return 0 once its loop runs. A paced MPC run refuses to start (exit 2) when
+# the machine is too busy for the planning deadline at that moment (the
+# planning-budget check); that is retried up to 4 times, 10 s apart, and
+# each refusal is kept (DIR/daemon.stderr.refusedN, counted in the report).
+start_daemon() {
+  local dir=$1 attempt rc; shift
+  for attempt in 1 2 3 4 5; do
+    "$@" > "$dir/daemon.stdout" 2> "$dir/daemon.stderr" &
+    DPID=$!
+    wait_for "$dir/daemon.stderr" "closed loop running" 60 "$DPID" && return 0
+    kill -0 "$DPID" 2>/dev/null && return 1
+    wait "$DPID"; rc=$?
+    if [ "$rc" = 2 ] && grep -q "planning budget" "$dir/daemon.stderr" && [ "$attempt" -lt 5 ]; then
+      mv "$dir/daemon.stderr" "$dir/daemon.stderr.refused$attempt"
+      stamp "the daemon refused to start (planning budget on a busy machine; attempt $attempt): retrying in 10 s"
+      sleep 10
+      continue
+    fi
+    echo "$rc" > "$dir/exit_code"; echo "did_not_start (exit $rc)" > "$dir/died"
+    DPID=""
+    return 1
+  done
+}
+
 # watch_daemon PID SECONDS DIR: sleep, noting if the daemon dies early
 watch_daemon() {
   local i
@@ -118,7 +143,7 @@ bin="$out/neurostimd"
 "$bin" --version > "$out/version" 2>&1
 # what else the machine is doing: load and the busiest processes every 30 s
 ( while :; do echo "$(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)"; ps -eo pcpu,comm --sort=-pcpu | sed -n '2,6p' | tr -s ' ' | paste -sd';'; sleep 30; done ) > "$out/load.log" 2>&1 &
-loadmon=$!; pids_to_reap+=("$loadmon")
+loadmon=$!
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "host: $(uname -srm), $(nproc) CPUs"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"; echo "binary: $bin ($(stat -c %y "$bin" 2>/dev/null))"
@@ -137,16 +162,15 @@ EOF
 cmd1=("$bin" --config "$r1/config.toml" --plant sim --clock paced --policy mpc --record "$r1/rec" --report "$r1/report")
 printf '%q ' "${cmd1[@]}" > "$r1/command"; echo >> "$r1/command"
 stamp "run 1: ${run_s} s paced sim + MPC + recording; 2 CPU hogs; API/metrics flood and abuse"
-"${cmd1[@]}" > "$r1/daemon.stdout" 2> "$r1/daemon.stderr" &
-d1=$!; pids_to_reap+=("$d1")
-if ! wait_for "$r1/daemon.stderr" "closed loop running" 60 "$d1"; then
+start_daemon "$r1" "${cmd1[@]}"; ok1=$?; d1=$DPID
+if [ "$ok1" != 0 ]; then
   stamp "run 1: the daemon did not start"; tail -20 "$r1/daemon.stderr"
-  echo "did_not_start" > "$r1/died"
+  [ -e "$r1/died" ] || echo "did_not_start" > "$r1/died"
 else
-  yes > /dev/null & h1=$!; yes > /dev/null & h2=$!; pids_to_reap+=("$h1" "$h2")
+  yes > /dev/null & h1=$!; yes > /dev/null & h2=$!
   "$py" "$repo/scripts/soak_client.py" --mode abuse --socket "$r1/control.sock" --metrics "127.0.0.1:$port" \
     --seconds $((run_s - 3)) --out "$r1/client.json" > "$r1/client.out" 2>&1 &
-  c1=$!; pids_to_reap+=("$c1")
+  c1=$!
   watch_daemon "$d1" "$run_s" "$r1"
   sar_load=$(cut -d' ' -f1-3 /proc/loadavg); echo "load at end of run 1 (1/5/15 min): $sar_load" >> "$out/machine.txt"
   for ((i = 0; i < 600; i++)); do kill -0 "$c1" 2>/dev/null || break; sleep 0.1; done
@@ -178,19 +202,18 @@ cmd2=("$bin" --config "$r2/config.toml" --plant serial --port "$link" --policy m
   printf '%q ' "${rigcmd2[@]}"; echo; } > "$r2/command"
 stamp "run 2: ${run_s} s over the emulated rig: drops, corruption, garbage; stall at ${stall_at} s, disconnect at ${disc_at} s, SIGSTOP at ${sigstop_at} s, kill+restart at ${kill_at} s"
 "${rigcmd1[@]}" > "$r2/rig1.out" 2>&1 &
-g1=$!; pids_to_reap+=("$g1")
+g1=$!
 if ! wait_for "$r2/rig1.out" "rig ready" 30 "$g1"; then stamp "run 2: the rig did not start"; cat "$r2/rig1.out"; fi
-"${cmd2[@]}" > "$r2/daemon.stdout" 2> "$r2/daemon.stderr" &
-d2=$!; pids_to_reap+=("$d2")
+start_daemon "$r2" "${cmd2[@]}"; ok2=$?; d2=$DPID
 t_run2=$(date +%s.%N)
 since() { python3 -c "import time; print(max(0.0, $1 - (time.time() - $t_run2)))"; }
-if ! wait_for "$r2/daemon.stderr" "closed loop running" 60 "$d2"; then
+if [ "$ok2" != 0 ]; then
   stamp "run 2: the daemon did not start"; tail -20 "$r2/daemon.stderr"
-  echo "did_not_start" > "$r2/died"
+  [ -e "$r2/died" ] || echo "did_not_start" > "$r2/died"
 else
   "$py" "$repo/scripts/soak_client.py" --mode probe --socket "$r2/control.sock" --metrics "127.0.0.1:$port" \
     --seconds $((run_s - 3)) --out "$r2/client.json" > "$r2/client.out" 2>&1 &
-  c2=$!; pids_to_reap+=("$c2")
+  c2=$!
   sleep "$(since "$sigstop_at")"
   stamp "run 2: SIGSTOP the rig for ${sigstop_s} s"; kill -STOP "$g1"; sleep "$sigstop_s"; kill -CONT "$g1"
   sleep "$(since "$kill_at")"
@@ -198,7 +221,7 @@ else
   kill -TERM "$g1"; wait "$g1"; echo $? > "$r2/rig1_exit"
   sleep 1
   "${rigcmd2[@]}" > "$r2/rig2.out" 2>&1 &
-  g2=$!; pids_to_reap+=("$g2")
+  g2=$!
   rest=$(since "$run_s"); watch_daemon "$d2" "${rest%.*}" "$r2"
   for ((i = 0; i < 600; i++)); do kill -0 "$c2" 2>/dev/null || break; sleep 0.1; done
   kill "$c2" 2>/dev/null; wait "$c2"; echo $? > "$r2/client_exit"

@@ -75,6 +75,7 @@ def run(d, name):
     r["died"] = text(os.path.join(d, "died"), None)
     r["stop_ms"] = text(os.path.join(d, "stop_ms"), None)
     r["command"] = text(os.path.join(d, "command"))
+    r["start_refusals"] = len([f for f in os.listdir(d) if f.startswith("daemon.stderr.refused")])
     s = load(os.path.join(d, "report", "summary.json"))
     r["summary"] = s
     r["client"] = load(os.path.join(d, "client.json"))
@@ -145,6 +146,7 @@ def table(runs):
     L = lambda r, k: S(r)["latency"][k]  # noqa: E731
     link = lambda r: S(r)["plant_report"]["link"]  # noqa: E731
     row("daemon exit code after SIGTERM (time to exit)", lambda r: f"{r['exit_code']} ({r['stop_ms']} ms)")
+    row("starts refused by the planning-budget check (retried)", lambda r: r["start_refusals"])
     row("plant time / wall time (s)", lambda r: f"{S(r)['plant_time_s']:.1f} / {S(r)['wall_time_s']:.1f}")
     row("stop", lambda r: S(r)["stop"])
     row("samples", lambda r: f"{S(r)['samples']:,}")
