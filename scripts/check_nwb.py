@@ -18,7 +18,8 @@ as any Open Ephys binary recording; pynwb writes
   - acquisition/TTL              the TTL edges (+line rising, -line falling)
 with gzip-compressed datasets. Contiguous sample numbers become rate +
 starting_time; a stream with gaps (lost samples on a serial rig) gets
-per-sample timestamps from its sample_numbers.npy. The sidecar goes into
+per-sample timestamps from its sample_numbers.npy (stored once, the other
+series on the same samples link to them). The sidecar goes into
 the file's notes (JSON), the command line into session_description and
 the start time from the sidecar into session_start_time.
 
@@ -102,6 +103,7 @@ def main(rec, out):
         source_script_file_name="check_nwb.py",
     )
     written = {}
+    stamped = []  # (sample_numbers, TimeSeries) already holding timestamps, to link to
 
     def series(name, ch, description):
         unit, conv = ch["unit"], ch["gain"]
@@ -109,11 +111,19 @@ def main(rec, out):
             unit, conv = "volts", conv / 1000.0
         sn = ch["sample_numbers"]
         contiguous = len(sn) < 2 or bool(np.all(np.diff(sn) == 1))
-        kw = dict(rate=ch["rate"], starting_time=ch["t_start"]) if contiguous else dict(timestamps=sn / ch["rate"])
+        if contiguous:
+            kw = dict(rate=ch["rate"], starting_time=ch["t_start"])
+        else:
+            # per-sample timestamps once, linked from the other series on the same samples
+            same = [t for sn2, t in stamped if np.array_equal(sn2, sn)]
+            kw = dict(timestamps=same[0] if same else H5DataIO(sn / ch["rate"], compression="gzip"))
         written[name] = dict(unit=unit, conversion=conv, contiguous=contiguous)
-        return TimeSeries(name=name, data=H5DataIO(ch["raw"], compression="gzip"), unit=unit, conversion=conv,
+        ts = TimeSeries(name=name, data=H5DataIO(ch["raw"], compression="gzip"), unit=unit, conversion=conv,
                           offset=ch["offset"], description=description, comments=f"Open Ephys stream {ch['stream']}, "
                           f"bit_volts {ch['gain']} {ch['unit']}", **kw)
+        if not contiguous and not isinstance(kw["timestamps"], TimeSeries):
+            stamped.append((sn, ts))
+        return ts
 
     nwb.add_acquisition(series("V", channels["V"], "membrane potential as acquired from the plant"))
     nwb.add_acquisition(series("command", channels["command"], "stimulation the safety limiter let through, applied over the next sample"))
