@@ -42,6 +42,9 @@ import uuid
 import numpy as np
 
 
+BLOCK = 1 << 20
+
+
 def fail(msg):
     print(f"check_nwb: FAIL: {msg}", file=sys.stderr)
     sys.exit(1)
@@ -65,21 +68,24 @@ def main(rec, out):
     chans = io.header["signal_channels"]
 
     # ------------------------------------------------------ read (neo)
-    channels = {}  # name -> dict(raw int16, scaled float64, unit, gain, rate, t_start, sample_numbers)
+    # Everything is compared in blocks of BLOCK samples, so memory does not
+    # grow with the recording's length (neo maps continuous.dat; the NWB
+    # datasets are read back block by block).
+    channels = {}  # name -> dict(raw int16 column (mapped), unit, gain, rate, t_start, sample_numbers)
     for si, sname in enumerate(sstreams["name"]):
         sid = sstreams["id"][si]
         sch = chans[chans["stream_id"] == sid]
         raw = io.get_analogsignal_chunk(0, 0, stream_index=si)
-        scaled = io.rescale_signal_raw_to_float(raw, dtype="float64", stream_index=si)
         folder = sname.split("#")[-1]
-        sn = np.load(os.path.join(base, "continuous", folder, "sample_numbers.npy"))
+        sn = np.load(os.path.join(base, "continuous", folder, "sample_numbers.npy"), mmap_mode="r")
         # the same counts straight from continuous.dat, without neo
-        dat = np.fromfile(os.path.join(base, "continuous", folder, "continuous.dat"), dtype="<i2").reshape(-1, len(sch))
-        if not np.array_equal(dat, np.asarray(raw)):
+        dat = np.memmap(os.path.join(base, "continuous", folder, "continuous.dat"), dtype="<i2", mode="r")
+        dat = dat[: len(dat) // len(sch) * len(sch)].reshape(-1, len(sch))
+        if dat.shape != raw.shape or any(not np.array_equal(dat[a:a + BLOCK], raw[a:a + BLOCK]) for a in range(0, len(raw), BLOCK)):
             fail(f"neo's counts for {folder} differ from continuous.dat")
         for ci, ch in enumerate(sch):
             channels[str(ch["name"])] = dict(
-                raw=np.asarray(raw[:, ci]), scaled=scaled[:, ci], unit=str(ch["units"]), gain=float(ch["gain"]),
+                raw=raw[:, ci], si=si, ci=ci, unit=str(ch["units"]), gain=float(ch["gain"]),
                 offset=float(ch["offset"]), rate=float(io.get_signal_sampling_rate(si)),
                 t_start=float(io.get_signal_t_start(0, 0, si)), sample_numbers=sn, stream=folder)
     for need in ("V", "command", "applied", "forecast"):
@@ -110,7 +116,8 @@ def main(rec, out):
         if unit == "mV":  # NWB's convention: SI volts, the int16 counts kept, conversion to volts
             unit, conv = "volts", conv / 1000.0
         sn = ch["sample_numbers"]
-        contiguous = len(sn) < 2 or bool(np.all(np.diff(sn) == 1))
+        contiguous = len(sn) < 2 or int(sn[-1]) - int(sn[0]) == len(sn) - 1 and all(
+            bool(np.all(np.diff(sn[a:a + BLOCK + 1]) == 1)) for a in range(0, len(sn), BLOCK))
         if contiguous:
             kw = dict(rate=ch["rate"], starting_time=ch["t_start"])
         else:
@@ -150,19 +157,32 @@ def main(rec, out):
         for name in ("V", "command", "applied", "forecast"):
             ts = f.acquisition[name] if name != "forecast" else f.processing["neurostimd"]["forecast"]
             ch = channels[name]
-            data = ts.data[:]
-            if len(data) != len(ch["raw"]) or len(data) != n_side:
-                fail(f"{name}: NWB has {len(data)} samples, neo {len(ch['raw'])}, the sidecar {n_side}")
-            if data.dtype != np.int16 or not np.array_equal(data, ch["raw"]):
-                fail(f"{name}: stored counts differ from the recording's int16 counts")
-            vals = data.astype("float64") * ts.conversion + ts.offset
-            if ts.unit == "volts" and ch["unit"] == "mV":
-                vals = vals * 1000.0
-            elif ts.unit != ch["unit"]:
-                fail(f"{name}: unit {ts.unit!r}, the recording's {ch['unit']!r}")
+            data = ts.data  # h5py dataset, read in blocks
+            n = data.shape[0]
+            if n != len(ch["raw"]) or n != n_side:
+                fail(f"{name}: NWB has {n} samples, neo {len(ch['raw'])}, the sidecar {n_side}")
+            if data.dtype != np.int16:
+                fail(f"{name}: stored as {data.dtype}, not the recording's int16 counts")
             if not ts.unit:
                 fail(f"{name}: no unit")
-            d = float(np.max(np.abs(vals - ch["scaled"]))) if len(vals) else 0.0
+            to_unit = 1.0
+            if ts.unit == "volts" and ch["unit"] == "mV":
+                to_unit = 1000.0
+            elif ts.unit != ch["unit"]:
+                fail(f"{name}: unit {ts.unit!r}, the recording's {ch['unit']!r}")
+            d = 0.0
+            stamps = None if ts.rate is not None else ts.timestamps
+            for a in range(0, n, BLOCK):
+                blk = data[a:a + BLOCK]
+                if not np.array_equal(blk, ch["raw"][a:a + BLOCK]):
+                    fail(f"{name}: stored counts differ from the recording's int16 counts (block at {a})")
+                vals = (blk.astype("float64") * ts.conversion + ts.offset) * to_unit
+                neo_vals = io.rescale_signal_raw_to_float(
+                    io.get_analogsignal_chunk(0, 0, i_start=a, i_stop=a + len(blk), stream_index=ch["si"]),
+                    dtype="float64", stream_index=ch["si"])[:, ch["ci"]]
+                d = max(d, float(np.max(np.abs(vals - neo_vals))))
+                if stamps is not None and not np.allclose(stamps[a:a + BLOCK], ch["sample_numbers"][a:a + BLOCK] / rate, rtol=0, atol=1e-9):
+                    fail(f"{name}: timestamps differ from sample_numbers / rate (block at {a})")
             if d > ch["gain"] / 2 + 1e-12:
                 fail(f"{name}: values differ from neo's by {d} {ch['unit']} (half a step is {ch['gain'] / 2})")
             if ts.rate is not None:
@@ -170,11 +190,10 @@ def main(rec, out):
                     fail(f"{name}: rate {ts.rate} / start {ts.starting_time}, neo {ch['rate']} / {ch['t_start']}")
                 if ts.rate != rate:
                     fail(f"{name}: rate {ts.rate}, the sidecar {rate}")
-            else:
-                if not np.allclose(ts.timestamps[:], ch["sample_numbers"] / rate, rtol=0, atol=1e-9):
-                    fail(f"{name}: timestamps differ from sample_numbers / rate")
+            elif len(stamps) != n:
+                fail(f"{name}: {len(stamps)} timestamps for {n} samples")
             res["channels"][name] = {"unit": ts.unit, "conversion": ts.conversion, "recording_unit": ch["unit"],
-                                     "bit_volts": ch["gain"], "samples": int(len(data)),
+                                     "bit_volts": ch["gain"], "samples": int(n),
                                      "max_abs_diff": d, "rate_hz": ts.rate,
                                      "timing": "rate+starting_time" if ts.rate is not None else "timestamps"}
         fr = f.processing["neurostimd"]["forecasts"]
