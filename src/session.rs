@@ -165,7 +165,19 @@ pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
 fn check_planning_budget(f: &mut Forecaster, config: &Config) -> Result<(), SessionError> {
     let c = &config.control;
     let deadline = c.compute_delay_ms.min(c.period_ms);
-    let b = crate::policy::budget::measure(f, c.mpc.candidates, deadline)?;
+    // The engine's capability, not a moment's load: a busy machine gets
+    // three tries, a fifth of a second apart, before the run is refused.
+    let mut b = crate::policy::budget::measure(f, c.mpc.candidates, deadline)?;
+    for _ in 0..2 {
+        if b.fits() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let again = crate::policy::budget::measure(f, c.mpc.candidates, deadline)?;
+        if again.fastest_ms < b.fastest_ms {
+            b = again;
+        }
+    }
     if !b.fits() {
         return Err(SessionError::Budget(b.refusal()));
     }
@@ -180,133 +192,46 @@ fn check_planning_budget(f: &mut Forecaster, config: &Config) -> Result<(), Sess
     Ok(())
 }
 
-/// Run the configured loop until its duration or `stop`.
+/// Run the configured loop until its duration or `stop`: open the plant,
+/// load the model (from the retraining store when retraining), start the
+/// retraining supervisor, the recorder and the interval-log writer, run
+/// the loop on a thread of its own, then write the report.
 pub fn run(
     config: &Config,
     opts: &SessionOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<SessionOutcome, SessionError> {
-    let mut plant: Box<dyn crate::plant::Plant> = match config.plant_kind {
-        PlantKind::Sim => Box::new(SimPlant::new(&config.sim)),
-        PlantKind::Serial => Box::new(crate::plant::serial::SerialPlant::open(
-            config.serial.clone(),
-        )?),
-        PlantKind::Replay => Box::new(crate::plant::replay::ReplayPlant::open(&config.replay)?),
-    };
-    let mpc = config.control.policy == PolicyKind::Mpc;
-    let retraining = mpc && config.retrain.enabled;
-    // With retraining, the model comes from the state directory's versions.
-    let mut store_version = None;
-    let forecaster = if retraining {
-        let mut store = crate::retrain::store::ModelStore::open(&state_dir(config))?;
-        let (path, version) = store.adopt(&config.control.model)?;
-        let f = Forecaster::load(&path, config.control.mpc.candidates, Engine::Native)?;
-        tracing::info!(
-            model = %path.display(),
-            version = version.version,
-            origin = %version.origin,
-            "model from the state directory (neurostimd model rollback restores the previous one)"
-        );
-        store_version = Some((store, version));
-        Some(f)
-    } else if mpc {
-        Some(load_forecaster(config)?)
-    } else {
-        None
-    };
-    let mut forecaster = forecaster;
+    let plant = open_plant(config)?;
+    let (mut forecaster, store_version) = load_model(config)?;
     if let (Some(f), crate::config::Clock::Paced) = (forecaster.as_mut(), config.run.clock) {
         check_planning_budget(f, config)?;
     }
     let period_ms = plant.sample_period_ms();
-    // Retraining: the supervisor thread, and the channels to the planner
-    // (new models) and the record consumer (events).
-    let mut notes = None;
-    let mut swaps = None;
-    let mut supervisor = None;
-    if let (Some((store, version)), Some(f)) = (store_version, forecaster.as_ref()) {
-        let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
-        let (note_tx, note_rx) = crossbeam_channel::bounded(control::handoff::NOTES);
-        let dec = crate::forecast::WindowRing::decimation_for(f.card().dt_ms, period_ms)
-            .ok_or_else(|| {
-                SessionError::Retrain(format!(
-                    "model step {} ms is not a whole number of sample periods ({period_ms} ms)",
-                    f.card().dt_ms
-                ))
-            })?;
-        let sup = crate::retrain::Supervisor::start(crate::retrain::SupervisorSetup {
-            config: config.retrain.clone(),
-            store,
-            model: f,
-            version: (
-                version.version,
-                format!("v{} {}", version.version, f.card().name),
-            ),
-            decimation: dec,
-            period_ms,
-            swaps: swap_tx,
-            notes: note_tx.clone(),
-            avoid_cpu: loop_cpu(config),
-        })
-        .map_err(SessionError::Retrain)?;
-        notes = Some((note_tx, note_rx));
-        swaps = Some(swap_rx);
-        if let Some(slot) = &opts.retrain_slot {
-            let _ = slot.set(sup.shared.clone());
-        }
-        supervisor = Some(sup);
-    }
-    // The recording.
+    let retraining = match (store_version, forecaster.as_ref()) {
+        (Some(sv), Some(f)) => Some(start_retraining(config, opts, sv, f, period_ms)?),
+        _ => None,
+    };
     let record_dir = match (&opts.record, &config.record.dir) {
         (Some(d), _) => Some(d.clone()),
         (None, Some(parent)) => Some(new_report_dir(parent)),
         (None, None) => None,
     };
     let recorder = match &record_dir {
-        Some(dir) => Some(crate::record::Recorder::create(
-            crate::record::RecordingSetup {
-                dir: dir.clone(),
-                sample_rate_hz: 1000.0 / period_ms,
-                current_units: "uA/cm2".into(),
-                t_out: forecaster.as_ref().map_or(0, |f| f.card().t_out),
-                forecast_dt_ms: forecaster.as_ref().map_or(0.0, |f| f.card().dt_ms),
-                flush_interval: Duration::from_secs_f64(config.record.flush_interval_ms / 1000.0),
-                fsync: config.record.fsync,
-                v_range_mv: config.record.v_range_mv,
-                i_range: config.record.i_range,
-                sidecar: serde_json::json!({
-                    "neurostimd_version": env!("CARGO_PKG_VERSION"),
-                    "command": opts.command,
-                    "plant": plant.kind(),
-                    "started_unix_s": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    "model": forecaster.as_ref().map(|f| serde_json::json!({
-                        "path": f.path().display().to_string(),
-                        "card": f.card(),
-                    })),
-                    "config": config,
-                }),
-            },
+        Some(dir) => Some(start_recorder(
+            config,
+            opts,
+            dir,
+            plant.kind(),
+            forecaster.as_ref(),
+            period_ms,
         )?),
         None => None,
     };
-    let mut writer = None;
-    let tap = opts.service.as_ref().map(|s| s.latency.tap());
-    if let Some(dir) = &opts.report {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let log = dir.join("latency.hlog");
-        writer = Some(
-            IntervalLogThread::start_tapped(Some(&log), control::LATENCY_TAGS, 4, tap)
-                .map_err(io(&log))?,
-        );
-    } else if tap.is_some() {
-        let name = Path::new("latency tap");
-        writer = Some(
-            IntervalLogThread::start_tapped(None, control::LATENCY_TAGS, 4, tap)
-                .map_err(io(name))?,
-        );
-    }
+    let writer = start_interval_writer(opts)?;
+    let (notes, swaps, supervisor) = match retraining {
+        Some(r) => (Some(r.notes), Some(r.swaps), Some(r.supervisor)),
+        None => (None, None, None),
+    };
     let setup = RunSetup {
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
@@ -321,6 +246,177 @@ pub fn run(
         Some((t, h)) => (Some(t), Some(h)),
         None => (None, None),
     };
+    let (mut outcome, handoff) = run_control_thread(plant, setup, stop, handoff)?;
+    if let Some(sup) = supervisor {
+        outcome.summary.retraining = Some(finish_retraining(sup));
+    }
+    let intervals = write_report(config, opts, &outcome, thread, handoff)?;
+    Ok(SessionOutcome {
+        summary: outcome.summary,
+        recording: record_dir,
+        records: outcome.records,
+        intervals,
+    })
+}
+
+fn open_plant(config: &Config) -> Result<Box<dyn crate::plant::Plant>, SessionError> {
+    Ok(match config.plant_kind {
+        PlantKind::Sim => Box::new(SimPlant::new(&config.sim)),
+        PlantKind::Serial => Box::new(crate::plant::serial::SerialPlant::open(
+            config.serial.clone(),
+        )?),
+        PlantKind::Replay => Box::new(crate::plant::replay::ReplayPlant::open(&config.replay)?),
+    })
+}
+
+/// The model store and the version it made current (retraining only).
+type StoreVersion = (
+    crate::retrain::store::ModelStore,
+    crate::retrain::store::Version,
+);
+
+/// The forecaster for MPC: with retraining, the state directory's current
+/// version (the configured model adopted as v1 the first time).
+fn load_model(config: &Config) -> Result<(Option<Forecaster>, Option<StoreVersion>), SessionError> {
+    let mpc = config.control.policy == PolicyKind::Mpc;
+    if !mpc {
+        return Ok((None, None));
+    }
+    if !config.retrain.enabled {
+        return Ok((Some(load_forecaster(config)?), None));
+    }
+    let mut store = crate::retrain::store::ModelStore::open(&state_dir(config))?;
+    let (path, version) = store.adopt(&config.control.model)?;
+    let f = Forecaster::load(&path, config.control.mpc.candidates, Engine::Native)?;
+    tracing::info!(
+        model = %path.display(),
+        version = version.version,
+        origin = %version.origin,
+        "model from the state directory (neurostimd model rollback restores the previous one)"
+    );
+    Ok((Some(f), Some((store, version))))
+}
+
+/// Retraining's thread and its channels to the planner (new models) and
+/// the record consumer (events).
+struct Retraining {
+    notes: (
+        crossbeam_channel::Sender<control::handoff::Note>,
+        crossbeam_channel::Receiver<control::handoff::Note>,
+    ),
+    swaps: crossbeam_channel::Receiver<control::planner::ModelSwap>,
+    supervisor: crate::retrain::Supervisor,
+}
+
+fn start_retraining(
+    config: &Config,
+    opts: &SessionOptions,
+    (store, version): StoreVersion,
+    f: &Forecaster,
+    period_ms: f64,
+) -> Result<Retraining, SessionError> {
+    let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
+    let (note_tx, note_rx) = crossbeam_channel::bounded(control::handoff::NOTES);
+    let dec = crate::forecast::WindowRing::decimation_for(f.card().dt_ms, period_ms).ok_or_else(
+        || {
+            SessionError::Retrain(format!(
+                "model step {} ms is not a whole number of sample periods ({period_ms} ms)",
+                f.card().dt_ms
+            ))
+        },
+    )?;
+    let sup = crate::retrain::Supervisor::start(crate::retrain::SupervisorSetup {
+        config: config.retrain.clone(),
+        store,
+        model: f,
+        version: (
+            version.version,
+            format!("v{} {}", version.version, f.card().name),
+        ),
+        decimation: dec,
+        period_ms,
+        swaps: swap_tx,
+        notes: note_tx.clone(),
+        avoid_cpu: loop_cpu(config),
+    })
+    .map_err(SessionError::Retrain)?;
+    if let Some(slot) = &opts.retrain_slot {
+        let _ = slot.set(sup.shared.clone());
+    }
+    Ok(Retraining {
+        notes: (note_tx, note_rx),
+        swaps: swap_rx,
+        supervisor: sup,
+    })
+}
+
+fn start_recorder(
+    config: &Config,
+    opts: &SessionOptions,
+    dir: &Path,
+    plant_kind: &str,
+    forecaster: Option<&Forecaster>,
+    period_ms: f64,
+) -> Result<crate::record::Recorder, SessionError> {
+    Ok(crate::record::Recorder::create(
+        crate::record::RecordingSetup {
+            dir: dir.to_path_buf(),
+            sample_rate_hz: 1000.0 / period_ms,
+            current_units: "uA/cm2".into(),
+            t_out: forecaster.map_or(0, |f| f.card().t_out),
+            forecast_dt_ms: forecaster.map_or(0.0, |f| f.card().dt_ms),
+            flush_interval: Duration::from_secs_f64(config.record.flush_interval_ms / 1000.0),
+            fsync: config.record.fsync,
+            v_range_mv: config.record.v_range_mv,
+            i_range: config.record.i_range,
+            sidecar: serde_json::json!({
+                "neurostimd_version": env!("CARGO_PKG_VERSION"),
+                "command": opts.command,
+                "plant": plant_kind,
+                "started_unix_s": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                "model": forecaster.map(|f| serde_json::json!({
+                    "path": f.path().display().to_string(),
+                    "card": f.card(),
+                })),
+                "config": config,
+            }),
+        },
+    )?)
+}
+
+/// The interval-log writer: to the report's `latency.hlog`, and/or the
+/// service's live latency tap.
+fn start_interval_writer(
+    opts: &SessionOptions,
+) -> Result<Option<(IntervalLogThread, report::IntervalHandoff)>, SessionError> {
+    let tap = opts.service.as_ref().map(|s| s.latency.tap());
+    if let Some(dir) = &opts.report {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let log = dir.join("latency.hlog");
+        return Ok(Some(
+            IntervalLogThread::start_tapped(Some(&log), control::LATENCY_TAGS, 4, tap)
+                .map_err(io(&log))?,
+        ));
+    }
+    if tap.is_some() {
+        let name = Path::new("latency tap");
+        return Ok(Some(
+            IntervalLogThread::start_tapped(None, control::LATENCY_TAGS, 4, tap)
+                .map_err(io(name))?,
+        ));
+    }
+    Ok(None)
+}
+
+/// The loop on a thread of its own (the one promoted to real time).
+fn run_control_thread(
+    mut plant: Box<dyn crate::plant::Plant>,
+    setup: RunSetup,
+    stop: Arc<AtomicBool>,
+    handoff: Option<report::IntervalHandoff>,
+) -> Result<(control::RunOutcome, Option<report::IntervalHandoff>), SessionError> {
     let control = std::thread::Builder::new()
         .name("control".into())
         .stack_size(8 << 20)
@@ -334,51 +430,56 @@ pub fn run(
             error: e,
         })?;
     let (result, handoff) = control.join().map_err(|_| SessionError::Panicked)?;
-    let mut outcome = result?;
-    if let Some(sup) = supervisor {
-        let shared = sup.shared.clone();
-        let attempts = sup.stop();
-        let (v, label) = shared.current_version();
-        outcome.summary.retraining = Some(serde_json::json!({
-            "model_version_end": v,
-            "model_end": label,
-            "reference_rmse_mv_end": shared.live.reference_rmse_mv.get(),
-            "attempts": attempts,
-            "rolling_forecast_rmse_mv_per_s": shared.timeline(),
-        }));
-    }
-    let mut intervals = 0;
-    let (thread, handoff) = if opts.report.is_none() {
-        // Only the service's tap: let it see the last interval.
-        if let (Some(t), Some(h)) = (thread, handoff) {
-            h.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
-            let _ = t.join();
-        }
-        (None, None)
-    } else {
-        (thread, handoff)
-    };
-    if let (Some(thread), Some(handoff), Some(dir)) = (thread, handoff, &opts.report) {
-        handoff.finish(Duration::from_secs_f64(outcome.summary.wall_time_s));
-        intervals = thread.join().map_err(io(dir))?;
-        for (name, h) in outcome.histograms.all() {
-            if !h.is_empty() {
-                report::write_hgrm(dir, name, h).map_err(io(dir))?;
-            }
-        }
-        report::write_summary(dir, &outcome.summary).map_err(io(dir))?;
-        // What the run aimed for, for `neurostimd plot`.
-        report::write_json(
-            dir,
-            "objective.json",
-            &report::objective_json(&config.control.objective),
-        )
-        .map_err(io(dir))?;
-    }
-    Ok(SessionOutcome {
-        summary: outcome.summary,
-        recording: record_dir,
-        records: outcome.records,
-        intervals,
+    Ok((result?, handoff))
+}
+
+/// Stop retraining; what it did, for `summary.json`.
+fn finish_retraining(sup: crate::retrain::Supervisor) -> serde_json::Value {
+    let shared = sup.shared.clone();
+    let attempts = sup.stop();
+    let (v, label) = shared.current_version();
+    serde_json::json!({
+        "model_version_end": v,
+        "model_end": label,
+        "reference_rmse_mv_end": shared.live.reference_rmse_mv.get(),
+        "attempts": attempts,
+        "rolling_forecast_rmse_mv_per_s": shared.timeline(),
     })
+}
+
+/// Close the interval log and write the report (`.hgrm`, `summary.json`,
+/// `objective.json`); the number of intervals logged.
+fn write_report(
+    config: &Config,
+    opts: &SessionOptions,
+    outcome: &control::RunOutcome,
+    thread: Option<IntervalLogThread>,
+    handoff: Option<report::IntervalHandoff>,
+) -> Result<u64, SessionError> {
+    let wall = Duration::from_secs_f64(outcome.summary.wall_time_s);
+    let (Some(thread), Some(handoff)) = (thread, handoff) else {
+        return Ok(0);
+    };
+    let Some(dir) = &opts.report else {
+        // Only the service's tap: let it see the last interval.
+        handoff.finish(wall);
+        let _ = thread.join();
+        return Ok(0);
+    };
+    handoff.finish(wall);
+    let intervals = thread.join().map_err(io(dir))?;
+    for (name, h) in outcome.histograms.all() {
+        if !h.is_empty() {
+            report::write_hgrm(dir, name, h).map_err(io(dir))?;
+        }
+    }
+    report::write_summary(dir, &outcome.summary).map_err(io(dir))?;
+    // What the run aimed for, for `neurostimd plot`.
+    report::write_json(
+        dir,
+        "objective.json",
+        &report::objective_json(&config.control.objective),
+    )
+    .map_err(io(dir))?;
+    Ok(intervals)
 }

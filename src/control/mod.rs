@@ -24,8 +24,10 @@ pub mod controls;
 pub mod decide;
 pub mod handoff;
 pub mod planner;
-pub mod rt;
 
+/// The real-time measures moved below the loop (retraining uses them too);
+/// the old path keeps working.
+pub use crate::rt;
 pub(crate) use clock::await_item;
 pub use consumer::forecasts_path;
 

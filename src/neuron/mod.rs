@@ -9,6 +9,7 @@
 //! Cm in µF/cm².
 
 pub mod integrate;
+pub mod pospischil;
 pub mod spikes;
 pub mod table;
 

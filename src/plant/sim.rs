@@ -11,7 +11,6 @@
 //! schedule); `read` and `write` never do.
 
 use super::{Plant, PlantError, Sample};
-use crate::config::SimConfig;
 use crate::neuron::integrate::{Dopri5, Method, Rk4};
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::neuron::table::RateTable;
@@ -19,6 +18,27 @@ use crate::neuron::{derivatives_with, ExactRates, Params, RateSource, State, INI
 use rand_distr::{Distribution, Normal};
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// A parameter change at a point in simulated time.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ScheduledChange {
+    pub at_ms: f64,
+    /// What changed, for logs and recordings (e.g. `preset bursting`).
+    pub label: String,
+    pub params: Params,
+}
+
+/// The embedded simulator plant, validated.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SimConfig {
+    pub preset: String,
+    pub params: Params,
+    pub sample_period_ms: f64,
+    pub method: Method,
+    pub noise_sd_mv: f64,
+    pub seed: u64,
+    pub schedule: Vec<ScheduledChange>,
+}
 
 enum Integrator {
     Rk4(Rk4),

@@ -6,8 +6,8 @@
 //! of time (train, then validation, then test) so no test window shares
 //! samples with a training window.
 
-use crate::config::SimConfig;
 use crate::forecast::card::Normalization;
+use crate::plant::sim::SimConfig;
 use crate::plant::{Plant, PlantError, SimPlant};
 use rand_distr::{Distribution, Normal, Uniform};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};

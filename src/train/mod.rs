@@ -15,6 +15,7 @@ pub mod dataset;
 pub mod export;
 pub mod metrics;
 pub mod net;
+pub mod settings;
 pub mod study;
 pub mod trainer;
 

@@ -1,0 +1,321 @@
+//! `[control]`, `[objective]`, `[mpc]`, `[pid]` and `[open]`: the policy and
+//! what it pursues; raw and validated.
+
+use super::{finite, non_negative, positive, ConfigError, Cx, RawConfig};
+use super::{ControlConfig, CpuChoice, RealtimeConfig, MAX_COMPUTE_DELAY_MS};
+use crate::units::{Current, Quantity, Time, Voltage};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub(super) policy: crate::policy::PolicyKind,
+    pub(super) objective: crate::policy::ObjectiveKind,
+    pub(super) model: String,
+    pub(super) period: Quantity<Time>,
+    pub(super) compute_delay: Quantity<Time>,
+    pub(super) realtime: RawRealtime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawCpu {
+    Index(i64),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRealtime {
+    pub(super) mlockall: bool,
+    pub(super) priority: i64,
+    pub(super) cpu: RawCpu,
+    pub(super) prefault_kib: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObjective {
+    pub(super) settle: Quantity<Time>,
+    pub(super) rate: RawRate,
+    pub(super) burst: RawBurst,
+    pub(super) voltage: RawWave<Voltage>,
+    pub(super) silence: RawSilence,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateStep {
+    pub(super) at: Quantity<Time>,
+    pub(super) rate: Quantity<crate::units::Frequency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRate {
+    pub(super) schedule: Vec<RawRateStep>,
+    pub(super) bin: Quantity<Time>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBurst {
+    pub(super) max_isi: Quantity<Time>,
+    pub(super) min_rate: Quantity<crate::units::Frequency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSilence {
+    pub(super) ceiling: Quantity<Voltage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(bound = "")]
+pub(super) struct RawWave<D: crate::units::Dimension> {
+    pub(super) shape: crate::policy::Shape,
+    pub(super) offset: Quantity<D>,
+    pub(super) amplitude: Quantity<D>,
+    pub(super) period: Quantity<Time>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMpc {
+    pub(super) candidates: usize,
+    pub(super) max_amplitude: Quantity<Current>,
+    pub(super) iterations: usize,
+    pub(super) elites: usize,
+    pub(super) charge_weight: f64,
+    pub(super) smoothness: f64,
+    pub(super) time_budget: Quantity<Time>,
+    pub(super) spike_threshold: Quantity<Voltage>,
+    pub(super) spread: f64,
+    pub(super) bias_gain: f64,
+    pub(super) seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPid {
+    pub(super) rate_kp: f64,
+    pub(super) rate_ki: f64,
+    pub(super) rate_tau: Quantity<Time>,
+    pub(super) burst_target: Quantity<crate::units::Frequency>,
+    pub(super) voltage_kp: f64,
+    pub(super) voltage_ki: f64,
+    pub(super) voltage_kd: f64,
+    pub(super) silence_margin: Quantity<Voltage>,
+}
+
+/// `[control]` and the sections its policy reads.
+pub(super) fn validate_control(
+    raw: &RawConfig,
+    sample_period_ms: f64,
+    safety: &crate::safety::Limits,
+    cx: &Cx,
+) -> Result<ControlConfig, ConfigError> {
+    let c = &raw.control;
+    let period = c.period.get();
+    positive(period).map_err(|m| cx.err("control.period", m))?;
+    if (period / sample_period_ms - (period / sample_period_ms).round()).abs() > 1e-6 {
+        return Err(cx.err(
+            "control.period",
+            format!("{period} ms is not a whole number of sample periods ({sample_period_ms} ms)"),
+        ));
+    }
+    let delay = c.compute_delay.get();
+    non_negative(delay).map_err(|m| cx.err("control.compute_delay", m))?;
+    // A plan applied this late is stale whatever the model; the bound
+    // also keeps the free clock's in-flight plan pool small.
+    if delay > MAX_COMPUTE_DELAY_MS {
+        return Err(cx.err(
+                "control.compute_delay",
+                format!("{delay} ms is longer than {MAX_COMPUTE_DELAY_MS} ms; a plan would take effect after it had ended"),
+            ));
+    }
+    let (objective, open) = objective(raw, safety, cx)?;
+    Ok(ControlConfig {
+        policy: c.policy,
+        objective,
+        model: crate::forecast::ModelSource::parse(&c.model),
+        period_ms: period,
+        compute_delay_ms: c.compute_delay.get(),
+        realtime: realtime(&c.realtime, cx)?,
+        mpc: mpc(&raw.mpc, cx)?,
+        pid: pid(&raw.pid, cx)?,
+        open,
+    })
+}
+
+/// `[control.realtime]`: what the control thread asks the kernel for.
+fn realtime(rt: &RawRealtime, cx: &Cx) -> Result<RealtimeConfig, ConfigError> {
+    if !(0..=99).contains(&rt.priority) {
+        return Err(cx.err(
+            "control.realtime.priority",
+            format!(
+                "{} is outside 0 ..= 99 (0: do not ask for SCHED_FIFO)",
+                rt.priority
+            ),
+        ));
+    }
+    let cpu = match &rt.cpu {
+        RawCpu::Index(i) if *i >= 0 => CpuChoice::Index(*i as usize),
+        RawCpu::Name(n) if n == "last" => CpuChoice::Last,
+        RawCpu::Name(n) if n == "none" => CpuChoice::None,
+        RawCpu::Index(i) => {
+            return Err(cx.err(
+                "control.realtime.cpu",
+                format!("{i} is negative; give a CPU index, \"last\" or \"none\""),
+            ))
+        }
+        RawCpu::Name(n) => {
+            return Err(cx.err(
+                "control.realtime.cpu",
+                format!("`{n}` is not a CPU index, \"last\" or \"none\""),
+            ))
+        }
+    };
+    Ok(RealtimeConfig {
+        mlockall: rt.mlockall,
+        priority: rt.priority as i32,
+        cpu,
+        prefault_kib: rt.prefault_kib,
+    })
+}
+
+/// `[objective]` and `[open]` (the open-loop waveform must fit the
+/// safety limit, or the limiter would clip it).
+fn objective(
+    raw: &RawConfig,
+    safety: &crate::safety::Limits,
+    cx: &Cx,
+) -> Result<(crate::policy::Objective, crate::policy::Waveform), ConfigError> {
+    use crate::policy::{Objective, RateSchedule, Waveform};
+    let o = &raw.objective;
+    non_negative(o.settle.get()).map_err(|m| cx.err("objective.settle", m))?;
+    let steps: Vec<(f64, f64)> = o
+        .rate
+        .schedule
+        .iter()
+        .map(|s| (s.at.get(), s.rate.get()))
+        .collect();
+    let rate = RateSchedule::new(&steps).map_err(|m| cx.err("objective.rate.schedule", m))?;
+    positive(o.rate.bin.get()).map_err(|m| cx.err("objective.rate.bin", m))?;
+    positive(o.burst.max_isi.get()).map_err(|m| cx.err("objective.burst.max_isi", m))?;
+    positive(o.burst.min_rate.get()).map_err(|m| cx.err("objective.burst.min_rate", m))?;
+    finite(o.silence.ceiling.get()).map_err(|m| cx.err("objective.silence.ceiling", m))?;
+    let wave = |w: &RawWave<_>, at: &str| -> Result<Waveform, ConfigError> {
+        positive(w.period.get()).map_err(|m| cx.err(&format!("{at}.period"), m))?;
+        finite(w.offset.get()).map_err(|m| cx.err(&format!("{at}.offset"), m))?;
+        finite(w.amplitude.get()).map_err(|m| cx.err(&format!("{at}.amplitude"), m))?;
+        Ok(Waveform {
+            shape: w.shape,
+            offset: w.offset.get(),
+            amplitude: w.amplitude.get(),
+            period_ms: w.period.get(),
+        })
+    };
+    let reference = {
+        let w = &o.voltage;
+        positive(w.period.get()).map_err(|m| cx.err("objective.voltage.period", m))?;
+        Waveform {
+            shape: w.shape,
+            offset: w.offset.get(),
+            amplitude: w.amplitude.get(),
+            period_ms: w.period.get(),
+        }
+    };
+    let open = wave(&raw.open, "open")?;
+    if open.offset.abs() + open.amplitude.abs() > safety.max_amplitude {
+        return Err(cx.err(
+                "open.amplitude",
+                format!(
+                    "|offset| + |amplitude| = {} uA/cm2 exceeds safety.max_amplitude ({}); the limiter would clip the waveform",
+                    open.offset.abs() + open.amplitude.abs(),
+                    safety.max_amplitude
+                ),
+            ));
+    }
+    let objective = Objective {
+        kind: raw.control.objective,
+        settle_ms: o.settle.get(),
+        reference,
+        rate,
+        rate_bin_ms: o.rate.bin.get(),
+        max_isi_ms: o.burst.max_isi.get(),
+        min_rate_hz: o.burst.min_rate.get(),
+        ceiling_mv: o.silence.ceiling.get(),
+    };
+    Ok((objective, open))
+}
+
+/// `[mpc]`: the planner's search.
+fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError> {
+    let range = |key: &str, v: usize, lo: usize, hi: usize| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(cx.err(key, format!("{v} is outside {lo} ..= {hi}")))
+        }
+    };
+    range("mpc.candidates", m.candidates, 2, 256)?;
+    positive(m.max_amplitude.get()).map_err(|e| cx.err("mpc.max_amplitude", e))?;
+    range("mpc.iterations", m.iterations, 1, 100)?;
+    range("mpc.elites", m.elites, 1, m.candidates)?;
+    non_negative(m.charge_weight).map_err(|e| cx.err("mpc.charge_weight", e))?;
+    non_negative(m.smoothness).map_err(|e| cx.err("mpc.smoothness", e))?;
+    positive(m.time_budget.get()).map_err(|e| cx.err("mpc.time_budget", e))?;
+    finite(m.spike_threshold.get()).map_err(|e| cx.err("mpc.spike_threshold", e))?;
+    if !(m.spread > 0.0 && m.spread <= 2.0) {
+        return Err(cx.err("mpc.spread", format!("{} is outside (0, 2]", m.spread)));
+    }
+    if !(0.0..=1.0).contains(&m.bias_gain) {
+        return Err(cx.err(
+            "mpc.bias_gain",
+            format!("{} is outside 0 ..= 1", m.bias_gain),
+        ));
+    }
+    Ok(crate::policy::mpc::MpcConfig {
+        candidates: m.candidates,
+        max_amplitude: m.max_amplitude.get(),
+        iterations: m.iterations,
+        elites: m.elites,
+        weights: crate::policy::CostWeights {
+            charge: m.charge_weight,
+            smoothness: m.smoothness,
+        },
+        time_budget_ms: m.time_budget.get(),
+        spike_threshold_mv: m.spike_threshold.get(),
+        spread: m.spread,
+        bias_gain: m.bias_gain,
+        seed: m.seed,
+    })
+}
+
+/// `[pid]`: the classical baselines' gains.
+fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError> {
+    for (key, v) in [
+        ("pid.rate_kp", p.rate_kp),
+        ("pid.rate_ki", p.rate_ki),
+        ("pid.voltage_kp", p.voltage_kp),
+        ("pid.voltage_ki", p.voltage_ki),
+        ("pid.voltage_kd", p.voltage_kd),
+        ("pid.silence_margin", p.silence_margin.get()),
+        ("pid.burst_target", p.burst_target.get()),
+    ] {
+        non_negative(v).map_err(|e| cx.err(key, e))?;
+    }
+    positive(p.rate_tau.get()).map_err(|e| cx.err("pid.rate_tau", e))?;
+    Ok(crate::policy::pid::PidGains {
+        rate_kp: p.rate_kp,
+        rate_ki: p.rate_ki,
+        rate_tau_ms: p.rate_tau.get(),
+        voltage_kp: p.voltage_kp,
+        voltage_ki: p.voltage_ki,
+        voltage_kd: p.voltage_kd,
+        silence_margin_mv: p.silence_margin.get(),
+        burst_target_hz: p.burst_target.get(),
+    })
+}

@@ -1,0 +1,157 @@
+//! `[train]`: what `neurostimd train` builds and from which data, raw as
+//! written and validated.
+
+use super::{non_negative, positive, ConfigError, Cx, ScheduledChange, SimConfig};
+use super::{TrainConfig, TrainSource};
+use crate::units::{Current, Quantity, Time};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrain {
+    pub(super) layers: usize,
+    pub(super) hidden: usize,
+    pub(super) t_in: usize,
+    pub(super) t_out: usize,
+    pub(super) dt: Quantity<Time>,
+    pub(super) order: crate::forecast::OutputOrder,
+    #[serde(default)]
+    pub(super) head: crate::train::net::Head,
+    pub(super) epochs: usize,
+    pub(super) batch: usize,
+    pub(super) learning_rate: f64,
+    pub(super) clip_norm: f64,
+    pub(super) patience: usize,
+    pub(super) seed: u64,
+    pub(super) data: RawTrainData,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrainData {
+    pub(super) presets: Vec<String>,
+    #[serde(default)]
+    pub(super) traces: Vec<std::path::PathBuf>,
+    pub(super) regime_change: bool,
+    pub(super) duration: Quantity<Time>,
+    pub(super) stride: usize,
+    pub(super) max_amplitude: Quantity<Current>,
+    pub(super) train_fraction: f64,
+    pub(super) val_fraction: f64,
+}
+
+impl RawTrain {
+    /// `[train]`; the training sources use the plant's simulator settings
+    /// (`sim`) without its schedule.
+    pub(super) fn validate(&self, cx: &Cx, sim: &SimConfig) -> Result<TrainConfig, ConfigError> {
+        let t = self;
+        let sp = sim.sample_period_ms;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(cx.err(key, format!("{v} is outside {lo} ..= {hi}")))
+            }
+        };
+        range("train.layers", t.layers, 1, 4)?;
+        range("train.hidden", t.hidden, 1, 1024)?;
+        range("train.t_in", t.t_in, 1, 10_000)?;
+        range("train.t_out", t.t_out, 1, 1_000)?;
+        range("train.epochs", t.epochs, 1, 100_000)?;
+        range("train.batch", t.batch, 1, 65_536)?;
+        range("train.patience", t.patience, 1, 100_000)?;
+        range("train.data.stride", t.data.stride, 1, 100_000)?;
+        let decimation =
+            crate::forecast::WindowRing::decimation_for(t.dt.get(), sp).ok_or_else(|| {
+                cx.err(
+                    "train.dt",
+                    format!(
+                        "{} ms is not a whole number of sample periods ({sp} ms)",
+                        t.dt.get()
+                    ),
+                )
+            })?;
+        if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
+            return Err(cx.err(
+                "train.learning_rate",
+                format!("{} is outside (0, 1)", t.learning_rate),
+            ));
+        }
+        non_negative(t.clip_norm).map_err(|m| cx.err("train.clip_norm", m))?;
+        positive(t.data.duration.get()).map_err(|m| cx.err("train.data.duration", m))?;
+        positive(t.data.max_amplitude.get()).map_err(|m| cx.err("train.data.max_amplitude", m))?;
+        let tf = t.data.train_fraction;
+        let vf = t.data.val_fraction;
+        if !(tf > 0.0 && vf > 0.0 && tf + vf < 1.0) {
+            return Err(cx.err(
+                "train.data.train_fraction",
+                format!("train_fraction {tf} and val_fraction {vf} must be > 0 and sum to < 1 (the rest is the test set)"),
+            ));
+        }
+        // Training stretches use the plant's settings without its schedule.
+        let base = SimConfig {
+            schedule: Vec::new(),
+            ..sim.clone()
+        };
+        let mut sources = Vec::new();
+        for (k, name) in t.data.presets.iter().enumerate() {
+            let p = cx.preset(name, &format!("train.data.presets[{k}]"))?;
+            sources.push(TrainSource {
+                label: name.clone(),
+                sim: SimConfig {
+                    preset: name.clone(),
+                    params: p,
+                    ..base.clone()
+                },
+            });
+        }
+        if t.data.regime_change {
+            let regular = cx.preset("regular", "train.data.regime_change")?;
+            let bursting = cx.preset("bursting", "train.data.regime_change")?;
+            sources.push(TrainSource {
+                label: "regular->bursting".into(),
+                sim: SimConfig {
+                    preset: "regular".into(),
+                    params: regular,
+                    schedule: vec![ScheduledChange {
+                        at_ms: t.data.duration.get() / 2.0,
+                        label: "preset bursting".into(),
+                        params: bursting,
+                    }],
+                    ..base.clone()
+                },
+            });
+        }
+        if sources.is_empty() && t.data.traces.is_empty() {
+            return Err(cx.err(
+                "train.data.presets",
+                "no data: list presets, set regime_change or give traces".into(),
+            ));
+        }
+        Ok(TrainConfig {
+            layers: t.layers,
+            hidden: t.hidden,
+            t_in: t.t_in,
+            t_out: t.t_out,
+            dt_ms: t.dt.get(),
+            decimation,
+            order: t.order,
+            head: t.head,
+            schedule: crate::train::trainer::Schedule {
+                epochs: t.epochs,
+                batch: t.batch,
+                learning_rate: t.learning_rate,
+                clip_norm: t.clip_norm,
+                patience: t.patience,
+                seed: t.seed,
+            },
+            sources,
+            traces: t.data.traces.clone(),
+            duration_ms: t.data.duration.get(),
+            stride: t.data.stride,
+            max_amplitude: t.data.max_amplitude.get(),
+            train_fraction: tf,
+            val_fraction: vf,
+        })
+    }
+}

@@ -1,0 +1,36 @@
+//! What `neurostimd train` builds and from which data (validated
+//! `[train]`; the configuration builds it, the trainer reads it).
+
+use crate::plant::sim::SimConfig;
+
+/// One stretch of training data: a label and the simulator that makes it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainSource {
+    pub label: String,
+    pub sim: SimConfig,
+}
+
+/// What `neurostimd train` builds and how (validated `[train]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub t_in: usize,
+    pub t_out: usize,
+    pub dt_ms: f64,
+    /// Samples per model step.
+    pub decimation: usize,
+    pub order: crate::forecast::OutputOrder,
+    /// Output head: one linear unit (default, the paper's) or a 2-layer MLP.
+    pub head: crate::train::net::Head,
+    pub schedule: crate::train::trainer::Schedule,
+    pub sources: Vec<TrainSource>,
+    /// Recorded or simulated traces (CSV, as `simulate --trace-out` writes)
+    /// used as further sources.
+    pub traces: Vec<std::path::PathBuf>,
+    pub duration_ms: f64,
+    pub stride: usize,
+    pub max_amplitude: f64,
+    pub train_fraction: f64,
+    pub val_fraction: f64,
+}
