@@ -125,12 +125,27 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
     let outcome = session::run(config, &opts, stop)?;
     let s = &outcome.summary;
     let r = s.retraining.as_ref().ok_or(AdaptError::NoRetraining)?;
-    let change_s = config
-        .sim
-        .schedule
-        .first()
-        .map_or(f64::NAN, |c| c.at_ms / 1000.0);
-    let timeline3: Vec<(f64, f64, f64)> = r["rolling_forecast_rmse_mv_per_s"]
+    let timeline3 = rolling_errors(r);
+    let report = assess(config, &outcome, r, &timeline3, report_dir.clone());
+    let path = report_dir.join("adaptation.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .map_err(io(&path))?;
+    let csv = report_dir.join("forecast_error.csv");
+    let mut text = String::from("t_s,rolling_forecast_rmse_mv,rolling_persistence_rmse_mv\n");
+    for (t, x, p) in &timeline3 {
+        text.push_str(&format!("{t:.3},{x:.4},{p:.4}\n"));
+    }
+    std::fs::write(&csv, text).map_err(io(&csv))?;
+    Ok(report)
+}
+
+/// The drift monitor's timeline: (plant s, rolling model RMSE mV, rolling
+/// persistence RMSE mV) per second.
+fn rolling_errors(r: &serde_json::Value) -> Vec<(f64, f64, f64)> {
+    r["rolling_forecast_rmse_mv_per_s"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -140,7 +155,24 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The scenario's figures and checks from the session's outcome and its
+/// retraining report `r`.
+fn assess(
+    config: &Config,
+    outcome: &session::SessionOutcome,
+    r: &serde_json::Value,
+    timeline3: &[(f64, f64, f64)],
+    report_dir: PathBuf,
+) -> AdaptReport {
+    let s = &outcome.summary;
+    let change_s = config
+        .sim
+        .schedule
+        .first()
+        .map_or(f64::NAN, |c| c.at_ms / 1000.0);
     let timeline: Vec<(f64, f64)> = timeline3.iter().map(|p| (p.0, p.1)).collect();
     // Skill: model error relative to persistence's on the same targets.
     let skill: Vec<(f64, f64)> = timeline3.iter().map(|p| (p.0, p.1 / p.2)).collect();
@@ -192,7 +224,7 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
-    let report = AdaptReport {
+    AdaptReport {
         change_s,
         duration_s: end,
         pre_change_rmse_mv: pre,
@@ -219,22 +251,9 @@ pub fn run(config: &Config, out: &Path, stop: Arc<AtomicBool>) -> Result<AdaptRe
                 && final_skill <= 1.2 * pre_skill,
             p99_within_10_percent: ratio.is_some_and(|r| r <= 1.1),
         },
-        report_dir: report_dir.clone(),
+        report_dir,
         recording: outcome.recording.clone(),
-    };
-    let path = report_dir.join("adaptation.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&report).expect("json") + "\n",
-    )
-    .map_err(io(&path))?;
-    let csv = report_dir.join("forecast_error.csv");
-    let mut text = String::from("t_s,rolling_forecast_rmse_mv,rolling_persistence_rmse_mv\n");
-    for (t, x, p) in &timeline3 {
-        text.push_str(&format!("{t:.3},{x:.4},{p:.4}\n"));
     }
-    std::fs::write(&csv, text).map_err(io(&csv))?;
-    Ok(report)
 }
 
 impl AdaptReport {

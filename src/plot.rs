@@ -457,276 +457,348 @@ where
     let max_isi = d.target.as_ref().map_or(10.0, |t| t.max_isi_ms);
     let sp = spikes(d, max_isi);
     if d.t_ms.len() < 2 {
-        for (area, what) in [
-            (overview, "overview"),
-            (zoom, "membrane"),
-            (stim, "stimulation"),
-        ] {
-            area.draw(&Text::new(
-                format!("{what}: no trace (run the daemon with --trace-out DIR/trace.csv)"),
-                (40, 40),
-                ("sans-serif", 18),
-            ))
-            .map_err(draw_err)?;
-        }
+        draw_no_trace([overview, zoom, stim])?;
     } else {
         let t_end = *d.t_ms.last().expect("checked");
         let t_start = d.t_ms[0];
-        // ---------------------------------------------------- overview
-        let x = (t_start / 1000.0)..(t_end / 1000.0);
         if matches!(kind, "rate" | "burst") {
-            // Instantaneous rate, 1/ISI, held from each spike to the next
-            // (a window count quantises to 1/window and lags by half of it).
-            let mut rate = Vec::new();
-            for w in sp.windows(2) {
-                let hz = 1000.0 / (w[1].0 - w[0].0);
-                rate.push((w[0].0 / 1000.0, hz));
-                rate.push((w[1].0 / 1000.0, hz));
-            }
-            let mut targets: Vec<(f64, f64)> = Vec::new();
-            if let Some(tg) = &d.target {
-                if kind == "rate" {
-                    for (k, &(at, hz)) in tg.rate_schedule.iter().enumerate() {
-                        let to = tg.rate_schedule.get(k + 1).map_or(t_end, |s| s.0);
-                        targets.push((at.max(t_start) / 1000.0, hz));
-                        targets.push((to.min(t_end) / 1000.0, hz));
-                    }
-                } else {
-                    targets = vec![
-                        (t_start / 1000.0, tg.min_rate_hz),
-                        (t_end / 1000.0, tg.min_rate_hz),
-                    ];
-                }
-            }
-            // In-burst ISIs (a few ms) would flatten everything else: the
-            // axis stops at three times the target (or 40 Hz) and clips.
-            let target_max = targets.iter().map(|p| p.1).fold(0.0f64, f64::max);
-            let cap = (3.0 * target_max).max(40.0);
-            let ymax = rate
-                .iter()
-                .map(|p| p.1)
-                .chain(targets.iter().map(|p| p.1))
-                .fold(5.0f64, f64::max)
-                .min(cap)
-                * 1.25;
-            let rate: Vec<(f64, f64)> = rate.into_iter().map(|(t, r)| (t, r.min(ymax))).collect();
-            let mut c = ChartBuilder::on(overview)
-                .caption(
-                    "Whole run: firing rate (1/ISI) and its target; spikes above (bursts in red)",
-                    ("sans-serif", 17),
-                )
-                .margin(8)
-                .x_label_area_size(32)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x.clone(), 0.0..ymax)
-                .map_err(draw_err)?;
-            c.configure_mesh()
-                .x_desc("time (s)")
-                .y_desc("rate (Hz)")
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(draw_err)?;
-            c.draw_series(LineSeries::new(rate, V_COLOR.stroke_width(2)))
-                .map_err(draw_err)?
-                .label("firing rate (1/ISI)")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR.stroke_width(2))
-                });
-            if !targets.is_empty() {
-                c.draw_series(LineSeries::new(targets, TARGET.stroke_width(2)))
-                    .map_err(draw_err)?
-                    .label(if kind == "rate" {
-                        "target rate"
-                    } else {
-                        "least rate to keep"
-                    })
-                    .legend(|(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], TARGET.stroke_width(2))
-                    });
-            }
-            let tick = ymax * 0.06;
-            c.draw_series(sp.iter().map(|&(s, burst)| {
-                let col = if burst { BURST } else { RGBColor(40, 40, 40) };
-                PathElement::new(
-                    vec![(s / 1000.0, ymax - tick), (s / 1000.0, ymax - 0.1 * tick)],
-                    col.stroke_width(1),
-                )
-            }))
-            .map_err(draw_err)?;
-            c.configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.85))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
-                .map_err(draw_err)?;
+            draw_overview_rate(d, overview, &sp, kind, t_start, t_end)?;
         } else {
-            let env = envelope(&d.t_ms, &d.v_mv, t_start, t_end + 1e-9, 1200);
-            let (lo, hi) = env
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-                    (a.min(p.1), b.max(p.1))
-                });
-            let mut c = ChartBuilder::on(overview)
-                .caption("Whole run: membrane and its target", ("sans-serif", 17))
-                .margin(8)
-                .x_label_area_size(32)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x.clone(), (lo - 2.0)..(hi + 2.0))
-                .map_err(draw_err)?;
-            c.configure_mesh()
-                .x_desc("time (s)")
-                .y_desc("V (mV)")
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(draw_err)?;
-            c.draw_series(env.chunks(2).map(|p| {
-                PathElement::new(
-                    vec![p[0], *p.get(1).unwrap_or(&p[0])],
-                    V_COLOR.stroke_width(1),
-                )
-            }))
-            .map_err(draw_err)?
-            .label("membrane (min/max per bin)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR));
-            draw_v_target(&mut c, d, t_start, t_end)?;
-            c.configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.85))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
-                .map_err(draw_err)?;
+            draw_overview_v(d, overview, t_start, t_end)?;
         }
-
-        // ---------------------------------------------------- zoom: V
-        let span = opts.zoom_ms.min(t_end - t_start).max(1.0);
-        let z0 = opts
-            .zoom_start_s
-            .map_or((t_start + t_end - span) / 2.0, |s| s * 1000.0)
-            .clamp(t_start, (t_end - span).max(t_start));
-        let z1 = z0 + span;
-        let idx: Vec<usize> = (0..d.t_ms.len())
-            .filter(|&k| d.t_ms[k] >= z0 && d.t_ms[k] <= z1)
-            .collect();
-        let vmin = idx.iter().map(|&k| d.v_mv[k]).fold(f64::INFINITY, f64::min);
-        let vmax = idx
-            .iter()
-            .map(|&k| d.v_mv[k])
-            .fold(f64::NEG_INFINITY, f64::max);
-        let fc: Vec<&Forecast> = d
-            .forecasts
-            .iter()
-            .filter(|f| f.t0_ms >= z0 && f.t0_ms + f.dt_ms * f.v_mv.len() as f64 <= z1)
-            .collect();
-        let mut c = ChartBuilder::on(zoom)
-            .caption(
-                format!(
-                    "Membrane {:.2}-{:.2} s with the planner's forecasts ({} plans, each {:.0} ms ahead)",
-                    z0 / 1000.0,
-                    z1 / 1000.0,
-                    fc.len(),
-                    fc.first().map_or(0.0, |f| f.dt_ms * f.v_mv.len() as f64)
-                ),
-                ("sans-serif", 17),
-            )
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(60)
-            .build_cartesian_2d((z0 / 1000.0)..(z1 / 1000.0), (vmin.min(-80.0) - 2.0)..(vmax.max(-40.0) + 4.0))
-            .map_err(draw_err)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("V (mV)")
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(draw_err)?;
-        c.draw_series(fc.iter().map(|f| {
-            let mut pts = Vec::with_capacity(f.v_mv.len());
-            for (j, &v) in f.v_mv.iter().enumerate() {
-                pts.push(((f.t0_ms + (j + 1) as f64 * f.dt_ms) / 1000.0, v));
-            }
-            PathElement::new(pts, FORECAST.mix(0.45).stroke_width(1))
-        }))
-        .map_err(draw_err)?
-        .label("forecasts (one per plan)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FORECAST.stroke_width(2)));
-        c.draw_series(LineSeries::new(
-            idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.v_mv[k])),
-            V_COLOR.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label("membrane")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR.stroke_width(2)));
-        draw_v_target(&mut c, d, z0, z1)?;
-        let top = vmax.max(-40.0) + 3.0;
-        c.draw_series(
-            sp.iter()
-                .filter(|(s, _)| *s >= z0 && *s <= z1)
-                .map(|&(s, burst)| {
-                    TriangleMarker::new(
-                        (s / 1000.0, top),
-                        6,
-                        if burst {
-                            BURST.filled()
-                        } else {
-                            BLACK.filled()
-                        },
-                    )
-                }),
-        )
-        .map_err(draw_err)?;
-        c.configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(draw_err)?;
-
-        // ---------------------------------------------------- zoom: stimulation
-        let imax = idx
-            .iter()
-            .map(|&k| d.command[k].abs().max(d.requested[k].abs()))
-            .fold(0.5f64, f64::max)
-            * 1.15;
-        let mut c = ChartBuilder::on(stim)
-            .caption(
-                "Stimulation in the same window (after the safety limiter)",
-                ("sans-serif", 17),
-            )
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(60)
-            .build_cartesian_2d((z0 / 1000.0)..(z1 / 1000.0), -imax..imax)
-            .map_err(draw_err)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("I (uA/cm2)")
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(draw_err)?;
-        c.draw_series(LineSeries::new(
-            idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.requested[k])),
-            TARGET.stroke_width(1),
-        ))
-        .map_err(draw_err)?
-        .label("requested")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], TARGET));
-        c.draw_series(LineSeries::new(
-            idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.command[k])),
-            STIM.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label("command")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], STIM.stroke_width(2)));
-        c.configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(draw_err)?;
+        let (z0, z1, idx) = zoom_window(d, opts, t_start, t_end);
+        draw_zoom_membrane(d, zoom, &sp, z0, z1, &idx)?;
+        draw_zoom_stim(d, stim, z0, z1, &idx)?;
     }
-
-    // -------------------------------------------------------- latency
     draw_latency(d, lat)
+}
+
+/// Without a trace the three trace panels say how to get one, rather than
+/// leaving the figure blank.
+fn draw_no_trace<DB: DrawingBackend>(areas: [&DrawingArea<DB, Shift>; 3]) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    for (area, what) in areas
+        .into_iter()
+        .zip(["overview", "membrane", "stimulation"])
+    {
+        area.draw(&Text::new(
+            format!("{what}: no trace (run the daemon with --trace-out DIR/trace.csv)"),
+            (40, 40),
+            ("sans-serif", 18),
+        ))
+        .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+/// Overview panel for the rate and burst objectives.
+fn draw_overview_rate<DB: DrawingBackend>(
+    d: &RunData,
+    overview: &DrawingArea<DB, Shift>,
+    sp: &[(f64, bool)],
+    kind: &str,
+    t_start: f64,
+    t_end: f64,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let x = (t_start / 1000.0)..(t_end / 1000.0);
+    // Instantaneous rate, 1/ISI, held from each spike to the next
+    // (a window count quantises to 1/window and lags by half of it).
+    let mut rate = Vec::new();
+    for w in sp.windows(2) {
+        let hz = 1000.0 / (w[1].0 - w[0].0);
+        rate.push((w[0].0 / 1000.0, hz));
+        rate.push((w[1].0 / 1000.0, hz));
+    }
+    let mut targets: Vec<(f64, f64)> = Vec::new();
+    if let Some(tg) = &d.target {
+        if kind == "rate" {
+            for (k, &(at, hz)) in tg.rate_schedule.iter().enumerate() {
+                let to = tg.rate_schedule.get(k + 1).map_or(t_end, |s| s.0);
+                targets.push((at.max(t_start) / 1000.0, hz));
+                targets.push((to.min(t_end) / 1000.0, hz));
+            }
+        } else {
+            targets = vec![
+                (t_start / 1000.0, tg.min_rate_hz),
+                (t_end / 1000.0, tg.min_rate_hz),
+            ];
+        }
+    }
+    // In-burst ISIs (a few ms) would flatten everything else: the
+    // axis stops at three times the target (or 40 Hz) and clips.
+    let target_max = targets.iter().map(|p| p.1).fold(0.0f64, f64::max);
+    let cap = (3.0 * target_max).max(40.0);
+    let ymax = rate
+        .iter()
+        .map(|p| p.1)
+        .chain(targets.iter().map(|p| p.1))
+        .fold(5.0f64, f64::max)
+        .min(cap)
+        * 1.25;
+    let rate: Vec<(f64, f64)> = rate.into_iter().map(|(t, r)| (t, r.min(ymax))).collect();
+    let mut c = ChartBuilder::on(overview)
+        .caption(
+            "Whole run: firing rate (1/ISI) and its target; spikes above (bursts in red)",
+            ("sans-serif", 17),
+        )
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, 0.0..ymax)
+        .map_err(draw_err)?;
+    c.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("rate (Hz)")
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(draw_err)?;
+    c.draw_series(LineSeries::new(rate, V_COLOR.stroke_width(2)))
+        .map_err(draw_err)?
+        .label("firing rate (1/ISI)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR.stroke_width(2)));
+    if !targets.is_empty() {
+        c.draw_series(LineSeries::new(targets, TARGET.stroke_width(2)))
+            .map_err(draw_err)?
+            .label(if kind == "rate" {
+                "target rate"
+            } else {
+                "least rate to keep"
+            })
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], TARGET.stroke_width(2)));
+    }
+    let tick = ymax * 0.06;
+    c.draw_series(sp.iter().map(|&(s, burst)| {
+        let col = if burst { BURST } else { RGBColor(40, 40, 40) };
+        PathElement::new(
+            vec![(s / 1000.0, ymax - tick), (s / 1000.0, ymax - 0.1 * tick)],
+            col.stroke_width(1),
+        )
+    }))
+    .map_err(draw_err)?;
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+/// Overview panel for the voltage and silence objectives.
+fn draw_overview_v<DB: DrawingBackend>(
+    d: &RunData,
+    overview: &DrawingArea<DB, Shift>,
+    t_start: f64,
+    t_end: f64,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let x = (t_start / 1000.0)..(t_end / 1000.0);
+    let env = envelope(&d.t_ms, &d.v_mv, t_start, t_end + 1e-9, 1200);
+    let (lo, hi) = env
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
+    let mut c = ChartBuilder::on(overview)
+        .caption("Whole run: membrane and its target", ("sans-serif", 17))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, (lo - 2.0)..(hi + 2.0))
+        .map_err(draw_err)?;
+    c.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("V (mV)")
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(draw_err)?;
+    c.draw_series(env.chunks(2).map(|p| {
+        PathElement::new(
+            vec![p[0], *p.get(1).unwrap_or(&p[0])],
+            V_COLOR.stroke_width(1),
+        )
+    }))
+    .map_err(draw_err)?
+    .label("membrane (min/max per bin)")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR));
+    draw_v_target(&mut c, d, t_start, t_end)?;
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+/// The zoomed window `[z0, z1]` (ms) and the trace indices inside it,
+/// shared by the membrane and stimulation panels so they line up.
+fn zoom_window(
+    d: &RunData,
+    opts: &PlotOptions,
+    t_start: f64,
+    t_end: f64,
+) -> (f64, f64, Vec<usize>) {
+    let span = opts.zoom_ms.min(t_end - t_start).max(1.0);
+    let z0 = opts
+        .zoom_start_s
+        .map_or((t_start + t_end - span) / 2.0, |s| s * 1000.0)
+        .clamp(t_start, (t_end - span).max(t_start));
+    let z1 = z0 + span;
+    let idx: Vec<usize> = (0..d.t_ms.len())
+        .filter(|&k| d.t_ms[k] >= z0 && d.t_ms[k] <= z1)
+        .collect();
+    (z0, z1, idx)
+}
+
+/// Zoomed membrane with the planner's forecasts and the spikes.
+fn draw_zoom_membrane<DB: DrawingBackend>(
+    d: &RunData,
+    zoom: &DrawingArea<DB, Shift>,
+    sp: &[(f64, bool)],
+    z0: f64,
+    z1: f64,
+    idx: &[usize],
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let vmin = idx.iter().map(|&k| d.v_mv[k]).fold(f64::INFINITY, f64::min);
+    let vmax = idx
+        .iter()
+        .map(|&k| d.v_mv[k])
+        .fold(f64::NEG_INFINITY, f64::max);
+    let fc: Vec<&Forecast> = d
+        .forecasts
+        .iter()
+        .filter(|f| f.t0_ms >= z0 && f.t0_ms + f.dt_ms * f.v_mv.len() as f64 <= z1)
+        .collect();
+    let mut c = ChartBuilder::on(zoom)
+        .caption(
+            format!(
+                "Membrane {:.2}-{:.2} s with the planner's forecasts ({} plans, each {:.0} ms ahead)",
+                z0 / 1000.0,
+                z1 / 1000.0,
+                fc.len(),
+                fc.first().map_or(0.0, |f| f.dt_ms * f.v_mv.len() as f64)
+            ),
+            ("sans-serif", 17),
+        )
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(60)
+        .build_cartesian_2d((z0 / 1000.0)..(z1 / 1000.0), (vmin.min(-80.0) - 2.0)..(vmax.max(-40.0) + 4.0))
+        .map_err(draw_err)?;
+    c.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("V (mV)")
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(draw_err)?;
+    c.draw_series(fc.iter().map(|f| {
+        let mut pts = Vec::with_capacity(f.v_mv.len());
+        for (j, &v) in f.v_mv.iter().enumerate() {
+            pts.push(((f.t0_ms + (j + 1) as f64 * f.dt_ms) / 1000.0, v));
+        }
+        PathElement::new(pts, FORECAST.mix(0.45).stroke_width(1))
+    }))
+    .map_err(draw_err)?
+    .label("forecasts (one per plan)")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FORECAST.stroke_width(2)));
+    c.draw_series(LineSeries::new(
+        idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.v_mv[k])),
+        V_COLOR.stroke_width(2),
+    ))
+    .map_err(draw_err)?
+    .label("membrane")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], V_COLOR.stroke_width(2)));
+    draw_v_target(&mut c, d, z0, z1)?;
+    let top = vmax.max(-40.0) + 3.0;
+    c.draw_series(
+        sp.iter()
+            .filter(|(s, _)| *s >= z0 && *s <= z1)
+            .map(|&(s, burst)| {
+                TriangleMarker::new(
+                    (s / 1000.0, top),
+                    6,
+                    if burst {
+                        BURST.filled()
+                    } else {
+                        BLACK.filled()
+                    },
+                )
+            }),
+    )
+    .map_err(draw_err)?;
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+/// Requested against limited stimulation over the zoomed window.
+fn draw_zoom_stim<DB: DrawingBackend>(
+    d: &RunData,
+    stim: &DrawingArea<DB, Shift>,
+    z0: f64,
+    z1: f64,
+    idx: &[usize],
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let imax = idx
+        .iter()
+        .map(|&k| d.command[k].abs().max(d.requested[k].abs()))
+        .fold(0.5f64, f64::max)
+        * 1.15;
+    let mut c = ChartBuilder::on(stim)
+        .caption(
+            "Stimulation in the same window (after the safety limiter)",
+            ("sans-serif", 17),
+        )
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(60)
+        .build_cartesian_2d((z0 / 1000.0)..(z1 / 1000.0), -imax..imax)
+        .map_err(draw_err)?;
+    c.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("I (uA/cm2)")
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(draw_err)?;
+    c.draw_series(LineSeries::new(
+        idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.requested[k])),
+        TARGET.stroke_width(1),
+    ))
+    .map_err(draw_err)?
+    .label("requested")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], TARGET));
+    c.draw_series(LineSeries::new(
+        idx.iter().map(|&k| (d.t_ms[k] / 1000.0, d.command[k])),
+        STIM.stroke_width(2),
+    ))
+    .map_err(draw_err)?
+    .label("command")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], STIM.stroke_width(2)));
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
 }
 
 /// The voltage objective's reference or the silence ceiling over [t0, t1].

@@ -158,28 +158,30 @@ pub fn run(
     stop: &AtomicBool,
     ready: impl FnOnce(&Path),
 ) -> Result<RigStats, RigError> {
-    let f = &opts.faults;
-    let mut stats = RigStats::default();
     let (master, slave, name) = open_pair(opts.link.as_deref())?;
     ready(opts.link.as_deref().unwrap_or(&name));
-    // The pty pair; `None` while "disconnected". The rig keeps the slave
-    // open so the pty survives between daemon connections.
-    let mut pty = Some((master, slave));
     let mut sim = SimPlant::new(&opts.sim);
     let period_us = (opts.sim.sample_period_ms * 1000.0).round() as u64;
-    let rate = (1e6 / period_us as f64).round() as u32;
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(opts.seed);
-    let mut unit = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    let mut decoder = Decoder::new();
-    let mut seq: u16 = 0;
-    let mut handshake = false;
-    let (mut current, mut expires_us, mut echo_us, mut cmd_seq) = (0.0f64, 0u64, 0u64, 0u16);
-    // Frames waiting for their (latency-delayed) send time.
-    let mut outbox: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
-    let mut held: Option<Vec<u8>> = None;
-    let mut disconnected_until: Option<u64> = None;
+    let mut rig = Rig {
+        opts,
+        stats: RigStats::default(),
+        pty: Some((master, slave)),
+        rng: Xoshiro256PlusPlus::seed_from_u64(opts.seed),
+        rate: (1e6 / period_us as f64).round() as u32,
+        decoder: Decoder::new(),
+        seq: 0,
+        handshake: false,
+        current: 0.0,
+        expires_us: 0,
+        echo_us: 0,
+        cmd_seq: 0,
+        outbox: VecDeque::new(),
+        held: None,
+        disconnected_until: None,
+        buf: [0u8; 512],
+    };
+    let f = &opts.faults;
     let start = Instant::now();
-    let mut buf = [0u8; 512];
     for k in 0u64.. {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -193,101 +195,157 @@ pub fn run(
         if due > now {
             std::thread::sleep(due - now);
         }
-        // Disconnect and reconnect.
-        if let (Some(at), None) = (f.disconnect_at_s, disconnected_until) {
-            if t_us as f64 / 1e6 >= at && stats.disconnects == 0 {
-                stats.disconnects += 1;
-                pty = None;
-                disconnected_until = Some(t_us + (f.reconnect_ms * 1000.0) as u64);
-                handshake = false;
-            }
-        }
-        if let Some(until) = disconnected_until {
-            if t_us >= until {
-                let (m, s, _) = open_pair(opts.link.as_deref())?;
-                pty = Some((m, s));
-                disconnected_until = None;
-                decoder.reset();
-                outbox.clear();
-            }
-        }
-        let linked = pty.is_some();
+        rig.disconnect_or_reconnect(t_us)?;
+        let linked = rig.pty.is_some();
         let stalled = f.stall_at_s.is_some_and(|at| {
             t_us as f64 / 1e6 >= at && (t_us as f64 / 1e6) < at + f.stall_ms / 1000.0
         });
-        // Read what the daemon sent.
-        if let Some((master, _)) = &mut pty {
-            while let Ok(n) = master.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                for &b in &buf[..n] {
-                    match decoder.push(b) {
-                        Some(Ok(frame)) => match frame.body {
-                            Body::Hello(_) => {
-                                handshake = true;
-                                let hello = Frame {
-                                    seq,
-                                    body: Body::Hello(Hello {
-                                        version: opts.version,
-                                        rig_id: opts.rig_id,
-                                        sample_rate_hz: rate,
-                                        v_unit: 1,
-                                        i_unit: 1,
-                                        v_scale: opts.v_scale,
-                                        i_scale: opts.i_scale,
-                                    }),
-                                };
-                                seq = seq.wrapping_add(1);
-                                let mut wire = [0u8; MAX_WIRE];
-                                let n = encode(&hello, &mut wire);
-                                send(master, &[0]);
-                                send(master, &wire[..n]);
-                                stats.frames_sent += 1;
-                            }
-                            Body::Command(c) if !stalled => {
-                                stats.commands += 1;
-                                current = c.amplitude as f64 * opts.i_scale as f64;
-                                expires_us = t_us + u64::from(c.valid_for_us);
-                                echo_us = c.daemon_us;
-                                cmd_seq = frame.seq;
-                            }
-                            _ => {}
-                        },
-                        Some(Err(_)) => stats.decode_errors += 1,
-                        None => {}
-                    }
-                }
-            }
-        }
+        rig.receive(t_us, stalled);
         // The cell: the command holds until it expires.
-        if current != 0.0 && t_us >= expires_us {
-            current = 0.0;
-            stats.expired += 1;
+        if rig.current != 0.0 && t_us >= rig.expires_us {
+            rig.current = 0.0;
+            rig.stats.expired += 1;
         }
-        let _ = sim.write(current);
+        let _ = sim.write(rig.current);
         let s = match sim.read() {
             Ok(s) => s,
             Err(_) => break,
         };
-        stats.samples += 1;
-        if !(linked && handshake) || stalled {
+        rig.stats.samples += 1;
+        if !(linked && rig.handshake) || stalled {
             continue;
         }
+        rig.send_sample(t_us, s.v_mv, s.i_applied);
+    }
+    Ok(rig.stats)
+}
+
+/// The rig's state between samples: the link, the protocol's counters,
+/// the command in force and the frames the faults hold back.
+struct Rig<'a> {
+    opts: &'a RigOptions,
+    stats: RigStats,
+    /// The pty pair; `None` while "disconnected". The rig keeps the slave
+    /// open so the pty survives between daemon connections.
+    pty: Option<(TTYPort, TTYPort)>,
+    rng: Xoshiro256PlusPlus,
+    /// Announced in the rig's hello, Hz.
+    rate: u32,
+    decoder: Decoder,
+    seq: u16,
+    handshake: bool,
+    current: f64,
+    expires_us: u64,
+    echo_us: u64,
+    cmd_seq: u16,
+    /// Frames waiting for their (latency-delayed) send time.
+    outbox: VecDeque<(u64, Vec<u8>)>,
+    held: Option<Vec<u8>>,
+    disconnected_until: Option<u64>,
+    buf: [u8; 512],
+}
+
+impl Rig<'_> {
+    /// Uniform in [0, 1): every fault draws from the one seeded stream, so
+    /// a seed replays the same misbehaviour.
+    fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The disconnect fault: drop the link once, and come back on a new pty.
+    fn disconnect_or_reconnect(&mut self, t_us: u64) -> Result<(), RigError> {
+        let f = &self.opts.faults;
+        if let (Some(at), None) = (f.disconnect_at_s, self.disconnected_until) {
+            if t_us as f64 / 1e6 >= at && self.stats.disconnects == 0 {
+                self.stats.disconnects += 1;
+                self.pty = None;
+                self.disconnected_until = Some(t_us + (f.reconnect_ms * 1000.0) as u64);
+                self.handshake = false;
+            }
+        }
+        if let Some(until) = self.disconnected_until {
+            if t_us >= until {
+                let (m, s, _) = open_pair(self.opts.link.as_deref())?;
+                self.pty = Some((m, s));
+                self.disconnected_until = None;
+                self.decoder.reset();
+                self.outbox.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Read what the daemon sent: answer its hello, take its commands
+    /// (ignored while stalled).
+    fn receive(&mut self, t_us: u64, stalled: bool) {
+        let opts = self.opts;
+        let Some((master, _)) = &mut self.pty else {
+            return;
+        };
+        while let Ok(n) = master.read(&mut self.buf) {
+            if n == 0 {
+                break;
+            }
+            for &b in &self.buf[..n] {
+                match self.decoder.push(b) {
+                    Some(Ok(frame)) => match frame.body {
+                        Body::Hello(_) => {
+                            self.handshake = true;
+                            let hello = Frame {
+                                seq: self.seq,
+                                body: Body::Hello(Hello {
+                                    version: opts.version,
+                                    rig_id: opts.rig_id,
+                                    sample_rate_hz: self.rate,
+                                    v_unit: 1,
+                                    i_unit: 1,
+                                    v_scale: opts.v_scale,
+                                    i_scale: opts.i_scale,
+                                }),
+                            };
+                            self.seq = self.seq.wrapping_add(1);
+                            let mut wire = [0u8; MAX_WIRE];
+                            let n = encode(&hello, &mut wire);
+                            send(master, &[0]);
+                            send(master, &wire[..n]);
+                            self.stats.frames_sent += 1;
+                        }
+                        Body::Command(c) if !stalled => {
+                            self.stats.commands += 1;
+                            self.current = c.amplitude as f64 * opts.i_scale as f64;
+                            self.expires_us = t_us + u64::from(c.valid_for_us);
+                            self.echo_us = c.daemon_us;
+                            self.cmd_seq = frame.seq;
+                        }
+                        _ => {}
+                    },
+                    Some(Err(_)) => self.stats.decode_errors += 1,
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Send a sample frame through the faults (drop, corrupt, delay,
+    /// reorder, duplicate, garbage), then whatever is due from the outbox.
+    /// A dropped sample sends nothing this period, not even what is due.
+    fn send_sample(&mut self, t_us: u64, v_mv: f64, i_applied: f64) {
+        let opts = self.opts;
+        let f = &opts.faults;
         let frame = Frame {
-            seq,
+            seq: self.seq,
             body: Body::Sample(SampleFrame {
                 t_us,
-                v: (s.v_mv / opts.v_scale as f64).round() as i32,
-                i_applied: (s.i_applied / opts.i_scale as f64).round() as i32,
-                echo_us,
-                cmd_seq,
+                v: (v_mv / opts.v_scale as f64).round() as i32,
+                i_applied: (i_applied / opts.i_scale as f64).round() as i32,
+                echo_us: self.echo_us,
+                cmd_seq: self.cmd_seq,
             }),
         };
-        seq = seq.wrapping_add(1);
-        if unit() < f.drop {
-            stats.dropped += 1;
-            continue;
+        self.seq = self.seq.wrapping_add(1);
+        if self.unit() < f.drop {
+            self.stats.dropped += 1;
+            return;
         }
         let mut wire = [0u8; MAX_WIRE];
         let n = encode(&frame, &mut wire);
@@ -296,47 +354,46 @@ pub fn run(
         let mut bytes = Vec::with_capacity(n + 1);
         bytes.push(0);
         bytes.extend_from_slice(&wire[..n]);
-        if unit() < f.corrupt {
-            let at = 1 + (unit() * (n - 1) as f64) as usize;
-            bytes[at] ^= 1 << ((unit() * 8.0) as u32 % 8);
+        if self.unit() < f.corrupt {
+            let at = 1 + (self.unit() * (n - 1) as f64) as usize;
+            bytes[at] ^= 1 << ((self.unit() * 8.0) as u32 % 8);
             if bytes[at] == 0 {
                 bytes[at] = 0x55;
             }
-            stats.corrupted += 1;
+            self.stats.corrupted += 1;
         }
         let jitter = if f.jitter_us > 0 {
-            (unit() * f.jitter_us as f64) as u64
+            (self.unit() * f.jitter_us as f64) as u64
         } else {
             0
         };
         let send_at = t_us + f.latency_us + jitter;
-        if let Some(h) = held.take() {
-            outbox.push_back((send_at, bytes.clone()));
-            outbox.push_back((send_at, h));
-        } else if unit() < f.reorder {
-            held = Some(bytes);
-            stats.reordered += 1;
+        if let Some(h) = self.held.take() {
+            self.outbox.push_back((send_at, bytes.clone()));
+            self.outbox.push_back((send_at, h));
+        } else if self.unit() < f.reorder {
+            self.held = Some(bytes);
+            self.stats.reordered += 1;
         } else {
-            if unit() < f.duplicate {
-                outbox.push_back((send_at, bytes.clone()));
-                stats.duplicated += 1;
+            if self.unit() < f.duplicate {
+                self.outbox.push_back((send_at, bytes.clone()));
+                self.stats.duplicated += 1;
             }
-            outbox.push_back((send_at, bytes));
+            self.outbox.push_back((send_at, bytes));
         }
-        if unit() < f.garbage {
-            let len = 1 + (unit() * 63.0) as usize;
-            let junk: Vec<u8> = (0..len).map(|_| (unit() * 256.0) as u8).collect();
-            stats.garbage_bytes += len as u64;
-            outbox.push_back((t_us, junk));
+        if self.unit() < f.garbage {
+            let len = 1 + (self.unit() * 63.0) as usize;
+            let junk: Vec<u8> = (0..len).map(|_| (self.unit() * 256.0) as u8).collect();
+            self.stats.garbage_bytes += len as u64;
+            self.outbox.push_back((t_us, junk));
         }
-        while outbox.front().is_some_and(|(at, _)| *at <= t_us) {
-            let (_, b) = outbox.pop_front().expect("checked");
-            if let Some((master, _)) = &mut pty {
+        while self.outbox.front().is_some_and(|(at, _)| *at <= t_us) {
+            let (_, b) = self.outbox.pop_front().expect("checked");
+            if let Some((master, _)) = &mut self.pty {
                 if send(master, &b) {
-                    stats.frames_sent += 1;
+                    self.stats.frames_sent += 1;
                 }
             }
         }
     }
-    Ok(stats)
 }

@@ -5,7 +5,7 @@
 //! returned unused) and publishes the plan with the sample index it was
 //! computed from. It ends when the loop drops its ends of the channels.
 
-use super::handoff::{Note, PlanStatus, PlannerEnds};
+use super::handoff::{Note, Plan, PlanStatus, PlannerEnds};
 use crate::forecast::{ForecastError, Forecaster};
 use crate::policy::mpc::{Mpc, PlanInput};
 use std::time::{Duration, Instant};
@@ -55,36 +55,7 @@ pub fn run(
     let mut totals = PlannerTotals::default();
     let mut objective_seq = 0;
     while let Ok(mut snap) = ends.snapshots.recv() {
-        // A swap happens between ticks only, and only to a model of the
-        // same geometry (the loop's window and plans are sized for it).
-        if let Some(rx) = &links.swaps {
-            while let Ok(swap) = rx.try_recv() {
-                let (a, b) = (forecaster.card(), swap.forecaster.card());
-                let text = if (a.t_in, a.t_out, a.dt_ms) != (b.t_in, b.t_out, b.dt_ms)
-                    || swap.forecaster.max_batch() < forecaster.max_batch()
-                {
-                    tracing::warn!(model = %swap.label, "model swap refused: its window, horizon, step or batch differ from the running model's");
-                    None
-                } else {
-                    forecaster = swap.forecaster;
-                    mpc.reset();
-                    totals.models_swapped += 1;
-                    tracing::info!(model = %swap.label, sample = snap.index, "model swapped in");
-                    Some(swap.label)
-                };
-                if let (Some(label), Some((tx, _))) = (text, &links.notes) {
-                    if tx
-                        .try_send(Note::ModelSwapped {
-                            base_index: snap.index,
-                            label,
-                        })
-                        .is_err()
-                    {
-                        totals.notes_dropped += 1;
-                    }
-                }
-            }
-        }
+        take_swaps(&links, &mut forecaster, &mut mpc, &mut totals, snap.index);
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
                 .empty_snapshots
@@ -143,23 +114,7 @@ pub fn run(
                     }
                 }
             }
-            Err(e) => {
-                totals.model_errors += 1;
-                if totals.first_error.is_none() {
-                    totals.first_error = Some(e.to_string());
-                }
-                plan.status = if matches!(e, ForecastError::NonFinite) {
-                    PlanStatus::NonFinite
-                } else {
-                    PlanStatus::ModelError
-                };
-                plan.currents.fill(0.0);
-                plan.forecast_ns = 0;
-                plan.iterations = 0;
-                plan.cost = f64::NAN;
-                plan.forecast.fill(f32::NAN);
-                mpc.reset();
-            }
+            Err(e) => fail_plan(&mut plan, &mut mpc, &mut totals, &e),
         }
         plan.forecast_error_mv = mpc.forecast_error_mv().unwrap_or(f64::NAN);
         let _ = ends.empty_snapshots.try_send(snap);
@@ -170,4 +125,65 @@ pub fn run(
         }
     }
     totals
+}
+
+/// Take the models waiting to be swapped in. A swap happens between ticks
+/// only, and only to a model of the same geometry (the loop's window and
+/// plans are sized for it).
+fn take_swaps(
+    links: &PlannerLinks,
+    forecaster: &mut Forecaster,
+    mpc: &mut Mpc,
+    totals: &mut PlannerTotals,
+    index: u64,
+) {
+    let Some(rx) = &links.swaps else {
+        return;
+    };
+    while let Ok(swap) = rx.try_recv() {
+        let (a, b) = (forecaster.card(), swap.forecaster.card());
+        let text = if (a.t_in, a.t_out, a.dt_ms) != (b.t_in, b.t_out, b.dt_ms)
+            || swap.forecaster.max_batch() < forecaster.max_batch()
+        {
+            tracing::warn!(model = %swap.label, "model swap refused: its window, horizon, step or batch differ from the running model's");
+            None
+        } else {
+            *forecaster = swap.forecaster;
+            mpc.reset();
+            totals.models_swapped += 1;
+            tracing::info!(model = %swap.label, sample = index, "model swapped in");
+            Some(swap.label)
+        };
+        if let (Some(label), Some((tx, _))) = (text, &links.notes) {
+            if tx
+                .try_send(Note::ModelSwapped {
+                    base_index: index,
+                    label,
+                })
+                .is_err()
+            {
+                totals.notes_dropped += 1;
+            }
+        }
+    }
+}
+
+/// A plan the model could not make: stimulation to zero for its span, and
+/// the warm start forgotten.
+fn fail_plan(plan: &mut Plan, mpc: &mut Mpc, totals: &mut PlannerTotals, e: &ForecastError) {
+    totals.model_errors += 1;
+    if totals.first_error.is_none() {
+        totals.first_error = Some(e.to_string());
+    }
+    plan.status = if matches!(e, ForecastError::NonFinite) {
+        PlanStatus::NonFinite
+    } else {
+        PlanStatus::ModelError
+    };
+    plan.currents.fill(0.0);
+    plan.forecast_ns = 0;
+    plan.iterations = 0;
+    plan.cost = f64::NAN;
+    plan.forecast.fill(f32::NAN);
+    mpc.reset();
 }

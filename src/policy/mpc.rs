@@ -327,15 +327,58 @@ impl Mpc {
         deadline: Option<Instant>,
     ) -> Result<PlanStats, ForecastError> {
         let k = self.cfg.candidates;
-        let t_out = self.t_out;
-        let a = self.amplitude as f32;
         let mut stats = PlanStats::default();
         self.best_cost = f64::INFINITY;
         self.update_bias(input);
         self.update_spike_lag(input);
         let bias = self.bias as f32;
+        self.warm_start(input);
+        self.fill_candidates();
+        let ctx = PlanContext {
+            t_ms: input.t_ms,
+            dt_ms: self.dt_model,
+            v_now: input.v_now,
+            last_spike_ms: input.last_spike_ms,
+            spike_threshold_mv: self.cfg.spike_threshold_mv,
+            spike_lag_ms: self.spike_lag,
+        };
+        let iterations = self.cfg.iterations.max(1);
+        for it in 0..iterations {
+            if it > 0 {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                self.refit_and_sample();
+            }
+            self.project(&input.limiter);
+            let t0 = Instant::now();
+            forecaster.forecast(
+                input.window_v,
+                input.window_i,
+                &self.steps,
+                k,
+                &mut self.out,
+            )?;
+            stats.forecast_ns += t0.elapsed().as_nanos() as u64;
+            stats.iterations += 1;
+            if bias != 0.0 {
+                for x in &mut self.out {
+                    *x += bias;
+                }
+            }
+            self.score_candidates(input, &ctx);
+        }
+        self.remember_best(input, bias);
+        self.prev_base = Some(input.base_index);
+        stats.cost = self.best_cost;
+        Ok(stats)
+    }
 
-        // Warm start: the previous plan, shifted by the steps since it began.
+    /// The previous plan, shifted by the steps since it began, as the mean
+    /// of this one; and what the loop will apply before this plan takes
+    /// over.
+    fn warm_start(&mut self, input: &PlanInput) {
+        let t_out = self.t_out;
         // Samples since the previous plan began (all of it, if none).
         let n = self.plan_len();
         let shift_samples = match self.prev_base {
@@ -359,8 +402,15 @@ impl Mpc {
                 .copied()
                 .unwrap_or(0.0);
         }
+    }
 
-        // Library.
+    /// The first candidates from a fixed library (the warm start, zero,
+    /// constants, pulses); random perturbations of the warm start fill the
+    /// rest.
+    fn fill_candidates(&mut self) {
+        let k = self.cfg.candidates;
+        let t_out = self.t_out;
+        let a = self.amplitude as f32;
         let mut c = 0;
         let row = |raw: &mut [f32], c: usize, f: &dyn Fn(usize) -> f32| {
             for j in 0..t_out {
@@ -407,64 +457,42 @@ impl Mpc {
             }
             c += 1;
         }
+    }
 
-        let ctx = PlanContext {
-            t_ms: input.t_ms,
-            dt_ms: self.dt_model,
-            v_now: input.v_now,
-            last_spike_ms: input.last_spike_ms,
-            spike_threshold_mv: self.cfg.spike_threshold_mv,
-            spike_lag_ms: self.spike_lag,
-        };
-        let iterations = self.cfg.iterations.max(1);
-        for it in 0..iterations {
-            if it > 0 {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                self.refit_and_sample();
-            }
-            self.project(&input.limiter);
-            let t0 = Instant::now();
-            forecaster.forecast(
-                input.window_v,
-                input.window_i,
-                &self.steps,
-                k,
-                &mut self.out,
-            )?;
-            stats.forecast_ns += t0.elapsed().as_nanos() as u64;
-            stats.iterations += 1;
-            if bias != 0.0 {
-                for x in &mut self.out {
-                    *x += bias;
-                }
-            }
-            let u_before = input.limiter.last_command();
-            for c in 0..k {
-                let v = &self.out[c * t_out..(c + 1) * t_out];
-                let u = &self.steps[c * t_out..(c + 1) * t_out];
-                self.costs[c] = self.objective.forecast_cost(&ctx, v)
-                    + effort_cost(&self.cfg.weights, u, self.dt_model, u_before);
-            }
-            for (i, o) in self.order.iter_mut().enumerate() {
-                *o = i;
-            }
-            let costs = &self.costs;
-            self.order
-                .sort_unstable_by(|&x, &y| costs[x].total_cmp(&costs[y]).then(x.cmp(&y)));
-            let b = self.order[0];
-            if self.costs[b] < self.best_cost {
-                self.best_cost = self.costs[b];
-                let n = self.plan_len();
-                self.best_raw
-                    .copy_from_slice(&self.raw[b * t_out..(b + 1) * t_out]);
-                self.best_samples
-                    .copy_from_slice(&self.samples[b * n..(b + 1) * n]);
-                self.best_v
-                    .copy_from_slice(&self.out[b * t_out..(b + 1) * t_out]);
-            }
+    /// Cost every forecast candidate, rank them, and keep the best so far
+    /// across iterations.
+    fn score_candidates(&mut self, input: &PlanInput, ctx: &PlanContext) {
+        let (k, t_out) = (self.cfg.candidates, self.t_out);
+        let u_before = input.limiter.last_command();
+        for c in 0..k {
+            let v = &self.out[c * t_out..(c + 1) * t_out];
+            let u = &self.steps[c * t_out..(c + 1) * t_out];
+            self.costs[c] = self.objective.forecast_cost(ctx, v)
+                + effort_cost(&self.cfg.weights, u, self.dt_model, u_before);
         }
+        for (i, o) in self.order.iter_mut().enumerate() {
+            *o = i;
+        }
+        let costs = &self.costs;
+        self.order
+            .sort_unstable_by(|&x, &y| costs[x].total_cmp(&costs[y]).then(x.cmp(&y)));
+        let b = self.order[0];
+        if self.costs[b] < self.best_cost {
+            self.best_cost = self.costs[b];
+            let n = self.plan_len();
+            self.best_raw
+                .copy_from_slice(&self.raw[b * t_out..(b + 1) * t_out]);
+            self.best_samples
+                .copy_from_slice(&self.samples[b * n..(b + 1) * n]);
+            self.best_v
+                .copy_from_slice(&self.out[b * t_out..(b + 1) * t_out]);
+        }
+    }
+
+    /// The chosen plan becomes the next warm start; its first forecast
+    /// spike goes to the lag estimate, its forecast (without the bias) to
+    /// the next bias update.
+    fn remember_best(&mut self, input: &PlanInput, bias: f32) {
         self.prev_raw.copy_from_slice(&self.best_raw);
         self.prev_samples.copy_from_slice(&self.best_samples);
         // The chosen plan's first forecast spike, for the lag estimate.
@@ -484,9 +512,6 @@ impl Mpc {
         for (p, &v) in self.prev_v.iter_mut().zip(&self.best_v) {
             *p = v - bias;
         }
-        self.prev_base = Some(input.base_index);
-        stats.cost = self.best_cost;
-        Ok(stats)
     }
 
     /// Cross-entropy step: fit per-step mean and spread to the elites, then

@@ -111,104 +111,7 @@ impl Recording {
         let streams = oebin["continuous"]
             .as_array()
             .ok_or_else(|| fmt_err(&oebin_path, "no `continuous` list"))?;
-        let load = |folder: &str| -> Result<(Stream, f64), RecordingError> {
-            let info = streams
-                .iter()
-                .find(|s| {
-                    s["folder_name"].as_str().map(|f| f.trim_end_matches('/')) == Some(folder)
-                })
-                .ok_or_else(|| fmt_err(&oebin_path, format!("no continuous stream `{folder}`")))?;
-            let rate = info["sample_rate"]
-                .as_f64()
-                .ok_or_else(|| fmt_err(&oebin_path, format!("{folder}: no sample_rate")))?;
-            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_SAMPLE_RATE_HZ) {
-                return Err(fmt_err(
-                    &oebin_path,
-                    format!("{folder}: sample_rate {rate} must be > 0 and at most {MAX_SAMPLE_RATE_HZ} Hz"),
-                ));
-            }
-            let chans = info["channels"]
-                .as_array()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| fmt_err(&oebin_path, format!("{folder}: no channels")))?;
-            let names: Vec<String> = chans
-                .iter()
-                .map(|c| c["channel_name"].as_str().unwrap_or("").to_string())
-                .collect();
-            let units = chans
-                .iter()
-                .map(|c| c["units"].as_str().unwrap_or("").to_string())
-                .collect();
-            let bit: Vec<f64> = chans
-                .iter()
-                .map(|c| c["bit_volts"].as_f64().unwrap_or(f64::NAN))
-                .collect();
-            if let Some(k) = bit.iter().position(|b| !(b.is_finite() && *b != 0.0)) {
-                return Err(fmt_err(
-                    &oebin_path,
-                    format!(
-                        "{folder}: channel {k} ({}) has no usable bit_volts (a finite, non-zero scale)",
-                        names[k]
-                    ),
-                ));
-            }
-            let sdir = dir.join("continuous").join(folder);
-            let sn: Vec<i64> = read_npy_8(&sdir.join("sample_numbers.npy"), "<i8")?
-                .into_iter()
-                .map(i64::from_le_bytes)
-                .collect();
-            let ts: Vec<f64> = read_npy_8(&sdir.join("timestamps.npy"), "<f8")?
-                .into_iter()
-                .map(f64::from_le_bytes)
-                .collect();
-            let dat_path = sdir.join("continuous.dat");
-            let dat = read(&dat_path)?;
-            let ch = names.len();
-            let n = sn.len();
-            if dat.len() < n * ch * 2 || ts.len() != n {
-                return Err(fmt_err(
-                    &sdir,
-                    format!(
-                        "{n} sample numbers, {} timestamps, {} frames of data: run `neurostimd recover`",
-                        ts.len(),
-                        dat.len() / (2 * ch)
-                    ),
-                ));
-            }
-            let mut raw = vec![Vec::with_capacity(n); ch];
-            for frame in dat[..n * ch * 2].chunks_exact(2 * ch) {
-                for (c, x) in frame.chunks_exact(2).enumerate() {
-                    raw[c].push(i16::from_le_bytes([x[0], x[1]]));
-                }
-            }
-            let data = raw
-                .iter()
-                .zip(&bit)
-                .map(|(r, b)| {
-                    r.iter()
-                        .map(|&x| {
-                            if x == super::NO_FORECAST {
-                                f64::NAN
-                            } else {
-                                x as f64 * b
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            Ok((
-                Stream {
-                    names,
-                    units,
-                    bit,
-                    data,
-                    raw,
-                    sample_numbers: sn,
-                    timestamps: ts,
-                },
-                rate,
-            ))
-        };
+        let load = |folder: &str| load_stream(&dir, &oebin_path, streams, folder);
         let (acquired, acquired_rate) = load(ACQUIRED)?;
         let (controller, rate) = load(CONTROLLER)?;
         if rate != acquired_rate {
@@ -266,4 +169,123 @@ impl Recording {
     pub fn sample_period_ms(&self) -> f64 {
         1000.0 / self.sample_rate_hz
     }
+}
+
+/// One continuous stream of the recording: its declaration in
+/// `structure.oebin`, checked, and its files, read and scaled. Returns the
+/// stream and its sample rate.
+fn load_stream(
+    dir: &Path,
+    oebin_path: &Path,
+    streams: &[serde_json::Value],
+    folder: &str,
+) -> Result<(Stream, f64), RecordingError> {
+    let info = streams
+        .iter()
+        .find(|s| s["folder_name"].as_str().map(|f| f.trim_end_matches('/')) == Some(folder))
+        .ok_or_else(|| fmt_err(oebin_path, format!("no continuous stream `{folder}`")))?;
+    let rate = info["sample_rate"]
+        .as_f64()
+        .ok_or_else(|| fmt_err(oebin_path, format!("{folder}: no sample_rate")))?;
+    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_SAMPLE_RATE_HZ) {
+        return Err(fmt_err(
+            oebin_path,
+            format!("{folder}: sample_rate {rate} must be > 0 and at most {MAX_SAMPLE_RATE_HZ} Hz"),
+        ));
+    }
+    let (names, units, bit) = channels(info, oebin_path, folder)?;
+    let sdir = dir.join("continuous").join(folder);
+    let sn: Vec<i64> = read_npy_8(&sdir.join("sample_numbers.npy"), "<i8")?
+        .into_iter()
+        .map(i64::from_le_bytes)
+        .collect();
+    let ts: Vec<f64> = read_npy_8(&sdir.join("timestamps.npy"), "<f8")?
+        .into_iter()
+        .map(f64::from_le_bytes)
+        .collect();
+    let dat_path = sdir.join("continuous.dat");
+    let dat = read(&dat_path)?;
+    let ch = names.len();
+    let n = sn.len();
+    if dat.len() < n * ch * 2 || ts.len() != n {
+        return Err(fmt_err(
+            &sdir,
+            format!(
+                "{n} sample numbers, {} timestamps, {} frames of data: run `neurostimd recover`",
+                ts.len(),
+                dat.len() / (2 * ch)
+            ),
+        ));
+    }
+    let mut raw = vec![Vec::with_capacity(n); ch];
+    for frame in dat[..n * ch * 2].chunks_exact(2 * ch) {
+        for (c, x) in frame.chunks_exact(2).enumerate() {
+            raw[c].push(i16::from_le_bytes([x[0], x[1]]));
+        }
+    }
+    let data = raw
+        .iter()
+        .zip(&bit)
+        .map(|(r, b)| {
+            r.iter()
+                .map(|&x| {
+                    if x == super::NO_FORECAST {
+                        f64::NAN
+                    } else {
+                        x as f64 * b
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Ok((
+        Stream {
+            names,
+            units,
+            bit,
+            data,
+            raw,
+            sample_numbers: sn,
+            timestamps: ts,
+        },
+        rate,
+    ))
+}
+
+/// Per channel: name, unit, scale.
+type Channels = (Vec<String>, Vec<String>, Vec<f64>);
+
+/// Names, units and scales of a stream's channels; every scale must be
+/// usable.
+fn channels(
+    info: &serde_json::Value,
+    oebin_path: &Path,
+    folder: &str,
+) -> Result<Channels, RecordingError> {
+    let chans = info["channels"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| fmt_err(oebin_path, format!("{folder}: no channels")))?;
+    let names: Vec<String> = chans
+        .iter()
+        .map(|c| c["channel_name"].as_str().unwrap_or("").to_string())
+        .collect();
+    let units = chans
+        .iter()
+        .map(|c| c["units"].as_str().unwrap_or("").to_string())
+        .collect();
+    let bit: Vec<f64> = chans
+        .iter()
+        .map(|c| c["bit_volts"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    if let Some(k) = bit.iter().position(|b| !(b.is_finite() && *b != 0.0)) {
+        return Err(fmt_err(
+            oebin_path,
+            format!(
+                "{folder}: channel {k} ({}) has no usable bit_volts (a finite, non-zero scale)",
+                names[k]
+            ),
+        ));
+    }
+    Ok((names, units, bit))
 }

@@ -500,68 +500,30 @@ fn lower_priority(avoid: Option<usize>) {
     }
 }
 
-fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard) {
+fn supervise(sh: &Shared, cfg: RetrainConfig, net: Net, card: ModelCard) {
     let dt = card.dt_ms;
     let need_steps = (cfg.data_ms / dt).ceil() as u64;
-    let mut served_demand = 0u64;
-    // After a drift episode's accepted candidate: the error before the
-    // drift, which further rounds (on more post-change data) aim at while
-    // candidates keep improving.
-    let mut follow_up: Option<f64> = None;
-    let mut drift_start_step = 0u64;
-    let mut last_goal = f64::NAN;
-    let mut last_periodic = Instant::now();
+    let mut r = Rounds {
+        net,
+        card,
+        served_demand: 0,
+        follow_up: None,
+        drift_start_step: 0,
+        last_goal: f64::NAN,
+        last_periodic: Instant::now(),
+    };
     let nap = Duration::from_millis(20);
     let stopped = || sh.stop.load(Ordering::Relaxed);
     while !stopped() {
         // ------------------------------------------------ wait for a trigger
-        let demand = sh.demand.load(Ordering::Relaxed);
-        let reference = sh.live.reference_rmse_mv.get();
-        let follow = match follow_up {
-            // The new model's own level is measured once its window fills.
-            Some(goal) if reference.is_finite() => {
-                if reference > 1.2 * goal {
-                    Some(goal)
-                } else {
-                    follow_up = None;
-                    None
-                }
-            }
-            _ => None,
-        };
-        let trigger = if sh.live.drift.swap(false, Ordering::Acquire) {
-            follow_up = None;
-            Some(format!(
-                "drift: rolling forecast RMSE {:.2} mV > {} x reference {:.2} mV",
-                sh.live.rolling_rmse_mv.get(),
-                cfg.drift_multiple,
-                sh.live.reference_rmse_mv.get()
-            ))
-        } else if let Some(goal) = follow {
-            follow_up = None;
-            Some(format!(
-                "follow-up: the new model's error {reference:.2} mV is still above the {goal:.2} mV before the drift"
-            ))
-        } else if demand != served_demand {
-            served_demand = demand;
-            Some("on demand".to_string())
-        } else if cfg
-            .periodic_ms
-            .is_some_and(|p| last_periodic.elapsed().as_secs_f64() * 1000.0 >= p)
-        {
-            last_periodic = Instant::now();
-            Some("periodic".to_string())
-        } else {
-            None
-        };
-        let Some(trigger) = trigger else {
+        let Some(trigger) = r.next_trigger(sh, &cfg) else {
             std::thread::sleep(nap);
             continue;
         };
         let drift = trigger.starts_with("drift");
         let follow_round = trigger.starts_with("follow-up");
         if drift {
-            last_goal = sh.live.reference_rmse_mv.get();
+            r.last_goal = sh.live.reference_rmse_mv.get();
         }
         let triggered_s = sh.plant_s();
         sh.event(format!("retraining triggered ({trigger})"));
@@ -571,7 +533,7 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
         sh.phase.store(Phase::Collecting as u8, Ordering::Relaxed);
         let start = sh.recent.total_steps();
         if drift {
-            drift_start_step = start;
+            r.drift_start_step = start;
         }
         loop {
             let have = sh.recent.total_steps();
@@ -591,7 +553,7 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
         // A follow-up round learns from everything since the drift (at most
         // twice `data`): more of the changed cell than the round before.
         let steps = if follow_round {
-            (sh.recent.total_steps() - drift_start_step).clamp(need_steps, 2 * need_steps)
+            (sh.recent.total_steps() - r.drift_start_step).clamp(need_steps, 2 * need_steps)
         } else {
             need_steps
         };
@@ -600,7 +562,7 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
         sh.phase.store(Phase::Training as u8, Ordering::Relaxed);
         sh.training.store(true, Ordering::Relaxed);
         let t0 = Instant::now();
-        let result = finetune(&net, &card, &data, &cfg, &sh.stop);
+        let result = finetune(&r.net, &r.card, &data, &cfg, &sh.stop);
         sh.training.store(false, Ordering::Relaxed);
         let wall = t0.elapsed().as_secs_f64();
         sh.phase.store(Phase::Validating as u8, Ordering::Relaxed);
@@ -616,50 +578,8 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
             version: None,
             note: String::new(),
         };
-        match result {
-            Err(e) => {
-                attempt.note = format!("no candidate: {e}");
-            }
-            Ok(c) => {
-                attempt.current_rmse_mv = rms(&c.current_rmse);
-                attempt.candidate_rmse_mv = rms(&c.candidate_rmse);
-                if accept(
-                    attempt.current_rmse_mv,
-                    attempt.candidate_rmse_mv,
-                    cfg.margin,
-                ) {
-                    match adopt(sh, &c, &card, &trigger, data.len(), &cfg) {
-                        Ok((v, new_card, reference)) => {
-                            attempt.accepted = true;
-                            attempt.version = Some(v);
-                            attempt.note = format!(
-                                "candidate v{v} accepted: held-out RMSE {:.3} mV vs running model {:.3} mV; swapped in",
-                                attempt.candidate_rmse_mv, attempt.current_rmse_mv
-                            );
-                            net = c.net;
-                            card = new_card;
-                            if sh.online_reference {
-                                // Measured afresh once the new model runs.
-                                sh.live.reference_rmse_mv.set(f64::NAN);
-                                if drift || follow_round {
-                                    follow_up = Some(last_goal);
-                                }
-                            } else {
-                                sh.live.reference_rmse_mv.set(reference);
-                            }
-                        }
-                        Err(e) => attempt.note = format!("candidate not adopted: {e}"),
-                    }
-                } else {
-                    attempt.note = format!(
-                        "candidate rejected: held-out RMSE {:.3} mV vs running model {:.3} mV (needs {:.0}% lower)",
-                        attempt.candidate_rmse_mv,
-                        attempt.current_rmse_mv,
-                        cfg.margin * 100.0
-                    );
-                }
-            }
-        }
+        let after_drift = drift || follow_round;
+        r.decide(sh, &cfg, result, &mut attempt, data.len(), after_drift);
         attempt.decided_s = sh.plant_s();
         sh.event(attempt.note.clone());
         sh.attempts.lock().expect("attempts").push(attempt);
@@ -668,6 +588,124 @@ fn supervise(sh: &Shared, cfg: RetrainConfig, mut net: Net, mut card: ModelCard)
         sh.live.rearm_after(cfg.cooldown_ms);
     }
     sh.phase.store(Phase::Idle as u8, Ordering::Relaxed);
+}
+
+/// What the supervisor carries from one retraining round to the next.
+struct Rounds {
+    /// The model running now, which the next round fine-tunes.
+    net: Net,
+    card: ModelCard,
+    served_demand: u64,
+    /// After a drift episode's accepted candidate: the error before the
+    /// drift, which further rounds (on more post-change data) aim at while
+    /// candidates keep improving.
+    follow_up: Option<f64>,
+    drift_start_step: u64,
+    last_goal: f64,
+    last_periodic: Instant,
+}
+
+impl Rounds {
+    /// Why to retrain now, if at all: drift first, then a follow-up round,
+    /// then an operator's demand, then the period.
+    fn next_trigger(&mut self, sh: &Shared, cfg: &RetrainConfig) -> Option<String> {
+        let demand = sh.demand.load(Ordering::Relaxed);
+        let reference = sh.live.reference_rmse_mv.get();
+        let follow = match self.follow_up {
+            // The new model's own level is measured once its window fills.
+            Some(goal) if reference.is_finite() => {
+                if reference > 1.2 * goal {
+                    Some(goal)
+                } else {
+                    self.follow_up = None;
+                    None
+                }
+            }
+            _ => None,
+        };
+        if sh.live.drift.swap(false, Ordering::Acquire) {
+            self.follow_up = None;
+            Some(format!(
+                "drift: rolling forecast RMSE {:.2} mV > {} x reference {:.2} mV",
+                sh.live.rolling_rmse_mv.get(),
+                cfg.drift_multiple,
+                sh.live.reference_rmse_mv.get()
+            ))
+        } else if let Some(goal) = follow {
+            self.follow_up = None;
+            Some(format!(
+                "follow-up: the new model's error {reference:.2} mV is still above the {goal:.2} mV before the drift"
+            ))
+        } else if demand != self.served_demand {
+            self.served_demand = demand;
+            Some("on demand".to_string())
+        } else if cfg
+            .periodic_ms
+            .is_some_and(|p| self.last_periodic.elapsed().as_secs_f64() * 1000.0 >= p)
+        {
+            self.last_periodic = Instant::now();
+            Some("periodic".to_string())
+        } else {
+            None
+        }
+    }
+
+    /// The gate: adopt the candidate if it beats the running model by the
+    /// margin, and say why either way in `attempt`.
+    fn decide(
+        &mut self,
+        sh: &Shared,
+        cfg: &RetrainConfig,
+        result: Result<Candidate, String>,
+        attempt: &mut Attempt,
+        data_steps: usize,
+        after_drift: bool,
+    ) {
+        let c = match result {
+            Err(e) => {
+                attempt.note = format!("no candidate: {e}");
+                return;
+            }
+            Ok(c) => c,
+        };
+        attempt.current_rmse_mv = rms(&c.current_rmse);
+        attempt.candidate_rmse_mv = rms(&c.candidate_rmse);
+        if !accept(
+            attempt.current_rmse_mv,
+            attempt.candidate_rmse_mv,
+            cfg.margin,
+        ) {
+            attempt.note = format!(
+                "candidate rejected: held-out RMSE {:.3} mV vs running model {:.3} mV (needs {:.0}% lower)",
+                attempt.candidate_rmse_mv,
+                attempt.current_rmse_mv,
+                cfg.margin * 100.0
+            );
+            return;
+        }
+        match adopt(sh, &c, &self.card, &attempt.trigger, data_steps, cfg) {
+            Ok((v, new_card, reference)) => {
+                attempt.accepted = true;
+                attempt.version = Some(v);
+                attempt.note = format!(
+                    "candidate v{v} accepted: held-out RMSE {:.3} mV vs running model {:.3} mV; swapped in",
+                    attempt.candidate_rmse_mv, attempt.current_rmse_mv
+                );
+                self.net = c.net;
+                self.card = new_card;
+                if sh.online_reference {
+                    // Measured afresh once the new model runs.
+                    sh.live.reference_rmse_mv.set(f64::NAN);
+                    if after_drift {
+                        self.follow_up = Some(self.last_goal);
+                    }
+                } else {
+                    sh.live.reference_rmse_mv.set(reference);
+                }
+            }
+            Err(e) => attempt.note = format!("candidate not adopted: {e}"),
+        }
+    }
 }
 
 /// Export, store and load the candidate (the loader checks the export

@@ -265,83 +265,9 @@ async fn route(
             .header("content-type", super::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(super::metrics::render(state))))
             .expect("static response parts are valid")),
-        "/arm" | "/disarm" => {
-            expect_no_params(body)?;
-            if state.controls.is_finished() {
-                return Err(Refusal(
-                    StatusCode::CONFLICT,
-                    "the loop has ended; nothing changed".into(),
-                ));
-            }
-            let arm = path == "/arm";
-            if arm && state.info.policy == "off" {
-                return Err(Refusal(
-                    StatusCode::CONFLICT,
-                    "policy off never stimulates; arming would change nothing".into(),
-                ));
-            }
-            state.controls.set_armed(arm);
-            Ok(reply(
-                StatusCode::ACCEPTED,
-                json!({
-                    "armed": arm,
-                    "takes_effect": if arm { "at the next control-period boundary" } else { "at the next sample" },
-                }),
-            ))
-        }
-        "/objective" => {
-            if matches!(state.info.policy, "off" | "open") {
-                // Checked first: the request would change nothing.
-                return Err(Refusal(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "policy {} does not pursue an objective; nothing changed",
-                        state.info.policy
-                    ),
-                ));
-            }
-            let mut cur = state.objective.lock().unwrap_or_else(|e| e.into_inner());
-            let o = apply_objective(&cur.1, body)?;
-            if state.controls.is_finished() {
-                return Err(Refusal(
-                    StatusCode::CONFLICT,
-                    "the loop has ended; nothing changed".into(),
-                ));
-            }
-            let seq = state.controls.post_objective(o);
-            *cur = (seq, o);
-            Ok(reply(
-                StatusCode::ACCEPTED,
-                json!({
-                    "seq": seq,
-                    "objective": objective_json(&o),
-                    "takes_effect": "at the next control-period boundary (GET /status shows objective.applied)",
-                }),
-            ))
-        }
-        "/model/retrain" | "/model/rollback" => {
-            expect_no_params(body)?;
-            let Some(ops) = state.model_ops.clone() else {
-                return Err(Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "retraining is not enabled in this build/config; the loaded model stays".into(),
-                ));
-            };
-            let retrain = path == "/model/retrain";
-            let r = tokio::task::spawn_blocking(move || {
-                if retrain {
-                    ops.retrain()
-                } else {
-                    ops.rollback()
-                }
-            })
-            .await
-            .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            match r {
-                Ok(v) => Ok(reply(StatusCode::OK, v)),
-                Err(m) => Err(Refusal(StatusCode::CONFLICT, m)),
-            }
-        }
+        "/arm" | "/disarm" => set_armed(state, path, body),
+        "/objective" => set_objective(state, body),
+        "/model/retrain" | "/model/rollback" => model_op(state, path, body).await,
         "/shutdown" => {
             expect_no_params(body)?;
             state.stop.store(true, Ordering::Relaxed);
@@ -351,6 +277,90 @@ async fn route(
             ))
         }
         _ => unreachable!("every route is matched above"),
+    }
+}
+
+/// `POST /arm`, `POST /disarm`.
+fn set_armed(state: &State, path: &str, body: &[u8]) -> Result<Resp, Refusal> {
+    expect_no_params(body)?;
+    if state.controls.is_finished() {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "the loop has ended; nothing changed".into(),
+        ));
+    }
+    let arm = path == "/arm";
+    if arm && state.info.policy == "off" {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "policy off never stimulates; arming would change nothing".into(),
+        ));
+    }
+    state.controls.set_armed(arm);
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        json!({
+            "armed": arm,
+            "takes_effect": if arm { "at the next control-period boundary" } else { "at the next sample" },
+        }),
+    ))
+}
+
+/// `POST /objective`.
+fn set_objective(state: &State, body: &[u8]) -> Result<Resp, Refusal> {
+    if matches!(state.info.policy, "off" | "open") {
+        // Checked first: the request would change nothing.
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            format!(
+                "policy {} does not pursue an objective; nothing changed",
+                state.info.policy
+            ),
+        ));
+    }
+    let mut cur = state.objective.lock().unwrap_or_else(|e| e.into_inner());
+    let o = apply_objective(&cur.1, body)?;
+    if state.controls.is_finished() {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "the loop has ended; nothing changed".into(),
+        ));
+    }
+    let seq = state.controls.post_objective(o);
+    *cur = (seq, o);
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        json!({
+            "seq": seq,
+            "objective": objective_json(&o),
+            "takes_effect": "at the next control-period boundary (GET /status shows objective.applied)",
+        }),
+    ))
+}
+
+/// `POST /model/retrain`, `POST /model/rollback`: the operations block, so
+/// they run on the blocking pool, not on the runtime's thread.
+async fn model_op(state: &State, path: &str, body: &[u8]) -> Result<Resp, Refusal> {
+    expect_no_params(body)?;
+    let Some(ops) = state.model_ops.clone() else {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retraining is not enabled in this build/config; the loaded model stays".into(),
+        ));
+    };
+    let retrain = path == "/model/retrain";
+    let r = tokio::task::spawn_blocking(move || {
+        if retrain {
+            ops.retrain()
+        } else {
+            ops.rollback()
+        }
+    })
+    .await
+    .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match r {
+        Ok(v) => Ok(reply(StatusCode::OK, v)),
+        Err(m) => Err(Refusal(StatusCode::CONFLICT, m)),
     }
 }
 

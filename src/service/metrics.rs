@@ -4,6 +4,8 @@
 //! histograms; nothing here touches the real-time thread.
 
 use super::State;
+use crate::control::controls::LiveStatus;
+use crate::policy::Objective;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
@@ -56,12 +58,194 @@ impl Out {
     }
 }
 
+/// What the families' values are read from: one consistent snapshot per
+/// scrape.
+struct Now<'a> {
+    state: &'a State,
+    live: &'a LiveStatus,
+    objective: &'a Objective,
+}
+
+/// How a single-sample family reads its value; `None` leaves the family
+/// out of the scrape.
+type Value = fn(&Now<'_>) -> Option<f64>;
+
+/// A single-sample family: name, type, help, value.
+type Family = (&'static str, &'static str, &'static str, Value);
+
+fn flag(b: bool) -> Option<f64> {
+    Some(f64::from(u8::from(b)))
+}
+
+/// The loop's state and counters, in exposition order (before the safety
+/// interventions).
+const LOOP_FAMILIES: &[Family] = &[
+    ("neurostimd_running", "gauge", "1 while the control loop runs.", |n| {
+        flag(n.live.running)
+    }),
+    (
+        "neurostimd_armed",
+        "gauge",
+        "1 while stimulation is armed (0: held at zero by the operator).",
+        |n| flag(n.live.armed),
+    ),
+    (
+        "neurostimd_objective_target",
+        "gauge",
+        "Target of the objective in force, in its unit (Hz for rate and burst, mV for voltage and silence).",
+        |n| Some(super::api::target_of(n.objective)),
+    ),
+    (
+        "neurostimd_loop_iterations_total",
+        "counter",
+        "Control loop iterations (its heartbeat).",
+        |n| Some(n.live.heartbeat as f64),
+    ),
+    (
+        "neurostimd_samples_total",
+        "counter",
+        "Samples the loop answered.",
+        |n| Some(n.live.samples as f64),
+    ),
+    (
+        "neurostimd_lost_samples_total",
+        "counter",
+        "Samples the plant skipped (gaps in its sample index).",
+        |n| Some(n.live.lost_samples as f64),
+    ),
+    (
+        "neurostimd_plant_interruptions_total",
+        "counter",
+        "Plant stalls/disconnects reported (stimulation held at zero).",
+        |n| Some(n.live.plant_interruptions as f64),
+    ),
+    (
+        "neurostimd_records_dropped_total",
+        "counter",
+        "Sample records the consumer could not take in time.",
+        |n| Some(n.live.records_dropped as f64),
+    ),
+    (
+        "neurostimd_spikes_total",
+        "counter",
+        "Spikes the loop detected.",
+        |n| Some(n.live.spikes as f64),
+    ),
+    (
+        "neurostimd_plans_adopted_total",
+        "counter",
+        "MPC plans the loop started using.",
+        |n| Some(n.live.plans_adopted as f64),
+    ),
+    (
+        "neurostimd_late_plans_total",
+        "counter",
+        "Plans that arrived after the planning delay.",
+        |n| Some(n.live.late_plans as f64),
+    ),
+    (
+        "neurostimd_plan_misses_total",
+        "counter",
+        "Times a plan ran out with no fresher one (stimulation to zero).",
+        |n| Some(n.live.plan_misses as f64),
+    ),
+    (
+        "neurostimd_plan_miss_samples_total",
+        "counter",
+        "Samples spent in a plan miss.",
+        |n| Some(n.live.plan_miss_samples as f64),
+    ),
+    (
+        "neurostimd_disarmed_samples_total",
+        "counter",
+        "Samples with stimulation disarmed by the operator.",
+        |n| Some(n.live.disarmed_samples as f64),
+    ),
+    (
+        "neurostimd_plan_misses_sustained",
+        "gauge",
+        "1 while plans have been missing their deadline for two seconds or more (also a warning in the log).",
+        |n| flag(n.state.plan_misses_sustained.load(std::sync::atomic::Ordering::Relaxed)),
+    ),
+];
+
+/// Stimulation and plant figures, in exposition order (after the safety
+/// interventions).
+const STIM_FAMILIES: &[Family] = &[
+    (
+        "neurostimd_stimulation_charge_nc_cm2_total",
+        "counter",
+        "Total |charge| of the stimulation let through, nC/cm2.",
+        |n| Some(n.live.charge_delivered_nc_cm2),
+    ),
+    (
+        "neurostimd_net_charge_nc_cm2",
+        "gauge",
+        "Leaky net (signed) charge integral the limiter bounds, nC/cm2.",
+        |n| Some(n.live.net_charge_nc_cm2),
+    ),
+    (
+        "neurostimd_stimulation_ua_cm2",
+        "gauge",
+        "Last stimulation command written, uA/cm2.",
+        |n| Some(n.live.last_command_ua_cm2),
+    ),
+    (
+        "neurostimd_plant_time_seconds",
+        "gauge",
+        "Plant time of the newest sample, s.",
+        |n| Some(n.live.plant_time_s),
+    ),
+    (
+        "neurostimd_forecast_error_mv",
+        "gauge",
+        "RMS of recent subthreshold forecast errors (previous plan's forecast vs the sample), mV.",
+        |n| n.live.forecast_error_mv,
+    ),
+];
+
+impl Out {
+    fn families(&mut self, table: &[Family], now: &Now<'_>) {
+        for &(name, kind, help, value) in table {
+            if let Some(v) = value(now) {
+                self.one(name, kind, help, v);
+            }
+        }
+    }
+}
+
 /// The metrics text.
 pub fn render(state: &State) -> String {
     let live = state.controls.status();
-    let info = &state.info;
     let mut o = Out(String::with_capacity(8 * 1024));
     let (_, objective) = *state.objective.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Now {
+        state,
+        live: &live,
+        objective: &objective,
+    };
+    render_info(&mut o, state, &objective);
+    o.families(LOOP_FAMILIES, &now);
+    o.family(
+        "neurostimd_safety_interventions_total",
+        "counter",
+        "Commands the safety limiter changed, by cause.",
+    );
+    for (cause, n) in &live.interventions {
+        o.sample(
+            "neurostimd_safety_interventions_total",
+            &[("cause", cause)],
+            *n as f64,
+        );
+    }
+    o.families(STIM_FAMILIES, &now);
+    render_model(&mut o, state);
+    render_latency(&mut o, state);
+    o.0
+}
+
+fn render_info(o: &mut Out, state: &State, objective: &Objective) {
+    let info = &state.info;
     o.family(
         "neurostimd_info",
         "gauge",
@@ -78,135 +262,11 @@ pub fn render(state: &State) -> String {
         ],
         1.0,
     );
-    o.one(
-        "neurostimd_running",
-        "gauge",
-        "1 while the control loop runs.",
-        f64::from(u8::from(live.running)),
-    );
-    o.one(
-        "neurostimd_armed",
-        "gauge",
-        "1 while stimulation is armed (0: held at zero by the operator).",
-        f64::from(u8::from(live.armed)),
-    );
-    o.one(
-        "neurostimd_objective_target",
-        "gauge",
-        "Target of the objective in force, in its unit (Hz for rate and burst, mV for voltage and silence).",
-        super::api::target_of(&objective),
-    );
-    let counters: [(&str, &str, u64); 11] = [
-        (
-            "neurostimd_loop_iterations_total",
-            "Control loop iterations (its heartbeat).",
-            live.heartbeat,
-        ),
-        (
-            "neurostimd_samples_total",
-            "Samples the loop answered.",
-            live.samples,
-        ),
-        (
-            "neurostimd_lost_samples_total",
-            "Samples the plant skipped (gaps in its sample index).",
-            live.lost_samples,
-        ),
-        (
-            "neurostimd_plant_interruptions_total",
-            "Plant stalls/disconnects reported (stimulation held at zero).",
-            live.plant_interruptions,
-        ),
-        (
-            "neurostimd_records_dropped_total",
-            "Sample records the consumer could not take in time.",
-            live.records_dropped,
-        ),
-        (
-            "neurostimd_spikes_total",
-            "Spikes the loop detected.",
-            live.spikes,
-        ),
-        (
-            "neurostimd_plans_adopted_total",
-            "MPC plans the loop started using.",
-            live.plans_adopted,
-        ),
-        (
-            "neurostimd_late_plans_total",
-            "Plans that arrived after the planning delay.",
-            live.late_plans,
-        ),
-        (
-            "neurostimd_plan_misses_total",
-            "Times a plan ran out with no fresher one (stimulation to zero).",
-            live.plan_misses,
-        ),
-        (
-            "neurostimd_plan_miss_samples_total",
-            "Samples spent in a plan miss.",
-            live.plan_miss_samples,
-        ),
-        (
-            "neurostimd_disarmed_samples_total",
-            "Samples with stimulation disarmed by the operator.",
-            live.disarmed_samples,
-        ),
-    ];
-    for (name, help, v) in counters {
-        o.one(name, "counter", help, v as f64);
-    }
-    o.one(
-        "neurostimd_plan_misses_sustained",
-        "gauge",
-        "1 while plans have been missing their deadline for two seconds or more (also a warning in the log).",
-        f64::from(u8::from(state.plan_misses_sustained.load(std::sync::atomic::Ordering::Relaxed))),
-    );
-    o.family(
-        "neurostimd_safety_interventions_total",
-        "counter",
-        "Commands the safety limiter changed, by cause.",
-    );
-    for (cause, n) in &live.interventions {
-        o.sample(
-            "neurostimd_safety_interventions_total",
-            &[("cause", cause)],
-            *n as f64,
-        );
-    }
-    o.one(
-        "neurostimd_stimulation_charge_nc_cm2_total",
-        "counter",
-        "Total |charge| of the stimulation let through, nC/cm2.",
-        live.charge_delivered_nc_cm2,
-    );
-    o.one(
-        "neurostimd_net_charge_nc_cm2",
-        "gauge",
-        "Leaky net (signed) charge integral the limiter bounds, nC/cm2.",
-        live.net_charge_nc_cm2,
-    );
-    o.one(
-        "neurostimd_stimulation_ua_cm2",
-        "gauge",
-        "Last stimulation command written, uA/cm2.",
-        live.last_command_ua_cm2,
-    );
-    o.one(
-        "neurostimd_plant_time_seconds",
-        "gauge",
-        "Plant time of the newest sample, s.",
-        live.plant_time_s,
-    );
-    if let Some(e) = live.forecast_error_mv {
-        o.one(
-            "neurostimd_forecast_error_mv",
-            "gauge",
-            "RMS of recent subthreshold forecast errors (previous plan's forecast vs the sample), mV.",
-            e,
-        );
-    }
-    // Model version and retraining state.
+}
+
+/// Model version and retraining state.
+fn render_model(o: &mut Out, state: &State) {
+    let info = &state.info;
     let (name, sha, version, retraining) = match &state.model_ops {
         Some(ops) => {
             let s = ops.status();
@@ -308,7 +368,10 @@ pub fn render(state: &State) -> String {
             f64::from(u8::from(s == retraining)),
         );
     }
-    // Latency summaries.
+}
+
+/// Latency summaries.
+fn render_latency(o: &mut Out, state: &State) {
     let lat = state.latency.snapshot();
     o.family(
         "neurostimd_latency_seconds",
@@ -350,7 +413,6 @@ pub fn render(state: &State) -> String {
             );
         }
     }
-    o.0
 }
 
 /// Serve `GET /metrics` until the task is aborted, within

@@ -117,12 +117,44 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
 pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
     let (t_in, t_out) = (net.t_in as i64, net.t_out as i64);
     let steps = t_in + t_out;
-    let h = net.hidden() as i64;
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
+    initial_state(&mut nodes, net.hidden() as i64);
+    let seq = lstm_layers(net, &mut nodes, &mut inits);
+    horizon(&mut nodes, &seq, t_in, steps);
+    head(net, &mut nodes, &mut inits);
+    // Constant nodes carry their value under their own output name.
+    for n in nodes.iter_mut().filter(|n| n.op_type == "Constant") {
+        if let Some(t) = n.attribute[0].t.as_mut() {
+            t.name = n.output[0].clone();
+        }
+    }
 
-    // Zero initial state [1, batch, H], built from the input's batch size
-    // (one tensor per layer; tract handles that with a symbolic batch).
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "neurostimd".into(),
+        producer_version: producer_version.into(),
+        graph: Some(pb::GraphProto {
+            name: "neurostimd_lstm".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("x", &[None, Some(steps), Some(3)])],
+            output: vec![value_info("y", &[None, Some(t_out)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// Zero initial state [1, batch, H], built from the input's batch size
+/// (one tensor per layer; tract handles that with a symbolic batch), and
+/// the input made time-major.
+fn initial_state(nodes: &mut Vec<pb::NodeProto>, h: i64) {
     nodes.push(node(
         "Shape",
         "/lstm/Shape",
@@ -163,7 +195,15 @@ pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
         vec![attr_ints("perm", &[1, 0, 2])],
     ));
     nodes.push(constant("/lstm/axes1", i64_tensor("", &[1], &[1])));
+}
 
+/// The stacked LSTM operators and their weights; returns the name of the
+/// top layer's output sequence.
+fn lstm_layers(
+    net: &Net,
+    nodes: &mut Vec<pb::NodeProto>,
+    inits: &mut Vec<pb::TensorProto>,
+) -> String {
     let mut seq = "/lstm/seq0".to_string();
     for (l, layer) in net.layers.iter().enumerate() {
         let (g, inp, hd) = (
@@ -210,10 +250,15 @@ pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
         ));
         seq = squeezed;
     }
+    seq
+}
+
+/// Back to batch-major, keeping the forecast steps only.
+fn horizon(nodes: &mut Vec<pb::NodeProto>, seq: &str, t_in: i64, steps: i64) {
     nodes.push(node(
         "Transpose",
         "/lstm/Transpose_1",
-        &[&seq],
+        &[seq],
         &["/lstm/out"],
         vec![attr_ints("perm", &[1, 0, 2])],
     ));
@@ -227,6 +272,11 @@ pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
         &["/horizon"],
         vec![],
     ));
+}
+
+/// The output head, ending in `y` [batch, t_out].
+fn head(net: &Net, nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorProto>) {
+    let h = net.hidden() as i64;
     // The MLP head's hidden layer (none for the linear head, whose nodes
     // stay exactly as before): MatMul [H, M], Add [M], Tanh.
     let mut head_in = "/horizon";
@@ -289,30 +339,4 @@ pub fn to_onnx(net: &Net, producer_version: &str) -> Vec<u8> {
         &["y"],
         vec![],
     ));
-    // Constant nodes carry their value under their own output name.
-    for n in nodes.iter_mut().filter(|n| n.op_type == "Constant") {
-        if let Some(t) = n.attribute[0].t.as_mut() {
-            t.name = n.output[0].clone();
-        }
-    }
-
-    let model = pb::ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        producer_name: "neurostimd".into(),
-        producer_version: producer_version.into(),
-        graph: Some(pb::GraphProto {
-            name: "neurostimd_lstm".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![value_info("x", &[None, Some(steps), Some(3)])],
-            output: vec![value_info("y", &[None, Some(t_out)])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    model.encode_to_vec()
 }

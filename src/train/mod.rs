@@ -253,26 +253,8 @@ pub fn run(
     );
     let epochs = trainer::fit(&mut net, &train_w, &val_w, &cfg.schedule, &mut progress);
 
-    // Test metrics per source, with the AR baseline fitted on that source's
-    // training part.
-    let mut comparisons = Vec::new();
     let mut ws = net::Workspace::default();
-    for (k, (label, _)) in labelled.iter().enumerate() {
-        let test_w = Windows::cut(&test_s[k..=k], cfg.t_in, cfg.t_out, 1, &norm);
-        let fit_w = Windows::cut(&train_s[k..=k], cfg.t_in, cfg.t_out, cfg.stride, &norm);
-        if test_w.is_empty() {
-            continue;
-        }
-        let c = compare(label, cfg.dt_ms, &norm, &test_w, &fit_w, |x, b, o| {
-            let y = ws.forward(&net, x, b).to_vec();
-            for kk in 0..b {
-                for j in 0..cfg.t_out {
-                    o[kk * cfg.t_out + j] = y[kk * cfg.t_out + net.target_index(j)];
-                }
-            }
-        });
-        comparisons.push(c);
-    }
+    let comparisons = test_comparisons(cfg, &labelled, &train_s, &test_s, &norm, &net, &mut ws);
 
     // Export, card, bundle; then reload through the contract loader.
     let bytes = export::to_onnx(&net, env!("CARGO_PKG_VERSION"));
@@ -291,21 +273,6 @@ pub fn run(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let validation = serde_json::json!({
-        "split": format!("by time per source: train {}, validation {}, test the rest", cfg.train_fraction, cfg.val_fraction),
-        "metric": "test windows, stride 1; RMSE in mV per horizon step; spikes: upward -20 mV crossings matched within ±1 ms",
-        "per_source": comparisons.iter().map(|c| serde_json::json!({
-            "data": c.data,
-            "windows": c.model.windows,
-            "rmse_mv_per_step": c.model.rmse_mv,
-            "persistence_rmse_mv_per_step": c.persistence.rmse_mv,
-            "ar_rmse_mv_per_step": c.ar.rmse_mv,
-            "spike_f1": c.model.spikes.f1,
-            "persistence_spike_f1": c.persistence.spikes.f1,
-            "ar_spike_f1": c.ar.spikes.f1,
-        })).collect::<Vec<_>>(),
-        "final_val_loss": epochs.last().map(|e| e.val_loss),
-    });
     let card = ModelCard {
         format: CARD_FORMAT.into(),
         format_version: CARD_VERSION,
@@ -328,18 +295,8 @@ pub fn run(
             hidden: cfg.hidden,
             head: cfg.head.name().into(),
         },
-        provenance: serde_json::json!({
-            "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),
-            "command": command,
-            "data": labelled.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
-            "duration_ms_per_source": cfg.duration_ms,
-            "excitation": format!("OU noise, steps, pulse trains, ramps and rest within ±{} uA/cm2", cfg.max_amplitude),
-            "seed": cfg.schedule.seed,
-            "schedule": cfg.schedule,
-            "epochs_run": epochs.len(),
-            "train_windows": train_w.len(),
-        }),
-        validation: Some(validation),
+        provenance: provenance(cfg, command, &labelled, &epochs, train_w.len()),
+        validation: Some(validation(cfg, &comparisons, &epochs)),
         onnx_sha256: sha256_hex(&bytes),
         parent: None,
     };
@@ -347,29 +304,7 @@ pub fn run(
     let text = serde_json::to_string_pretty(&card).expect("a card serialises");
     std::fs::write(&card_file, text + "\n").map_err(io(&card_file))?;
 
-    // Bundle: a few test windows and tract's output on them.
-    let mut f = Forecaster::load(out, 32, Engine::Native)?;
-    let all_test = Windows::cut(&test_s, cfg.t_in, cfg.t_out, 97, &norm);
-    let b = all_test.len().min(8);
-    if b == 0 {
-        return Err(TrainError::NotEnoughData(
-            "no test windows for the bundle".into(),
-        ));
-    }
-    let steps = cfg.t_in + cfg.t_out;
-    let x = all_test.x[..b * steps * 3].to_vec();
-    let y_tract = f.run_raw(b, &x)?;
-    let y_net = ws.forward(&net, &x, b).to_vec();
-    let diff = y_tract
-        .iter()
-        .zip(&y_net)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    if diff > 1e-4 {
-        return Err(TrainError::Mismatch(diff));
-    }
-    NpyF32::new(vec![b, steps, 3], x).write(&out.with_extension("input.npy"))?;
-    NpyF32::new(vec![b, cfg.t_out], y_tract).write(&out.with_extension("expected.npy"))?;
+    let diff = write_bundle(out, cfg, &test_s, &norm, &net, &mut ws)?;
 
     Ok(TrainOutcome {
         onnx: out.to_path_buf(),
@@ -380,6 +315,118 @@ pub fn run(
         comparisons,
         export_difference: diff,
     })
+}
+
+/// Test metrics per source, with the AR baseline fitted on that source's
+/// training part.
+fn test_comparisons(
+    cfg: &TrainConfig,
+    labelled: &[(String, Series)],
+    train_s: &[Series],
+    test_s: &[Series],
+    norm: &Normalization,
+    net: &net::Net,
+    ws: &mut net::Workspace,
+) -> Vec<Comparison> {
+    let mut comparisons = Vec::new();
+    for (k, (label, _)) in labelled.iter().enumerate() {
+        let test_w = Windows::cut(&test_s[k..=k], cfg.t_in, cfg.t_out, 1, norm);
+        let fit_w = Windows::cut(&train_s[k..=k], cfg.t_in, cfg.t_out, cfg.stride, norm);
+        if test_w.is_empty() {
+            continue;
+        }
+        let c = compare(label, cfg.dt_ms, norm, &test_w, &fit_w, |x, b, o| {
+            let y = ws.forward(net, x, b).to_vec();
+            for kk in 0..b {
+                for j in 0..cfg.t_out {
+                    o[kk * cfg.t_out + j] = y[kk * cfg.t_out + net.target_index(j)];
+                }
+            }
+        });
+        comparisons.push(c);
+    }
+    comparisons
+}
+
+/// The card's `validation` section: how the test figures were made, and
+/// the figures.
+fn validation(
+    cfg: &TrainConfig,
+    comparisons: &[Comparison],
+    epochs: &[trainer::EpochReport],
+) -> serde_json::Value {
+    serde_json::json!({
+        "split": format!("by time per source: train {}, validation {}, test the rest", cfg.train_fraction, cfg.val_fraction),
+        "metric": "test windows, stride 1; RMSE in mV per horizon step; spikes: upward -20 mV crossings matched within ±1 ms",
+        "per_source": comparisons.iter().map(|c| serde_json::json!({
+            "data": c.data,
+            "windows": c.model.windows,
+            "rmse_mv_per_step": c.model.rmse_mv,
+            "persistence_rmse_mv_per_step": c.persistence.rmse_mv,
+            "ar_rmse_mv_per_step": c.ar.rmse_mv,
+            "spike_f1": c.model.spikes.f1,
+            "persistence_spike_f1": c.persistence.spikes.f1,
+            "ar_spike_f1": c.ar.spikes.f1,
+        })).collect::<Vec<_>>(),
+        "final_val_loss": epochs.last().map(|e| e.val_loss),
+    })
+}
+
+/// The card's `provenance` section: enough to train the same model again.
+fn provenance(
+    cfg: &TrainConfig,
+    command: &str,
+    labelled: &[(String, Series)],
+    epochs: &[trainer::EpochReport],
+    train_windows: usize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "tool": format!("neurostimd {} train", env!("CARGO_PKG_VERSION")),
+        "command": command,
+        "data": labelled.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
+        "duration_ms_per_source": cfg.duration_ms,
+        "excitation": format!("OU noise, steps, pulse trains, ramps and rest within ±{} uA/cm2", cfg.max_amplitude),
+        "seed": cfg.schedule.seed,
+        "schedule": cfg.schedule,
+        "epochs_run": epochs.len(),
+        "train_windows": train_windows,
+    })
+}
+
+/// Bundle: a few test windows and tract's output on them, after checking
+/// tract's output equals the trained network's. Returns the largest
+/// difference.
+fn write_bundle(
+    out: &Path,
+    cfg: &TrainConfig,
+    test_s: &[Series],
+    norm: &Normalization,
+    net: &net::Net,
+    ws: &mut net::Workspace,
+) -> Result<f32, TrainError> {
+    let mut f = Forecaster::load(out, 32, Engine::Native)?;
+    let all_test = Windows::cut(test_s, cfg.t_in, cfg.t_out, 97, norm);
+    let b = all_test.len().min(8);
+    if b == 0 {
+        return Err(TrainError::NotEnoughData(
+            "no test windows for the bundle".into(),
+        ));
+    }
+    let steps = cfg.t_in + cfg.t_out;
+    let x = all_test.x[..b * steps * 3].to_vec();
+    let y_tract = f.run_raw(b, &x)?;
+    let y_net = ws.forward(net, &x, b).to_vec();
+    let diff = y_tract
+        .iter()
+        .zip(&y_net)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if diff > 1e-4 {
+        return Err(TrainError::Mismatch(diff));
+    }
+    NpyF32::new(vec![b, steps, 3], x).write(&out.with_extension("input.npy"))?;
+    NpyF32::new(vec![b, cfg.t_out], y_tract).write(&out.with_extension("expected.npy"))?;
+    Ok(diff)
 }
 
 /// Read a trace CSV as written by `neurostimd simulate --trace-out` (or any

@@ -335,84 +335,105 @@ impl Workspace {
             self.zeros = vec![0.0; widest];
         }
         for (l, layer) in net.layers.iter().enumerate() {
-            let (hd, inp) = (layer.hidden, layer.input);
-            let g4 = 4 * hd;
-            let rows = t_total * batch;
-            transpose(&layer.w, g4, inp, &mut self.wt);
-            transpose(&layer.r, g4, hd, &mut self.rt);
-            let cache = &mut self.caches[l];
-            if l > 0 {
-                cache.x.clear();
-                cache.x.extend_from_slice(&input);
-            } else {
-                cache.x = std::mem::take(&mut input);
-            }
-            // Every element is written below: resize without clearing.
-            for v in [
-                &mut cache.i,
-                &mut cache.o,
-                &mut cache.f,
-                &mut cache.g,
-                &mut cache.c,
-                &mut cache.tc,
-                &mut cache.h,
-            ] {
-                v.resize(rows * hd, 0.0);
-            }
-            self.gates.resize(rows * g4, 0.0);
-            for row in self.gates.chunks_exact_mut(g4) {
-                for (k, gv) in row.iter_mut().enumerate() {
-                    *gv = layer.wb[k] + layer.rb[k];
-                }
-            }
-            matmul_acc(&mut self.gates, &cache.x, &self.wt, rows, inp, g4);
-            for t in 0..t_total {
-                let g = &mut self.gates[t * batch * g4..(t + 1) * batch * g4];
-                if t > 0 {
-                    let hp = &cache.h[(t - 1) * batch * hd..t * batch * hd];
-                    matmul_acc(g, hp, &self.rt, batch, hd, g4);
-                }
-                for b in 0..batch {
-                    let gb = &g[b * g4..(b + 1) * g4];
-                    let base = (t * batch + b) * hd;
-                    // Row slices of equal length let the loop below
-                    // vectorise (no per-element bounds checks).
-                    let (gi, rest) = gb.split_at(hd);
-                    let (go, rest) = rest.split_at(hd);
-                    let (gf, gc) = rest.split_at(hd);
-                    let (c_done, c_rest) = cache.c.split_at_mut(base);
-                    let c_row = &mut c_rest[..hd];
-                    let c_prev: &[f32] = if t > 0 {
-                        &c_done[base - batch * hd..base - batch * hd + hd]
-                    } else {
-                        &self.zeros[..hd]
-                    };
-                    let i_row = &mut cache.i[base..base + hd];
-                    let o_row = &mut cache.o[base..base + hd];
-                    let f_row = &mut cache.f[base..base + hd];
-                    let g_row = &mut cache.g[base..base + hd];
-                    let tc_row = &mut cache.tc[base..base + hd];
-                    let h_row = &mut cache.h[base..base + hd];
-                    for u in 0..hd {
-                        let i = sigmoid_k::<FMA>(gi[u]);
-                        let o = sigmoid_k::<FMA>(go[u]);
-                        let f = sigmoid_k::<FMA>(gf[u]);
-                        let gg = tanh_k::<FMA>(gc[u]);
-                        let c = f * c_prev[u] + i * gg;
-                        let tc = tanh_k::<FMA>(c);
-                        i_row[u] = i;
-                        o_row[u] = o;
-                        f_row[u] = f;
-                        g_row[u] = gg;
-                        c_row[u] = c;
-                        tc_row[u] = tc;
-                        h_row[u] = o * tc;
-                    }
-                }
-            }
-            input.clear();
-            input.extend_from_slice(&cache.h);
+            self.forward_layer::<FMA>(layer, l, &mut input, t_total, batch);
         }
+        self.forward_head::<FMA>(net, batch);
+    }
+
+    /// One LSTM layer over the whole sequence. `input` holds the layer's
+    /// input on entry and its output (`h`) on return, so the buffer is
+    /// reused from layer to layer instead of reallocated.
+    #[inline(always)]
+    fn forward_layer<const FMA: bool>(
+        &mut self,
+        layer: &Layer,
+        l: usize,
+        input: &mut Vec<f32>,
+        t_total: usize,
+        batch: usize,
+    ) {
+        let (hd, inp) = (layer.hidden, layer.input);
+        let g4 = 4 * hd;
+        let rows = t_total * batch;
+        transpose(&layer.w, g4, inp, &mut self.wt);
+        transpose(&layer.r, g4, hd, &mut self.rt);
+        let cache = &mut self.caches[l];
+        if l > 0 {
+            cache.x.clear();
+            cache.x.extend_from_slice(input);
+        } else {
+            cache.x = std::mem::take(input);
+        }
+        // Every element is written below: resize without clearing.
+        for v in [
+            &mut cache.i,
+            &mut cache.o,
+            &mut cache.f,
+            &mut cache.g,
+            &mut cache.c,
+            &mut cache.tc,
+            &mut cache.h,
+        ] {
+            v.resize(rows * hd, 0.0);
+        }
+        self.gates.resize(rows * g4, 0.0);
+        for row in self.gates.chunks_exact_mut(g4) {
+            for (k, gv) in row.iter_mut().enumerate() {
+                *gv = layer.wb[k] + layer.rb[k];
+            }
+        }
+        matmul_acc(&mut self.gates, &cache.x, &self.wt, rows, inp, g4);
+        for t in 0..t_total {
+            let g = &mut self.gates[t * batch * g4..(t + 1) * batch * g4];
+            if t > 0 {
+                let hp = &cache.h[(t - 1) * batch * hd..t * batch * hd];
+                matmul_acc(g, hp, &self.rt, batch, hd, g4);
+            }
+            for b in 0..batch {
+                let gb = &g[b * g4..(b + 1) * g4];
+                let base = (t * batch + b) * hd;
+                // Row slices of equal length let the loop below
+                // vectorise (no per-element bounds checks).
+                let (gi, rest) = gb.split_at(hd);
+                let (go, rest) = rest.split_at(hd);
+                let (gf, gc) = rest.split_at(hd);
+                let (c_done, c_rest) = cache.c.split_at_mut(base);
+                let c_row = &mut c_rest[..hd];
+                let c_prev: &[f32] = if t > 0 {
+                    &c_done[base - batch * hd..base - batch * hd + hd]
+                } else {
+                    &self.zeros[..hd]
+                };
+                let i_row = &mut cache.i[base..base + hd];
+                let o_row = &mut cache.o[base..base + hd];
+                let f_row = &mut cache.f[base..base + hd];
+                let g_row = &mut cache.g[base..base + hd];
+                let tc_row = &mut cache.tc[base..base + hd];
+                let h_row = &mut cache.h[base..base + hd];
+                for u in 0..hd {
+                    let i = sigmoid_k::<FMA>(gi[u]);
+                    let o = sigmoid_k::<FMA>(go[u]);
+                    let f = sigmoid_k::<FMA>(gf[u]);
+                    let gg = tanh_k::<FMA>(gc[u]);
+                    let c = f * c_prev[u] + i * gg;
+                    let tc = tanh_k::<FMA>(c);
+                    i_row[u] = i;
+                    o_row[u] = o;
+                    f_row[u] = f;
+                    g_row[u] = gg;
+                    c_row[u] = c;
+                    tc_row[u] = tc;
+                    h_row[u] = o * tc;
+                }
+            }
+        }
+        input.clear();
+        input.extend_from_slice(&cache.h);
+    }
+
+    /// The output head on the top layer's `h` over the forecast steps.
+    #[inline(always)]
+    fn forward_head<const FMA: bool>(&mut self, net: &Net, batch: usize) {
         let hd = net.hidden();
         let top = &self.caches[net.layers.len() - 1].h;
         self.out.clear();
@@ -454,156 +475,185 @@ impl Workspace {
         batch: usize,
         grad: &mut Net,
     ) -> f64 {
-        let (t_in, t_out) = (net.t_in, net.t_out);
-        let t_total = t_in + t_out;
-        let hd_top = net.hidden();
-        let n = (batch * t_out) as f32;
-        let mut loss = 0.0f64;
+        let t_total = net.t_in + net.t_out;
+        let n = (batch * net.t_out) as f32;
         // dL/dh of the top layer, time-major.
         let mut dh_above = std::mem::take(&mut self.scratch);
         dh_above.clear();
-        dh_above.resize(t_total * batch * hd_top, 0.0);
-        {
-            let top = &self.caches[net.layers.len() - 1].h;
-            for b in 0..batch {
-                for j in 0..t_out {
-                    let e = self.out[b * t_out + j] - y[b * t_out + net.target_index(j)];
-                    loss += (e * e) as f64;
-                    let ds = 2.0 * e / n;
-                    grad.head_b += ds;
-                    let t = t_in + j;
-                    let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
-                    let dh = &mut dh_above[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
-                    if !net.head_w1.is_empty() {
-                        let m = net.head_b1.len();
-                        let a = &self.head_a[(b * t_out + j) * m..(b * t_out + j + 1) * m];
-                        for (k, &ak) in a.iter().enumerate() {
-                            grad.head_w[k] += ds * ak;
-                            let dz = ds * net.head_w[k] * (1.0 - ak * ak);
-                            grad.head_b1[k] += dz;
-                            let w = &net.head_w1[k * hd_top..(k + 1) * hd_top];
-                            let gw = &mut grad.head_w1[k * hd_top..(k + 1) * hd_top];
-                            for u in 0..hd_top {
-                                gw[u] += dz * h[u];
-                                dh[u] += dz * w[u];
-                            }
-                        }
-                        continue;
-                    }
-                    for u in 0..hd_top {
-                        grad.head_w[u] += ds * h[u];
-                        dh[u] += ds * net.head_w[u];
-                    }
-                }
-            }
-        }
+        dh_above.resize(t_total * batch * net.hidden(), 0.0);
+        let loss = self.backward_head(net, y, batch, grad, &mut dh_above);
         for l in (0..net.layers.len()).rev() {
-            let layer = &net.layers[l];
-            let gl = &mut grad.layers[l];
-            let cache = &self.caches[l];
-            let (hd, inp) = (layer.hidden, layer.input);
-            let g4 = 4 * hd;
-            let rows = t_total * batch;
-            // Every gate gradient is written in the loop below.
-            self.dg.resize(rows * g4, 0.0);
-            let mut dh_next = std::mem::take(&mut self.dh_next);
-            let mut dc_next = std::mem::take(&mut self.dc_next);
-            dh_next.clear();
-            dh_next.resize(batch * hd, 0.0);
-            dc_next.clear();
-            dc_next.resize(batch * hd, 0.0);
-            for t in (0..t_total).rev() {
-                let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
-                for b in 0..batch {
-                    let base = (t * batch + b) * hd;
-                    let dgb = &mut dgt[b * g4..(b + 1) * g4];
-                    let (dgi, rest) = dgb.split_at_mut(hd);
-                    let (dgo, rest) = rest.split_at_mut(hd);
-                    let (dgf, dgc) = rest.split_at_mut(hd);
-                    let row = base..base + hd;
-                    let (ci, co, cf, cg, ctc) = (
-                        &cache.i[row.clone()],
-                        &cache.o[row.clone()],
-                        &cache.f[row.clone()],
-                        &cache.g[row.clone()],
-                        &cache.tc[row.clone()],
-                    );
-                    let c_prev: &[f32] = if t > 0 {
-                        &cache.c[base - batch * hd..base - batch * hd + hd]
-                    } else {
-                        &self.zeros[..hd]
-                    };
-                    let dh_row = &dh_above[row];
-                    let dhn = &dh_next[b * hd..(b + 1) * hd];
-                    let dcn = &mut dc_next[b * hd..(b + 1) * hd];
-                    for u in 0..hd {
-                        let dh = dh_row[u] + dhn[u];
-                        let (i, o, f, g, tc) = (ci[u], co[u], cf[u], cg[u], ctc[u]);
-                        let dc = dh * o * (1.0 - tc * tc) + dcn[u];
-                        dgi[u] = dc * g * i * (1.0 - i);
-                        dgo[u] = dh * tc * o * (1.0 - o);
-                        dgf[u] = dc * c_prev[u] * f * (1.0 - f);
-                        dgc[u] = dc * i * (1.0 - g * g);
-                        dcn[u] = dc * f;
-                    }
-                }
-                // dh_{t-1} = dG_t · R.
-                dh_next.fill(0.0);
-                if t > 0 {
-                    matmul_acc(&mut dh_next, dgt, &layer.r, batch, g4, hd);
-                }
-            }
-            // Weight gradients of the whole sequence at once.
-            for row in self.dg.chunks_exact(g4) {
-                for (k, d) in row.iter().enumerate() {
-                    gl.wb[k] += d;
-                    gl.rb[k] += d;
-                }
-            }
-            // dWᵀ = Xᵀ · dG and dRᵀ = H_prevᵀ · dG: transposing the thin
-            // activations (not the wide gate gradients) keeps the products
-            // in the kernels' fast shape; the small results are added back
-            // transposed.
-            transpose(&cache.x, rows, inp, &mut self.dgt);
-            self.wgrad.clear();
-            self.wgrad.resize(inp * g4, 0.0);
-            matmul_acc(&mut self.wgrad, &self.dgt, &self.dg, inp, rows, g4);
-            for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
-                for (g, v) in row.iter().enumerate() {
-                    gl.w[g * inp + k] += v;
-                }
-            }
-            // dR = Σ_t dG_tᵀ · h_{t-1}: the rows from t = 1 against h from t = 0.
-            let shifted = (t_total - 1) * batch;
-            if shifted > 0 {
-                transpose(&cache.h[..shifted * hd], shifted, hd, &mut self.dgt);
-                self.wgrad.clear();
-                self.wgrad.resize(hd * g4, 0.0);
-                matmul_acc(
-                    &mut self.wgrad,
-                    &self.dgt,
-                    &self.dg[batch * g4..],
-                    hd,
-                    shifted,
-                    g4,
-                );
-                for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
-                    for (g, v) in row.iter().enumerate() {
-                        gl.r[g * hd + k] += v;
-                    }
-                }
-            }
-            self.dh_next = dh_next;
-            self.dc_next = dc_next;
-            // Gradient for the layer below: dX = dG · W.
-            if l > 0 {
-                dh_above.clear();
-                dh_above.resize(rows * inp, 0.0);
-                matmul_acc(&mut dh_above, &self.dg, &layer.w, rows, g4, inp);
-            }
+            self.backward_layer(net, l, batch, grad, &mut dh_above);
         }
         self.scratch = dh_above;
         loss / n as f64
+    }
+
+    /// The loss and the head's gradients; adds dL/dh of the top layer into
+    /// `dh_above`. Returns the summed (not yet averaged) squared error.
+    #[inline(always)]
+    fn backward_head(
+        &mut self,
+        net: &Net,
+        y: &[f32],
+        batch: usize,
+        grad: &mut Net,
+        dh_above: &mut [f32],
+    ) -> f64 {
+        let (t_in, t_out) = (net.t_in, net.t_out);
+        let hd_top = net.hidden();
+        let n = (batch * t_out) as f32;
+        let mut loss = 0.0f64;
+        let top = &self.caches[net.layers.len() - 1].h;
+        for b in 0..batch {
+            for j in 0..t_out {
+                let e = self.out[b * t_out + j] - y[b * t_out + net.target_index(j)];
+                loss += (e * e) as f64;
+                let ds = 2.0 * e / n;
+                grad.head_b += ds;
+                let t = t_in + j;
+                let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
+                let dh = &mut dh_above[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
+                if !net.head_w1.is_empty() {
+                    let m = net.head_b1.len();
+                    let a = &self.head_a[(b * t_out + j) * m..(b * t_out + j + 1) * m];
+                    for (k, &ak) in a.iter().enumerate() {
+                        grad.head_w[k] += ds * ak;
+                        let dz = ds * net.head_w[k] * (1.0 - ak * ak);
+                        grad.head_b1[k] += dz;
+                        let w = &net.head_w1[k * hd_top..(k + 1) * hd_top];
+                        let gw = &mut grad.head_w1[k * hd_top..(k + 1) * hd_top];
+                        for u in 0..hd_top {
+                            gw[u] += dz * h[u];
+                            dh[u] += dz * w[u];
+                        }
+                    }
+                    continue;
+                }
+                for u in 0..hd_top {
+                    grad.head_w[u] += ds * h[u];
+                    dh[u] += ds * net.head_w[u];
+                }
+            }
+        }
+        loss
+    }
+
+    /// Back-propagation through time of layer `l`: its weight gradients
+    /// into `grad`, and `dh_above` replaced by dL/dx for the layer below.
+    #[inline(always)]
+    fn backward_layer(
+        &mut self,
+        net: &Net,
+        l: usize,
+        batch: usize,
+        grad: &mut Net,
+        dh_above: &mut Vec<f32>,
+    ) {
+        let t_total = net.t_in + net.t_out;
+        let layer = &net.layers[l];
+        let gl = &mut grad.layers[l];
+        let cache = &self.caches[l];
+        let (hd, inp) = (layer.hidden, layer.input);
+        let g4 = 4 * hd;
+        let rows = t_total * batch;
+        // Every gate gradient is written in the loop below.
+        self.dg.resize(rows * g4, 0.0);
+        let mut dh_next = std::mem::take(&mut self.dh_next);
+        let mut dc_next = std::mem::take(&mut self.dc_next);
+        dh_next.clear();
+        dh_next.resize(batch * hd, 0.0);
+        dc_next.clear();
+        dc_next.resize(batch * hd, 0.0);
+        for t in (0..t_total).rev() {
+            let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
+            for b in 0..batch {
+                let base = (t * batch + b) * hd;
+                let dgb = &mut dgt[b * g4..(b + 1) * g4];
+                let (dgi, rest) = dgb.split_at_mut(hd);
+                let (dgo, rest) = rest.split_at_mut(hd);
+                let (dgf, dgc) = rest.split_at_mut(hd);
+                let row = base..base + hd;
+                let (ci, co, cf, cg, ctc) = (
+                    &cache.i[row.clone()],
+                    &cache.o[row.clone()],
+                    &cache.f[row.clone()],
+                    &cache.g[row.clone()],
+                    &cache.tc[row.clone()],
+                );
+                let c_prev: &[f32] = if t > 0 {
+                    &cache.c[base - batch * hd..base - batch * hd + hd]
+                } else {
+                    &self.zeros[..hd]
+                };
+                let dh_row = &dh_above[row];
+                let dhn = &dh_next[b * hd..(b + 1) * hd];
+                let dcn = &mut dc_next[b * hd..(b + 1) * hd];
+                for u in 0..hd {
+                    let dh = dh_row[u] + dhn[u];
+                    let (i, o, f, g, tc) = (ci[u], co[u], cf[u], cg[u], ctc[u]);
+                    let dc = dh * o * (1.0 - tc * tc) + dcn[u];
+                    dgi[u] = dc * g * i * (1.0 - i);
+                    dgo[u] = dh * tc * o * (1.0 - o);
+                    dgf[u] = dc * c_prev[u] * f * (1.0 - f);
+                    dgc[u] = dc * i * (1.0 - g * g);
+                    dcn[u] = dc * f;
+                }
+            }
+            // dh_{t-1} = dG_t · R.
+            dh_next.fill(0.0);
+            if t > 0 {
+                matmul_acc(&mut dh_next, dgt, &layer.r, batch, g4, hd);
+            }
+        }
+        // Weight gradients of the whole sequence at once.
+        for row in self.dg.chunks_exact(g4) {
+            for (k, d) in row.iter().enumerate() {
+                gl.wb[k] += d;
+                gl.rb[k] += d;
+            }
+        }
+        // dWᵀ = Xᵀ · dG and dRᵀ = H_prevᵀ · dG: transposing the thin
+        // activations (not the wide gate gradients) keeps the products
+        // in the kernels' fast shape; the small results are added back
+        // transposed.
+        transpose(&cache.x, rows, inp, &mut self.dgt);
+        self.wgrad.clear();
+        self.wgrad.resize(inp * g4, 0.0);
+        matmul_acc(&mut self.wgrad, &self.dgt, &self.dg, inp, rows, g4);
+        for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
+            for (g, v) in row.iter().enumerate() {
+                gl.w[g * inp + k] += v;
+            }
+        }
+        // dR = Σ_t dG_tᵀ · h_{t-1}: the rows from t = 1 against h from t = 0.
+        let shifted = (t_total - 1) * batch;
+        if shifted > 0 {
+            transpose(&cache.h[..shifted * hd], shifted, hd, &mut self.dgt);
+            self.wgrad.clear();
+            self.wgrad.resize(hd * g4, 0.0);
+            matmul_acc(
+                &mut self.wgrad,
+                &self.dgt,
+                &self.dg[batch * g4..],
+                hd,
+                shifted,
+                g4,
+            );
+            for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
+                for (g, v) in row.iter().enumerate() {
+                    gl.r[g * hd + k] += v;
+                }
+            }
+        }
+        self.dh_next = dh_next;
+        self.dc_next = dc_next;
+        // Gradient for the layer below: dX = dG · W.
+        if l > 0 {
+            dh_above.clear();
+            dh_above.resize(rows * inp, 0.0);
+            matmul_acc(dh_above, &self.dg, &layer.w, rows, g4, inp);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::metrics::{Accumulator, HorizonMetrics};
 use super::net::{Head, Net, Workspace};
 use super::trainer::{self, Schedule};
 use super::{baselines, TrainError};
-use crate::config::Config;
+use crate::config::{Config, TrainConfig};
 use crate::forecast::card::{Normalization, OutputOrder};
 use crate::neuron::spikes::DEFAULT_THRESHOLD_MV;
 use serde::Serialize;
@@ -351,185 +351,21 @@ pub fn run(
     // stopping, the scores come from fresh data below.
     let (train_s, val_s, _) = dataset::split_by_time(&series, 0.85, 0.15);
     let norm = dataset::normalization(&train_s);
-
-    // Fresh evaluation stretches: another excitation seed; the regime change
-    // switches half-way through its own (shorter) stretch.
-    let mut ecfg = cfg.clone();
-    ecfg.duration_ms = plan.eval_ms;
-    for src in &mut ecfg.sources {
-        for ch in &mut src.sim.schedule {
-            ch.at_ms = plan.eval_ms / 2.0;
-        }
-    }
-    ecfg.schedule.seed = plan.eval_seed;
-    let eval_series = super::generate(&ecfg, 0)?;
-    let sets: Vec<EvalSet> = eval_series
-        .iter()
-        .map(|(l, s)| EvalSet::new(l, s, plan, &norm))
-        .collect();
-    if sets.iter().any(|s| s.anchors.is_empty()) {
-        return Err(TrainError::NotEnoughData(
-            "an evaluation stretch is shorter than t_in + h_eval".into(),
-        ));
-    }
-
-    // Baselines on the same anchors, AR fitted per source on its training part.
-    let mut baselines_out = Vec::new();
-    for (k, set) in sets.iter().enumerate() {
-        let fit = Windows::cut(&train_s[k..=k], plan.t_in, plan.h_eval, plan.stride, &norm);
-        let ar = baselines::LinearAr::fit(&fit, 10, 1e-6);
-        let n = set.anchors.len();
-        let (mut pp, mut pa) = (vec![0.0f32; n * plan.h_eval], vec![0.0f32; n * plan.h_eval]);
-        let mut x = Vec::new();
-        for (j, &e) in set.anchors.iter().enumerate() {
-            set.contract(e, plan.t_in, plan.h_eval, &mut x);
-            baselines::persistence(&x, plan.t_in, plan.h_eval, &mut pp[j * plan.h_eval..]);
-            ar.predict(&x, &mut pa[j * plan.h_eval..(j + 1) * plan.h_eval]);
-        }
-        baselines_out.push(BaselineEval {
-            source: set.label.clone(),
-            persistence: score(set, &pp, plan.h_eval, plan.h_eval, dt, &norm),
-            ar: score(set, &pa, plan.h_eval, plan.h_eval, dt, &norm),
-        });
-    }
-
+    let sets = eval_sets(&cfg, plan, &norm)?;
     let vars = variants(plan);
-    // Cells, most expensive first so the two threads finish together.
-    let mut cells: Vec<(usize, u64)> = (0..vars.len())
-        .flat_map(|v| plan.seeds.iter().map(move |&s| (v, s)))
-        .collect();
-    let cost = |v: &Variant| {
-        let rollout_passes = plan.h_eval.div_ceil(v.t_out) as f64;
-        v.layers as f64
-            * ((plan.t_in + v.t_out) as f64 * 3.0 * plan.epochs as f64 / 4.0
-                + rollout_passes * (plan.t_in + v.t_out) as f64 * 0.5)
-    };
-    cells.sort_by(|a, b| cost(&vars[b.0]).total_cmp(&cost(&vars[a.0])));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, RunResult, Net)>> = Mutex::new(Vec::new());
-    let schedule = |seed| Schedule {
-        epochs: plan.epochs,
-        batch: plan.batch,
-        learning_rate: plan.learning_rate,
+    let study = Shared {
+        plan,
+        norm: &norm,
+        dt,
         clip_norm: cfg.schedule.clip_norm,
-        patience: plan.patience,
-        seed,
+        train_s: &train_s,
+        val_s: &val_s,
+        sets: &sets,
+        vars: &vars,
     };
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                let mut ws = Workspace::default();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(vi, seed)) = cells.get(n) else {
-                        break;
-                    };
-                    let v = &vars[vi];
-                    let c0 = std::time::Instant::now();
-                    let tw = Windows::cut(&train_s, plan.t_in, v.t_out, plan.stride, &norm);
-                    let vw = Windows::cut(&val_s, plan.t_in, v.t_out, plan.stride, &norm);
-                    let mut net = Net::with_head(
-                        v.layers,
-                        plan.hidden,
-                        plan.t_in,
-                        v.t_out,
-                        v.order,
-                        v.head,
-                        seed,
-                    );
-                    let hist = trainer::fit(&mut net, &tw, &vw, &schedule(seed), |_| {});
-                    let best = hist
-                        .iter()
-                        .map(|e| e.val_loss)
-                        .fold(f64::INFINITY, f64::min);
-                    let eval = sets
-                        .iter()
-                        .map(|set| {
-                            let pred =
-                                rollout(&net, &mut ws, &set.v, &set.i, &set.anchors, plan.h_eval);
-                            SourceEval {
-                                source: set.label.clone(),
-                                direct: score(
-                                    set,
-                                    &pred,
-                                    plan.h_eval,
-                                    v.t_out.min(plan.h_eval),
-                                    dt,
-                                    &norm,
-                                ),
-                                rollout: score(set, &pred, plan.h_eval, plan.h_eval, dt, &norm),
-                            }
-                        })
-                        .collect();
-                    let r = RunResult {
-                        variant: v.name.clone(),
-                        seed,
-                        parameters: net.param_count(),
-                        epochs_run: hist.len(),
-                        best_val_loss: best,
-                        seconds: c0.elapsed().as_secs_f64(),
-                        eval,
-                    };
-                    progress(&format!(
-                        "{} seed {}: {} epochs, val {:.4}, {:.0} s",
-                        r.variant, r.seed, r.epochs_run, r.best_val_loss, r.seconds
-                    ));
-                    results
-                        .lock()
-                        .expect("no thread panicked")
-                        .push((vi, r, net));
-                }
-            });
-        }
-    });
-    let mut results = results.into_inner().expect("no thread panicked");
-    results.sort_by_key(|(vi, r, _)| (*vi, r.seed));
-
-    // Overlay traces: the first seed's base-horizon variants, forecasts
-    // from anchors every 2.5 ms around the first spike of each preset.
-    let mut traces = Vec::new();
-    let first = plan.seeds[0];
-    let mut ws = Workspace::default();
-    for set in sets.iter().take(2) {
-        let (vm, vs) = (norm.v_mean as f32, norm.v_std as f32);
-        let thr = ((DEFAULT_THRESHOLD_MV as f32) - vm) / vs;
-        let Some(p) =
-            (plan.t_in + 20..set.v.len() - 200).find(|&p| set.v[p - 1] < thr && set.v[p] >= thr)
-        else {
-            continue;
-        };
-        let (from, to) = (p - 20, p + 100);
-        for q in from..to {
-            traces.push(TraceRow {
-                source: set.label.clone(),
-                who: "truth".into(),
-                anchor_ms: f64::NAN,
-                t_ms: q as f64 * dt,
-                v_mv: (set.v[q] * vs + vm) as f64,
-            });
-        }
-        let anchors: Vec<usize> = (from..to - plan.base_t_out).step_by(5).collect();
-        for (vi, r, net) in &results {
-            let v = &vars[*vi];
-            let wanted = v.layers == 1 && (v.t_out == plan.base_t_out || v.t_out == 1);
-            if r.seed != first || !wanted {
-                continue;
-            }
-            let pred = rollout(net, &mut ws, &set.v, &set.i, &anchors, plan.base_t_out);
-            for (k, &e) in anchors.iter().enumerate() {
-                for j in 0..plan.base_t_out {
-                    traces.push(TraceRow {
-                        source: set.label.clone(),
-                        who: v.name.clone(),
-                        anchor_ms: e as f64 * dt,
-                        t_ms: (e + 1 + j) as f64 * dt,
-                        v_mv: (pred[k * plan.base_t_out + j] * vs + vm) as f64,
-                    });
-                }
-            }
-        }
-    }
-
+    let baselines_out = study.baselines();
+    let results = study.train_all(threads, &progress);
+    let traces = study.traces(&results);
     Ok(StudyReport {
         plan: plan.clone(),
         dt_ms: dt,
@@ -545,6 +381,227 @@ pub fn run(
         threads: threads.max(1),
         wall_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Fresh evaluation stretches: another excitation seed; the regime change
+/// switches half-way through its own (shorter) stretch.
+fn eval_sets(
+    cfg: &TrainConfig,
+    plan: &StudyPlan,
+    norm: &Normalization,
+) -> Result<Vec<EvalSet>, TrainError> {
+    let mut ecfg = cfg.clone();
+    ecfg.duration_ms = plan.eval_ms;
+    for src in &mut ecfg.sources {
+        for ch in &mut src.sim.schedule {
+            ch.at_ms = plan.eval_ms / 2.0;
+        }
+    }
+    ecfg.schedule.seed = plan.eval_seed;
+    let eval_series = super::generate(&ecfg, 0)?;
+    let sets: Vec<EvalSet> = eval_series
+        .iter()
+        .map(|(l, s)| EvalSet::new(l, s, plan, norm))
+        .collect();
+    if sets.iter().any(|s| s.anchors.is_empty()) {
+        return Err(TrainError::NotEnoughData(
+            "an evaluation stretch is shorter than t_in + h_eval".into(),
+        ));
+    }
+    Ok(sets)
+}
+
+/// What every cell of the study shares, read-only across the threads.
+struct Shared<'a> {
+    plan: &'a StudyPlan,
+    norm: &'a Normalization,
+    dt: f64,
+    clip_norm: f64,
+    train_s: &'a [Series],
+    val_s: &'a [Series],
+    sets: &'a [EvalSet],
+    vars: &'a [Variant],
+}
+
+impl Shared<'_> {
+    /// Baselines on the same anchors, AR fitted per source on its training
+    /// part.
+    fn baselines(&self) -> Vec<BaselineEval> {
+        let (plan, dt, norm) = (self.plan, self.dt, self.norm);
+        let mut baselines_out = Vec::new();
+        for (k, set) in self.sets.iter().enumerate() {
+            let fit = Windows::cut(
+                &self.train_s[k..=k],
+                plan.t_in,
+                plan.h_eval,
+                plan.stride,
+                norm,
+            );
+            let ar = baselines::LinearAr::fit(&fit, 10, 1e-6);
+            let n = set.anchors.len();
+            let (mut pp, mut pa) = (vec![0.0f32; n * plan.h_eval], vec![0.0f32; n * plan.h_eval]);
+            let mut x = Vec::new();
+            for (j, &e) in set.anchors.iter().enumerate() {
+                set.contract(e, plan.t_in, plan.h_eval, &mut x);
+                baselines::persistence(&x, plan.t_in, plan.h_eval, &mut pp[j * plan.h_eval..]);
+                ar.predict(&x, &mut pa[j * plan.h_eval..(j + 1) * plan.h_eval]);
+            }
+            baselines_out.push(BaselineEval {
+                source: set.label.clone(),
+                persistence: score(set, &pp, plan.h_eval, plan.h_eval, dt, norm),
+                ar: score(set, &pa, plan.h_eval, plan.h_eval, dt, norm),
+            });
+        }
+        baselines_out
+    }
+
+    /// Every (variant, seed) cell, most expensive first so the threads
+    /// finish together; the results come back in (variant, seed) order.
+    fn train_all(
+        &self,
+        threads: usize,
+        progress: &(impl Fn(&str) + Sync),
+    ) -> Vec<(usize, RunResult, Net)> {
+        let (plan, vars) = (self.plan, self.vars);
+        let mut cells: Vec<(usize, u64)> = (0..vars.len())
+            .flat_map(|v| plan.seeds.iter().map(move |&s| (v, s)))
+            .collect();
+        let cost = |v: &Variant| {
+            let rollout_passes = plan.h_eval.div_ceil(v.t_out) as f64;
+            v.layers as f64
+                * ((plan.t_in + v.t_out) as f64 * 3.0 * plan.epochs as f64 / 4.0
+                    + rollout_passes * (plan.t_in + v.t_out) as f64 * 0.5)
+        };
+        cells.sort_by(|a, b| cost(&vars[b.0]).total_cmp(&cost(&vars[a.0])));
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, RunResult, Net)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| {
+                    let mut ws = Workspace::default();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(vi, seed)) = cells.get(n) else {
+                            break;
+                        };
+                        let (r, net) = self.train_cell(&vars[vi], seed, &mut ws);
+                        progress(&format!(
+                            "{} seed {}: {} epochs, val {:.4}, {:.0} s",
+                            r.variant, r.seed, r.epochs_run, r.best_val_loss, r.seconds
+                        ));
+                        results
+                            .lock()
+                            .expect("no thread panicked")
+                            .push((vi, r, net));
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("no thread panicked");
+        results.sort_by_key(|(vi, r, _)| (*vi, r.seed));
+        results
+    }
+
+    /// Train one variant with one seed and score it on every evaluation set.
+    fn train_cell(&self, v: &Variant, seed: u64, ws: &mut Workspace) -> (RunResult, Net) {
+        let (plan, dt, norm, sets) = (self.plan, self.dt, self.norm, self.sets);
+        let (train_s, val_s) = (self.train_s, self.val_s);
+        let schedule = |seed| Schedule {
+            epochs: plan.epochs,
+            batch: plan.batch,
+            learning_rate: plan.learning_rate,
+            clip_norm: self.clip_norm,
+            patience: plan.patience,
+            seed,
+        };
+        let c0 = std::time::Instant::now();
+        let tw = Windows::cut(train_s, plan.t_in, v.t_out, plan.stride, norm);
+        let vw = Windows::cut(val_s, plan.t_in, v.t_out, plan.stride, norm);
+        let mut net = Net::with_head(
+            v.layers,
+            plan.hidden,
+            plan.t_in,
+            v.t_out,
+            v.order,
+            v.head,
+            seed,
+        );
+        let hist = trainer::fit(&mut net, &tw, &vw, &schedule(seed), |_| {});
+        let best = hist
+            .iter()
+            .map(|e| e.val_loss)
+            .fold(f64::INFINITY, f64::min);
+        let eval = sets
+            .iter()
+            .map(|set| {
+                let pred = rollout(&net, ws, &set.v, &set.i, &set.anchors, plan.h_eval);
+                SourceEval {
+                    source: set.label.clone(),
+                    direct: score(set, &pred, plan.h_eval, v.t_out.min(plan.h_eval), dt, norm),
+                    rollout: score(set, &pred, plan.h_eval, plan.h_eval, dt, norm),
+                }
+            })
+            .collect();
+        let r = RunResult {
+            variant: v.name.clone(),
+            seed,
+            parameters: net.param_count(),
+            epochs_run: hist.len(),
+            best_val_loss: best,
+            seconds: c0.elapsed().as_secs_f64(),
+            eval,
+        };
+        (r, net)
+    }
+
+    /// Overlay traces: the first seed's base-horizon variants, forecasts
+    /// from anchors every 2.5 ms around the first spike of each preset.
+    fn traces(&self, results: &[(usize, RunResult, Net)]) -> Vec<TraceRow> {
+        let (plan, dt, norm, sets, vars) = (self.plan, self.dt, self.norm, self.sets, self.vars);
+        let mut traces = Vec::new();
+        let first = plan.seeds[0];
+        let mut ws = Workspace::default();
+        for set in sets.iter().take(2) {
+            let (vm, vs) = (norm.v_mean as f32, norm.v_std as f32);
+            let thr = ((DEFAULT_THRESHOLD_MV as f32) - vm) / vs;
+            let Some(p) = (plan.t_in + 20..set.v.len() - 200)
+                .find(|&p| set.v[p - 1] < thr && set.v[p] >= thr)
+            else {
+                continue;
+            };
+            let (from, to) = (p - 20, p + 100);
+            for q in from..to {
+                traces.push(TraceRow {
+                    source: set.label.clone(),
+                    who: "truth".into(),
+                    anchor_ms: f64::NAN,
+                    t_ms: q as f64 * dt,
+                    v_mv: (set.v[q] * vs + vm) as f64,
+                });
+            }
+            let anchors: Vec<usize> = (from..to - plan.base_t_out).step_by(5).collect();
+            for (vi, r, net) in results {
+                let v = &vars[*vi];
+                let wanted = v.layers == 1 && (v.t_out == plan.base_t_out || v.t_out == 1);
+                if r.seed != first || !wanted {
+                    continue;
+                }
+                let pred = rollout(net, &mut ws, &set.v, &set.i, &anchors, plan.base_t_out);
+                for (k, &e) in anchors.iter().enumerate() {
+                    for j in 0..plan.base_t_out {
+                        traces.push(TraceRow {
+                            source: set.label.clone(),
+                            who: v.name.clone(),
+                            anchor_ms: e as f64 * dt,
+                            t_ms: (e + 1 + j) as f64 * dt,
+                            v_mv: (pred[k * plan.base_t_out + j] * vs + vm) as f64,
+                        });
+                    }
+                }
+            }
+        }
+        traces
+    }
 }
 
 /// Mean and sample standard deviation.
@@ -598,11 +655,19 @@ impl StudyReport {
     /// The markdown tables of `docs/paper-reproduction.md`, each under a
     /// `### Table N` heading (CI checks that every one is there and full).
     pub fn tables(&self) -> String {
-        use OutputOrder::{Forward, Reversed};
-        let p = &self.plan;
-        let b = p.base_t_out;
-        let dt = self.dt_ms;
         let mut s = String::new();
+        self.header(&mut s);
+        self.head_and_layer_tables(&mut s);
+        self.horizon_table(&mut s);
+        self.direct_table(&mut s);
+        self.paper_model_table(&mut s);
+        self.cost_table(&mut s);
+        s
+    }
+
+    fn header(&self, s: &mut String) {
+        let p = &self.plan;
+        let dt = self.dt_ms;
         let _ = writeln!(
             s,
             "Study `{}`: {} seeds {:?}; hidden {}, t_in {} ({} ms), dt {} ms; training data {} s per source, stride {}; at most {} epochs (patience {}); evaluation on fresh data ({} s per source, excitation seed {}, one anchor at a random offset in every {} steps: {} windows); h_eval {} steps ({} ms). {} threads, wall time {:.0} s.\n",
@@ -630,6 +695,13 @@ impl StudyReport {
             self.threads,
             self.wall_seconds
         );
+    }
+
+    /// Tables 1 and 2: output head and order, and layers, at the base
+    /// horizon.
+    fn head_and_layer_tables(&self, s: &mut String) {
+        use OutputOrder::{Forward, Reversed};
+        let b = self.plan.base_t_out;
         let cols: Vec<usize> = [1, 2, 5, 10, b]
             .into_iter()
             .filter(|&k| k <= b)
@@ -649,7 +721,7 @@ impl StudyReport {
             (Head::Mlp, Forward),
         ];
         self.head_table(
-            &mut s,
+            s,
             &cols,
             b,
             heads
@@ -664,7 +736,7 @@ impl StudyReport {
             "### Table 2: 1 vs 2 LSTM layers (linear head, reversed, t_out {b})\n"
         );
         self.head_table(
-            &mut s,
+            s,
             &cols,
             b,
             [1, 2]
@@ -672,13 +744,24 @@ impl StudyReport {
                 .filter_map(|&l| self.variant(l, Head::Linear, Reversed, b))
                 .collect(),
         );
+    }
 
-        // Table 3: horizon sweep, rollout to h_eval.
-        let he = p.h_eval;
-        let hcols: Vec<usize> = [1, 5, 10, 20, 40]
+    /// Evaluation steps of tables 3 and 4.
+    fn horizon_cols(&self) -> Vec<usize> {
+        let he = self.plan.h_eval;
+        [1, 5, 10, 20, 40]
             .into_iter()
             .filter(|&k| k <= he)
-            .collect();
+            .collect()
+    }
+
+    fn horizon_table(&self, s: &mut String) {
+        use OutputOrder::Reversed;
+        let p = &self.plan;
+        let dt = self.dt_ms;
+        // Table 3: horizon sweep, rollout to h_eval.
+        let he = p.h_eval;
+        let hcols = self.horizon_cols();
         let _ = writeln!(
             s,
             "### Table 3: training horizon t_out, every model scored on steps 1..{he} (iterated rollout where t_out < {he}; RMSE mV mean ± sd over seeds; F1 over {he} steps)\n"
@@ -730,7 +813,12 @@ impl StudyReport {
             }
         }
         s.push('\n');
+    }
 
+    fn direct_table(&self, s: &mut String) {
+        use OutputOrder::Reversed;
+        let p = &self.plan;
+        let hcols = self.horizon_cols();
         // Table 4: direct forecasts on the common steps.
         let _ = writeln!(
             s,
@@ -765,7 +853,12 @@ impl StudyReport {
             }
         }
         s.push('\n');
+    }
 
+    fn paper_model_table(&self, s: &mut String) {
+        use OutputOrder::Reversed;
+        let b = self.plan.base_t_out;
+        let dt = self.dt_ms;
         // Table 5: the paper's model per step, against the baselines.
         if let Some(v) = self.variant(1, Head::Linear, Reversed, b) {
             let _ = writeln!(
@@ -804,7 +897,9 @@ impl StudyReport {
             }
             let _ = writeln!(s, "\n");
         }
+    }
 
+    fn cost_table(&self, s: &mut String) {
         // Table 6: training cost.
         let _ = writeln!(
             s,
@@ -829,7 +924,6 @@ impl StudyReport {
                 f(&|r| r.seconds)
             );
         }
-        s
     }
 
     fn head_table(&self, s: &mut String, cols: &[usize], b: usize, vars: Vec<&Variant>) {
