@@ -14,7 +14,8 @@ use neurostimd::service::notify::Notifier;
 use neurostimd::service::{self, RunInfo, Service, ServiceSetup};
 use neurostimd::session::{self, ServiceHooks, SessionError, SessionOptions};
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 // Flattened into the top-level parser: the daemon is the command-less call.
@@ -87,13 +88,59 @@ enum PlantArg {
     Replay,
 }
 
+impl PlantArg {
+    fn kind(self) -> &'static str {
+        match self {
+            PlantArg::Sim => "sim",
+            PlantArg::Serial => "serial",
+            PlantArg::Replay => "replay",
+        }
+    }
+}
+
 pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
-    let mut cli = toml::Table::new();
-    let kind = match a.plant {
-        PlantArg::Sim => "sim",
-        PlantArg::Serial => "serial",
-        PlantArg::Replay => "replay",
+    let config = Config::load_layered(a.config.as_deref(), &run_overlay(&a)?)?;
+    let stop = stop_on_signal()?;
+    let report_dir = match (&a.report, &config.run.reports) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(parent)) => Some(session::new_report_dir(parent)),
+        (None, None) => None,
     };
+    tracing::info!(
+        plant = a.plant.kind(),
+        preset = %config.sim.preset,
+        policy = config.control.policy.name(),
+        objective = config.control.objective.kind.name(),
+        clock = ?config.run.clock,
+        duration_s = ?config.run.duration_s,
+        "starting the closed loop"
+    );
+    let (svc, hooks, retrain_ops) = start_service(&config, report_dir.as_deref(), &stop)?;
+    let opts = SessionOptions {
+        report: report_dir.clone(),
+        trace_out: a.trace_out.clone(),
+        keep_records: false,
+        record: a.record.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        service: Some(hooks),
+        retrain_slot: retrain_ops.as_ref().map(|o| o.slot()),
+    };
+    let outcome = session::run(&config, &opts, stop);
+    svc.finish();
+    let outcome = outcome.map_err(|e| match e {
+        SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
+            "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
+        ))),
+        SessionError::Budget(m) => anyhow::Error::new(UsageError(m)),
+        other => anyhow::Error::new(other),
+    })?;
+    report_outcome(&outcome, a.json, report_dir.as_deref())
+}
+
+/// The flags as a configuration overlay, laid over the file, so a flag
+/// wins over the file and both go through the same validation.
+fn run_overlay(a: &RunArgs) -> anyhow::Result<toml::Table> {
+    let mut cli = toml::Table::new();
     match (&a.recording, a.plant) {
         (Some(r), PlantArg::Replay) => {
             table_at(&mut cli, &["plant", "replay"])
@@ -107,7 +154,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     if a.retrain {
         table_at(&mut cli, &["retrain"]).insert("enabled".into(), true.into());
     }
-    table_at(&mut cli, &["plant"]).insert("kind".into(), kind.into());
+    table_at(&mut cli, &["plant"]).insert("kind".into(), a.plant.kind().into());
     if let Some(p) = &a.port {
         table_at(&mut cli, &["plant", "serial"])
             .insert("port".into(), p.display().to_string().into());
@@ -140,23 +187,18 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.model {
         table_at(&mut cli, &["control"]).insert("model".into(), m.display().to_string().into());
     }
-    let config = Config::load_layered(a.config.as_deref(), &cli)?;
-    let stop = stop_on_signal()?;
-    let report_dir = match (&a.report, &config.run.reports) {
-        (Some(d), _) => Some(d.clone()),
-        (None, Some(parent)) => Some(session::new_report_dir(parent)),
-        (None, None) => None,
-    };
-    tracing::info!(
-        plant = kind,
-        preset = %config.sim.preset,
-        policy = config.control.policy.name(),
-        objective = config.control.objective.kind.name(),
-        clock = ?config.run.clock,
-        duration_s = ?config.run.duration_s,
-        "starting the closed loop"
-    );
-    // The service: control API, metrics, systemd notifications.
+    Ok(cli)
+}
+
+/// The service starts before the loop, so the control socket and the
+/// metrics are up (and systemd told) by the first sample; it hands back the
+/// hooks the loop shares with it and retraining's calls, which the session
+/// binds once its retraining thread runs.
+fn start_service(
+    config: &Config,
+    report_dir: Option<&Path>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Service, ServiceHooks, Option<Arc<RetrainOps>>)> {
     let controls = Arc::new(LoopControls::new(
         config.service.start_armed,
         config.control.objective,
@@ -165,14 +207,13 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let model = (config.control.policy == PolicyKind::Mpc)
         .then(|| model_info(&config.control.model))
         .flatten();
-    let socket = service::socket_path(&config.service.socket, report_dir.as_deref());
-    // Retraining's calls, bound once the session starts its thread.
+    let socket = service::socket_path(&config.service.socket, report_dir);
     let retrain_ops = (config.retrain.enabled && config.control.policy == PolicyKind::Mpc)
         .then(|| Arc::new(RetrainOps::new()));
     let svc = Service::start(
         ServiceSetup {
             config: config.service.clone(),
-            info: RunInfo::new(&config, model, report_dir.clone()),
+            info: RunInfo::new(config, model, report_dir.map(Path::to_path_buf)),
             objective: config.control.objective,
             controls: controls.clone(),
             latency: latency.clone(),
@@ -187,30 +228,22 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     if !config.service.start_armed {
         tracing::warn!("stimulation starts disarmed (service.start_armed = false): `neurostimd ctl arm` arms it");
     }
-    let opts = SessionOptions {
-        report: report_dir.clone(),
-        trace_out: a.trace_out.clone(),
-        keep_records: false,
-        record: a.record.clone(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        service: Some(ServiceHooks { controls, latency }),
-        retrain_slot: retrain_ops.as_ref().map(|o| o.slot()),
-    };
-    let outcome = session::run(&config, &opts, stop);
-    svc.finish();
-    let outcome = outcome.map_err(|e| match e {
-        SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
-            "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
-        ))),
-        SessionError::Budget(m) => anyhow::Error::new(UsageError(m)),
-        other => anyhow::Error::new(other),
-    })?;
+    Ok((svc, ServiceHooks { controls, latency }, retrain_ops))
+}
+
+/// The summary on stdout, where the reports went on stderr, and a plant
+/// fault as the command's failure (exit 1) although the run ended cleanly.
+fn report_outcome(
+    outcome: &session::SessionOutcome,
+    json: bool,
+    report_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let s = &outcome.summary;
     tracing::info!("control thread real-time measures: {}", s.realtime.line());
     // stdout may be a closed pipe by now (SIGPIPE is ignored here): the
     // report and recording are already written, so a failed print is no
     // reason to fail the run.
-    let text = if a.json {
+    let text = if json {
         serde_json::to_string_pretty(s)?
     } else {
         control_summary_text(s)
@@ -222,7 +255,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    if let Some(dir) = &report_dir {
+    if let Some(dir) = report_dir {
         eprintln!(
             "report written to {} (summary.json, .hgrm percentile distributions, latency.hlog with {} intervals); read it with `neurostimd report {}`",
             dir.display(),
