@@ -1,7 +1,7 @@
-//! The `neurostimd` binary: parses the command line, builds the validated
-//! configuration and hands over to the library. Errors are printed with
-//! their whole context; exit codes are 0 ok, 1 runtime failure, 2 usage or
-//! configuration error.
+//! The `neurostimd` binary: parses the command line and hands each command
+//! to its module in `cli`, which builds the validated configuration and
+//! calls the library. Errors are printed with their whole context; exit
+//! codes are 0 ok, 1 runtime failure, 2 usage or configuration error.
 
 mod cli;
 

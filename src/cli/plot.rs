@@ -1,5 +1,5 @@
 //! `neurostimd plot`: a run's figure from its report directory and trace,
-//! so a run can be judged at a glance (and compared with the paper's).
+//! so a run can be judged at a glance without a plotting stack of one's own.
 
 use super::UsageError;
 use clap::Args;
