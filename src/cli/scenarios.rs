@@ -1,0 +1,76 @@
+//! `neurostimd scenarios`: every objective with MPC and its baseline on the
+//! same seeds, the evidence that the forecaster earns its cost.
+
+use super::{dotted_overlay, UsageError};
+use clap::Args;
+use neurostimd::policy::PolicyKind;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ScenariosArgs {
+    /// Only these scenarios (repeatable): rate, burst, voltage, silence.
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// Plant time per run, seconds (default: each scenario's own, 12 s).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Run seeds 1..=N of the plant noise and the MPC's sampling.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Policies to run (repeatable; default mpc, pid, off).
+    #[arg(long, value_enum)]
+    policy: Vec<PolicyKind>,
+    /// Configuration laid over every scenario (e.g. other gains).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Any configuration key, dotted: --set mpc.candidates=48 --set pid.rate_ki=0.3.
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
+    use neurostimd::scenarios::{self, ScenarioError, ScenarioRequest};
+    let ScenariosArgs {
+        only,
+        duration,
+        seeds,
+        policy,
+        config,
+        set,
+        json,
+    } = a;
+    if let Some(d) = duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(UsageError(format!("--duration {d} must be > 0 seconds")).into());
+        }
+    }
+    if seeds == 0 {
+        return Err(UsageError("--seeds must be at least 1".into()).into());
+    }
+    let req = ScenarioRequest {
+        only,
+        seeds,
+        duration_s: duration,
+        policies: if policy.is_empty() {
+            vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off]
+        } else {
+            policy
+        },
+        config,
+        cli: dotted_overlay(&set)?,
+    };
+    let results = scenarios::run(&req).map_err(|e| match e {
+        ScenarioError::Unknown(_) => anyhow::Error::new(UsageError(e.to_string())),
+        ScenarioError::Config(c) => anyhow::Error::new(c),
+        other => anyhow::Error::new(other),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", scenarios::table(&results, seeds));
+    }
+    Ok(())
+}
