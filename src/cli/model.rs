@@ -163,15 +163,24 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         (Some(sim), _) => {
             let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
-            if config.preset(&sim).is_none() {
+            let Some(params) = config.preset(&sim) else {
                 let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
                 return Err(UsageError(format!(
                     "--sim {sim}: no such preset; defined presets: {}",
                     known.join(", ")
                 ))
                 .into());
-            }
-            neurostimd::train::eval_sim(&model, &config, &sim, duration * 1000.0, seed)?
+            };
+            let mut plant = config.sim.clone();
+            plant.preset = sim.clone();
+            plant.params = params;
+            neurostimd::train::eval_sim(
+                &model,
+                &plant,
+                config.train.max_amplitude,
+                duration * 1000.0,
+                seed,
+            )?
         }
         (None, Some(data)) => neurostimd::train::eval_trace(&model, &data)?,
         (None, None) => {

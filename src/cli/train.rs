@@ -65,7 +65,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     );
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let max_epochs = t.schedule.epochs;
-    let outcome = neurostimd::train::run(&config, &out, &command, |e| {
+    let outcome = neurostimd::train::run(&config.train, &out, &command, |e| {
         if tty {
             eprint!(
                 "\repoch {:>3}/{max_epochs}  train {:.5}  val {:.5}  {:.0} windows/s   ",
@@ -117,7 +117,7 @@ pub fn cmd_paper_study(a: PaperStudyArgs) -> anyhow::Result<()> {
     };
     let cells = study::variants(&plan).len() * plan.seeds.len();
     tracing::info!(plan = %plan.name, cells, threads, "paper study");
-    let report = study::run(&config, &plan, threads, |line| {
+    let report = study::run(&config.train, &plan, threads, |line| {
         tracing::info!("{line}");
     })?;
     report.write(&out)?;

@@ -24,12 +24,9 @@ pub struct PlannerTotals {
     pub notes_dropped: u64,
 }
 
-/// A model to plan with from the next tick on (retraining or rollback).
-pub struct ModelSwap {
-    pub forecaster: Forecaster,
-    /// Version and name, for the recording and the logs.
-    pub label: String,
-}
+/// A model to plan with from the next tick on (retraining or rollback);
+/// the forecaster layer owns the type.
+pub use crate::forecast::ModelSwap;
 
 /// The planner's optional connections besides the loop.
 #[derive(Default)]

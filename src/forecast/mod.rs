@@ -71,6 +71,13 @@ pub enum Engine {
     Tract,
 }
 
+/// A model to plan with from the next tick on (retraining or rollback).
+pub struct ModelSwap {
+    pub forecaster: Forecaster,
+    /// Version and name, for the recording and the logs.
+    pub label: String,
+}
+
 /// A loaded, checked model.
 pub struct Forecaster {
     path: PathBuf,

@@ -3,7 +3,7 @@
 //! the rolling error of the forecasts the planner made against what the
 //! cell then did.
 
-use crate::control::handoff::Record;
+use crate::record::Record;
 use crate::train::dataset::Series;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -16,11 +16,11 @@ pub mod drift;
 pub mod store;
 
 use crate::config::RetrainConfig;
-use crate::control::handoff::Note;
-use crate::control::planner::ModelSwap;
 use crate::forecast::card::ModelCard;
+pub use crate::forecast::ModelSwap;
 use crate::forecast::{Engine, Forecaster};
 use crate::record::EventLine;
+use crate::record::Note;
 use crate::train::dataset::{Series, Windows};
 use crate::train::net::{Layer, Net, Workspace};
 use crate::train::{compare, export, trainer};
@@ -487,7 +487,7 @@ impl Supervisor {
 /// loop's latency.
 fn lower_priority(avoid: Option<usize>) {
     if let Some(cpu) = avoid {
-        crate::control::rt::exclude_cpu(cpu);
+        crate::rt::exclude_cpu(cpu);
     }
     #[cfg(target_os = "linux")]
     // SAFETY: plain calls on the calling thread.
@@ -767,7 +767,29 @@ mod tests {
     }
 }
 
-/// The service's handle on retraining ([`crate::service::ModelOps`]). The
+/// Model management the control API exposes (`POST /model/retrain`,
+/// `POST /model/rollback`, the model part of `GET /status` and the
+/// metrics). The recorder/retraining work (issue 7) implements it and hands
+/// it to [`ServiceSetup::model_ops`]; without it the retrain and rollback
+/// calls answer 503 and the metrics report the loaded model's card and
+/// retraining state `disabled`.
+///
+/// Calls come from tokio's blocking pool (never the real-time thread) and
+/// may take long; they must not block the loop (a swap goes through the
+/// planner's own hand-off).
+pub trait ModelOps: Send + Sync {
+    /// Start (or run) a retraining from the recorded data; the JSON says
+    /// what happened (e.g. `{"state": "training", "job": 3}`).
+    fn retrain(&self) -> Result<serde_json::Value, String>;
+    /// Return to the previous model version.
+    fn rollback(&self) -> Result<serde_json::Value, String>;
+    /// The model in use and the retraining state. Keys the metrics read:
+    /// `version` (number), `name`, `sha256`, `state` (string, e.g.
+    /// `idle`, `training`, `validating`, `failed`).
+    fn status(&self) -> serde_json::Value;
+}
+
+/// The service's handle on retraining ([`ModelOps`]). The
 /// service starts before the run's retraining thread exists, so the handle
 /// is bound when the session starts it.
 #[derive(Default)]
@@ -792,7 +814,7 @@ impl RetrainOps {
     }
 }
 
-impl crate::service::ModelOps for RetrainOps {
+impl ModelOps for RetrainOps {
     fn retrain(&self) -> Result<serde_json::Value, String> {
         let s = self.shared()?;
         s.request();

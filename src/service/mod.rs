@@ -34,27 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Model management the control API exposes (`POST /model/retrain`,
-/// `POST /model/rollback`, the model part of `GET /status` and the
-/// metrics). The recorder/retraining work (issue 7) implements it and hands
-/// it to [`ServiceSetup::model_ops`]; without it the retrain and rollback
-/// calls answer 503 and the metrics report the loaded model's card and
-/// retraining state `disabled`.
-///
-/// Calls come from tokio's blocking pool (never the real-time thread) and
-/// may take long; they must not block the loop (a swap goes through the
-/// planner's own hand-off).
-pub trait ModelOps: Send + Sync {
-    /// Start (or run) a retraining from the recorded data; the JSON says
-    /// what happened (e.g. `{"state": "training", "job": 3}`).
-    fn retrain(&self) -> Result<serde_json::Value, String>;
-    /// Return to the previous model version.
-    fn rollback(&self) -> Result<serde_json::Value, String>;
-    /// The model in use and the retraining state. Keys the metrics read:
-    /// `version` (number), `name`, `sha256`, `state` (string, e.g.
-    /// `idle`, `training`, `validating`, `failed`).
-    fn status(&self) -> serde_json::Value;
-}
+/// Retraining's calls, as the control API makes them (defined by the
+/// retraining layer that implements them).
+pub use crate::retrain::ModelOps;
 
 /// The loaded model as its card describes it.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -19,17 +19,18 @@ pub mod settings;
 pub mod study;
 pub mod trainer;
 
-use crate::config::{Config, TrainConfig};
 use crate::forecast::card::{
     Architecture, InputSpec, ModelCard, Normalization, OutputSpec, CARD_FORMAT, CARD_VERSION,
     FEATURES,
 };
 use crate::forecast::{card_path, sha256_hex, Engine, ForecastError, Forecaster, OutputOrder};
 use crate::npy::{NpyError, NpyF32};
+use crate::plant::sim::SimConfig;
 use crate::plant::PlantError;
 use dataset::{Series, Windows};
 use metrics::{Accumulator, HorizonMetrics};
 use serde::Serialize;
+use settings::TrainConfig;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -219,15 +220,15 @@ fn generate(cfg: &TrainConfig, seed_offset: u64) -> Result<Vec<(String, Series)>
     Ok(out)
 }
 
-/// Train a model as `config.train` says, export it to `out` (+ card and
-/// bundle), reload it with tract and check it equals the trained network.
+/// Train a model as `cfg` (`[train]`) says, export it to `out` (+ card
+/// and bundle), reload it with tract and check it equals the trained
+/// network.
 pub fn run(
-    config: &Config,
+    cfg: &TrainConfig,
     out: &Path,
     command: &str,
     mut progress: impl FnMut(&trainer::EpochReport),
 ) -> Result<TrainOutcome, TrainError> {
-    let cfg = &config.train;
     let labelled = generate(cfg, 0)?;
     let series: Vec<Series> = labelled.iter().map(|(_, s)| s.clone()).collect();
     let (train_s, val_s, test_s) =
@@ -531,21 +532,19 @@ pub fn eval_recording(model: &Path, dir: &Path) -> Result<Comparison, TrainError
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
 /// not use), split in time; AR fitted on the first half, everything scored
 /// on the second.
+///
+/// `sim` is the simulator to draw from (the caller has set its preset);
+/// `max_amplitude` bounds the excitation (`train.data.max_amplitude`).
 pub fn eval_sim(
     model: &Path,
-    config: &Config,
-    preset: &str,
+    sim: &SimConfig,
+    max_amplitude: f64,
     duration_ms: f64,
     seed: u64,
 ) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
     let card = f.card().clone();
-    let mut sim = config.sim.clone();
-    let params = config
-        .preset(preset)
-        .ok_or_else(|| TrainError::NotEnoughData(format!("no preset named `{preset}`")))?;
-    sim.preset = preset.to_string();
-    sim.params = params;
+    let mut sim = sim.clone();
     sim.schedule.clear();
     let decimation = crate::forecast::WindowRing::decimation_for(card.dt_ms, sim.sample_period_ms)
         .ok_or_else(|| {
@@ -554,15 +553,10 @@ pub fn eval_sim(
                 card.dt_ms, sim.sample_period_ms
             ))
         })?;
-    let s = dataset::simulate_series(
-        &sim,
-        duration_ms,
-        decimation,
-        config.train.max_amplitude,
-        seed,
-    )?;
+    let s = dataset::simulate_series(&sim, duration_ms, decimation, max_amplitude, seed)?;
     let label = format!(
-        "sim {preset}, {:.0} s, seed {seed}, second half",
+        "sim {}, {:.0} s, seed {seed}, second half",
+        sim.preset,
         duration_ms / 1000.0
     );
     score_second_half(&mut f, s, label)

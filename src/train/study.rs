@@ -18,9 +18,9 @@
 use super::dataset::{self, Series, Windows};
 use super::metrics::{Accumulator, HorizonMetrics};
 use super::net::{Head, Net, Workspace};
+use super::settings::TrainConfig;
 use super::trainer::{self, Schedule};
 use super::{baselines, TrainError};
-use crate::config::{Config, TrainConfig};
 use crate::forecast::card::{Normalization, OutputOrder};
 use crate::neuron::spikes::DEFAULT_THRESHOLD_MV;
 use serde::Serialize;
@@ -333,13 +333,13 @@ fn score(
 
 /// Run the study. `progress` gets one line per finished model.
 pub fn run(
-    config: &Config,
+    train: &TrainConfig,
     plan: &StudyPlan,
     threads: usize,
     progress: impl Fn(&str) + Sync,
 ) -> Result<StudyReport, TrainError> {
     let t0 = std::time::Instant::now();
-    let mut cfg = config.train.clone();
+    let mut cfg = train.clone();
     cfg.duration_ms = plan.train_ms;
     cfg.schedule.seed = plan.data_seed;
     cfg.traces.clear();
@@ -1173,7 +1173,7 @@ mod tests {
             data_seed: 1,
             eval_seed: 2,
         };
-        let mut r = run(&Config::defaults(), &plan, 2, |_| {}).unwrap();
+        let mut r = run(&crate::config::Config::defaults().train, &plan, 2, |_| {}).unwrap();
         // 4 head/order variants at t_out 5, t_out 1, and 2 layers at 5.
         assert_eq!(r.variants.len(), 6);
         assert_eq!(r.runs.len(), 12);
