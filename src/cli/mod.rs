@@ -22,6 +22,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The target the commands log under: the binary's name, as when they
+/// lived in main.rs, so log lines and `RUST_LOG` filters stay the same.
+pub const LOG_TARGET: &str = "neurostimd";
+
 /// Errors that mean "you asked for something invalid" (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

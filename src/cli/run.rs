@@ -2,7 +2,7 @@
 //! (control API, metrics, systemd notifications), until the duration ends
 //! or a signal or `ctl shutdown` stops it.
 
-use super::{stop_on_signal, UsageError};
+use super::{stop_on_signal, UsageError, LOG_TARGET};
 use clap::Args;
 use neurostimd::config::{overlay_at as table_at, Clock, Config};
 use neurostimd::control;
@@ -107,6 +107,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     tracing::info!(
+        target: LOG_TARGET,
         plant = a.plant.kind(),
         preset = %config.sim.preset,
         policy = config.control.policy.name(),
@@ -226,7 +227,7 @@ fn start_service(
         socket,
     )?;
     if !config.service.start_armed {
-        tracing::warn!("stimulation starts disarmed (service.start_armed = false): `neurostimd ctl arm` arms it");
+        tracing::warn!(target: LOG_TARGET, "stimulation starts disarmed (service.start_armed = false): `neurostimd ctl arm` arms it");
     }
     Ok((svc, ServiceHooks { controls, latency }, retrain_ops))
 }
@@ -239,7 +240,7 @@ fn report_outcome(
     report_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
     let s = &outcome.summary;
-    tracing::info!("control thread real-time measures: {}", s.realtime.line());
+    tracing::info!(target: LOG_TARGET, "control thread real-time measures: {}", s.realtime.line());
     // stdout may be a closed pipe by now (SIGPIPE is ignored here): the
     // report and recording are already written, so a failed print is no
     // reason to fail the run.

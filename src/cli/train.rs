@@ -2,6 +2,7 @@
 //! for one model or for the grid of variants that checks the seed paper's
 //! claims (both go through the same trainer, so their numbers compare).
 
+use super::LOG_TARGET;
 use clap::Args;
 use neurostimd::config::{overlay_at as table_at, Config};
 use neurostimd::train::study;
@@ -54,6 +55,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let command: String = std::env::args().collect::<Vec<_>>().join(" ");
     let t = &config.train;
     tracing::info!(
+        target: LOG_TARGET,
         layers = t.layers,
         hidden = t.hidden,
         t_in = t.t_in,
@@ -73,6 +75,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             );
         } else {
             tracing::info!(
+                target: LOG_TARGET,
                 epoch = e.epoch,
                 train_loss = e.train_loss,
                 val_loss = e.val_loss,
@@ -116,9 +119,9 @@ pub fn cmd_paper_study(a: PaperStudyArgs) -> anyhow::Result<()> {
         study::StudyPlan::full()
     };
     let cells = study::variants(&plan).len() * plan.seeds.len();
-    tracing::info!(plan = %plan.name, cells, threads, "paper study");
+    tracing::info!(target: LOG_TARGET, plan = %plan.name, cells, threads, "paper study");
     let report = study::run(&config.train, &plan, threads, |line| {
-        tracing::info!("{line}");
+        tracing::info!(target: LOG_TARGET, "{line}");
     })?;
     report.write(&out)?;
     print!("{}", report.tables());
