@@ -5,7 +5,7 @@
 //! never waits for them under real-time rules.
 
 use super::controls;
-use super::handoff::{self, ConsumerEnds, Note, Record};
+use super::handoff::{ConsumerEnds, Note, Record};
 use crate::policy::quality::{Quality, QualityMeter};
 use crossbeam_channel::Receiver;
 use std::io::Write;
@@ -26,6 +26,9 @@ pub(crate) struct ConsumerDuties {
     pub(crate) notes: Option<Receiver<Note>>,
     pub(crate) monitor: Option<crate::retrain::drift::DriftMonitor>,
     pub(crate) recent: Option<std::sync::Arc<crate::retrain::drift::RecentData>>,
+    /// Each plan's bias-corrected forecast as rows `t_ms,dt_ms,v1,...`
+    /// beside the trace (`--trace-out`, MPC).
+    pub(crate) forecasts_csv: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
     /// Operator changes to record as events: (controls, last seen armed
     /// state and objective sequence).
     pub(crate) controls: Option<(std::sync::Arc<controls::LoopControls>, (bool, u64))>,
@@ -38,12 +41,23 @@ impl ConsumerDuties {
         let Some(rx) = &self.notes else { return };
         while let Ok(note) = rx.try_recv() {
             match note {
-                Note::Forecast { base_index, values } => {
+                Note::Forecast {
+                    base_index,
+                    t_ms,
+                    dt_ms,
+                    model,
+                    corrected,
+                } => {
+                    if let (Some((p, w)), None) = (&mut self.forecasts_csv, &*error) {
+                        if let Err(e) = write_forecast_row(w, t_ms, dt_ms, &corrected) {
+                            *error = Some(format!("{}: {e}", p.display()));
+                        }
+                    }
                     if let Some(r) = &mut self.recorder {
-                        r.forecast(base_index, &values);
+                        r.forecast(base_index, &model);
                     }
                     if let Some(m) = &mut self.monitor {
-                        m.forecast(base_index, values);
+                        m.forecast(base_index, model);
                     }
                 }
                 Note::ModelSwapped { base_index, label } => {
@@ -164,6 +178,11 @@ pub(crate) fn spawn_consumer(
             }
             // The planner has stopped: take its last notes.
             duties.drain_notes(&mut error);
+            if let Some((p, w)) = &mut duties.forecasts_csv {
+                if let Err(e) = w.flush() {
+                    error.get_or_insert(format!("{}: {e}", p.display()));
+                }
+            }
             Consumed {
                 quality: meter.finish(),
                 records: kept,
@@ -180,28 +199,11 @@ pub fn forecasts_path(trace: &std::path::Path) -> PathBuf {
     trace.with_extension("forecasts.csv")
 }
 
-/// Write forecast rows (`t_ms,dt_ms,v1,...`) until the planner hangs up;
-/// the first error, if any.
-pub(crate) fn spawn_forecast_writer(
-    path: PathBuf,
-    file: std::fs::File,
-    rx: crossbeam_channel::Receiver<handoff::ForecastRow>,
-) -> std::thread::JoinHandle<Option<String>> {
-    std::thread::Builder::new()
-        .name("forecasts".into())
-        .spawn(move || {
-            let mut w = std::io::BufWriter::new(file);
-            let fail = |e: std::io::Error| Some(format!("{}: {e}", path.display()));
-            for row in rx {
-                let mut line = format!("{:.4},{}", row.t_ms, row.dt_ms);
-                for v in &row.v {
-                    line.push_str(&format!(",{v:.3}"));
-                }
-                if let Err(e) = writeln!(w, "{line}") {
-                    return fail(e);
-                }
-            }
-            w.flush().err().and_then(fail)
-        })
-        .expect("spawning the forecast writer")
+/// One forecast row: `t_ms,dt_ms,v1,...` (what `neurostimd plot` reads).
+fn write_forecast_row(w: &mut impl Write, t_ms: f64, dt_ms: f64, v: &[f32]) -> std::io::Result<()> {
+    write!(w, "{t_ms:.4},{dt_ms}")?;
+    for x in v {
+        write!(w, ",{x:.3}")?;
+    }
+    writeln!(w)
 }

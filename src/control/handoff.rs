@@ -92,16 +92,6 @@ pub struct PlannerEnds {
     pub empty_snapshots: Sender<Box<Snapshot>>,
     pub plans: Sender<Box<Plan>>,
     pub empty_plans: Receiver<Box<Plan>>,
-    /// Copies of each plan's forecast for a writer (the planner thread may
-    /// allocate; dropped if the writer is behind). `None`: not wanted.
-    pub forecasts: Option<Sender<ForecastRow>>,
-}
-
-/// One plan's forecast: V at `t_ms + (j + 1)·dt_ms`, mV.
-pub struct ForecastRow {
-    pub t_ms: f64,
-    pub dt_ms: f64,
-    pub v: Vec<f32>,
 }
 
 pub struct RecordEnds {
@@ -177,7 +167,6 @@ pub fn build(
                     empty_snapshots,
                     plans: plans_tx,
                     empty_plans,
-                    forecasts: None,
                 }),
             )
         }

@@ -83,13 +83,6 @@ pub fn run(
         plan.snapshot_taken = snap.taken;
         match result {
             Ok(stats) => {
-                if let Some(tx) = &ends.forecasts {
-                    let _ = tx.try_send(super::handoff::ForecastRow {
-                        t_ms: snap.t_ms,
-                        dt_ms: mpc.dt_model(),
-                        v: mpc.best_forecast().to_vec(),
-                    });
-                }
                 plan.status = PlanStatus::Ok;
                 plan.currents.copy_from_slice(mpc.best());
                 plan.forecast_ns = stats.forecast_ns;
@@ -99,7 +92,10 @@ pub fn run(
                 if let Some((tx, wait)) = &links.notes {
                     let note = Note::Forecast {
                         base_index: snap.index,
-                        values: plan.forecast.clone().into_boxed_slice(),
+                        t_ms: snap.t_ms,
+                        dt_ms: mpc.dt_model(),
+                        model: plan.forecast.clone().into_boxed_slice(),
+                        corrected: mpc.best_forecast().into(),
                     };
                     let sent = if *wait {
                         tx.send(note).is_ok()

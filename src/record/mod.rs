@@ -77,9 +77,19 @@ impl PartialEq for Record {
 /// real-time thread: these may allocate).
 #[derive(Debug)]
 pub enum Note {
-    /// A planning tick's forecast over the horizon (mV, step 1 first) from
-    /// the window ending at `base_index`.
-    Forecast { base_index: u64, values: Box<[f32]> },
+    /// A planning tick's forecast over the horizon (mV, step 1 first, one
+    /// value every `dt_ms`) from the window ending at `base_index` (plant
+    /// time `t_ms`): the model's own (for the recording and the drift
+    /// monitor) and the bias-corrected one the planner optimised against
+    /// (for `--trace-out`'s forecasts CSV and `neurostimd plot`). One note
+    /// carries both, so there is one hand-off and one drop count.
+    Forecast {
+        base_index: u64,
+        t_ms: f64,
+        dt_ms: f64,
+        model: Box<[f32]>,
+        corrected: Box<[f32]>,
+    },
     /// The planner took a new model before planning from `base_index`.
     ModelSwapped { base_index: u64, label: String },
     /// Anything else worth an event: stamped with the newest sample.

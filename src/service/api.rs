@@ -26,6 +26,44 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// At most one line a second about refused requests.
+static REFUSAL_LOG: LogLimiter = LogLimiter::new();
+
+/// A once-a-second gate for log lines, counting what it held back.
+pub struct LogLimiter {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogLimiter {
+    pub const fn new() -> LogLimiter {
+        LogLimiter {
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` if a line may go out now.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.0 {
+            Some(t) if now.saturating_duration_since(t) < std::time::Duration::from_secs(1) => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let held = st.1;
+                *st = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Largest request body accepted, bytes.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -218,7 +256,16 @@ pub async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Resp {
             tracing::info!(%method, %path, status = resp.status().as_u16(), "control API")
         }
         Err(Refusal(s, m)) => {
-            tracing::warn!(%method, %path, status = s.as_u16(), "control API refused: {m}")
+            // An abusive client must not flood the journal: one line a
+            // second at most, saying how many were not logged.
+            if let Some(quiet) = REFUSAL_LOG.admit(std::time::Instant::now()) {
+                let also = if quiet > 0 {
+                    format!(" ({quiet} more refusals not logged in the last second)")
+                } else {
+                    String::new()
+                };
+                tracing::warn!(%method, %path, status = s.as_u16(), "control API refused: {m}{also}")
+            }
         }
         _ => {}
     }
@@ -408,6 +455,17 @@ pub fn status_json(state: &State) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_lines_are_limited_to_one_a_second_and_count_the_rest() {
+        let l = LogLimiter::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(l.admit(t0), Some(0));
+        for k in 1..=5 {
+            assert_eq!(l.admit(t0 + std::time::Duration::from_millis(100 * k)), None);
+        }
+        assert_eq!(l.admit(t0 + std::time::Duration::from_secs(1)), Some(5));
+    }
     use crate::policy::test_support::objective;
 
     #[test]
