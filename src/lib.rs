@@ -22,6 +22,8 @@
 //!   and the shipped model compiled into the binary (`embedded:ca1_lstm`).
 //! - [`modeltool`]: `neurostimd model info|run|bench`.
 //! - [`npy`]: float32 `.npy` files (model bundles, `model run`).
+//! - [`poll`]: receiving from the loop's hand-offs without parking, so the
+//!   loop's sends never wake anyone (no lock, no system call).
 //! - [`report`]: latency reports in HdrHistogram's formats (`.hgrm`,
 //!   interval logs) and `summary.json`; `neurostimd report`.
 //! - [`safety`]: the safety limiter every command passes (amplitude, slew,
@@ -75,6 +77,7 @@ pub mod npy;
 pub mod plant;
 pub mod plot;
 pub mod policy;
+pub mod poll;
 pub mod protocol;
 pub mod record;
 pub mod report;

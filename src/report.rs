@@ -130,6 +130,10 @@ impl IntervalHandoff {
 /// are reset (the service's live latency figures).
 pub type IntervalTap = Box<dyn FnMut(&IntervalSet) + Send>;
 
+/// How long the interval-log writer naps between looks for a closed
+/// interval (one a second): it polls, so the loop's hand-off never wakes it.
+const WRITER_NAP: Duration = Duration::from_millis(10);
+
 /// Writes an interval log (`.hlog`) on its own thread.
 pub struct IntervalLogThread {
     handle: std::thread::JoinHandle<std::io::Result<u64>>,
@@ -173,7 +177,7 @@ impl IntervalLogThread {
             .spawn(move || {
                 let Some(file) = file else {
                     let mut seen = 0u64;
-                    for mut set in full_rx {
+                    while let Ok(mut set) = crate::poll::recv(&full_rx, WRITER_NAP) {
                         if let Some(t) = tap.as_mut() {
                             t(&set);
                         }
@@ -192,7 +196,7 @@ impl IntervalLogThread {
                 builder.with_start_time(std::time::SystemTime::now());
                 let mut log = builder.begin_log_with(&mut out, &mut serializer)?;
                 let mut written = 0u64;
-                for mut set in full_rx {
+                while let Ok(mut set) = crate::poll::recv(&full_rx, WRITER_NAP) {
                     if let Some(t) = tap.as_mut() {
                         t(&set);
                     }

@@ -138,7 +138,13 @@ pub(crate) fn spawn_consumer(
             loop {
                 // A bounded wait, so notes are taken and the recording is
                 // flushed even while no samples come (a stalled rig).
-                let mut block = match ends.full.recv_timeout(Duration::from_millis(100)) {
+                // Polled, never parked: the loop's `try_send` must not have
+                // to wake this thread (see `crate::poll`).
+                let mut block = match crate::poll::recv_timeout(
+                    &ends.full,
+                    Duration::from_millis(1),
+                    Duration::from_millis(100),
+                ) {
                     Ok(b) => b,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         duties.drain_notes(&mut error);

@@ -42,6 +42,11 @@ pub struct PlannerLinks {
 /// Plan until the loop hangs up. `budget`: stop refining after this much
 /// time per plan (paced clock); `None` runs every iteration (free clock,
 /// deterministic).
+/// How long the planner naps between looks for a snapshot: it never
+/// parks, so the loop's `try_send` never has to wake it (see [`crate::poll`]);
+/// a nap adds at most this to a plan's latency.
+const NAP: std::time::Duration = std::time::Duration::from_micros(50);
+
 pub fn run(
     ends: PlannerEnds,
     mut forecaster: Forecaster,
@@ -51,7 +56,8 @@ pub fn run(
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
     let mut objective_seq = 0;
-    while let Ok(mut snap) = ends.snapshots.recv() {
+    crate::poll::tight_timers();
+    while let Ok(mut snap) = crate::poll::recv(&ends.snapshots, NAP) {
         take_swaps(&links, &mut forecaster, &mut mpc, &mut totals, snap.index);
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
@@ -59,7 +65,7 @@ pub fn run(
                 .try_send(std::mem::replace(&mut snap, newer));
             totals.superseded += 1;
         }
-        let Ok(mut plan) = ends.empty_plans.recv() else {
+        let Ok(mut plan) = crate::poll::recv(&ends.empty_plans, NAP) else {
             break;
         };
         if let Some((seq, o)) = snap.objective {

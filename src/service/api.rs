@@ -462,7 +462,10 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert_eq!(l.admit(t0), Some(0));
         for k in 1..=5 {
-            assert_eq!(l.admit(t0 + std::time::Duration::from_millis(100 * k)), None);
+            assert_eq!(
+                l.admit(t0 + std::time::Duration::from_millis(100 * k)),
+                None
+            );
         }
         assert_eq!(l.admit(t0 + std::time::Duration::from_secs(1)), Some(5));
     }
