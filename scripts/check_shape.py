@@ -74,6 +74,20 @@ def strip_comments_and_strings(text):
     return "".join(out)
 
 
+def closing_brace(code, k):
+    """Index of the brace that closes the one at `k` (or the end)."""
+    depth = 0
+    while k < len(code):
+        if code[k] == "{":
+            depth += 1
+        elif code[k] == "}":
+            depth -= 1
+            if depth == 0:
+                break
+        k += 1
+    return k
+
+
 def without_test_modules(code):
     """The code with `#[cfg(test)] mod NAME { ... }` blocks removed: unit
     tests may build their inputs with anything in the crate (a full
@@ -82,15 +96,7 @@ def without_test_modules(code):
     for m in re.finditer(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", code):
         if m.start() < i:
             continue
-        depth, k = 0, m.end() - 1
-        while k < len(code):
-            if code[k] == "{":
-                depth += 1
-            elif code[k] == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            k += 1
+        k = closing_brace(code, m.end() - 1)
         out.append(code[i:m.start()])
         i = k + 1
     out.append(code[i:])
@@ -136,15 +142,7 @@ def long_functions(path, code):
             j += 1
         if j < 0 or j >= len(code):
             continue
-        depth, k = 0, j
-        while k < len(code):
-            if code[k] == "{":
-                depth += 1
-            elif code[k] == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            k += 1
+        k = closing_brace(code, j)
         start = code.count("\n", 0, m.start()) + 1
         end = code.count("\n", 0, k) + 1
         if end - start + 1 > MAX_FN_LINES:
