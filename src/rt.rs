@@ -1,8 +1,10 @@
 //! Real-time measures for the control thread: memory locking, SCHED_FIFO,
-//! CPU pinning and pre-faulting. Each is asked for and reported; none is
-//! fatal when refused (CI runners, laptops and containers usually refuse
-//! SCHED_FIFO), because a run without them still works and its latency
-//! report shows the cost.
+//! CPU pinning, pre-faulting and a CPU latency request
+//! (`/dev/cpu_dma_latency`, which keeps the CPUs out of deep idle states
+//! while it is held). Each is asked for and reported; none is fatal when
+//! refused (CI runners, laptops and containers usually refuse SCHED_FIFO),
+//! because a run without them still works and its latency report shows the
+//! cost.
 
 use crate::config::{CpuChoice, RealtimeConfig};
 use serde::Serialize;
@@ -21,17 +23,21 @@ pub struct RtReport {
     pub prefaulted_bytes: usize,
     /// The planner thread was kept off the control CPU.
     pub planner_excluded: bool,
+    /// The CPU latency request: "held at N us" (with the system's
+    /// resulting target when the kernel tells it), "not asked" or why not.
+    pub cpu_dma_latency: String,
 }
 
 impl RtReport {
     /// One line for the log.
     pub fn line(&self) -> String {
         format!(
-            "mlockall: {}; SCHED_FIFO: {}; pinning: {}; pre-faulted {} KiB of stack",
+            "mlockall: {}; SCHED_FIFO: {}; pinning: {}; pre-faulted {} KiB of stack; CPU latency request: {}",
             self.mlockall,
             self.sched_fifo,
             self.pinned,
-            self.prefaulted_bytes / 1024
+            self.prefaulted_bytes / 1024,
+            self.cpu_dma_latency
         )
     }
 }
@@ -45,12 +51,98 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Apply `cfg` to the calling thread. Allocates (reports); call before the
-/// loop.
-pub fn apply(cfg: &RealtimeConfig) -> RtReport {
+/// The CPU latency request while it is held: the open
+/// `/dev/cpu_dma_latency`. The kernel drops the request when the file is
+/// closed, so keep this alive exactly as long as the loop runs and drop it
+/// (or let it drop) when the loop ends.
+#[derive(Debug, Default)]
+pub struct CpuLatencyRequest {
+    file: Option<std::fs::File>,
+}
+
+impl CpuLatencyRequest {
+    /// Whether a request is held.
+    pub fn held(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+/// The device the PM QoS CPU latency request is made through.
+pub const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// What is written to `/dev/cpu_dma_latency`: the latency in µs as the
+/// kernel's s32, in native byte order (a write of exactly 4 bytes is read
+/// as binary; anything else as a hexadecimal string).
+pub fn latency_request_bytes(us: u32) -> [u8; 4] {
+    // Validation keeps the value within i32 (<= 2,000,000,000 µs).
+    i32::try_from(us).unwrap_or(i32::MAX).to_ne_bytes()
+}
+
+/// Ask for a CPU wake-up latency of at most `us` µs through `path` and
+/// hold it; `None`: do not ask. Never fails: the text says what happened.
+pub fn hold_cpu_latency(path: &str, us: Option<u32>) -> (String, CpuLatencyRequest) {
+    let Some(us) = us else {
+        return ("not asked".into(), CpuLatencyRequest::default());
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                format!("not held ({path}: {e})"),
+                CpuLatencyRequest::default(),
+            )
+        }
+    };
+    let bytes = latency_request_bytes(us);
+    match std::io::Write::write(&mut &file, &bytes) {
+        Ok(4) => {}
+        Ok(n) => {
+            return (
+                format!("not held ({path}: short write of {n} bytes)"),
+                CpuLatencyRequest::default(),
+            )
+        }
+        Err(e) => {
+            return (
+                format!("not held ({path}: {e})"),
+                CpuLatencyRequest::default(),
+            )
+        }
+    }
+    // Reading the device gives the system-wide target now in force (the
+    // lowest of all held requests).
+    let mut now = [0u8; 4];
+    let text = match read_at_start(&file, &mut now) {
+        Some(4) => format!(
+            "held at {us} us (system target {} us)",
+            i32::from_ne_bytes(now)
+        ),
+        _ => format!("held at {us} us"),
+    };
+    (text, CpuLatencyRequest { file: Some(file) })
+}
+
+#[cfg(unix)]
+fn read_at_start(f: &std::fs::File, buf: &mut [u8]) -> Option<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, 0).ok()
+}
+
+#[cfg(not(unix))]
+fn read_at_start(_f: &std::fs::File, _buf: &mut [u8]) -> Option<usize> {
+    None
+}
+
+/// Apply `cfg` to the calling thread. Allocates (reports) and opens
+/// `/dev/cpu_dma_latency`; call before the loop, and keep the returned
+/// request until the loop has ended.
+pub fn apply(cfg: &RealtimeConfig) -> (RtReport, CpuLatencyRequest) {
     let mut r = RtReport::default();
     #[cfg(target_os = "linux")]
-    {
+    let request = {
         r.mlockall = if cfg.mlockall {
             // SAFETY: plain flags.
             if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0 {
@@ -96,15 +188,20 @@ pub fn apply(cfg: &RealtimeConfig) -> RtReport {
             },
         };
         r.prefaulted_bytes = prefault_stack(cfg.prefault_kib * 1024);
-    }
+        let (text, request) = hold_cpu_latency(CPU_DMA_LATENCY, cfg.cpu_dma_latency_us);
+        r.cpu_dma_latency = text;
+        request
+    };
     #[cfg(not(target_os = "linux"))]
-    {
+    let request = {
         let _ = cfg;
         r.mlockall = "unsupported on this OS".into();
         r.sched_fifo = "unsupported on this OS".into();
         r.pinned = "unsupported on this OS".into();
-    }
-    r
+        r.cpu_dma_latency = "unsupported on this OS".into();
+        CpuLatencyRequest::default()
+    };
+    (r, request)
 }
 
 /// Restrict the calling thread to `cpus`.
@@ -165,16 +262,82 @@ mod tests {
 
     #[test]
     fn refusals_are_reported_not_fatal() {
-        let r = apply(&RealtimeConfig {
+        let (r, request) = apply(&RealtimeConfig {
             mlockall: false,
             priority: 0,
             cpu: CpuChoice::None,
             prefault_kib: 64,
+            cpu_dma_latency_us: None,
         });
         assert_eq!(r.mlockall, "not asked");
         assert_eq!(r.sched_fifo, "not asked");
         assert_eq!(r.pinned_cpu, None);
         assert_eq!(r.prefaulted_bytes, 64 * 1024);
+        assert_eq!(r.cpu_dma_latency, "not asked");
+        assert!(!request.held());
         assert!(r.line().contains("SCHED_FIFO"));
+        assert!(r.line().contains("CPU latency request: not asked"));
+    }
+
+    #[test]
+    fn latency_request_is_the_kernels_s32() {
+        assert_eq!(latency_request_bytes(0), [0; 4]);
+        assert_eq!(latency_request_bytes(100), 100i32.to_ne_bytes());
+        assert_eq!(
+            latency_request_bytes(2_000_000_000),
+            2_000_000_000i32.to_ne_bytes()
+        );
+        // Out of i32's range (validation refuses it) saturates, never wraps
+        // to a negative request.
+        assert_eq!(latency_request_bytes(u32::MAX), i32::MAX.to_ne_bytes());
+    }
+
+    #[test]
+    fn latency_request_is_held_until_dropped_and_never_fatal() {
+        // A missing device: reported, not fatal.
+        let (text, request) = hold_cpu_latency("/nonexistent/cpu_dma_latency", Some(0));
+        assert!(text.starts_with("not held ("), "{text}");
+        assert!(!request.held());
+        // A file standing in for the device receives the 4-byte value and
+        // stays open while the request lives.
+        let path = std::env::temp_dir().join(format!("neurostimd-rt-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let (text, request) = hold_cpu_latency(path.to_str().unwrap(), Some(25));
+        assert!(text.starts_with("held at 25 us"), "{text}");
+        assert!(request.held());
+        assert_eq!(std::fs::read(&path).unwrap(), 25i32.to_ne_bytes());
+        drop(request);
+        let _ = std::fs::remove_file(&path);
+        let (text, request) = hold_cpu_latency("/nonexistent", None);
+        assert_eq!(text, "not asked");
+        assert!(!request.held());
+    }
+
+    #[test]
+    fn config_key_cpu_dma_latency_us() {
+        use crate::config::Config;
+        let rt = |v: &str| {
+            Config::from_str_named(
+                "t",
+                &format!("[control.realtime]\ncpu_dma_latency_us = {v}\n"),
+            )
+            .map(|c| c.control.realtime.cpu_dma_latency_us)
+        };
+        // Default: ask for the lowest latency.
+        assert_eq!(
+            Config::from_str_named("t", "")
+                .unwrap()
+                .control
+                .realtime
+                .cpu_dma_latency_us,
+            Some(0)
+        );
+        assert_eq!(rt("0").unwrap(), Some(0));
+        assert_eq!(rt("50").unwrap(), Some(50));
+        assert_eq!(rt("-1").unwrap(), None);
+        for bad in ["-2", "2000000001", "\"0 us\""] {
+            let e = rt(bad).unwrap_err().to_string();
+            assert!(e.contains("cpu_dma_latency_us"), "{bad}: {e}");
+        }
     }
 }

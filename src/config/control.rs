@@ -31,6 +31,7 @@ pub(super) struct RawRealtime {
     pub(super) priority: i64,
     pub(super) cpu: RawCpu,
     pub(super) prefault_kib: usize,
+    pub(super) cpu_dma_latency_us: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +150,9 @@ pub(super) fn validate_control(
     })
 }
 
+/// The kernel's PM QoS "no constraint" CPU latency, µs.
+const MAX_CPU_DMA_LATENCY_US: i64 = 2_000_000_000;
+
 /// `[control.realtime]`: what the control thread asks the kernel for.
 fn realtime(rt: &RawRealtime, cx: &Cx) -> Result<RealtimeConfig, ConfigError> {
     if !(0..=99).contains(&rt.priority) {
@@ -177,11 +181,26 @@ fn realtime(rt: &RawRealtime, cx: &Cx) -> Result<RealtimeConfig, ConfigError> {
             ))
         }
     };
+    // -1: do not ask; otherwise the PM QoS CPU latency in µs, up to the
+    // kernel's "no constraint" value (2000 s).
+    let cpu_dma_latency_us = match rt.cpu_dma_latency_us {
+        -1 => None,
+        v if (0..=MAX_CPU_DMA_LATENCY_US).contains(&v) => Some(v as u32),
+        v => {
+            return Err(cx.err(
+                "control.realtime.cpu_dma_latency_us",
+                format!(
+                    "{v} is outside 0 ..= {MAX_CPU_DMA_LATENCY_US} µs (-1: do not ask for a CPU latency)"
+                ),
+            ))
+        }
+    };
     Ok(RealtimeConfig {
         mlockall: rt.mlockall,
         priority: rt.priority as i32,
         cpu,
         prefault_kib: rt.prefault_kib,
+        cpu_dma_latency_us,
     })
 }
 

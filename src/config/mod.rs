@@ -392,6 +392,10 @@ pub struct RealtimeConfig {
     /// resolved at start.
     pub cpu: CpuChoice,
     pub prefault_kib: usize,
+    /// CPU wake-up latency asked for through `/dev/cpu_dma_latency` while
+    /// the loop runs, µs (0: the lowest; keeps the CPUs out of deep idle
+    /// states); `None`: do not ask.
+    pub cpu_dma_latency_us: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]

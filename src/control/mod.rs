@@ -388,6 +388,9 @@ struct Running {
     controls: Option<std::sync::Arc<controls::LoopControls>>,
     threads: Threads,
     realtime: rt::RtReport,
+    /// The CPU latency request, held from before the first sample until
+    /// the loop has ended (the kernel drops it when this closes).
+    cpu_latency: rt::CpuLatencyRequest,
     model_path: Option<String>,
     fault_text: Option<String>,
     start: Instant,
@@ -435,7 +438,7 @@ impl Running {
             trace,
             duties,
         );
-        let mut realtime = rt::apply(&c.realtime);
+        let (mut realtime, cpu_latency) = rt::apply(&c.realtime);
         // A rig clocks the loop itself (its `read` blocks until the next
         // sample): no sleeping, but real-time rules (never wait for the
         // planner or the recorder) as with the paced clock.
@@ -496,6 +499,7 @@ impl Running {
                 planner,
             },
             realtime,
+            cpu_latency,
             model_path,
             fault_text: None,
             start: Instant::now(),
@@ -763,6 +767,8 @@ impl Running {
                 self.fault_text.get_or_insert(e.to_string());
             }
         }
+        // The loop has ended: release the CPU latency request.
+        drop(std::mem::take(&mut self.cpu_latency));
         let wall = self.start.elapsed().as_secs_f64();
         if let Some(k) = &self.controls {
             k.publish(&self.decider.published(), self.decider.limiter());
