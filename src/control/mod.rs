@@ -298,10 +298,10 @@ pub fn run(
     plant: &mut dyn Plant,
     setup: RunSetup,
     stop: &AtomicBool,
-    mut intervals: Option<&mut IntervalHandoff>,
+    intervals: Option<&mut IntervalHandoff>,
 ) -> Result<RunOutcome, ControlError> {
     let mut r = Running::start(plant, setup)?;
-    let reason = r.sample_loop(plant, stop, intervals.as_deref_mut());
+    let reason = r.sample_loop(plant, stop, intervals);
     r.finish(plant, reason)
 }
 
@@ -362,7 +362,6 @@ fn geometry(
 /// The threads a run starts besides its own.
 struct Threads {
     consumer: std::thread::JoinHandle<consumer::Consumed>,
-    forecast_writer: Option<std::thread::JoinHandle<Option<String>>>,
     planner: Option<std::thread::JoinHandle<planner::PlannerTotals>>,
 }
 
@@ -420,13 +419,12 @@ impl Running {
             None => (WindowRing::new(1, 1), 1, 1),
         };
         let t_out = geo.map_or(1, |g| g.t_out);
-        let (ends, mut planner_ends, consumer_ends) = handoff::build(
+        let (ends, planner_ends, consumer_ends) = handoff::build(
             mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
             64,
         );
-        let (notes_tx, duties) = Self::consumer_duties(&mut setup, mpc_on);
+        let (notes_tx, duties) = Self::consumer_duties(&mut setup, mpc_on)?;
         let training_flag = setup.retrain.as_ref().map(|r| r.training.clone());
-        let forecast_writer = Self::start_forecast_writer(&setup, planner_ends.as_mut())?;
         let trace = match &setup.trace_out {
             Some(p) => Some((p.clone(), create(p)?)),
             None => None,
@@ -493,11 +491,7 @@ impl Running {
             split_hist: [new_histogram(), new_histogram()],
             training_flag,
             controls,
-            threads: Threads {
-                consumer,
-                forecast_writer,
-                planner,
-            },
+            threads: Threads { consumer, planner },
             realtime,
             cpu_latency,
             model_path,
@@ -509,14 +503,22 @@ impl Running {
 
     /// The notes channel (the planner's and the retraining thread's
     /// sender) and the consumer's duties.
+    /// With a trace and MPC, each plan's forecast also goes to
+    /// FILE.forecasts.csv (written by the consumer from the notes).
     fn consumer_duties(
         setup: &mut RunSetup,
         mpc_on: bool,
-    ) -> (Option<Sender<Note>>, consumer::ConsumerDuties) {
+    ) -> Result<(Option<Sender<Note>>, consumer::ConsumerDuties), ControlError> {
+        let forecasts_csv = match (&setup.trace_out, mpc_on) {
+            (Some(trace), true) => {
+                let path = forecasts_path(trace);
+                let file = create(&path)?;
+                Some((path, std::io::BufWriter::new(file)))
+            }
+            _ => None,
+        };
         let notes = setup.notes.take().or_else(|| {
-            setup
-                .recorder
-                .is_some()
+            (setup.recorder.is_some() || forecasts_csv.is_some())
                 .then(|| crossbeam_channel::bounded(handoff::NOTES))
         });
         let (notes_tx, notes_rx) = match notes {
@@ -529,28 +531,13 @@ impl Running {
             notes: notes_rx,
             monitor: retrain.as_ref().filter(|_| mpc_on).map(|r| r.monitor()),
             recent: retrain.as_ref().map(|r| r.recent.clone()),
+            forecasts_csv,
             controls: setup.controls.clone().map(|c| {
                 let seen = c.applied_state();
                 (c, seen)
             }),
         };
-        (notes_tx, duties)
-    }
-
-    /// With a trace, each plan's forecast goes to FILE.forecasts.csv (a
-    /// writer thread fed by the planner; the loop never sees it).
-    fn start_forecast_writer(
-        setup: &RunSetup,
-        planner_ends: Option<&mut handoff::PlannerEnds>,
-    ) -> Result<Option<std::thread::JoinHandle<Option<String>>>, ControlError> {
-        let (Some(trace), Some(pe)) = (&setup.trace_out, planner_ends) else {
-            return Ok(None);
-        };
-        let path = forecasts_path(trace);
-        let file = create(&path)?;
-        let (tx, rx) = crossbeam_channel::bounded::<handoff::ForecastRow>(4096);
-        pe.forecasts = Some(tx);
-        Ok(Some(consumer::spawn_forecast_writer(path, file, rx)))
+        Ok((notes_tx, duties))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -779,17 +766,13 @@ impl Running {
             drop(self.ends.snapshots.take());
             self.threads.planner.map(|h| h.join().unwrap_or_default())
         };
-        let forecast_error = self
-            .threads
-            .forecast_writer
-            .and_then(|w| w.join().ok().flatten());
         drop(self.ends);
         let consumed = self
             .threads
             .consumer
             .join()
             .map_err(|_| ControlError::Setup("the record consumer panicked".into()))?;
-        if let Some(e) = consumed.error.or(forecast_error) {
+        if let Some(e) = consumed.error {
             return Err(ControlError::Io {
                 path: "trace".into(),
                 error: std::io::Error::other(e),
