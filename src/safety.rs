@@ -296,6 +296,29 @@ impl SafetyLimiter {
         self.counts[cause.index()]
     }
 
+    /// The plant held the last command for `samples` more sample periods
+    /// that nobody answered (lost samples on a rig, which keeps a command
+    /// until its validity expires): count that charge as delivered, as it
+    /// was. Nothing is changed, so nothing is an intervention; the charge
+    /// only makes later commands more constrained (budget, net charge,
+    /// phase). Closed form, so the cost does not grow with the gap.
+    pub fn account_held(&mut self, samples: u64) {
+        if samples == 0 || self.last == 0.0 {
+            return;
+        }
+        let k = samples.min(i32::MAX as u64) as i32;
+        let q = self.last * self.dt_ms;
+        let dk = self.decay.powi(k);
+        let sum = if self.decay < 1.0 {
+            (1.0 - dk) / (1.0 - self.decay)
+        } else {
+            k as f64
+        };
+        self.net = self.net * dk + q * sum;
+        self.total += q.abs() * k as f64;
+        self.phase_charge += q.abs() * k as f64;
+    }
+
     /// The command to write for `requested` (µA/cm²), given any fault.
     /// Never allocates.
     #[inline]
@@ -493,6 +516,37 @@ mod tests {
             s.limit(0.0, None);
         }
         assert!(s.net_charge().abs() < 3.0 * (-10.0f64).exp() * 1.01);
+    }
+
+    #[test]
+    fn held_commands_over_lost_samples_count_as_delivered() {
+        let mut s = SafetyLimiter::new(
+            Limits {
+                max_slew: 100.0,
+                max_phase_charge: 100.0,
+                max_net_charge: 100.0,
+                ..limits()
+            },
+            0.1,
+        )
+        .unwrap();
+        assert_eq!(s.limit(2.0, None).command, 2.0);
+        let before = s.charge_delivered();
+        // Ten samples lost: the rig kept applying 2 uA/cm2 for 1 ms.
+        s.account_held(10);
+        assert!((s.charge_delivered() - before - 2.0).abs() < 1e-12);
+        // The closed form equals ten steps of the leaky integral.
+        let mut t = s.clone();
+        let mut u = SafetyLimiter::new(*s.limits(), 0.1).unwrap();
+        u.limit(2.0, None);
+        for _ in 0..10 {
+            u.limit(2.0, None);
+        }
+        assert!((s.net_charge() - u.net_charge()).abs() < 1e-9);
+        // The budget sees it: with the charge of the held samples spent,
+        // less is left.
+        t.account_held(0);
+        assert_eq!(t.charge_delivered(), s.charge_delivered());
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct Decider {
     armed: bool,
     forecast_error_mv: f64,
     last_t_ms: f64,
+    /// Samples the plant holds a command for when no newer one comes
+    /// ([`crate::plant::Plant::command_hold_samples`]).
+    hold_samples: u64,
     pub counters: Counters,
 }
 
@@ -144,8 +147,16 @@ impl Decider {
             armed,
             forecast_error_mv: f64::NAN,
             last_t_ms: 0.0,
+            hold_samples: 0,
             counters: Counters::default(),
         }
+    }
+
+    /// The plant holds each command this many samples at most when no
+    /// newer one reaches it (a rig's `valid_for`); lost samples within it
+    /// are counted as delivered charge.
+    pub fn hold_commands_for(&mut self, samples: u64) {
+        self.hold_samples = samples;
     }
 
     pub fn limiter(&self) -> &SafetyLimiter {
@@ -272,7 +283,13 @@ impl Decider {
         let mut fault = None;
         match self.expected_index {
             Some(e) if s.index < e => fault = Some(Fault::StaleSample),
-            Some(e) => self.counters.lost_samples += s.index - e,
+            Some(e) => {
+                let lost = s.index - e;
+                self.counters.lost_samples += lost;
+                // The plant kept applying the last command meanwhile (up
+                // to its validity): the limiter counts that charge.
+                self.limiter.account_held(lost.min(self.hold_samples));
+            }
             None => {}
         }
         self.expected_index = Some(s.index.max(self.expected_index.unwrap_or(0)) + 1);
@@ -485,6 +502,32 @@ mod tests {
         let r = d.tick(&sample(2, -65.0), |_| {}, |_| {}).record;
         assert_eq!(r.command, 0.0);
         assert_eq!(r.cause, Some(Cause::Fault(Fault::StaleSample)));
+    }
+
+    #[test]
+    fn charge_held_over_lost_samples_is_counted_up_to_the_hold() {
+        let mut c = Config::defaults().control;
+        c.policy = PolicyKind::Open;
+        c.open.offset = 2.0;
+        c.open.amplitude = 0.0;
+        let limiter = SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap();
+        let mut d = Decider::new(&c, 0.1, limiter, None, WindowRing::new(1, 1), true, true);
+        d.hold_commands_for(20);
+        for k in 0..100 {
+            d.tick(&sample(k, -65.0), |_| {}, |_| {});
+        }
+        let before = d.limiter().charge_delivered();
+        let command = d.limiter().last_command();
+        assert!(command > 0.0);
+        // 50 samples lost; the rig held the command for 20 of them.
+        let r = d.tick(&sample(150, -65.0), |_| {}, |_| {}).record;
+        let held = command * 0.1 * 20.0;
+        let after = d.limiter().charge_delivered();
+        assert!(
+            (after - before - held - r.command.abs() * 0.1).abs() < 1e-9,
+            "{before} + {held} + this sample != {after}"
+        );
+        assert_eq!(d.counters.lost_samples, 50);
     }
 
     #[test]

@@ -480,7 +480,12 @@ impl Running {
                 .map(|d| (d * 1000.0 / period_ms).round() as u64 + 1),
             per_interval: ((1000.0 / period_ms).round() as u64).max(1),
             period_samples: ((c.period_ms / period_ms).round() as u64).max(1),
-            decider: decide::Decider::new(&c, period_ms, limiter, timing, window, rt_rules, armed),
+            decider: {
+                let mut d =
+                    decide::Decider::new(&c, period_ms, limiter, timing, window, rt_rules, armed);
+                d.hold_commands_for(plant.command_hold_samples());
+                d
+            },
             c,
             mpc_on,
             rt_rules,

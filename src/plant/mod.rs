@@ -62,6 +62,8 @@ pub enum Refusal {
     BadHello { rate: u32 },
     #[error("the rig reported fault code {code} (detail {detail})")]
     RigFault { code: u16, detail: u32 },
+    #[error("the rig changed its sample rate mid-run ({was} Hz to {now} Hz); the limiter's charge accounting assumes one period, so the run stops with stimulation at zero")]
+    RateChanged { was: u32, now: u32 },
 }
 
 /// A source of membrane samples that takes stimulation commands.
@@ -83,6 +85,13 @@ pub trait Plant: Send {
     /// sample (a rig); the loop then does not sleep between samples.
     fn clocked(&self) -> bool {
         false
+    }
+    /// Samples a command stays applied when no newer one arrives (a rig
+    /// holds it until its validity expires): the limiter counts its charge
+    /// over lost samples for this long. 0: the plant applies each command
+    /// for exactly one sample.
+    fn command_hold_samples(&self) -> u64 {
+        0
     }
     /// Plant-specific figures for the run's summary (link statistics,
     /// round-trip times). Called after the loop; may allocate.

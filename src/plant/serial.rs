@@ -39,6 +39,9 @@ pub struct LinkStats {
     pub frames: crate::protocol::DecodeStats,
     /// Samples the rig's sequence numbers say never arrived.
     pub sequence_gaps: u64,
+    /// Times the rig's numbering started again (a new Hello, or a reboot
+    /// seen as a run of older-looking frames).
+    pub sequence_restarts: u64,
     /// Samples that arrived out of order or twice (dropped).
     pub stale_frames: u64,
     pub stalls: u64,
@@ -62,6 +65,10 @@ pub struct SerialPlant {
     rx_pos: usize,
     seq_out: u16,
     last_seq: Option<u16>,
+    /// A sample has been accepted (a restart continues the index).
+    started: bool,
+    /// Consecutive frames that looked older than the last.
+    stale_run: u32,
     index: u64,
     last_sample: Instant,
     last_attempt: Option<Instant>,
@@ -99,6 +106,8 @@ impl SerialPlant {
             rx_pos: 0,
             seq_out: 0,
             last_seq: None,
+            started: false,
+            stale_run: 0,
             index: 0,
             last_sample: Instant::now(),
             last_attempt: None,
@@ -285,20 +294,39 @@ impl SerialPlant {
         }
     }
 
+    /// The rig's numbering starts again (a new Hello, or a run of frames
+    /// that all look older than the last): the next frame continues our
+    /// sample index instead of being dropped as stale for seconds.
+    fn restart_sequence(&mut self) {
+        if self.last_seq.is_some() {
+            self.last_seq = None;
+            self.stats.sequence_restarts += 1;
+        }
+        self.stale_run = 0;
+    }
+
     fn accept_sample(&mut self, seq: u16, s: SampleFrame, h: Hello) -> Option<Sample> {
         match self.last_seq {
             Some(last) => {
                 let step = seq.wrapping_sub(last);
                 if step == 0 || step > u16::MAX / 2 {
-                    // A duplicate or an older frame: drop it.
+                    // A duplicate or an older frame: drop it. Many in a
+                    // row mean the rig rebooted and counts from 0 again.
                     self.stats.stale_frames += 1;
+                    self.stale_run += 1;
+                    if self.stale_run >= RESTART_AFTER_STALE {
+                        self.restart_sequence();
+                    }
                     return None;
                 }
                 self.stats.sequence_gaps += u64::from(step - 1);
                 self.index += u64::from(step);
             }
+            None if self.started => self.index += 1,
             None => self.index = 0,
         }
+        self.started = true;
+        self.stale_run = 0;
         self.last_seq = Some(seq);
         if s.echo_us != 0 {
             let rtt = self.now_us().saturating_sub(s.echo_us) * 1000;
@@ -312,6 +340,11 @@ impl SerialPlant {
         })
     }
 }
+
+/// Consecutive older-looking frames after which the rig is taken to have
+/// restarted its sequence numbers (a duplicated or reordered frame is one
+/// or two, never this many in a row).
+const RESTART_AFTER_STALE: u32 = 8;
 
 /// A Hello this daemon can work with.
 fn check_hello(h: &Hello) -> Result<(), Refusal> {
@@ -333,6 +366,12 @@ fn check_hello(h: &Hello) -> Result<(), Refusal> {
 }
 
 impl Plant for SerialPlant {
+    /// The rig holds each command for `valid_for` (or until the next).
+    fn command_hold_samples(&self) -> u64 {
+        let period_us = self.sample_period_ms() * 1000.0;
+        (f64::from(self.cfg.valid_for_us) / period_us).ceil() as u64
+    }
+
     fn kind(&self) -> &'static str {
         "serial"
     }
@@ -437,7 +476,18 @@ impl Plant for SerialPlant {
                     match frame.body {
                         Body::Hello(h) => {
                             check_hello(&h).map_err(PlantError::Refused)?;
+                            if let Some(was) = self.hello {
+                                if was.sample_rate_hz != h.sample_rate_hz {
+                                    return Err(PlantError::Refused(Refusal::RateChanged {
+                                        was: was.sample_rate_hz,
+                                        now: h.sample_rate_hz,
+                                    }));
+                                }
+                            }
+                            // A fresh handshake (a rig that restarted):
+                            // its sequence numbers start again.
                             self.hello = Some(h);
+                            self.restart_sequence();
                         }
                         Body::Sample(s) => {
                             let Some(h) = self.hello else {
@@ -468,8 +518,10 @@ impl Plant for SerialPlant {
         let Some(h) = self.hello else {
             return Ok(());
         };
+        // Toward zero, never away from it: a rounded-up count on a coarse
+        // `i_scale` would exceed the limit the command was limited to.
         let counts = (command / h.i_scale as f64)
-            .round()
+            .trunc()
             .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
         let body = Body::Command(CommandFrame {
             answers: self.last_seq.unwrap_or(0),
