@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct AdaptArgs {
-    /// The shortened version (CI): switch at 15 s, 75 s in all.
+    /// The shortened version (CI): switch at 15 s, 90 s in all.
     #[arg(long)]
     quick: bool,
     /// Configuration laid over the scenario.
