@@ -45,7 +45,7 @@ pub struct PlannerLinks {
 /// How long the planner naps between looks for a snapshot: it never
 /// parks, so the loop's `try_send` never has to wake it (see [`crate::poll`]);
 /// a nap adds at most this to a plan's latency.
-const NAP: std::time::Duration = std::time::Duration::from_micros(100);
+const NAP: std::time::Duration = std::time::Duration::from_micros(250);
 
 pub fn run(
     ends: PlannerEnds,
