@@ -61,26 +61,28 @@ fn model() -> String {
     root().join("models/ca1_lstm.onnx").display().to_string()
 }
 
-/// A short recording made by the binary (PID: no model needed).
+/// A short free-clock PID run of the binary (no model needed) with
+/// `extra` flags; it must succeed.
+fn short_run(dir: &Path, duration: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--plant",
+        "sim",
+        "--policy",
+        "pid",
+        "--clock",
+        "free",
+        "--duration",
+        duration,
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args, dir, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A short recording made by the binary.
 fn make_recording(dir: &Path) -> PathBuf {
     let rec = dir.join("rec");
-    let o = run(
-        &[
-            "--plant",
-            "sim",
-            "--policy",
-            "pid",
-            "--clock",
-            "free",
-            "--duration",
-            "0.3",
-            "--record",
-            rec.to_str().unwrap(),
-        ],
-        dir,
-        Duration::from_secs(60),
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    short_run(dir, "0.3", &["--record", rec.to_str().unwrap()]);
     rec
 }
 
@@ -349,25 +351,11 @@ fn out_of_range_flags_are_refused() {
 fn plot_refuses_a_trace_with_an_infinite_time_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let rep = dir.path().join("rep");
-    let o = run(
-        &[
-            "--plant",
-            "sim",
-            "--policy",
-            "pid",
-            "--clock",
-            "free",
-            "--duration",
-            "0.2",
-            "--report",
-            "rep",
-            "--trace-out",
-            "rep/trace.csv",
-        ],
+    short_run(
         dir.path(),
-        Duration::from_secs(60),
+        "0.2",
+        &["--report", "rep", "--trace-out", "rep/trace.csv"],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let trace = rep.join("trace.csv");
     let text = std::fs::read_to_string(&trace).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();

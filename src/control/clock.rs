@@ -7,12 +7,7 @@ use std::time::{Duration, Instant};
 /// Linux lets a thread's timers fire up to its "timer slack" late (50 µs by
 /// default) so wake-ups can be batched; a 10 kHz loop cannot afford that.
 pub(crate) fn reduce_timer_slack() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
-    // calling thread.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
+    crate::poll::tight_timers();
 }
 
 /// CLOCK_MONOTONIC now, ns (the clock `Instant` uses on Linux).

@@ -60,9 +60,9 @@ pub struct LoopControls {
 
 const COUNTERS: usize = 11;
 
-/// The loop's counters as it publishes them (one control period's state).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Published {
+/// What the loop counts (published to the service, and in `summary.json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
     pub samples: u64,
     pub lost_samples: u64,
     pub plant_interruptions: u64,
@@ -74,6 +74,15 @@ pub struct Published {
     pub plan_miss_samples: u64,
     pub snapshots_skipped: u64,
     pub disarmed_samples: u64,
+    pub objective_changes: u64,
+    /// Paced clock: wake-ups more than one sample period late.
+    pub overruns: u64,
+}
+
+/// The loop's counters as it publishes them (one control period's state).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Published {
+    pub counters: Counters,
     pub plant_time_ms: f64,
     /// RMS forecast error of the newest plan's planner, mV (NaN: none yet).
     pub forecast_error_mv: f64,
@@ -316,17 +325,17 @@ impl LoopControls {
     #[inline]
     pub fn publish(&self, p: &Published, limiter: &SafetyLimiter) {
         let set = |i: usize, v: u64| self.counters[i].store(v, Ordering::Relaxed);
-        set(0, p.samples);
-        set(1, p.lost_samples);
-        set(2, p.plant_interruptions);
-        set(3, p.records_dropped);
-        set(4, p.spikes);
-        set(5, p.plans_adopted);
-        set(6, p.late_plans);
-        set(7, p.plan_misses);
-        set(8, p.plan_miss_samples);
-        set(9, p.snapshots_skipped);
-        set(10, p.disarmed_samples);
+        set(0, p.counters.samples);
+        set(1, p.counters.lost_samples);
+        set(2, p.counters.plant_interruptions);
+        set(3, p.counters.records_dropped);
+        set(4, p.counters.spikes);
+        set(5, p.counters.plans_adopted);
+        set(6, p.counters.late_plans);
+        set(7, p.counters.plan_misses);
+        set(8, p.counters.plan_miss_samples);
+        set(9, p.counters.snapshots_skipped);
+        set(10, p.counters.disarmed_samples);
         for (i, cause) in Cause::ALL.iter().enumerate() {
             self.interventions[i].store(limiter.count(*cause), Ordering::Relaxed);
         }
@@ -388,11 +397,13 @@ mod tests {
         c.beat();
         c.publish(
             &Published {
-                samples: 7,
-                plan_misses: 2,
+                counters: Counters {
+                    samples: 7,
+                    plan_misses: 2,
+                    ..Default::default()
+                },
                 forecast_error_mv: 1.5,
                 plant_time_ms: 2500.0,
-                ..Default::default()
             },
             &limiter,
         );

@@ -9,6 +9,7 @@
 //! (see the tests below), and the real-time rules are easy to check: `tick`
 //! takes plans from a preallocated queue and never allocates, locks or logs.
 
+pub use super::controls::Counters;
 use super::controls::Published;
 use super::handoff::{Plan, PlanStatus, Snapshot};
 use crate::config::ControlConfig;
@@ -21,25 +22,6 @@ use crate::record::Record;
 use crate::safety::{Fault, SafetyLimiter};
 use std::collections::VecDeque;
 use std::time::Instant;
-
-/// What the loop counts (published to the service, and in `summary.json`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub samples: u64,
-    pub lost_samples: u64,
-    pub plant_interruptions: u64,
-    pub records_dropped: u64,
-    pub spikes: u64,
-    pub plans_adopted: u64,
-    pub late_plans: u64,
-    pub plan_misses: u64,
-    pub plan_miss_samples: u64,
-    pub snapshots_skipped: u64,
-    pub disarmed_samples: u64,
-    pub objective_changes: u64,
-    /// Paced clock: wake-ups more than one sample period late.
-    pub overruns: u64,
-}
 
 /// The MPC policy's timing, from the model's geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -179,19 +161,8 @@ impl Decider {
 
     /// The counters as the service sees them.
     pub fn published(&self) -> Published {
-        let n = &self.counters;
         Published {
-            samples: n.samples,
-            lost_samples: n.lost_samples,
-            plant_interruptions: n.plant_interruptions,
-            records_dropped: n.records_dropped,
-            spikes: n.spikes,
-            plans_adopted: n.plans_adopted,
-            late_plans: n.late_plans,
-            plan_misses: n.plan_misses,
-            plan_miss_samples: n.plan_miss_samples,
-            snapshots_skipped: n.snapshots_skipped,
-            disarmed_samples: n.disarmed_samples,
+            counters: self.counters,
             plant_time_ms: self.last_t_ms,
             forecast_error_mv: self.forecast_error_mv,
         }
