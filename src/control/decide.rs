@@ -202,6 +202,13 @@ impl Decider {
         )
     }
 
+    /// Request `script` sample by sample in place of the configured
+    /// baseline (calibration's excitation; plans take precedence under
+    /// MPC). The limiter still has the last word on every sample.
+    pub fn play(&mut self, script: crate::policy::pid::Script) {
+        self.baseline = Baseline::Script(script);
+    }
+
     /// Stimulation to zero for `fault` (through the limiter, counted).
     pub fn zero(&mut self, fault: Fault) -> f64 {
         self.limiter.limit(0.0, Some(fault)).command

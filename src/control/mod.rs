@@ -238,6 +238,9 @@ pub struct RunSetup {
     /// Operator controls and live status (the service); `None`: the loop
     /// runs armed with its configured objective and publishes nothing.
     pub controls: Option<std::sync::Arc<controls::LoopControls>>,
+    /// Requests to play in place of the baseline (`neurostimd calibrate`'s
+    /// excitation, with the `off` policy), through the limiter.
+    pub script: Option<crate::policy::pid::Script>,
 }
 
 impl RunSetup {
@@ -263,6 +266,7 @@ impl RunSetup {
             swaps: None,
             retrain: None,
             controls: None,
+            script: None,
         }
     }
 }
@@ -484,6 +488,9 @@ impl Running {
                 let mut d =
                     decide::Decider::new(&c, period_ms, limiter, timing, window, rt_rules, armed);
                 d.hold_commands_for(plant.command_hold_samples());
+                if let Some(script) = setup.script.take() {
+                    d.play(script);
+                }
                 d
             },
             c,

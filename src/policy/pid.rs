@@ -46,6 +46,33 @@ pub enum Baseline {
     Open(Waveform),
     RatePi(RatePi),
     VoltagePid(VoltagePid),
+    /// A precomputed request sequence (calibration's excitation).
+    Script(Script),
+}
+
+/// Requests computed before the run and played one per sample (the
+/// calibration excitation): the loop only indexes them, so an excitation of
+/// any shape costs it nothing and allocates nothing. Zero after the end.
+#[derive(Clone, Debug)]
+pub struct Script {
+    values: std::sync::Arc<[f32]>,
+    period_ms: f64,
+}
+
+impl Script {
+    /// `values[k]` is requested over the sample at `k * period_ms`.
+    pub fn new(values: std::sync::Arc<[f32]>, period_ms: f64) -> Script {
+        Script { values, period_ms }
+    }
+
+    #[inline]
+    pub fn at(&self, t_ms: f64) -> f64 {
+        let k = (t_ms / self.period_ms).round();
+        if k < 0.0 {
+            return 0.0;
+        }
+        self.values.get(k as usize).map_or(0.0, |&x| f64::from(x))
+    }
 }
 
 impl Baseline {
@@ -70,6 +97,7 @@ impl Baseline {
             Baseline::Open(w) => w.at(t_ms),
             Baseline::RatePi(c) => c.step(t_ms, spiked),
             Baseline::VoltagePid(c) => c.step(t_ms, v_mv),
+            Baseline::Script(s) => s.at(t_ms),
         }
     }
 }
