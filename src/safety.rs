@@ -78,6 +78,9 @@ pub enum Fault {
     ModelError,
     PlantFault,
     Shutdown,
+    /// The rig reported applying a current other than the one commanded
+    /// (reconciliation in `plant::serial`): what it delivers is unknown.
+    RigMisapplied,
 }
 
 /// Every reason the limiter changes a command.
@@ -92,18 +95,21 @@ pub enum Cause {
     NetCharge,
 }
 
-const FAULTS: [Fault; 6] = [
+#[cfg(test)]
+const FAULTS: [Fault; 7] = [
     Fault::StaleSample,
     Fault::PlanMiss,
     Fault::NonFinite,
     Fault::ModelError,
     Fault::PlantFault,
     Fault::Shutdown,
+    Fault::RigMisapplied,
 ];
 
 impl Cause {
-    /// All causes, in counter order.
-    pub const ALL: [Cause; 11] = [
+    /// All causes, in counter order. New causes go at the end: the order
+    /// numbers the recordings' event lines.
+    pub const ALL: [Cause; 12] = [
         Cause::Fault(Fault::StaleSample),
         Cause::Fault(Fault::PlanMiss),
         Cause::Fault(Fault::NonFinite),
@@ -115,17 +121,11 @@ impl Cause {
         Cause::Slew,
         Cause::PhaseCharge,
         Cause::NetCharge,
+        Cause::Fault(Fault::RigMisapplied),
     ];
 
     fn index(self) -> usize {
-        match self {
-            Cause::Fault(f) => FAULTS.iter().position(|&x| x == f).unwrap_or(0),
-            Cause::Budget => 6,
-            Cause::Amplitude => 7,
-            Cause::Slew => 8,
-            Cause::PhaseCharge => 9,
-            Cause::NetCharge => 10,
-        }
+        Cause::ALL.iter().position(|&c| c == self).unwrap_or(0)
     }
 
     /// A stable name for metrics and recordings.
@@ -137,6 +137,7 @@ impl Cause {
             Cause::Fault(Fault::ModelError) => "model_error",
             Cause::Fault(Fault::PlantFault) => "plant_fault",
             Cause::Fault(Fault::Shutdown) => "shutdown",
+            Cause::Fault(Fault::RigMisapplied) => "rig_misapplied",
             Cause::Budget => "charge_budget",
             Cause::Amplitude => "amplitude",
             Cause::Slew => "slew",
@@ -246,7 +247,7 @@ pub struct SafetyLimiter {
     net: f64,
     decay: f64,
     total: f64,
-    counts: [u64; 11],
+    counts: [u64; Cause::ALL.len()],
 }
 
 impl SafetyLimiter {
@@ -264,7 +265,7 @@ impl SafetyLimiter {
             net: 0.0,
             decay: (-dt_ms / limits.net_charge_tau).exp(),
             total: 0.0,
-            counts: [0; 11],
+            counts: [0; Cause::ALL.len()],
         })
     }
 

@@ -64,6 +64,30 @@ pub enum Refusal {
     RigFault { code: u16, detail: u32 },
     #[error("the rig changed its sample rate mid-run ({was} Hz to {now} Hz); the limiter's charge accounting assumes one period, so the run stops with stimulation at zero")]
     RateChanged { was: u32, now: u32 },
+    #[error("the rig's current scale i_scale = {i_scale} per count is too coarse for safety.max_amplitude = {max_amplitude}: the limit must span at least {min_counts} whole counts (i_scale <= {max_scale})", max_scale = max_amplitude / *min_counts as f64)]
+    CoarseScale {
+        i_scale: f64,
+        max_amplitude: f64,
+        min_counts: u32,
+    },
+    #[error("the rig reported applying {reported} counts where {expected} were commanded (tolerance {tolerance} counts) for {samples} samples in a row: what it delivers is not what the limiter counts, so the run stops with stimulation at zero")]
+    Misapplied {
+        reported: i32,
+        expected: i32,
+        tolerance: i32,
+        samples: u32,
+    },
+}
+
+impl PlantError {
+    /// The limiter's cause for the zero this error forces, so that a rig
+    /// that misapplies current is counted apart from other plant faults.
+    pub fn safety_fault(&self) -> crate::safety::Fault {
+        match self {
+            PlantError::Refused(Refusal::Misapplied { .. }) => crate::safety::Fault::RigMisapplied,
+            _ => crate::safety::Fault::PlantFault,
+        }
+    }
 }
 
 /// A source of membrane samples that takes stimulation commands.
