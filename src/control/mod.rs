@@ -628,7 +628,7 @@ impl Running {
                     continue;
                 }
                 Err(e) => {
-                    let zero = self.decider.zero(Fault::PlantFault);
+                    let zero = self.decider.zero(e.safety_fault());
                     let _ = plant.write(zero);
                     self.fault_text = Some(e.to_string());
                     return StopReason::PlantFault;
