@@ -15,6 +15,7 @@ pub mod dataset;
 pub mod export;
 pub mod metrics;
 pub mod net;
+pub mod segments;
 pub mod settings;
 pub mod study;
 pub mod trainer;
@@ -212,10 +213,17 @@ fn generate(cfg: &TrainConfig, seed_offset: u64) -> Result<Vec<(String, Series)>
         out.push((src.label.clone(), s));
     }
     for path in &cfg.traces {
-        out.push((
-            path.display().to_string(),
-            series_from_trace_csv(path, cfg.dt_ms)?,
-        ));
+        // One source per contiguous segment (sweep): no window straddles a
+        // gap between sweeps.
+        let segs = segments::read_trace_csv(path)?.series(cfg.dt_ms)?;
+        let many = segs.len() > 1;
+        for (k, s) in segs.into_iter().enumerate() {
+            let label = match many {
+                true => format!("{} segment {}", path.display(), k + 1),
+                false => path.display().to_string(),
+            };
+            out.push((label, s));
+        }
     }
     Ok(out)
 }
@@ -504,9 +512,9 @@ pub fn series_from_trace_csv(path: &Path, dt_ms: f64) -> Result<Series, TrainErr
 /// time; AR fitted on the first half, everything scored on the second.
 pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
-    let s = series_from_trace_csv(trace, f.card().dt_ms)?;
+    let segs = segments::read_trace_csv(trace)?.series(f.card().dt_ms)?;
     let label = format!("{}, second half", trace.display());
-    score_second_half(&mut f, s, label)
+    score_second_half(&mut f, &segs, label)
 }
 
 /// `model eval --recording DIR`: a recording made with `--record`, V and
@@ -526,7 +534,7 @@ pub fn eval_recording(model: &Path, dir: &Path) -> Result<Comparison, TrainError
         })?;
     let s = Series::from_samples(r.v_mv(), r.applied(), dec, f.card().dt_ms);
     let label = format!("{}, second half", dir.display());
-    score_second_half(&mut f, s, label)
+    score_second_half(&mut f, &[s], label)
 }
 
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
@@ -559,18 +567,18 @@ pub fn eval_sim(
         sim.preset,
         duration_ms / 1000.0
     );
-    score_second_half(&mut f, s, label)
+    score_second_half(&mut f, &[s], label)
 }
 
-/// Fit the AR baseline on the first half of `s`, score the model and both
-/// baselines on the second half.
+/// Fit the AR baseline on the first half of `segs` (contiguous segments in
+/// time order), score the model and both baselines on the second half.
 fn score_second_half(
     f: &mut Forecaster,
-    s: Series,
+    segs: &[Series],
     label: String,
 ) -> Result<Comparison, TrainError> {
     let card = f.card().clone();
-    let (a, _, c) = dataset::split_by_time(&[s], 0.5, 1e-9);
+    let (a, _, c) = segments::split_segments(segs, 0.5, 0.0, false);
     let norm = card.normalization;
     let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
     let test_w = Windows::cut(&c, card.t_in, card.t_out, 1, &norm);
