@@ -245,6 +245,7 @@ fn mpc_suppresses_bursts_better_than_the_pi_baseline_with_less_charge() {
     let r = scenarios::run(&ScenarioRequest {
         only: vec!["burst".into()],
         seeds: 1,
+        seed_base: 1,
         duration_s: Some(4.0),
         policies: vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off],
         config: None,

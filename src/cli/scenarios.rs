@@ -8,16 +8,23 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ScenariosArgs {
-    /// Only these scenarios (repeatable): rate, burst, voltage, silence.
+    /// Only these scenarios (repeatable): rate, rate_fast, burst, voltage,
+    /// silence, timing, delay, rate_unseen, burst_unseen.
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// Plant time per run, seconds (default: each scenario's own, 12 s).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
-    /// Run seeds 1..=N of the plant noise and the MPC's sampling.
+    /// Run N seeds of the plant noise, the MPC's sampling and the
+    /// randomised cells, from --seed-base.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
-    /// Policies to run (repeatable; default mpc, pid, off).
+    /// The first seed: 1 for evaluation (the table), 101 for tuning
+    /// (scripts/tune_baselines.py), so tuning never sees evaluation runs.
+    #[arg(long, default_value_t = 1)]
+    seed_base: u64,
+    /// Policies to run (repeatable; default mpc, pid, off); pid runs every
+    /// baseline the scenario names.
     #[arg(long, value_enum)]
     policy: Vec<PolicyKind>,
     /// Configuration laid over every scenario (e.g. other gains).
@@ -37,6 +44,7 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         only,
         duration,
         seeds,
+        seed_base,
         policy,
         config,
         set,
@@ -50,9 +58,16 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
     if seeds == 0 {
         return Err(UsageError("--seeds must be at least 1".into()).into());
     }
+    if seed_base == 0 || seed_base.checked_add(seeds).is_none() {
+        return Err(UsageError(format!(
+            "--seed-base {seed_base} must be at least 1 (and leave room for --seeds {seeds})"
+        ))
+        .into());
+    }
     let req = ScenarioRequest {
         only,
         seeds,
+        seed_base,
         duration_s: duration,
         policies: if policy.is_empty() {
             vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off]
@@ -65,12 +80,13 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
     let results = scenarios::run(&req).map_err(|e| match e {
         ScenarioError::Unknown(_) => anyhow::Error::new(UsageError(e.to_string())),
         ScenarioError::Config(c) => anyhow::Error::new(c),
+        e @ ScenarioError::Table { .. } => anyhow::Error::new(UsageError(e.to_string())),
         other => anyhow::Error::new(other),
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        print!("{}", scenarios::table(&results, seeds));
+        print!("{}", scenarios::table(&results, seeds, seed_base));
     }
     Ok(())
 }

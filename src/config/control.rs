@@ -63,6 +63,14 @@ pub(super) struct RawRate {
 pub(super) struct RawBurst {
     pub(super) max_isi: Quantity<Time>,
     pub(super) min_rate: Quantity<crate::units::Frequency>,
+    pub(super) timing: RawTiming,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTiming {
+    pub(super) times: Vec<Quantity<Time>>,
+    pub(super) window: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +137,11 @@ pub(super) fn validate_control(
     let delay = c.compute_delay.get();
     non_negative(delay).map_err(|m| cx.err("control.compute_delay", m))?;
     // A plan applied this late is stale whatever the model; the bound
+    pub(super) rate_ff: Vec<[f64; 2]>,
+    pub(super) pulse_amplitude: Quantity<Current>,
+    pub(super) pulse_lead: Quantity<Time>,
+    pub(super) pulse_width: Quantity<Time>,
+    pub(super) pulse_hold: Quantity<Current>,
     // also keeps the free clock's in-flight plan pool small.
     if delay > MAX_COMPUTE_DELAY_MS {
         return Err(cx.err(
@@ -320,6 +333,10 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         ("pid.rate_ki", p.rate_ki),
         ("pid.voltage_kp", p.voltage_kp),
         ("pid.voltage_ki", p.voltage_ki),
+    let times: Vec<f64> = o.timing.times.iter().map(|t| t.get()).collect();
+    let timing = crate::policy::SpikeTrain::new(&times)
+        .map_err(|m| cx.err("objective.timing.times", m))?;
+    positive(o.timing.window.get()).map_err(|m| cx.err("objective.timing.window", m))?;
         ("pid.voltage_kd", p.voltage_kd),
         ("pid.silence_margin", p.silence_margin.get()),
         ("pid.burst_target", p.burst_target.get()),
@@ -338,3 +355,17 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         burst_target_hz: p.burst_target.get(),
     })
 }
+        timing,
+        timing_window_ms: o.timing.window.get(),
+        ("pid.pulse_amplitude", p.pulse_amplitude.get()),
+        ("pid.pulse_lead", p.pulse_lead.get()),
+    positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
+    finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
+    let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
+    let rate_ff = crate::policy::pid::FeedForward::new(&points)
+        .map_err(|m| cx.err("pid.rate_ff", m))?;
+        rate_ff,
+        pulse_amplitude: p.pulse_amplitude.get(),
+        pulse_lead_ms: p.pulse_lead.get(),
+        pulse_width_ms: p.pulse_width.get(),
+        pulse_hold: p.pulse_hold.get(),

@@ -54,6 +54,8 @@ pub enum ObjectiveKind {
     Rate,
     Burst,
     Silence,
+    /// Spikes at given times (`[objective.timing]`).
+    Timing,
 }
 
 impl ObjectiveKind {
@@ -63,6 +65,7 @@ impl ObjectiveKind {
             ObjectiveKind::Rate => "rate",
             ObjectiveKind::Burst => "burst",
             ObjectiveKind::Silence => "silence",
+            ObjectiveKind::Timing => "timing",
         }
     }
 }
@@ -185,6 +188,57 @@ impl RateSchedule {
     }
 }
 
+/// Target spike times, ms, strictly increasing. Fixed-size for the same
+/// reason as [`RateSchedule`]: the loop and the planner own a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SpikeTrain {
+    #[serde(skip)]
+    times: [f64; SpikeTrain::MAX],
+    len: usize,
+}
+
+impl SpikeTrain {
+    /// Most target spikes a train may have.
+    pub const MAX: usize = 128;
+
+    /// `times`: strictly increasing, finite, >= 0 ms; at most
+    /// [`SpikeTrain::MAX`]; may be empty (no target: any spike is extra).
+    pub fn new(times: &[f64]) -> Result<SpikeTrain, String> {
+        if times.len() > Self::MAX {
+            return Err(format!(
+                "at most {} target spikes, got {}",
+                Self::MAX,
+                times.len()
+            ));
+        }
+        if let Some(t) = times.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(format!("spike time {t} ms must be finite and >= 0"));
+        }
+        if let Some(w) = times.windows(2).find(|w| w[1] <= w[0]) {
+            return Err(format!(
+                "spike at {} ms is not after the one at {} ms",
+                w[1], w[0]
+            ));
+        }
+        let mut s = SpikeTrain {
+            times: [0.0; Self::MAX],
+            len: times.len(),
+        };
+        s.times[..times.len()].copy_from_slice(times);
+        Ok(s)
+    }
+
+    pub fn times(&self) -> &[f64] {
+        &self.times[..self.len]
+    }
+
+    /// Index of the first target at or after `t_ms`.
+    #[inline]
+    pub fn first_from(&self, t_ms: f64) -> usize {
+        self.times().partition_point(|&x| x < t_ms)
+    }
+}
+
 /// The objective and its parameters (validated `[objective]`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Objective {
@@ -205,6 +259,10 @@ pub struct Objective {
     pub min_rate_hz: f64,
     /// `silence`: the membrane should stay below this, mV.
     pub ceiling_mv: f64,
+    /// `timing`: the spikes wanted.
+    pub timing: SpikeTrain,
+    /// `timing`: a spike this close to a target (either side) hits it, ms.
+    pub timing_window_ms: f64,
 }
 
 /// What a forecast is scored against, for one planning step.
@@ -302,6 +360,7 @@ impl Objective {
                 }
                 cost
             }
+            ObjectiveKind::Timing => self.timing_cost(ctx, v, crossings),
             ObjectiveKind::Rate => {
                 let hz = self.rate.at(ctx.t_ms);
                 if hz <= 0.0 {
@@ -348,6 +407,67 @@ impl Objective {
     }
 }
 
+impl Objective {
+    /// `timing`: each forecast spike near a target still open costs its
+    /// squared timing error (capped below 1, so a late hit beats a miss);
+    /// any other forecast spike costs 1 (an extra); each open target whose
+    /// window closes inside the horizon with no spike costs 1 (a miss), and
+    /// an open target inside the horizon with no spike forecast costs 1 and
+    /// up by how far the forecast stays below threshold around it (so the
+    /// search is drawn toward evoking it). A target is open if the last
+    /// real spike did not already hit it. The scale matches the objective
+    /// error (`quality`): misses and extras count 1 each.
+    fn timing_cost(&self, ctx: &PlanContext, v: &[f32], crossings: &[usize]) -> f64 {
+        let dt = ctx.dt_ms;
+        let w = self.timing_window_ms;
+        let t_at = |j: usize| ctx.t_ms + (j + 1) as f64 * dt;
+        let end = t_at(v.len() - 1);
+        let targets = self.timing.times();
+        let lo = self.timing.first_from(ctx.t_ms - w);
+        let hi = self.timing.first_from(end + w).max(lo);
+        // At most 16 targets fall in a horizon and its windows.
+        let hi = hi.min(lo + 16);
+        let mut hit = [false; 16];
+        for (k, h) in hit.iter_mut().enumerate().take(hi - lo) {
+            *h = (ctx.last_spike_ms - targets[lo + k]).abs() <= w;
+        }
+        let mut cost = 0.0;
+        for &j in crossings {
+            let s = t_at(j) + ctx.spike_lag_ms;
+            let best = (lo..hi)
+                .filter(|&k| !hit[k - lo] && (s - targets[k]).abs() <= w)
+                .min_by(|&a, &b| (s - targets[a]).abs().total_cmp(&(s - targets[b]).abs()));
+            match best {
+                Some(k) => {
+                    hit[k - lo] = true;
+                    let e = (s - targets[k]) / TIMING_SCALE_MS;
+                    cost += (e * e).min(0.9);
+                }
+                None => cost += 1.0,
+            }
+        }
+        for k in lo..hi {
+            let t = targets[k];
+            if hit[k - lo] || t - w > end || t + w < ctx.t_ms {
+                continue;
+            }
+            if t + w <= end {
+                cost += 1.0;
+            } else {
+                // Still open past the horizon: graded by the forecast's
+                // closest approach to threshold from the target's window on.
+                let from = (((t - w - ctx.t_ms) / dt).floor().max(0.0)) as usize;
+                let peak = v[from.min(v.len() - 1)..]
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                let gap = ((ctx.spike_threshold_mv - peak) / 20.0).clamp(0.0, 1.0);
+                cost += 0.5 + 0.5 * gap;
+            }
+        }
+        cost
+    }
+}
+
 /// Charge and smoothness terms for a plan of per-step currents `u`
 /// (µA/cm²), model step `dt_ms`.
 pub fn effort_cost(w: &CostWeights, u: &[f32], dt_ms: f64, u_before: f64) -> f64 {
@@ -384,6 +504,8 @@ pub(crate) mod test_support {
             max_isi_ms: 10.0,
             min_rate_hz: 2.0,
             ceiling_mv: -60.0,
+            timing: SpikeTrain::new(&[5.0, 100.0, 300.0]).unwrap(),
+            timing_window_ms: 3.0,
         }
     }
 }
@@ -465,6 +587,31 @@ mod tests {
         let s = objective(ObjectiveKind::Silence);
         assert_eq!(s.forecast_cost(&ctx(0.0, -1e9), &[-61.0f32; 20]), 0.0);
         assert!((s.forecast_cost(&ctx(0.0, -1e9), &[-58.0f32; 20]) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn timing_cost_rewards_hits_and_punishes_misses_and_extras() {
+        let o = objective(ObjectiveKind::Timing);
+        // Horizon 95.5 ..= 105 ms; target at 100 ms (step 9).
+        let c = ctx(95.0, 5.0);
+        let on_time = o.forecast_cost(&c, &spike_at(Some(9)));
+        let off_by_2 = o.forecast_cost(&c, &spike_at(Some(13)));
+        let none = o.forecast_cost(&c, &spike_at(None));
+        assert!(on_time < 1e-9, "{on_time}");
+        assert!(off_by_2 > on_time && off_by_2 < 1.0, "{off_by_2}");
+        assert!(none >= 1.0, "{none}");
+        // Far from any target, a spike is an extra and quiet is free.
+        let quiet = ctx(200.0, 100.0);
+        assert_eq!(o.forecast_cost(&quiet, &spike_at(None)), 0.0);
+        assert_eq!(o.forecast_cost(&quiet, &spike_at(Some(3))), 1.0);
+        // The target already hit by the last real spike asks for nothing.
+        assert_eq!(o.forecast_cost(&ctx(100.5, 100.5), &spike_at(None)), 0.0);
+        // A window that closes inside the horizon without a spike is a miss.
+        let missed = ctx(299.0, 100.0);
+        assert!(o.forecast_cost(&missed, &spike_at(None)) >= 1.0);
+        assert!(SpikeTrain::new(&[3.0, 2.0]).is_err());
+        assert!(SpikeTrain::new(&[-1.0]).is_err());
+        assert_eq!(SpikeTrain::new(&[1.0, 5.0]).unwrap().first_from(2.0), 1);
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //!   spikes to keep, for `burst`.
 //! - PID on the membrane potential: a software voltage clamp toward the
 //!   reference (`voltage`) or below the ceiling (`silence`).
+//! - The rate PI may add a feed-forward term (`pid.rate_ff`): a static
+//!   map from target rate to the current that holds it, identified on
+//!   tuning seeds, so that the PI only corrects around it; with a target
+//!   that steps every second or two, waiting for an integrator to find the
+//!   new level is most of the PI's error.
+//! - `timing`: what labs do to place spikes, open-loop pulses: one
+//!   rectangular pulse per target spike, starting `pulse_lead` before it,
+//!   on top of a constant holding current (negative: keeps a spontaneously
+//!   firing cell quiet between targets).
 //!
 //! Outputs are requests: the safety limiter still applies. The integrators
 //! stop integrating while the output is saturated at the amplitude limit
@@ -37,6 +46,76 @@ pub struct PidGains {
     pub silence_margin_mv: f64,
     /// `burst`: the PI's target rate, Hz (the single spikes to keep).
     pub burst_target_hz: f64,
+    /// Rate PI feed-forward: target rate → current; empty: none.
+    pub rate_ff: FeedForward,
+    /// `timing`: pulse amplitude, µA/cm².
+    pub pulse_amplitude: f64,
+    /// `timing`: the pulse starts this long before the target, ms.
+    pub pulse_lead_ms: f64,
+    /// `timing`: pulse width, ms.
+    pub pulse_width_ms: f64,
+    /// `timing`: current between pulses, µA/cm².
+    pub pulse_hold: f64,
+}
+
+/// A static map from target rate (Hz) to current (µA/cm²): piecewise
+/// linear through its points, held flat beyond the first and the last.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct FeedForward {
+    #[serde(skip)]
+    points: [(f64, f64); FeedForward::MAX],
+    len: usize,
+}
+
+impl FeedForward {
+    pub const MAX: usize = 16;
+
+    /// No feed-forward (the plain PI).
+    pub const NONE: FeedForward = FeedForward {
+        points: [(0.0, 0.0); FeedForward::MAX],
+        len: 0,
+    };
+
+    /// `points`: `(hz, current)` with strictly increasing, finite rates.
+    pub fn new(points: &[(f64, f64)]) -> Result<FeedForward, String> {
+        if points.len() > Self::MAX {
+            return Err(format!("at most {} points, got {}", Self::MAX, points.len()));
+        }
+        if let Some(p) = points.iter().find(|p| !(p.0.is_finite() && p.1.is_finite())) {
+            return Err(format!("point [{}, {}] is not finite", p.0, p.1));
+        }
+        if let Some(w) = points.windows(2).find(|w| w[1].0 <= w[0].0) {
+            return Err(format!(
+                "rate {} Hz is not above the previous point's {} Hz",
+                w[1].0, w[0].0
+            ));
+        }
+        let mut f = FeedForward::NONE;
+        f.points[..points.len()].copy_from_slice(points);
+        f.len = points.len();
+        Ok(f)
+    }
+
+    pub fn points(&self) -> &[(f64, f64)] {
+        &self.points[..self.len]
+    }
+
+    /// The current for `hz` (0 without points).
+    #[inline]
+    pub fn at(&self, hz: f64) -> f64 {
+        let p = self.points();
+        match p {
+            [] => 0.0,
+            [only] => only.1,
+            _ if hz <= p[0].0 => p[0].1,
+            _ if hz >= p[p.len() - 1].0 => p[p.len() - 1].1,
+            _ => {
+                let k = p.partition_point(|q| q.0 <= hz).clamp(1, p.len() - 1);
+                let (a, b) = (p[k - 1], p[k]);
+                a.1 + (b.1 - a.1) * (hz - a.0) / (b.0 - a.0)
+            }
+        }
+    }
 }
 
 /// A per-sample baseline controller.
@@ -46,6 +125,7 @@ pub enum Baseline {
     Open(Waveform),
     RatePi(RatePi),
     VoltagePid(VoltagePid),
+    Pulses(Pulses),
     /// A precomputed request sequence (calibration's excitation).
     Script(Script),
 }
@@ -85,6 +165,7 @@ impl Baseline {
             ObjectiveKind::Voltage | ObjectiveKind::Silence => {
                 Baseline::VoltagePid(VoltagePid::new(*gains, *objective, dt_ms, limit))
             }
+            ObjectiveKind::Timing => Baseline::Pulses(Pulses::new(*gains, *objective, limit)),
         }
     }
 
@@ -97,6 +178,7 @@ impl Baseline {
             Baseline::Open(w) => w.at(t_ms),
             Baseline::RatePi(c) => c.step(t_ms, spiked),
             Baseline::VoltagePid(c) => c.step(t_ms, v_mv),
+            Baseline::Pulses(c) => c.step(t_ms),
             Baseline::Script(s) => s.at(t_ms),
         }
     }
@@ -145,12 +227,53 @@ impl RatePi {
         };
         let e = target - self.rate_hz;
         let g = &self.gains;
+        let ff = match self.objective.kind {
+            ObjectiveKind::Rate => g.rate_ff.at(target),
+            _ => 0.0,
+        };
         let trial = self.integral + e * self.dt_ms / 1000.0;
-        let u = g.rate_kp * e + g.rate_ki * trial;
+        let u = ff + g.rate_kp * e + g.rate_ki * trial;
         if u.abs() <= self.limit || u.signum() != e.signum() {
             self.integral = trial;
         }
-        (g.rate_kp * e + g.rate_ki * self.integral).clamp(-self.limit, self.limit)
+        (ff + g.rate_kp * e + g.rate_ki * self.integral).clamp(-self.limit, self.limit)
+    }
+}
+
+/// Open-loop pulses before each target spike over a holding current.
+#[derive(Clone, Debug)]
+pub struct Pulses {
+    gains: PidGains,
+    objective: Objective,
+    limit: f64,
+    /// The first target whose pulse has not ended yet.
+    next: usize,
+}
+
+impl Pulses {
+    pub fn new(gains: PidGains, objective: Objective, limit: f64) -> Pulses {
+        Pulses {
+            gains,
+            objective,
+            limit,
+            next: 0,
+        }
+    }
+
+    #[inline]
+    pub fn step(&mut self, t_ms: f64) -> f64 {
+        let g = &self.gains;
+        let targets = self.objective.timing.times();
+        while self.next < targets.len()
+            && targets[self.next] - g.pulse_lead_ms + g.pulse_width_ms <= t_ms
+        {
+            self.next += 1;
+        }
+        let on = targets
+            .get(self.next)
+            .is_some_and(|&t| t_ms >= t - g.pulse_lead_ms);
+        let u = if on { g.pulse_amplitude } else { g.pulse_hold };
+        u.clamp(-self.limit, self.limit)
     }
 }
 
@@ -222,7 +345,39 @@ mod tests {
             voltage_kd: 0.0,
             silence_margin_mv: 2.0,
             burst_target_hz: 5.0,
+            rate_ff: FeedForward::NONE,
+            pulse_amplitude: 4.0,
+            pulse_lead_ms: 2.0,
+            pulse_width_ms: 1.0,
+            pulse_hold: -0.5,
         }
+    }
+
+    #[test]
+    fn feed_forward_interpolates_and_holds_at_the_ends() {
+        let f = FeedForward::new(&[(5.0, -1.0), (10.0, 0.0), (20.0, 2.0)]).unwrap();
+        assert_eq!((f.at(0.0), f.at(7.5), f.at(15.0), f.at(99.0)), (-1.0, -0.5, 1.0, 2.0));
+        assert_eq!(FeedForward::NONE.at(12.0), 0.0);
+        assert!(FeedForward::new(&[(5.0, 0.0), (5.0, 1.0)]).is_err());
+        // With no error and no integral, the PI's output is the map's.
+        let mut g = gains();
+        g.rate_ff = f;
+        g.rate_kp = 0.0;
+        g.rate_ki = 0.0;
+        let mut pi = RatePi::new(g, objective(ObjectiveKind::Rate), 0.1, 10.0);
+        assert_eq!(pi.step(0.0, false), f.at(10.0));
+        assert_eq!(pi.step(1500.0, false), f.at(20.0));
+    }
+
+    #[test]
+    fn pulses_precede_each_target_over_the_holding_current() {
+        // Targets 5, 100, 300 ms; lead 2 ms, width 1 ms: on over [3, 4).
+        let mut p = Pulses::new(gains(), objective(ObjectiveKind::Timing), 10.0);
+        let u: Vec<f64> = (0..3100).map(|k| p.step(k as f64 * 0.1)).collect();
+        let on: Vec<usize> = (0..u.len()).filter(|&k| u[k] == 4.0).collect();
+        assert_eq!(on.len(), 3 * 10, "{on:?}");
+        assert_eq!((on[0], on[10], on[29]), (30, 980, 2989));
+        assert!(u.iter().all(|&x| x == 4.0 || x == -0.5));
     }
 
     #[test]

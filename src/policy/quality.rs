@@ -19,6 +19,17 @@
 //!   the shortfall below `min_rate` as a fraction (a silenced cell scores 1,
 //!   not 0).
 //! - `silence`: mean of max(0, V − ceiling), mV.
+//! - `timing`: spike-time error per target spike. Each target in the
+//!   scored span is matched to the nearest unmatched spike within
+//!   `objective.timing.window` (W) of it, targets in time order; the error
+//!   is (Σ |jitter| / W + misses + extras) / targets: 0 when every target
+//!   gets one spike exactly on time, 1 for a silent cell, a matched spike
+//!   off by W counts as much as a miss, and every spike that matched no
+//!   target counts as one extra. Jitter, misses and extras are reported
+//!   apart in `timing`. Matched-spike scoring rather than a van Rossum
+//!   distance because its parts (how late, how many missed, how many
+//!   spurious) are what an experimenter checks, and it has no kernel
+//!   width to argue about beyond the window.
 
 use super::{Objective, ObjectiveKind};
 use crate::neuron::spikes::{FiringSummary, SpikeDetector, DEFAULT_THRESHOLD_MV};
@@ -41,6 +52,59 @@ pub struct Quality {
     pub charge_nc_cm2: f64,
     /// `rate` only: the binned error, Hz (see the module docs).
     pub rate_bin_error_hz: Option<f64>,
+    /// `timing` only: the parts of the spike-time error.
+    pub timing: Option<TimingScore>,
+}
+
+/// The parts of the `timing` error.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimingScore {
+    pub targets: usize,
+    pub hits: usize,
+    pub misses: usize,
+    pub extras: usize,
+    /// Mean |spike − target| over the hits, ms.
+    pub mean_abs_jitter_ms: f64,
+}
+
+/// Match `spikes` to the `targets` (both sorted, ms) within `window_ms`:
+/// each target in time order takes the nearest spike not yet taken.
+pub fn match_spikes(targets: &[f64], spikes: &[f64], window_ms: f64) -> TimingScore {
+    let mut taken = vec![false; spikes.len()];
+    let (mut hits, mut jitter) = (0usize, 0.0);
+    let mut from = 0;
+    for &t in targets {
+        while from < spikes.len() && spikes[from] < t - window_ms {
+            from += 1;
+        }
+        let best = (from..spikes.len())
+            .take_while(|&k| spikes[k] <= t + window_ms)
+            .filter(|&k| !taken[k])
+            .min_by(|&a, &b| (spikes[a] - t).abs().total_cmp(&(spikes[b] - t).abs()));
+        if let Some(k) = best {
+            taken[k] = true;
+            hits += 1;
+            jitter += (spikes[k] - t).abs();
+        }
+    }
+    TimingScore {
+        targets: targets.len(),
+        hits,
+        misses: targets.len() - hits,
+        extras: spikes.len() - hits,
+        mean_abs_jitter_ms: if hits > 0 { jitter / hits as f64 } else { 0.0 },
+    }
+}
+
+impl TimingScore {
+    /// (Σ |jitter| / W + misses + extras) / targets; with no target, the
+    /// extras alone.
+    pub fn error(&self, window_ms: f64) -> f64 {
+        let sum = self.mean_abs_jitter_ms * self.hits as f64 / window_ms
+            + self.misses as f64
+            + self.extras as f64;
+        sum / self.targets.max(1) as f64
+    }
 }
 
 /// Accumulates samples and scores them.
@@ -135,6 +199,10 @@ impl QualityMeter {
                 self.rate_error(start, start + span_ms),
                 "Hz RMS of instantaneous rate",
             ),
+            ObjectiveKind::Timing => (
+                self.timing_score(start, span_ms).error(o.timing_window_ms),
+                "spike-time error per target",
+            ),
         };
         Quality {
             objective: o.kind.name(),
@@ -148,7 +216,16 @@ impl QualityMeter {
             charge_nc_cm2: self.charge,
             rate_bin_error_hz: (o.kind == ObjectiveKind::Rate)
                 .then(|| self.rate_bin_error(start, span_ms)),
+            timing: (o.kind == ObjectiveKind::Timing).then(|| self.timing_score(start, span_ms)),
         }
+    }
+
+    /// The targets inside the scored span against the scored spikes.
+    fn timing_score(&self, start: f64, span_ms: f64) -> TimingScore {
+        let o = &self.objective;
+        let t = o.timing.times();
+        let targets = &t[o.timing.first_from(start)..o.timing.first_from(start + span_ms)];
+        match_spikes(targets, &self.spikes, o.timing_window_ms)
     }
 
     /// RMS of instantaneous − target rate over `[start, end)`, 1 ms grid.
@@ -259,6 +336,27 @@ mod tests {
         let mut quiet = QualityMeter::new(objective(ObjectiveKind::Burst), 0.1);
         feed(&mut quiet, 1000.0, &[], -70.0);
         assert!((quiet.finish().objective_error - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn timing_error_counts_jitter_misses_and_extras() {
+        // Targets 5, 100, 300 ms; window 3 ms.
+        let mut m = QualityMeter::new(objective(ObjectiveKind::Timing), 0.1);
+        feed(&mut m, 400.0, &[5.0, 101.5, 200.0], -70.0);
+        let q = m.finish();
+        let t = q.timing.clone().unwrap();
+        assert_eq!((t.targets, t.hits, t.misses, t.extras), (3, 2, 1, 1), "{q:?}");
+        // Detection times are within a sample of the fed spikes.
+        assert!((t.mean_abs_jitter_ms - 0.75).abs() < 0.15, "{t:?}");
+        assert!((q.objective_error - (1.5 / 3.0 + 2.0) / 3.0).abs() < 0.1, "{q:?}");
+        // A spike just outside the window is a miss and an extra.
+        let s = match_spikes(&[100.0], &[96.9], 3.0);
+        assert_eq!((s.hits, s.misses, s.extras), (0, 1, 1));
+        // Two spikes near one target: the closer hits, the other is extra.
+        let s = match_spikes(&[100.0], &[99.0, 100.5], 3.0);
+        assert_eq!((s.hits, s.extras), (1, 1));
+        assert!((s.mean_abs_jitter_ms - 0.5).abs() < 1e-12);
+        assert_eq!(match_spikes(&[], &[], 3.0).error(3.0), 0.0);
     }
 
     #[test]

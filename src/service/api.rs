@@ -82,6 +82,8 @@ impl TargetLimits {
     pub const CEILING_MV: (f64, f64) = (-90.0, -40.0);
     /// `burst`: the least firing rate to keep, Hz.
     pub const MIN_RATE_HZ: (f64, f64) = (0.0, 50.0);
+    /// `timing`: the window a spike must fall in around its target, ms.
+    pub const TIMING_WINDOW_MS: (f64, f64) = (0.1, 50.0);
 
     /// The bounds and unit for `kind`.
     pub fn of(kind: ObjectiveKind) -> ((f64, f64), &'static str, &'static str) {
@@ -90,6 +92,7 @@ impl TargetLimits {
             ObjectiveKind::Voltage => (Self::VOLTAGE_MV, "mV", "reference offset"),
             ObjectiveKind::Silence => (Self::CEILING_MV, "mV", "ceiling"),
             ObjectiveKind::Burst => (Self::MIN_RATE_HZ, "Hz", "least firing rate to keep"),
+            ObjectiveKind::Timing => (Self::TIMING_WINDOW_MS, "ms", "spike-time window"),
         }
     }
 }
@@ -116,6 +119,7 @@ pub fn target_of(o: &Objective) -> f64 {
         ObjectiveKind::Voltage => o.reference.offset,
         ObjectiveKind::Silence => o.ceiling_mv,
         ObjectiveKind::Burst => o.min_rate_hz,
+        ObjectiveKind::Timing => o.timing_window_ms,
     }
 }
 
@@ -159,6 +163,7 @@ pub fn apply_objective(current: &Objective, body: &[u8]) -> Result<Objective, Re
             ObjectiveKind::Voltage => o.reference.offset = t,
             ObjectiveKind::Silence => o.ceiling_mv = t,
             ObjectiveKind::Burst => o.min_rate_hz = t,
+            ObjectiveKind::Timing => o.timing_window_ms = t,
         }
     }
     Ok(o)
