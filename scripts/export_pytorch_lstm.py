@@ -10,6 +10,19 @@ Neuronal Dynamics using LSTM"):
 The LSTM runs over the whole input sequence (zero initial state); the single
 linear head is applied to each of the LAST t_out hidden states of the top layer.
 
+--head picks one of the heads users commonly export (all run natively by
+neurostimd, docs/model-contract.md "Accepted heads"):
+
+  linear     Linear(H, 1) on each of the last t_out steps (the default above)
+  mlp        Linear(H, M) -> ACT -> Linear(M, 1) on each of the last t_out steps
+  last       Linear(H, t_out) on the last step's hidden state, all outputs at once
+  last_mlp   Linear(H, M) -> ACT -> Linear(M, t_out) on the last step's state
+
+(M = --head-hidden, ACT = --activation: relu, tanh, sigmoid or gelu; gelu is
+exported at opset 17 as an Erf subgraph, which neurostimd runs with tract.)
+--last-state out|h_n says how the last state is taken: out[:, -1, :] or
+h_n[-1] (the same numbers, different ONNX graphs).
+
 Input  ``x``: float32 [batch, t_in + t_out, 3], features (V, I, is_future).
   * steps 0 .. t_in-1 (observed):   Vn = (V - v_mean) / v_std (observed V),
                                     In = (I - i_mean) / i_std (applied current),
@@ -63,24 +76,50 @@ N_FEATURES = 3
 BUNDLE_BATCH = 4
 
 
-class ContractLSTM(nn.Module):
-    """nn.LSTM over the whole sequence + one Linear(H, 1) on the last t_out states."""
+HEADS = ("linear", "mlp", "last", "last_mlp")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
-    def __init__(self, layers: int, hidden: int, t_in: int, t_out: int):
+
+class ContractLSTM(nn.Module):
+    """nn.LSTM over the whole sequence + a head (see --head): per step on the
+    last t_out states, or on the last state producing all t_out at once."""
+
+    def __init__(
+        self,
+        layers: int,
+        hidden: int,
+        t_in: int,
+        t_out: int,
+        head: str = "linear",
+        head_hidden: int = 16,
+        activation: str = "relu",
+        last_state: str = "out",
+    ):
         super().__init__()
         self.t_in = t_in
         self.t_out = t_out
+        self.kind = head
+        self.last_state = last_state
         self.lstm = nn.LSTM(
             input_size=N_FEATURES,
             hidden_size=hidden,
             num_layers=layers,
             batch_first=True,
         )
-        self.head = nn.Linear(hidden, 1)
+        width = 1 if head in ("linear", "mlp") else t_out
+        if head in ("linear", "last"):
+            self.head = nn.Linear(hidden, width)
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(hidden, head_hidden), ACTIVATIONS[activation](), nn.Linear(head_hidden, width)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x)
-        return self.head(out[:, self.t_in :, :]).squeeze(-1)
+        out, (h_n, _) = self.lstm(x)
+        if self.kind in ("linear", "mlp"):
+            return self.head(out[:, self.t_in :, :]).squeeze(-1)
+        last = h_n[-1] if self.last_state == "h_n" else out[:, -1, :]
+        return self.head(last)
 
 
 def load_state_dict(model: ContractLSTM, path: str) -> None:
@@ -190,6 +229,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--head", choices=HEADS, default="linear", help="output head (see the module doc)")
+    ap.add_argument("--head-hidden", type=int, default=16, help="hidden units of an mlp / last_mlp head")
+    ap.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="of an mlp / last_mlp head")
+    ap.add_argument("--last-state", choices=["out", "h_n"], default="out", help="last / last_mlp: out[:, -1, :] or h_n[-1]")
     ap.add_argument("--t-in", type=int, default=40)
     ap.add_argument("--t-out", type=int, default=20)
     ap.add_argument("--dt-ms", type=float, default=0.5)
@@ -214,7 +257,16 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    model = ContractLSTM(args.layers, args.hidden, args.t_in, args.t_out)
+    model = ContractLSTM(
+        args.layers,
+        args.hidden,
+        args.t_in,
+        args.t_out,
+        head=args.head,
+        head_hidden=args.head_hidden,
+        activation=args.activation,
+        last_state=args.last_state,
+    )
     trained = False
     if args.state_dict:
         load_state_dict(model, args.state_dict)
@@ -298,7 +350,7 @@ def main(argv=None) -> int:
             "cell": "lstm",
             "layers": args.layers,
             "hidden": args.hidden,
-            "head": "linear",
+            "head": args.head,
         },
         "provenance": {
             "tool": "scripts/export_pytorch_lstm.py",
@@ -308,6 +360,8 @@ def main(argv=None) -> int:
             "torch_version": torch.__version__,
             "opset": args.opset,
             "exporter": "legacy (dynamo=False)",
+            "head": str(model.head),
+            **({"last_state": args.last_state} if args.head in ("last", "last_mlp") else {}),
             "note": (
                 "trained weights loaded from a state dict"
                 if trained

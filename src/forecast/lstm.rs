@@ -127,13 +127,108 @@ impl LstmLayer {
     }
 }
 
-/// The stacked LSTM plus the linear head, with preallocated buffers for up
-/// to `max_batch` candidates.
+/// A head layer's nonlinearity: the ones `torch.onnx.export` writes as a
+/// single ONNX operator (GELU is not among them at opset 17: it becomes an
+/// Erf subgraph, which the native engine declines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "none",
+            Activation::Relu => "Relu",
+            Activation::Tanh => "Tanh",
+            Activation::Sigmoid => "Sigmoid",
+        }
+    }
+}
+
+/// One fully connected layer of a head: `y = act(x · wt + bias)`.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    pub input: usize,
+    pub output: usize,
+    /// `[input][output]`, the layout of an ONNX MatMul weight (PyTorch's
+    /// `Linear.weight` transposed).
+    pub wt: Aligned,
+    /// `[output]`.
+    pub bias: Vec<f32>,
+    pub act: Activation,
+}
+
+/// Which hidden states of the top LSTM layer the head reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadInput {
+    /// Each of the last `t_out` steps, one output per step (the contract's
+    /// `Linear(H, 1)` on `out[:, t_in:, :]`, or an MLP ending in one unit).
+    EachStep,
+    /// The last step only, all `t_out` outputs at once (`Linear(H, t_out)`
+    /// on `out[:, -1, :]` or `h_n[-1]`, or an MLP ending in `t_out` units).
+    LastStep,
+}
+
+/// The output head: fully connected layers over the top layer's hidden
+/// states.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub input: HeadInput,
+    pub layers: Vec<Dense>,
+}
+
+impl Head {
+    /// The contract's linear head: `[H]` weights and one bias.
+    pub fn linear(w: Vec<f32>, b: f32) -> Head {
+        Head {
+            input: HeadInput::EachStep,
+            layers: vec![Dense {
+                input: w.len(),
+                output: 1,
+                wt: Aligned::from_slice(&w),
+                bias: vec![b],
+                act: Activation::Identity,
+            }],
+        }
+    }
+
+    pub fn parameters(&self) -> usize {
+        self.layers.iter().map(|d| d.wt.len() + d.bias.len()).sum()
+    }
+
+    /// Multiply–accumulates per head application.
+    fn macs(&self) -> usize {
+        self.layers.iter().map(|d| d.input * d.output).sum()
+    }
+
+    /// One line for `model info`: what the engine recognised.
+    pub fn describe(&self) -> String {
+        let over = match self.input {
+            HeadInput::EachStep => "each horizon step",
+            HeadInput::LastStep => "the last step",
+        };
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|d| match d.act {
+                Activation::Identity => format!("Linear({}, {})", d.input, d.output),
+                a => format!("Linear({}, {}) {}", d.input, d.output, a.name()),
+            })
+            .collect();
+        format!("{} over {over}", layers.join(" -> "))
+    }
+}
+
+/// The stacked LSTM plus the head, with preallocated buffers for up to
+/// `max_batch` candidates.
 #[derive(Clone, Debug)]
 pub struct NativeLstm {
     pub layers: Vec<LstmLayer>,
-    pub head_w: Vec<f32>,
-    pub head_b: f32,
+    pub head: Head,
     t_in: usize,
     t_out: usize,
     max_batch: usize,
@@ -146,9 +241,12 @@ pub struct NativeLstm {
     c_enc: Vec<Vec<f32>>,
     h: Aligned,
     c: Aligned,
+    head_a: Aligned,
+    head_b: Aligned,
 }
 
 impl NativeLstm {
+    /// With the contract's linear head (`[H]` weights, one bias).
     pub fn new(
         layers: Vec<LstmLayer>,
         head_w: Vec<f32>,
@@ -157,12 +255,49 @@ impl NativeLstm {
         t_out: usize,
         max_batch: usize,
     ) -> NativeLstm {
+        Self::with_head(layers, Head::linear(head_w, head_b), t_in, t_out, max_batch)
+    }
+
+    /// With any [`Head`]. Panics if the head does not chain from the top
+    /// layer's hidden size to the forecast (one value per step, or `t_out`
+    /// from the last step): the graph reader checks that first.
+    pub fn with_head(
+        layers: Vec<LstmLayer>,
+        head: Head,
+        t_in: usize,
+        t_out: usize,
+        max_batch: usize,
+    ) -> NativeLstm {
+        let top = layers.last().map(|l| l.hidden).unwrap_or(0);
+        let mut width = top;
+        for d in &head.layers {
+            assert!(
+                d.input == width && d.wt.len() == d.input * d.output && d.bias.len() == d.output,
+                "head layer {}x{} does not chain from {width}",
+                d.input,
+                d.output
+            );
+            width = d.output;
+        }
+        let want = match head.input {
+            HeadInput::EachStep => 1,
+            HeadInput::LastStep => t_out,
+        };
+        assert!(
+            !head.layers.is_empty() && width == want,
+            "head ends in {width} values, expected {want}"
+        );
         let hmax = layers
             .iter()
             .map(|l| l.hidden.max(l.input))
             .max()
             .unwrap_or(1);
         let rows = t_in.max(t_out * max_batch);
+        let head_rows = match head.input {
+            HeadInput::EachStep => t_out * max_batch,
+            HeadInput::LastStep => max_batch,
+        };
+        let head_width = head.layers.iter().map(|d| d.output).max().unwrap_or(1);
         let h_enc = layers.iter().map(|l| vec![0.0; l.hidden]).collect();
         let c_enc = layers.iter().map(|l| vec![0.0; l.hidden]).collect();
         NativeLstm {
@@ -173,9 +308,10 @@ impl NativeLstm {
             c_enc,
             h: Aligned::zeros(max_batch * hmax),
             c: Aligned::zeros(max_batch * hmax),
+            head_a: Aligned::zeros(head_rows * head_width),
+            head_b: Aligned::zeros(head_rows * head_width),
             layers,
-            head_w,
-            head_b,
+            head,
             t_in,
             t_out,
             max_batch,
@@ -206,6 +342,19 @@ impl NativeLstm {
         self.max_batch
     }
 
+    /// Weights and biases of the LSTM layers and the head.
+    pub fn parameters(&self) -> usize {
+        self.layers.iter().map(|l| l.parameters()).sum::<usize>() + self.head.parameters()
+    }
+
+    /// Head applications per candidate.
+    fn head_rows(&self) -> usize {
+        match self.head.input {
+            HeadInput::EachStep => self.t_out,
+            HeadInput::LastStep => 1,
+        }
+    }
+
     /// Multiply–accumulate operations of one forecast for `k` candidates.
     pub fn macs(&self, k: usize) -> usize {
         self.layers
@@ -215,7 +364,7 @@ impl NativeLstm {
                 per_row * (self.t_in + k * self.t_out)
             })
             .sum::<usize>()
-            + k * self.t_out * self.head_w.len()
+            + k * self.head_rows() * self.head.macs()
     }
 
     /// Multiply–accumulate operations of the plain windowed computation of
@@ -227,13 +376,13 @@ impl NativeLstm {
             .iter()
             .map(|l| 4 * l.hidden * (l.input + l.hidden) * steps)
             .sum::<usize>()
-            + self.t_out * self.head_w.len())
+            + self.head_rows() * self.head.macs())
     }
 
     /// Forecast `k` candidates. `observed`: normalised (V, I) pairs of the
     /// window, `[t_in][2]`; `plans`: normalised future currents `[k][t_out]`;
     /// `out`: the head's raw outputs `[k][t_out]` in the model's own order
-    /// (sequence position t_in + j in column j).
+    /// (for a per-step head, sequence position t_in + j in column j).
     pub fn forecast(&mut self, observed: &[f32], plans: &[f32], k: usize, out: &mut [f32]) {
         assert!(
             k >= 1 && k <= self.max_batch,
@@ -295,14 +444,56 @@ impl NativeLstm {
             );
             std::mem::swap(&mut self.seq_a, &mut self.seq_b);
         }
-        let hd = self.head_w.len();
-        for j in 0..t_out {
-            for kk in 0..k {
-                let h = &self.seq_a[(j * k + kk) * hd..(j * k + kk + 1) * hd];
-                let s: f32 = h.iter().zip(&self.head_w).map(|(a, b)| a * b).sum();
-                out[kk * t_out + j] = s + self.head_b;
-            }
+        self.apply_head(k, out);
+    }
+
+    /// The head over the rolled-out top layer (`seq_a`, `[t_out][k][H]`).
+    fn apply_head(&mut self, k: usize, out: &mut [f32]) {
+        let t_out = self.t_out;
+        let hd = self.head.layers[0].input;
+        let (x, rows) = match self.head.input {
+            HeadInput::EachStep => (&self.seq_a[..t_out * k * hd], t_out * k),
+            // The last step's states: rows (t_out − 1)·k .. t_out·k.
+            HeadInput::LastStep => (&self.seq_a[(t_out - 1) * k * hd..t_out * k * hd], k),
+        };
+        let (mut src, mut dst) = (&mut self.head_a, &mut self.head_b);
+        for (n, d) in self.head.layers.iter().enumerate() {
+            let input: &[f32] = if n == 0 { x } else { &src[..rows * d.input] };
+            dense_forward(self.simd, d, input, rows, &mut dst[..rows * d.output]);
+            std::mem::swap(&mut src, &mut dst);
         }
+        let y = &src[..rows * self.head.layers.last().map_or(0, |d| d.output)];
+        match self.head.input {
+            // Row j·k + kk is candidate kk at horizon position j.
+            HeadInput::EachStep => {
+                for (r, &v) in y.iter().enumerate() {
+                    out[(r % k) * t_out + r / k] = v;
+                }
+            }
+            HeadInput::LastStep => out[..k * t_out].copy_from_slice(y),
+        }
+    }
+}
+
+/// `y[m × out] = act(x[m × in] · wt + bias)`. A one-unit layer is a dot
+/// product per row (the GEMM's tiles would be idle on a single column).
+fn dense_forward(simd: Simd, d: &Dense, x: &[f32], m: usize, y: &mut [f32]) {
+    if d.output == 1 {
+        for (r, yr) in y.iter_mut().enumerate() {
+            let xr = &x[r * d.input..(r + 1) * d.input];
+            *yr = xr.iter().zip(d.wt.iter()).map(|(a, b)| a * b).sum::<f32>() + d.bias[0];
+        }
+    } else {
+        for row in y.chunks_exact_mut(d.output) {
+            row.copy_from_slice(&d.bias);
+        }
+        gemm_with(simd, y, x, &d.wt, m, d.input, d.output);
+    }
+    match d.act {
+        Activation::Identity => {}
+        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Tanh => y.iter_mut().for_each(|v| *v = tanh(*v)),
+        Activation::Sigmoid => y.iter_mut().for_each(|v| *v = sigmoid(*v)),
     }
 }
 
@@ -447,13 +638,19 @@ fn run_layer_body<
 /// `c[m×n] += a[m×k] · b[k×n]` (row-major) with the fastest kernel this CPU
 /// has; for the trainer, which shares the forecaster's kernels.
 pub fn matmul_acc(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    gemm_with(detect_simd(), c, a, b, m, k, n)
+}
+
+/// [`matmul_acc`] with a chosen kernel variant (one the CPU has).
+fn gemm_with(simd: Simd, c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    match detect_simd() {
+    match simd {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU reports AVX-512F, AVX2 and FMA.
+        // SAFETY: `simd` is a variant the CPU reports (`detect_simd`,
+        // `NativeLstm::set_simd` refuses others): AVX-512F, AVX2 and FMA.
         Simd::Avx512 => unsafe { gemm_acc_avx512(c, a, b, m, k, n) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU reports AVX2 and FMA.
+        // SAFETY: as above: AVX2 and FMA.
         Simd::Avx2 => unsafe { matmul_avx2(c, a, b, m, k, n) },
         _ => gemm_acc::<false, 4, 16, 64>(c, a, b, m, k, n),
     }
@@ -883,13 +1080,132 @@ mod tests {
                     *x = h.clone();
                 }
             }
-            for j in 0..t_out {
-                let h = &seq[t_in + j];
-                out[kk * t_out + j] =
-                    h.iter().zip(&lstm.head_w).map(|(a, b)| a * b).sum::<f32>() + lstm.head_b;
+            match lstm.head.input {
+                HeadInput::EachStep => {
+                    for j in 0..t_out {
+                        out[kk * t_out + j] = reference_head(&lstm.head, &seq[t_in + j])[0];
+                    }
+                }
+                HeadInput::LastStep => out[kk * t_out..(kk + 1) * t_out]
+                    .copy_from_slice(&reference_head(&lstm.head, &seq[t_in + t_out - 1])),
             }
         }
         out
+    }
+
+    /// The head on one hidden state, textbook style (exact activations).
+    fn reference_head(head: &Head, h: &[f32]) -> Vec<f32> {
+        let mut x = h.to_vec();
+        for d in &head.layers {
+            x = (0..d.output)
+                .map(|o| {
+                    let z = d.bias[o]
+                        + (0..d.input)
+                            .map(|i| x[i] * d.wt[i * d.output + o])
+                            .sum::<f32>();
+                    match d.act {
+                        Activation::Identity => z,
+                        Activation::Relu => z.max(0.0),
+                        Activation::Tanh => z.tanh(),
+                        Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
+                    }
+                })
+                .collect();
+        }
+        x
+    }
+
+    fn random_stack(rnd: &mut impl FnMut() -> f32, layers: usize, hidden: usize) -> Vec<LstmLayer> {
+        (0..layers)
+            .map(|l| {
+                let input = if l == 0 { 3 } else { hidden };
+                let w: Vec<f32> = (0..4 * hidden * input).map(|_| rnd()).collect();
+                let r: Vec<f32> = (0..4 * hidden * hidden).map(|_| rnd()).collect();
+                let b: Vec<f32> = (0..8 * hidden).map(|_| rnd()).collect();
+                LstmLayer::from_onnx(&w, &r, Some(&b), input, hidden)
+            })
+            .collect()
+    }
+
+    fn random_dense(
+        rnd: &mut impl FnMut() -> f32,
+        input: usize,
+        output: usize,
+        act: Activation,
+    ) -> Dense {
+        let wt: Vec<f32> = (0..input * output).map(|_| rnd()).collect();
+        Dense {
+            input,
+            output,
+            wt: Aligned::from_slice(&wt),
+            bias: (0..output).map(|_| rnd()).collect(),
+            act,
+        }
+    }
+
+    /// Per-step MLPs and dense heads over the last state, for 1 and 2
+    /// layers and every activation, equal the textbook computation for
+    /// K = 1 and 32 with every kernel variant the CPU has.
+    #[test]
+    fn every_head_equals_the_windowed_computation() {
+        let mut seed = 99u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.8
+        };
+        let (t_in, t_out) = (10, 6);
+        let acts = [
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::Sigmoid,
+            Activation::Identity,
+        ];
+        for (n, act) in acts.into_iter().enumerate() {
+            let (layers, hidden) = (1 + n % 2, 8 + 5 * n);
+            let heads = [
+                Head {
+                    input: HeadInput::EachStep,
+                    layers: vec![
+                        random_dense(&mut rnd, hidden, 12, act),
+                        random_dense(&mut rnd, 12, 1, Activation::Identity),
+                    ],
+                },
+                Head {
+                    input: HeadInput::LastStep,
+                    layers: vec![random_dense(&mut rnd, hidden, t_out, Activation::Identity)],
+                },
+                Head {
+                    input: HeadInput::LastStep,
+                    layers: vec![
+                        random_dense(&mut rnd, hidden, 33, act),
+                        random_dense(&mut rnd, 33, t_out, Activation::Identity),
+                    ],
+                },
+            ];
+            for head in heads {
+                let stack = random_stack(&mut rnd, layers, hidden);
+                let mut lstm = NativeLstm::with_head(stack, head, t_in, t_out, 32);
+                for simd in [Simd::Baseline, Simd::Avx2, Simd::Avx512] {
+                    lstm.set_simd(simd);
+                    for k in [1, 32] {
+                        let observed: Vec<f32> = (0..2 * t_in).map(|_| rnd() * 3.0).collect();
+                        let plans: Vec<f32> = (0..k * t_out).map(|_| rnd() * 3.0).collect();
+                        let mut out = vec![0.0; k * t_out];
+                        lstm.forecast(&observed, &plans, k, &mut out);
+                        let want = reference(&lstm, &observed, &plans, k, t_in, t_out);
+                        for (a, b) in out.iter().zip(&want) {
+                            assert!(
+                                (a - b).abs() < 1e-5,
+                                "{} ({layers} layers, {simd:?}, K {k}): {a} vs {b}",
+                                lstm.head.describe()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

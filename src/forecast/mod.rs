@@ -17,6 +17,7 @@
 //! thread. `forecast` with the native engine does not allocate.
 
 pub mod card;
+pub mod heads;
 pub mod lstm;
 pub mod onnx;
 pub mod source;
@@ -240,7 +241,7 @@ impl Forecaster {
         if !plain.iter().all(|x| x.is_finite()) {
             return Err(ForecastError::NonFiniteProbe { path: name });
         }
-        match onnx::extract_native(&f.proto, &f.card, max_batch) {
+        match heads::native_engine(&f.proto, &f.card, max_batch) {
             Ok(mut native) => {
                 let arch = &f.card.architecture;
                 let hidden = native.layers.last().map(|l| l.hidden).unwrap_or(0);
@@ -273,8 +274,14 @@ impl Forecaster {
             }
             Err(why) => f.native_unavailable = Some(why),
         }
-        if engine == Engine::Native && f.native.is_some() {
-            f.engine = Engine::Native;
+        if engine == Engine::Native {
+            match &f.native_unavailable {
+                None => f.engine = Engine::Native,
+                Some(why) => tracing::info!(
+                    target: "neurostimd::forecast",
+                    "{name}: native engine unavailable ({why}); forecasting with tract"
+                ),
+            }
         }
         Ok(f)
     }
@@ -429,7 +436,7 @@ impl Forecaster {
     /// from the graph's float initializers).
     pub fn parameters(&self) -> usize {
         match &self.native {
-            Some(n) => n.layers.iter().map(|l| l.parameters()).sum::<usize>() + n.head_w.len() + 1,
+            Some(n) => n.parameters(),
             None => self
                 .proto
                 .graph
