@@ -701,7 +701,7 @@ impl Config {
         let safety = raw.safety.validate(&cx)?;
         let train = raw.train.validate(&cx, &sim)?;
         let control = control::validate_control(&raw, sp, &safety, &cx)?;
-        let serial = raw.plant.serial.validate(&cx, sp)?;
+        let serial = raw.plant.serial.validate(&cx, sp, safety.max_amplitude)?;
         let record = raw.record.validate(&cx, &safety)?;
         let retrain = raw.retrain.validate(&cx)?;
         if raw.plant.kind == PlantKind::Replay && raw.plant.replay.recording.as_os_str().is_empty()

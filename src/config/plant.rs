@@ -156,11 +156,13 @@ impl RawSim {
 }
 
 impl RawSerial {
-    /// `[plant.serial]`, for a rig sampled every `sp` ms.
+    /// `[plant.serial]`, for a rig sampled every `sp` ms whose current
+    /// scale is checked against `max_amplitude` at the handshake.
     pub(super) fn validate(
         &self,
         cx: &Cx,
         sp: f64,
+        max_amplitude: f64,
     ) -> Result<crate::plant::serial::SerialConfig, ConfigError> {
         let se = self;
         positive(se.timeout.get()).map_err(|m| cx.err("plant.serial.timeout", m))?;
@@ -177,6 +179,7 @@ impl RawSerial {
             timeout_ms: se.timeout.get(),
             valid_for_us: (se.valid_for.get() * 1000.0).round() as u32,
             sample_period_ms: sp,
+            max_amplitude,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct SerialConfig {
     pub valid_for_us: u32,
     /// Expected sample period before the rig's Hello says, ms.
     pub sample_period_ms: f64,
+    /// `safety.max_amplitude`, µA/cm²: the rig's current scale is checked
+    /// against it at the handshake ([`MIN_COUNTS_IN_LIMIT`]).
+    pub max_amplitude: f64,
 }
 
 /// Link statistics, for the run's summary.
@@ -52,6 +55,12 @@ pub struct LinkStats {
     pub reconnects: u64,
     /// Frames that were valid but unexpected (a Command from the rig).
     pub unexpected: u64,
+    /// Samples whose reported applied current disagreed with the command
+    /// in force beyond the tolerance ([`Reconciler`]); a run of
+    /// [`MISAPPLIED_RUN`] of them is a fault.
+    pub applied_mismatches: u64,
+    /// The largest disagreement seen, counts.
+    pub applied_mismatch_max: u64,
 }
 
 /// A serial rig.
@@ -79,6 +88,8 @@ pub struct SerialPlant {
     epoch: Instant,
     /// Round-trip times, ns, from the rig's echo of our command clocks.
     rtt: hdrhistogram::Histogram<u64>,
+    /// The commands sent, to check what the rig says it applied.
+    recon: Reconciler,
     pub stats: LinkStats,
 }
 
@@ -115,6 +126,7 @@ impl SerialPlant {
             last_interrupt: Instant::now(),
             epoch: Instant::now(),
             rtt: crate::report::new_histogram(),
+            recon: Reconciler::new(),
             stats: LinkStats::default(),
             cfg,
         };
@@ -145,7 +157,7 @@ impl SerialPlant {
                         ..
                     })) = self.decoder.push(b)
                     {
-                        if let Err(refusal) = check_hello(&h) {
+                        if let Err(refusal) = check_hello(&h, self.cfg.max_amplitude) {
                             return Err(SerialError::Refused { port, refusal });
                         }
                         self.hello = Some(h);
@@ -303,6 +315,8 @@ impl SerialPlant {
             self.stats.sequence_restarts += 1;
         }
         self.stale_run = 0;
+        // A rig that restarted applies nothing until it is told again.
+        self.recon.forget();
     }
 
     fn accept_sample(&mut self, seq: u16, s: SampleFrame, h: Hello) -> Option<Sample> {
@@ -346,8 +360,17 @@ impl SerialPlant {
 /// or two, never this many in a row).
 const RESTART_AFTER_STALE: u32 = 8;
 
-/// A Hello this daemon can work with.
-fn check_hello(h: &Hello) -> Result<(), Refusal> {
+/// The amplitude limit must span at least this many whole counts of the
+/// rig's current scale. Commands are quantised toward zero, so the rig
+/// can never exceed a limit, but it loses up to one count of every
+/// command: with four counts in the limit that is at most a quarter of
+/// the largest command, and a scale of one count or more above the limit
+/// would leave nothing but zero.
+pub const MIN_COUNTS_IN_LIMIT: u32 = 4;
+
+/// A Hello this daemon can work with under the amplitude limit
+/// `max_amplitude` (µA/cm²).
+fn check_hello(h: &Hello, max_amplitude: f64) -> Result<(), Refusal> {
     if h.version != VERSION {
         return Err(Refusal::Version {
             rig: h.version,
@@ -362,7 +385,151 @@ fn check_hello(h: &Hello) -> Result<(), Refusal> {
             rate: h.sample_rate_hz,
         });
     }
+    let i_scale = f64::from(h.i_scale);
+    if i_scale * f64::from(MIN_COUNTS_IN_LIMIT) > max_amplitude {
+        return Err(Refusal::CoarseScale {
+            i_scale,
+            max_amplitude,
+            min_counts: MIN_COUNTS_IN_LIMIT,
+        });
+    }
     Ok(())
+}
+
+/// Commands remembered for reconciliation: more than a round trip of
+/// samples, so the command a sample echoes is still known.
+const SENT_RING: usize = 64;
+
+/// Disagreement between the reported and the commanded current that is
+/// not a fault, in counts: the rig's converters may be a count off either
+/// way, and a count more is rounding of the reported value.
+pub const APPLIED_TOLERANCE_COUNTS: i64 = 2;
+
+/// Consecutive disagreeing samples that make a fault. A healthy rig
+/// disagrees with the model for one sample at a time at most (a command
+/// that arrives a sample late, an expiry a sample early); five in a row
+/// (0.5 ms at 10 kHz) is a rig that does not apply what it is told.
+pub const MISAPPLIED_RUN: u32 = 5;
+
+/// Samples a late command or its echo may trail the model by (round trip
+/// of up to this many sample periods).
+const ECHO_SLACK: u64 = 8;
+
+/// What the rig should have applied at each sample: the commands sent
+/// (which sample each answered, its frame sequence number and its
+/// counts), held until a successor or `valid_for`. A fixed ring: never
+/// allocates.
+#[derive(Clone, Debug)]
+struct Reconciler {
+    /// (answered sample index, frame sequence, counts), oldest overwritten.
+    sent: [(u64, u16, i32); SENT_RING],
+    len: usize,
+    head: usize,
+    run: u32,
+}
+
+impl Reconciler {
+    fn new() -> Reconciler {
+        Reconciler {
+            sent: [(0, 0, 0); SENT_RING],
+            len: 0,
+            head: 0,
+            run: 0,
+        }
+    }
+
+    fn forget(&mut self) {
+        self.len = 0;
+        self.run = 0;
+    }
+
+    fn push(&mut self, answered: u64, seq: u16, counts: i32) {
+        self.sent[self.head] = (answered, seq, counts);
+        self.head = (self.head + 1) % SENT_RING;
+        self.len = (self.len + 1).min(SENT_RING);
+    }
+
+    /// Newest first.
+    fn newest(&self) -> impl Iterator<Item = &(u64, u16, i32)> {
+        (1..=self.len).map(|k| &self.sent[(self.head + SENT_RING - k) % SENT_RING])
+    }
+
+    /// The limiter's model at sample `index`: the newest command that
+    /// answered an earlier sample, and its age in samples.
+    fn model(&self, index: u64) -> Option<(i32, u64)> {
+        self.newest()
+            .find(|c| c.0 < index)
+            .map(|c| (c.2, index - c.0))
+    }
+
+    /// The range of applied currents (counts) a healthy rig may report at
+    /// sample `index`, holding commands for `hold` samples: the model's
+    /// command, the one before it (applied a sample late), the command
+    /// the rig echoes (a slower round trip), and zero once one of them
+    /// may have expired.
+    fn allowed(&self, index: u64, hold: u64, echo: Option<u16>) -> (i64, i64) {
+        let mut lo = i64::MAX;
+        let mut hi = i64::MIN;
+        let mut take = |v: i32| {
+            lo = lo.min(i64::from(v));
+            hi = hi.max(i64::from(v));
+        };
+        let mut zero_ok = false;
+        let mut candidate = |m: Option<(i32, u64)>, slack: u64, take: &mut dyn FnMut(i32)| match m {
+            Some((counts, age)) if age <= hold + slack => {
+                take(counts);
+                zero_ok |= age + 1 >= hold;
+            }
+            _ => zero_ok = true,
+        };
+        candidate(self.model(index), 0, &mut take);
+        candidate(self.model(index.saturating_sub(1)), 1, &mut take);
+        if let Some(seq) = echo {
+            if let Some(c) = self.newest().find(|c| c.1 == seq) {
+                candidate(
+                    Some((c.2, index.saturating_sub(c.0))),
+                    ECHO_SLACK,
+                    &mut take,
+                );
+            }
+        }
+        if zero_ok {
+            take(0);
+        }
+        (lo, hi)
+    }
+
+    /// Check one sample's reported current (counts); a fault once
+    /// [`MISAPPLIED_RUN`] samples in a row disagree.
+    fn check(
+        &mut self,
+        index: u64,
+        hold: u64,
+        s: &SampleFrame,
+        stats: &mut LinkStats,
+    ) -> Result<(), Refusal> {
+        let echo = (s.echo_us != 0).then_some(s.cmd_seq);
+        let (lo, hi) = self.allowed(index, hold, echo);
+        let got = i64::from(s.i_applied);
+        let off = (lo - got).max(got - hi).max(0);
+        if off <= APPLIED_TOLERANCE_COUNTS {
+            self.run = 0;
+            return Ok(());
+        }
+        stats.applied_mismatches += 1;
+        stats.applied_mismatch_max = stats.applied_mismatch_max.max(off as u64);
+        self.run += 1;
+        if self.run < MISAPPLIED_RUN {
+            return Ok(());
+        }
+        let expected = if got > hi { hi } else { lo };
+        Err(Refusal::Misapplied {
+            reported: s.i_applied,
+            expected: expected.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+            tolerance: APPLIED_TOLERANCE_COUNTS as i32,
+            samples: self.run,
+        })
+    }
 }
 
 impl Plant for SerialPlant {
@@ -475,7 +642,7 @@ impl Plant for SerialPlant {
                     let Ok(frame) = result else { continue };
                     match frame.body {
                         Body::Hello(h) => {
-                            check_hello(&h).map_err(PlantError::Refused)?;
+                            check_hello(&h, self.cfg.max_amplitude).map_err(PlantError::Refused)?;
                             if let Some(was) = self.hello {
                                 if was.sample_rate_hz != h.sample_rate_hz {
                                     return Err(PlantError::Refused(Refusal::RateChanged {
@@ -497,6 +664,10 @@ impl Plant for SerialPlant {
                             if let Some(sample) = self.accept_sample(frame.seq, s, h) {
                                 self.last_sample = Instant::now();
                                 self.stalled = false;
+                                let hold = self.command_hold_samples();
+                                self.recon
+                                    .check(sample.index, hold, &s, &mut self.stats)
+                                    .map_err(PlantError::Refused)?;
                                 return Ok(sample);
                             }
                         }
@@ -529,6 +700,7 @@ impl Plant for SerialPlant {
             valid_for_us: self.cfg.valid_for_us,
             daemon_us: self.now_us().max(1),
         });
+        self.recon.push(self.index, self.seq_out, counts);
         self.send(body);
         Ok(())
     }
