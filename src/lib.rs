@@ -42,6 +42,9 @@
 //! - [`service`]: the daemon's service side: control API on a Unix
 //!   socket, Prometheus metrics, systemd notify/watchdog, log formats, and
 //!   the `neurostimd ctl` client.
+//! - [`calibrate`]: `neurostimd calibrate` and `--calibrate`: fit a model
+//!   to a new cell (live excitation through the limiter, or a trace or
+//!   recording), held-out evaluation, the gate, the registry.
 //! - [`session`]: one run of the daemon from a configuration (plant,
 //!   forecaster, threads, report).
 //! - [`scenarios`]: `neurostimd scenarios`, MPC against its baseline on
@@ -68,6 +71,7 @@
 //! `scripts/check_shape.py` (CI) checks the layering.
 
 pub mod adaptation;
+pub mod calibrate;
 pub mod config;
 pub mod control;
 pub mod forecast;

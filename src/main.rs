@@ -6,7 +6,9 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{adapt, ctl, model, plot, recover, report, rig, run, scenarios, simulate, train};
+use cli::{
+    adapt, calibrate, ctl, model, plot, recover, report, rig, run, scenarios, simulate, train,
+};
 use neurostimd::service;
 use std::process::ExitCode;
 
@@ -45,6 +47,10 @@ enum Command {
     /// Run the control-quality scenarios (rate, burst, voltage, silence) with MPC and
     /// the matching baseline on the same seeds, free clock, and print the table.
     Scenarios(scenarios::ScenariosArgs),
+    /// Fit a forecaster to a new cell: live (a seeded excitation through the
+    /// safety limiter, recorded) or from a trace CSV or recording; held-out
+    /// evaluation against persistence and AR, and the gate (docs/calibration.md).
+    Calibrate(Box<calibrate::CalibrateArgs>),
     /// Inspect, run and time forecaster models (ONNX + model card).
     Model(model::ModelArgs),
     /// Make a recording readable after a crash: cut every stream to the
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
         Some(Command::PaperStudy(a)) => train::cmd_paper_study(a),
         Some(Command::Rig(a)) => rig::cmd_rig(*a),
         Some(Command::Scenarios(a)) => scenarios::cmd_scenarios(a),
+        Some(Command::Calibrate(a)) => calibrate::cmd_calibrate(*a),
         Some(Command::Model(a)) => model::cmd_model(a),
         Some(Command::Recover(a)) => recover::cmd_recover(a),
         Some(Command::Adapt(a)) => adapt::cmd_adapt(a),

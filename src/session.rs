@@ -58,6 +58,12 @@ pub struct SessionOptions {
     /// Filled with retraining's shared state once it starts (the service's
     /// retrain and rollback calls go there).
     pub retrain_slot: Option<Arc<std::sync::OnceLock<Arc<crate::retrain::Shared>>>>,
+    /// Requests played in place of the baseline (calibration's excitation,
+    /// with the `off` policy), through the limiter.
+    pub script: Option<crate::policy::pid::Script>,
+    /// Events to record at the run's first sample (e.g. what a calibration
+    /// before the run decided).
+    pub events: Vec<(crate::record::EventLine, String)>,
 }
 
 /// What the service shares with a run: the loop's controls and live
@@ -202,6 +208,17 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<SessionOutcome, SessionError> {
     let plant = open_plant(config)?;
+    run_on(plant, config, opts, stop).map(|(outcome, _)| outcome)
+}
+
+/// [`run`] on a plant that is already open, handed back at the end: a
+/// calibration and the run after it drive the same cell.
+pub fn run_on(
+    plant: Box<dyn crate::plant::Plant>,
+    config: &Config,
+    opts: &SessionOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<(SessionOutcome, Box<dyn crate::plant::Plant>), SessionError> {
     let (mut forecaster, store_version) = load_model(config)?;
     if let (Some(f), crate::config::Clock::Paced) = (forecaster.as_mut(), config.run.clock) {
         check_planning_budget(f, config)?;
@@ -232,6 +249,7 @@ pub fn run(
         Some(r) => (Some(r.notes), Some(r.swaps), Some(r.supervisor)),
         None => (None, None, None),
     };
+    let notes = with_events(notes, &opts.events);
     let setup = RunSetup {
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
@@ -240,26 +258,53 @@ pub fn run(
         swaps,
         retrain: supervisor.as_ref().map(|s| s.shared.clone()),
         controls: opts.service.as_ref().map(|s| s.controls.clone()),
+        script: opts.script.clone(),
         ..RunSetup::new(config, config.run.duration_s, forecaster)
     };
     let (thread, handoff) = match writer {
         Some((t, h)) => (Some(t), Some(h)),
         None => (None, None),
     };
-    let (mut outcome, handoff) = run_control_thread(plant, setup, stop, handoff)?;
+    let (mut outcome, handoff, plant) = run_control_thread(plant, setup, stop, handoff)?;
     if let Some(sup) = supervisor {
         outcome.summary.retraining = Some(finish_retraining(sup));
     }
     let intervals = write_report(config, opts, &outcome, thread, handoff)?;
-    Ok(SessionOutcome {
+    let outcome = SessionOutcome {
         summary: outcome.summary,
         recording: record_dir,
         records: outcome.records,
         intervals,
-    })
+    };
+    Ok((outcome, plant))
 }
 
-fn open_plant(config: &Config) -> Result<Box<dyn crate::plant::Plant>, SessionError> {
+/// The notes channel with `events` queued on it (made if nothing else
+/// needs one): the consumer records them at the first sample.
+fn with_events(
+    notes: Option<NotesPair>,
+    events: &[(crate::record::EventLine, String)],
+) -> Option<NotesPair> {
+    if events.is_empty() {
+        return notes;
+    }
+    let pair = notes.unwrap_or_else(|| crossbeam_channel::bounded(control::handoff::NOTES));
+    for (line, text) in events {
+        let _ = pair.0.try_send(control::handoff::Note::Event {
+            line: *line,
+            text: text.clone(),
+        });
+    }
+    Some(pair)
+}
+
+type NotesPair = (
+    crossbeam_channel::Sender<control::handoff::Note>,
+    crossbeam_channel::Receiver<control::handoff::Note>,
+);
+
+/// The plant `config` names, opened.
+pub fn open_plant(config: &Config) -> Result<Box<dyn crate::plant::Plant>, SessionError> {
     Ok(match config.plant_kind {
         PlantKind::Sim => Box::new(SimPlant::new(&config.sim)),
         PlantKind::Serial => Box::new(crate::plant::serial::SerialPlant::open(
@@ -416,21 +461,28 @@ fn run_control_thread(
     setup: RunSetup,
     stop: Arc<AtomicBool>,
     handoff: Option<report::IntervalHandoff>,
-) -> Result<(control::RunOutcome, Option<report::IntervalHandoff>), SessionError> {
+) -> Result<
+    (
+        control::RunOutcome,
+        Option<report::IntervalHandoff>,
+        Box<dyn crate::plant::Plant>,
+    ),
+    SessionError,
+> {
     let control = std::thread::Builder::new()
         .name("control".into())
         .stack_size(8 << 20)
         .spawn(move || {
             let mut handoff = handoff;
             let r = control::run(plant.as_mut(), setup, &stop, handoff.as_mut());
-            (r, handoff)
+            (r, handoff, plant)
         })
         .map_err(|e| SessionError::Io {
             path: "control thread".into(),
             error: e,
         })?;
-    let (result, handoff) = control.join().map_err(|_| SessionError::Panicked)?;
-    Ok((result?, handoff))
+    let (result, handoff, plant) = control.join().map_err(|_| SessionError::Panicked)?;
+    Ok((result?, handoff, plant))
 }
 
 /// Stop retraining; what it did, for `summary.json`.

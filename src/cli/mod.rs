@@ -4,6 +4,7 @@
 //! library results into text and exit codes.
 
 pub mod adapt;
+pub mod calibrate;
 pub mod ctl;
 pub mod model;
 pub mod plot;

@@ -76,6 +76,18 @@ pub struct RunArgs {
     /// retrain.enabled).
     #[arg(long)]
     retrain: bool,
+    /// Calibrate first, e.g. `60s`: excite the cell through the safety
+    /// limiter, train and gate a model on it, then run the policy with it
+    /// (if it passed) on the same plant; --duration is the run after it
+    /// (docs/calibration.md).
+    #[arg(long, value_name = "DURATION")]
+    calibrate: Option<String>,
+    /// Excitation bound of --calibrate (default: train.data.max_amplitude).
+    #[arg(long, value_name = "CURRENT", requires = "calibrate")]
+    calibrate_amplitude: Option<String>,
+    /// Training time of --calibrate (default 120s).
+    #[arg(long, value_name = "DURATION", requires = "calibrate")]
+    calibrate_budget: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -125,17 +137,56 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         service: Some(hooks),
         retrain_slot: retrain_ops.as_ref().map(|o| o.slot()),
+        ..SessionOptions::default()
     };
-    let outcome = session::run(&config, &opts, stop);
+    let outcome = match &a.calibrate {
+        Some(d) => calibrated_run(&a, d, &config, &opts, stop),
+        None => session::run(&config, &opts, stop).map_err(session_error),
+    };
     svc.finish();
-    let outcome = outcome.map_err(|e| match e {
+    report_outcome(&outcome?, a.json, report_dir.as_deref())
+}
+
+fn session_error(e: SessionError) -> anyhow::Error {
+    match e {
         SessionError::Model(m) => anyhow::Error::new(UsageError(format!(
             "control.model: {m} (set control.model or --model, or run with --policy pid|open|off)"
         ))),
         SessionError::Budget(m) => anyhow::Error::new(UsageError(m)),
         other => anyhow::Error::new(other),
-    })?;
-    report_outcome(&outcome, a.json, report_dir.as_deref())
+    }
+}
+
+/// `--calibrate`: the calibration, then the run on the same plant.
+fn calibrated_run(
+    a: &RunArgs,
+    duration: &str,
+    config: &Config,
+    opts: &SessionOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<session::SessionOutcome> {
+    use super::calibrate::{current, seconds, usage};
+    let amplitude = match &a.calibrate_amplitude {
+        Some(s) => current("--calibrate-amplitude", s)?,
+        None => config.train.max_amplitude.min(config.safety.max_amplitude),
+    };
+    let budget = match &a.calibrate_budget {
+        Some(s) => seconds("--calibrate-budget", s)?,
+        None => 120.0,
+    };
+    let c = neurostimd::calibrate::handover::InRun {
+        duration_s: seconds("--calibrate", duration)?,
+        amplitude,
+        seed: 1,
+        options: neurostimd::calibrate::Options::from_config(config, budget, opts.command.clone()),
+    };
+    let (outcome, hand) =
+        neurostimd::calibrate::handover::run(config, opts, &c, stop).map_err(usage)?;
+    if let Some(cal) = &hand.calibration {
+        eprint!("{}", cal.text());
+    }
+    eprintln!("{}", hand.note);
+    Ok(outcome)
 }
 
 /// The flags as a configuration overlay, laid over the file, so a flag

@@ -1,0 +1,422 @@
+//! Training for calibration: both starts on the same split, a short trial
+//! each, the rest of the budget for the one validation favours, then the
+//! export (checked against the trained network) and the card.
+
+use super::{CalibrateError, CalibrationData, CandidateReport, Options, Start, Verdict};
+use crate::forecast::card::{ModelCard, Normalization};
+use crate::forecast::{card_path, sha256_hex, Engine, Forecaster, ModelSource};
+use crate::train::dataset::{normalization, Series, Windows};
+use crate::train::net::{Net, Workspace};
+use crate::train::segments::split_segments;
+use crate::train::{compare, export, trainer, Comparison};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Share of the budget each start gets as its trial when both run; the
+/// winner gets the rest.
+const TRIAL_SHARE: f64 = 0.25;
+
+/// One start: its network, normalisation and windows.
+struct Prepared {
+    label: String,
+    net: Net,
+    norm: Normalization,
+    dt_ms: f64,
+    parent: Option<String>,
+    train_w: Windows,
+    val_w: Windows,
+    hold_w: Windows,
+    epochs: usize,
+    training_s: f64,
+}
+
+/// The chosen model and how it was chosen.
+pub struct Outcome {
+    pub net: Net,
+    pub norm: Normalization,
+    pub dt_ms: f64,
+    pub parent: Option<String>,
+    pub chosen_label: String,
+    pub chosen_heldout: Comparison,
+    pub reports: Vec<CandidateReport>,
+    pub split: serde_json::Value,
+    pub epochs: usize,
+    pub train_windows: usize,
+    /// A few held-out windows, to check the export against the network.
+    probe: Windows,
+}
+
+/// The model as written.
+pub struct Written {
+    pub name: String,
+    pub onnx: Vec<u8>,
+    pub card_json: String,
+    pub card_path: PathBuf,
+}
+
+fn train_fraction(opts: &Options) -> f64 {
+    1.0 - opts.holdout - opts.validation
+}
+
+/// Cut one start's windows. `skip` drops the first steps of every
+/// validation and held-out segment so that starts with shorter windows are
+/// scored on the same forecast times as the longest one.
+fn prepare(
+    data: &CalibrationData,
+    opts: &Options,
+    start: (String, Net, Option<Normalization>, f64, Option<String>),
+    skip: usize,
+) -> Result<Prepared, CalibrateError> {
+    let (label, net, norm, dt_ms, parent) = start;
+    let segs = data.trace.series(dt_ms)?;
+    let (a, b, c) = split_segments(&segs, train_fraction(opts), opts.validation, true);
+    let norm = norm.unwrap_or_else(|| normalization(&a));
+    let trim = |xs: &[Series]| -> Vec<Series> {
+        xs.iter()
+            .filter(|s| s.len() > skip)
+            .map(|s| s.slice(skip, s.len()))
+            .collect()
+    };
+    let (t_in, t_out) = (net.t_in, net.t_out);
+    let stride = opts.train.stride;
+    let train_w = Windows::cut(&a, t_in, t_out, stride, &norm);
+    let val_w = Windows::cut(&trim(&b), t_in, t_out, stride, &norm);
+    let hold_w = Windows::cut(&trim(&c), t_in, t_out, 1, &norm);
+    if train_w.is_empty() || val_w.is_empty() || hold_w.is_empty() {
+        return Err(CalibrateError::NotEnoughData(format!(
+            "{} ({}): {} training, {} validation and {} held-out windows of {} + {} steps of {} ms; record longer",
+            data.label,
+            label,
+            train_w.len(),
+            val_w.len(),
+            hold_w.len(),
+            t_in,
+            t_out,
+            dt_ms
+        )));
+    }
+    Ok(Prepared {
+        label,
+        net,
+        norm,
+        dt_ms,
+        parent,
+        train_w,
+        val_w,
+        hold_w,
+        epochs: 0,
+        training_s: 0.0,
+    })
+}
+
+/// The starts to try: the base model's weights (warm) and the configured
+/// architecture's fresh ones (scratch).
+type StartSpec = (String, Net, Option<Normalization>, f64, Option<String>);
+
+fn starts(opts: &Options) -> Result<Vec<StartSpec>, CalibrateError> {
+    let mut out = Vec::new();
+    if opts.start != Start::Scratch {
+        let f = Forecaster::load_source(&opts.base, 32, Engine::Native)
+            .map_err(CalibrateError::Base)?;
+        match crate::retrain::net_from_forecaster(&f) {
+            Ok(net) => {
+                let card = f.card();
+                let parent = format!(
+                    "{} (sha256 {})",
+                    opts.base.name(),
+                    &card.onnx_sha256[..12.min(card.onnx_sha256.len())]
+                );
+                out.push((
+                    format!("warm start from {}", opts.base.name()),
+                    net,
+                    Some(card.normalization),
+                    card.dt_ms,
+                    Some(parent),
+                ));
+            }
+            Err(e) if opts.start == Start::Warm => {
+                return Err(CalibrateError::Usage(format!(
+                    "--start warm: {} cannot be fine-tuned: {e}",
+                    opts.base.name()
+                )))
+            }
+            Err(e) => tracing::warn!(
+                target: "neurostimd::calibrate",
+                "no warm start: {} cannot be fine-tuned ({e}); training from scratch only",
+                opts.base.name()
+            ),
+        }
+    }
+    if opts.start != Start::Warm {
+        let t = &opts.train;
+        let net = Net::with_head(
+            t.layers,
+            t.hidden,
+            t.t_in,
+            t.t_out,
+            t.order,
+            t.head,
+            t.schedule.seed,
+        );
+        let label = format!(
+            "scratch ({} x H{} LSTM, {} head, t_in {})",
+            t.layers,
+            t.hidden,
+            t.head.name(),
+            t.t_in
+        );
+        out.push((label, net, None, t.dt_ms, None));
+    }
+    Ok(out)
+}
+
+/// Train `p` for at most `seconds` of wall-clock time (the trainer stops
+/// between mini-batches; the best weights by validation loss are kept).
+fn train_for(p: &mut Prepared, opts: &Options, seconds: f64) {
+    if seconds <= 0.0 {
+        return;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let (cancel, done) = (cancel.clone(), done.clone());
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        std::thread::spawn(move || {
+            while Instant::now() < end && !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cancel.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut schedule = opts.train.schedule.clone();
+    // The budget ends training; the epoch count only caps it.
+    schedule.epochs = schedule.epochs.max(1000);
+    let t0 = Instant::now();
+    let label = p.label.clone();
+    let history = trainer::fit_until(
+        &mut p.net,
+        &p.train_w,
+        &p.val_w,
+        &schedule,
+        |e| {
+            tracing::info!(
+                target: "neurostimd::calibrate",
+                start = %label,
+                epoch = e.epoch,
+                train_loss = e.train_loss,
+                val_loss = e.val_loss,
+                windows_per_s = e.windows_per_second as u64,
+                "epoch"
+            )
+        },
+        &cancel,
+    );
+    done.store(true, Ordering::Relaxed);
+    let _ = timer.join();
+    p.epochs += history.len();
+    p.training_s += t0.elapsed().as_secs_f64();
+}
+
+/// Model and baselines on `w`, the AR baseline fitted on the training
+/// windows.
+fn score(p: &Prepared, w: &Windows, label: &str) -> Comparison {
+    let mut ws = Workspace::default();
+    let net = &p.net;
+    let t_out = net.t_out;
+    compare(label, p.dt_ms, &p.norm, w, &p.train_w, |x, b, o| {
+        let y = ws.forward(net, x, b);
+        for k in 0..b {
+            for j in 0..t_out {
+                o[k * t_out + j] = y[k * t_out + net.target_index(j)];
+            }
+        }
+    })
+}
+
+/// Both starts (or the one asked for) trained within the budget; the
+/// chosen one by validation RMSE.
+pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcome, CalibrateError> {
+    let specs = starts(opts)?;
+    let same_dt = specs.windows(2).all(|w| w[0].3 == w[1].3);
+    let longest = specs.iter().map(|s| s.1.t_in).max().unwrap_or(0);
+    let mut cands = Vec::new();
+    for s in specs {
+        let skip = if same_dt { longest - s.1.t_in } else { 0 };
+        cands.push(prepare(data, opts, s, skip)?);
+    }
+    let budget = opts.budget_s.max(0.0);
+    let val_rmse =
+        |p: &Prepared| crate::retrain::rms(&score(p, &p.val_w, "validation").model.rmse_mv);
+    let best = if cands.len() > 1 {
+        for p in cands.iter_mut() {
+            train_for(p, opts, budget * TRIAL_SHARE);
+        }
+        let v: Vec<f64> = cands.iter().map(val_rmse).collect();
+        let best = (0..v.len())
+            .min_by(|&a, &b| v[a].total_cmp(&v[b]))
+            .expect("at least one start");
+        let rest = budget - cands.iter().map(|p| p.training_s).sum::<f64>();
+        train_for(&mut cands[best], opts, rest);
+        best
+    } else {
+        train_for(&mut cands[0], opts, budget);
+        0
+    };
+    let heldout_label = format!(
+        "{}, held-out newest {:.0}%",
+        data.label,
+        100.0 * opts.holdout
+    );
+    let reports: Vec<CandidateReport> = cands
+        .iter()
+        .map(|p| CandidateReport {
+            start: p.label.clone(),
+            epochs: p.epochs,
+            training_s: p.training_s,
+            train_windows: p.train_w.len(),
+            validation_rmse_mv: val_rmse(p),
+            heldout: score(p, &p.hold_w, &heldout_label),
+        })
+        .collect();
+    let split = serde_json::json!({
+        "train": train_fraction(opts),
+        "validation": opts.validation,
+        "holdout": opts.holdout,
+        "rule": "contiguous in time: training, then validation (early stopping and the choice of start), then the held-out newest part (evaluation and gate only); with several sweeps the held-out part is whole sweeps",
+        "aligned_forecast_times": same_dt,
+    });
+    let chosen_heldout = reports[best].heldout.clone();
+    let p = cands.swap_remove(best);
+    let steps = p.net.t_in + p.net.t_out;
+    let n = p.hold_w.len().min(8);
+    let probe = Windows {
+        t_in: p.net.t_in,
+        t_out: p.net.t_out,
+        x: p.hold_w.x[..n * steps * 3].to_vec(),
+        y: p.hold_w.y[..n * p.net.t_out].to_vec(),
+    };
+    Ok(Outcome {
+        chosen_label: p.label,
+        chosen_heldout,
+        reports,
+        split,
+        epochs: p.epochs,
+        train_windows: p.train_w.len(),
+        norm: p.norm,
+        dt_ms: p.dt_ms,
+        parent: p.parent,
+        net: p.net,
+        probe,
+    })
+}
+
+/// Export the chosen network to `out`, write its card, and check that the
+/// file reloads through the contract loader and computes what the network
+/// computes.
+pub fn write_model(
+    data: &CalibrationData,
+    opts: &Options,
+    o: &Outcome,
+    verdict: &Verdict,
+    out: &Path,
+) -> Result<Written, CalibrateError> {
+    let bytes = export::to_onnx(&o.net, env!("CARGO_PKG_VERSION"));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(super::io(dir))?;
+    }
+    std::fs::write(out, &bytes).map_err(super::io(out))?;
+    let name = out
+        .file_stem()
+        .map_or("calibrated".into(), |s| s.to_string_lossy().into_owned());
+    let card = card_for(data, opts, o, verdict, &name, &bytes)?;
+    let card_json = serde_json::to_string_pretty(&card).expect("a card serialises") + "\n";
+    let cp = card_path(out);
+    std::fs::write(&cp, &card_json).map_err(super::io(&cp))?;
+    let mut f = Forecaster::load(out, 32, Engine::Native).map_err(CalibrateError::Reload)?;
+    let b = o.probe.len();
+    let y_file = f.run_raw(b, &o.probe.x).map_err(CalibrateError::Reload)?;
+    let y_net = Workspace::default().forward(&o.net, &o.probe.x, b).to_vec();
+    let diff = y_file
+        .iter()
+        .zip(&y_net)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if diff > 1e-4 {
+        return Err(CalibrateError::Mismatch(diff));
+    }
+    Ok(Written {
+        name,
+        onnx: bytes,
+        card_json,
+        card_path: cp,
+    })
+}
+
+/// The card: the embedded card's format with this model's shape,
+/// normalisation, provenance (data, cell, seeds, split, start) and the
+/// held-out table with the gate's verdict.
+fn card_for(
+    data: &CalibrationData,
+    opts: &Options,
+    o: &Outcome,
+    verdict: &Verdict,
+    name: &str,
+    bytes: &[u8],
+) -> Result<ModelCard, CalibrateError> {
+    let mut card = ModelSource::Embedded
+        .read()
+        .map_err(CalibrateError::Base)?
+        .card;
+    let net = &o.net;
+    card.name = name.to_string();
+    card.dt_ms = o.dt_ms;
+    card.t_in = net.t_in;
+    card.t_out = net.t_out;
+    card.output.order = net.order;
+    card.normalization = o.norm;
+    card.architecture.layers = net.layers.len();
+    card.architecture.hidden = net.hidden();
+    card.architecture.head = net.head().name().into();
+    card.onnx_sha256 = sha256_hex(bytes);
+    card.parent = o.parent.clone();
+    card.provenance = serde_json::json!({
+        "tool": format!("neurostimd {} calibrate", env!("CARGO_PKG_VERSION")),
+        "command": opts.command,
+        "calibration_data": data.label,
+        "samples": data.trace.samples(),
+        "sample_period_ms": data.trace.period_ms,
+        "segments": data.trace.segments.len(),
+        "cell": data.cell,
+        "seeds": { "data": data.seeds, "training": opts.train.schedule.seed },
+        "split": o.split,
+        "start": o.chosen_label,
+        "starts_tried": o.reports.iter().map(|r| serde_json::json!({
+            "start": r.start, "epochs": r.epochs, "training_s": r.training_s,
+            "validation_rmse_mv": r.validation_rmse_mv,
+        })).collect::<Vec<_>>(),
+        "chosen_by": "lowest validation RMSE (RMS over horizon steps); the held-out data played no part in the choice",
+        "budget_s": opts.budget_s,
+        "schedule": opts.train.schedule,
+        "epochs_run": o.epochs,
+        "train_windows": o.train_windows,
+    });
+    let c = &o.chosen_heldout;
+    card.validation = Some(serde_json::json!({
+        "split": format!("by time: train {:.2}, validation {:.2}, held-out newest {:.2}", train_fraction(opts), opts.validation, opts.holdout),
+        "metric": "held-out windows, stride 1; RMSE in mV per horizon step; spikes: upward -20 mV crossings matched within ±1 ms",
+        "per_source": [{
+            "data": c.data,
+            "windows": c.model.windows,
+            "rmse_mv_per_step": c.model.rmse_mv,
+            "persistence_rmse_mv_per_step": c.persistence.rmse_mv,
+            "ar_rmse_mv_per_step": c.ar.rmse_mv,
+            "spike_f1": c.model.spikes.f1,
+            "persistence_spike_f1": c.persistence.spikes.f1,
+            "ar_spike_f1": c.ar.spikes.f1,
+        }],
+        "gate": verdict,
+    }));
+    Ok(card)
+}
