@@ -3,7 +3,11 @@
 //! (`docs/protocol.md`), so hardware-in-the-loop runs and their fault tests
 //! need no hardware. It can misbehave on purpose: drop, corrupt, duplicate
 //! and reorder frames, add latency and jitter, stall, disconnect, spray
-//! garbage, or claim another protocol version.
+//! garbage, claim another protocol version or a coarse current scale,
+//! reboot (its sequence numbers start again), announce another sample rate
+//! mid-run, or apply a current other than the one commanded (a gain
+//! error), which the daemon must notice from the applied current each
+//! sample reports.
 //!
 //! The pty's path changes when the rig "reconnects" (a new pty pair), so the
 //! rig can also keep a symlink at a fixed path pointing to the current one;
@@ -44,6 +48,19 @@ pub struct Faults {
     pub reconnect_ms: f64,
     /// Probability per sample of a burst of 1–64 random bytes.
     pub garbage: f64,
+    /// Gain error of the current output: the cell gets (and the samples
+    /// report) the commanded current × (1 + `misapply`), from
+    /// `misapply_at_s` on.
+    pub misapply: f64,
+    pub misapply_at_s: f64,
+    /// Reboot at this time: sequence numbers start again from 0, the
+    /// command in force and its echo are forgotten, and streaming goes on
+    /// without a new Hello.
+    pub reboot_at_s: Option<f64>,
+    /// Announce this sample rate in an unsolicited Hello at
+    /// `rate_change_at_s` (the rig's own rate: a fresh handshake).
+    pub rate_change_at_s: Option<f64>,
+    pub rate_change_hz: u32,
 }
 
 /// What the rig is and does.
@@ -96,6 +113,13 @@ pub struct RigStats {
     /// on its own).
     pub expired: u64,
     pub decode_errors: u64,
+    /// Total |charge| the rig applied to the cell, nC/cm², and the largest
+    /// |current|, µA/cm²: what the daemon's limiter must have counted and
+    /// bounded.
+    pub charge_applied_nc_cm2: f64,
+    pub max_abs_current: f64,
+    pub reboots: u64,
+    pub rate_changes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,13 +224,22 @@ pub fn run(
         let stalled = f.stall_at_s.is_some_and(|at| {
             t_us as f64 / 1e6 >= at && (t_us as f64 / 1e6) < at + f.stall_ms / 1000.0
         });
+        rig.reboot_or_announce(t_us);
         rig.receive(t_us, stalled);
         // The cell: the command holds until it expires.
         if rig.current != 0.0 && t_us >= rig.expires_us {
             rig.current = 0.0;
             rig.stats.expired += 1;
         }
-        let _ = sim.write(rig.current);
+        let gain = if t_us as f64 / 1e6 >= f.misapply_at_s {
+            1.0 + f.misapply
+        } else {
+            1.0
+        };
+        let applied = rig.current * gain;
+        rig.stats.charge_applied_nc_cm2 += applied.abs() * period_us as f64 / 1000.0;
+        rig.stats.max_abs_current = rig.stats.max_abs_current.max(applied.abs());
+        let _ = sim.write(applied);
         let s = match sim.read() {
             Ok(s) => s,
             Err(_) => break,
@@ -275,40 +308,73 @@ impl Rig<'_> {
         Ok(())
     }
 
-    /// Read what the daemon sent: answer its hello, take its commands
-    /// (ignored while stalled).
-    fn receive(&mut self, t_us: u64, stalled: bool) {
+    /// The reboot and rate-change faults, each once.
+    fn reboot_or_announce(&mut self, t_us: u64) {
+        let f = &self.opts.faults;
+        let t = t_us as f64 / 1e6;
+        if f.reboot_at_s.is_some_and(|at| t >= at) && self.stats.reboots == 0 {
+            self.stats.reboots += 1;
+            self.seq = 0;
+            self.current = 0.0;
+            self.expires_us = 0;
+            self.echo_us = 0;
+            self.cmd_seq = 0;
+            self.decoder.reset();
+            self.outbox.clear();
+            self.held = None;
+        }
+        if f.rate_change_at_s.is_some_and(|at| t >= at) && self.stats.rate_changes == 0 {
+            self.stats.rate_changes += 1;
+            if self.handshake {
+                self.send_hello(f.rate_change_hz);
+            }
+        }
+    }
+
+    /// Send a Hello announcing `rate` Hz.
+    fn send_hello(&mut self, rate: u32) {
         let opts = self.opts;
         let Some((master, _)) = &mut self.pty else {
             return;
         };
-        while let Ok(n) = master.read(&mut self.buf) {
-            if n == 0 {
-                break;
-            }
-            for &b in &self.buf[..n] {
-                match self.decoder.push(b) {
+        let hello = Frame {
+            seq: self.seq,
+            body: Body::Hello(Hello {
+                version: opts.version,
+                rig_id: opts.rig_id,
+                sample_rate_hz: rate,
+                v_unit: 1,
+                i_unit: 1,
+                v_scale: opts.v_scale,
+                i_scale: opts.i_scale,
+            }),
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let mut wire = [0u8; MAX_WIRE];
+        let n = encode(&hello, &mut wire);
+        send(master, &[0]);
+        send(master, &wire[..n]);
+        self.stats.frames_sent += 1;
+    }
+
+    /// Read what the daemon sent: answer its hello, take its commands
+    /// (ignored while stalled).
+    fn receive(&mut self, t_us: u64, stalled: bool) {
+        let opts = self.opts;
+        loop {
+            let Some((master, _)) = &mut self.pty else {
+                return;
+            };
+            let n = match master.read(&mut self.buf) {
+                Ok(n) if n > 0 => n,
+                _ => return,
+            };
+            for k in 0..n {
+                match self.decoder.push(self.buf[k]) {
                     Some(Ok(frame)) => match frame.body {
                         Body::Hello(_) => {
                             self.handshake = true;
-                            let hello = Frame {
-                                seq: self.seq,
-                                body: Body::Hello(Hello {
-                                    version: opts.version,
-                                    rig_id: opts.rig_id,
-                                    sample_rate_hz: self.rate,
-                                    v_unit: 1,
-                                    i_unit: 1,
-                                    v_scale: opts.v_scale,
-                                    i_scale: opts.i_scale,
-                                }),
-                            };
-                            self.seq = self.seq.wrapping_add(1);
-                            let mut wire = [0u8; MAX_WIRE];
-                            let n = encode(&hello, &mut wire);
-                            send(master, &[0]);
-                            send(master, &wire[..n]);
-                            self.stats.frames_sent += 1;
+                            self.send_hello(self.rate);
                         }
                         Body::Command(c) if !stalled => {
                             self.stats.commands += 1;

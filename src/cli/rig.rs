@@ -58,6 +58,25 @@ pub struct RigArgs {
     /// Seed of the fault injection.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Current per count announced and used, uA/cm2 (a coarse one tests
+    /// quantisation and the handshake's scale check).
+    #[arg(long, default_value_t = 0.001)]
+    i_scale: f32,
+    /// Gain error of the current output: apply (and report) the command
+    /// x (1 + this), from --misapply-at on (the daemon must fault).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    misapply: f64,
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    misapply_at: f64,
+    /// Reboot at this time (s): sequence numbers restart from 0, the
+    /// command in force is forgotten, streaming goes on without a Hello.
+    #[arg(long, value_name = "SECONDS")]
+    reboot_at: Option<f64>,
+    /// Announce --rate-change-hz in a Hello at this time (s).
+    #[arg(long, value_name = "SECONDS", requires = "rate_change_hz")]
+    rate_change_at: Option<f64>,
+    #[arg(long, value_name = "HZ")]
+    rate_change_hz: Option<u32>,
 }
 
 pub fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
@@ -77,7 +96,32 @@ pub fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
             return Err(UsageError(format!("{name} {p} must be a probability in 0..=1")).into());
         }
     }
+    for (name, v) in [
+        ("--duration", a.duration),
+        ("--stall-at", a.stall_at),
+        ("--disconnect-at", a.disconnect_at),
+        ("--reboot-at", a.reboot_at),
+        ("--rate-change-at", a.rate_change_at),
+        ("--misapply-at", Some(a.misapply_at)),
+        ("--stall-ms", Some(a.stall_ms)),
+        ("--reconnect-ms", Some(a.reconnect_ms)),
+    ] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(UsageError(format!("{name} {v:?} must be a finite number >= 0")).into());
+        }
+    }
+    if !(a.misapply.is_finite() && a.misapply > -1.0) {
+        return Err(UsageError(format!(
+            "--misapply {} must be a finite gain error > -1",
+            a.misapply
+        ))
+        .into());
+    }
+    if !(a.i_scale.is_finite() && a.i_scale > 0.0) {
+        return Err(UsageError(format!("--i-scale {} must be a number > 0", a.i_scale)).into());
+    }
     let mut opts = neurostimd::rig::RigOptions::new(config.sim.clone());
+    opts.i_scale = a.i_scale;
     opts.link = a.link.clone();
     opts.duration_s = a.duration;
     opts.version = a.version;
@@ -94,6 +138,11 @@ pub fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
         disconnect_at_s: a.disconnect_at,
         reconnect_ms: a.reconnect_ms,
         garbage: a.garbage,
+        misapply: a.misapply,
+        misapply_at_s: a.misapply_at,
+        reboot_at_s: a.reboot_at,
+        rate_change_at_s: a.rate_change_at,
+        rate_change_hz: a.rate_change_hz.unwrap_or(0),
     };
     let stop = stop_on_signal()?;
     let stats = neurostimd::rig::run(&opts, &stop, |path| {

@@ -625,7 +625,9 @@ impl Plant for SerialPlant {
                             what: "no sample from the rig within the timeout",
                         });
                     }
-                    if self.hello.is_none()
+                    // No Hello yet, or a stall: a rig that rebooted waits
+                    // for our Hello before it streams again.
+                    if (self.hello.is_none() || self.stalled)
                         && self
                             .last_attempt
                             .is_none_or(|t| t.elapsed() > Duration::from_millis(250))
