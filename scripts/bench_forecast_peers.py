@@ -18,16 +18,24 @@ Implementations timed, each for K in --k (default 1, 8, 32):
   tract-full (only with --with-tract) tract's Python bindings on the contract
              model with the input fact fixed to [K, t_in + t_out, 3].
   ours       `target/release/neurostimd model bench MODEL --batch K --runs N
-             --json`, which prints {"p50_us","p99_us","p999_us","max_us",
-             "runs","batch", ...}. Skipped with a message if the binary or
-             the subcommand is missing.
+             --engine E --json`, which prints {"p50_us","p99_us","p999_us",
+             "max_us","runs","batch","engine", ...}, for each engine E of
+             --ours-engines (default native; `--ours-engines native,tract`
+             adds the row ours-tract, our tract fallback, in the same run).
+             Skipped with a message if the binary or the subcommand is
+             missing.
+
+Heads: the per-step Linear(H, 1) of the contract, or Linear(H, t_out) on
+the last step's hidden state (head "last"; split and torch peers then apply
+it to the last rolled-out state). Other heads (MLPs) are not parsed here:
+time such models with `neurostimd model bench` directly.
 
 Per-run latency with time.perf_counter_ns after a warm-up; p50 / p99 / p99.9 /
 max in microseconds (nearest-rank percentiles). Run it pinned to one core
 (scripts/bench_forecast_peers.sh does `taskset -c 1`).
 
 Models: contract .onnx files given on the command line, and/or
---synthetic HIDDENxT_INxT_OUT[xLAYERS] (repeatable, e.g. 64x100x20 or
+--synthetic HIDDENxT_INxT_OUT[xLAYERS][:last] (repeatable, e.g. 64x100x20 or
 64x100x20x2): a random-weight contract model generated here with onnx.helper
 and numpy only (seed --synthetic-seed, default 1; PyTorch's default init
 uniform(+-1/sqrt(hidden))), with node for node the graph PyTorch's legacy
@@ -84,7 +92,10 @@ class ContractWeights:
     """Weights of a contract LSTM model, in ONNX layout.
 
     layers[l] = (W [1, 4H, in], R [1, 4H, H], B [1, 8H]) with ONNX gate order
-    i, o, f, c; head_w [H, 1] (MatMul layout), head_b [1].
+    i, o, f, c; head_w [H, W] (MatMul layout), head_b [W]. head "step":
+    W = 1, Linear(H, 1) on each of the last t_out steps; head "last": W =
+    t_out, Linear(H, t_out) on the last step's hidden state (what PyTorch
+    writes for out[:, -1, :] as Gather + Gemm).
     """
 
     def __init__(self, path: str):
@@ -138,15 +149,20 @@ class ContractWeights:
                 for n2 in g.node:
                     if n2.op_type == "Add" and mm_out in n2.input:
                         other = [i for i in n2.input if i != mm_out][0]
-                        self.head_b = consts[other].astype(np.float32).reshape(1)
+                        self.head_b = consts[other].astype(np.float32).reshape(-1)
             elif n.op_type == "Gemm" and n.input[1] in consts:
                 attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
                 w = consts[n.input[1]].astype(np.float32)
                 self.head_w = w.T if attrs.get("transB", 0) else w
                 if len(n.input) > 2 and n.input[2]:
-                    self.head_b = consts[n.input[2]].astype(np.float32).reshape(1)
-        if self.head_w is None or self.head_w.shape != (self.hidden, 1):
-            raise ValueError(f"{path}: could not find the Linear(H,1) head")
+                    self.head_b = consts[n.input[2]].astype(np.float32).reshape(-1)
+        heads = [n.op_type for n in g.node if n.op_type in ("MatMul", "Gemm")]
+        if self.head_w is None or len(heads) != 1 or self.head_w.shape[0] != self.hidden:
+            raise ValueError(f"{path}: could not find one Linear(H, 1) or Linear(H, t_out) head")
+        last = any(n.op_type == "Gather" and n.input[0] not in ("x",) and "Shape" not in n.input[0] for n in g.node)
+        self.head = "last" if last else "step"
+        if (self.head == "step") != (self.head_w.shape[1] == 1):
+            raise ValueError(f"{path}: head weight {self.head_w.shape} does not fit a {self.head} head")
         # shapes from the graph, t_in/t_out from the card if there is one
         seq = g.input[0].type.tensor_type.shape.dim[1].dim_value
         t_out = g.output[0].type.tensor_type.shape.dim[1].dim_value
@@ -161,6 +177,8 @@ class ContractWeights:
             self.t_in, self.t_out = seq - t_out, t_out
         if seq and seq != self.t_in + self.t_out:
             raise ValueError(f"{path}: input length {seq} != t_in + t_out")
+        if self.head == "last" and self.head_w.shape[1] != self.t_out:
+            raise ValueError(f"{path}: last-state head of width {self.head_w.shape[1]} != t_out")
         self.input_name = g.input[0].name
         self.output_name = g.output[0].name
         self.num_layers = len(self.layers)
@@ -250,10 +268,16 @@ def build_decoder(cw: ContractWeights) -> onnx.ModelProto:
         cur = f"Ys{l}"
     inits.append(numpy_helper.from_array(cw.head_w, "head_w"))
     inits.append(numpy_helper.from_array(cw.head_b, "head_b"))
-    nodes.append(helper.make_node("MatMul", [cur, "head_w"], ["mm"]))  # [t_out, K, 1]
-    nodes.append(helper.make_node("Add", ["mm", "head_b"], ["mmb"]))
-    nodes.append(helper.make_node("Squeeze", ["mmb", "ax2"], ["s_tk"]))  # [t_out, K]
-    nodes.append(helper.make_node("Transpose", ["s_tk"], ["y"], perm=[1, 0]))  # [K, t_out]
+    if cw.head == "last":
+        inits.append(numpy_helper.from_array(np.array(-1, np.int64), "last"))
+        nodes.append(helper.make_node("Gather", [cur, "last"], ["hl"], axis=0))  # [K, H]
+        nodes.append(helper.make_node("MatMul", ["hl", "head_w"], ["mm"]))  # [K, t_out]
+        nodes.append(helper.make_node("Add", ["mm", "head_b"], ["y"]))
+    else:
+        nodes.append(helper.make_node("MatMul", [cur, "head_w"], ["mm"]))  # [t_out, K, 1]
+        nodes.append(helper.make_node("Add", ["mm", "head_b"], ["mmb"]))
+        nodes.append(helper.make_node("Squeeze", ["mmb", "ax2"], ["s_tk"]))  # [t_out, K]
+        nodes.append(helper.make_node("Transpose", ["s_tk"], ["y"], perm=[1, 0]))  # [K, t_out]
     graph = helper.make_graph(
         nodes,
         "decoder",
@@ -296,6 +320,8 @@ def numpy_reference(cw: ContractWeights, x: np.ndarray) -> np.ndarray:
             h = _sigmoid(o) * np.tanh(c)
             out[:, t, :] = h
         inp = out
+    if cw.head == "last":
+        return inp[:, -1, :] @ cw.head_w.astype(np.float64) + cw.head_b
     y = inp[:, cw.t_in :, :] @ cw.head_w.astype(np.float64) + cw.head_b[0]
     return y[:, :, 0]
 
@@ -316,7 +342,7 @@ def build_torch(cw: ContractWeights):
 
     H = cw.hidden
     lstm = nn.LSTM(3, H, cw.num_layers, batch_first=True)
-    head = nn.Linear(H, 1)
+    head = nn.Linear(H, cw.head_w.shape[1])
     with torch.no_grad():
         for l, (w, r, b) in enumerate(cw.layers):
             getattr(lstm, f"weight_ih_l{l}").copy_(torch.from_numpy(_iofc_to_ifgo(w[0], H)))
@@ -429,11 +455,11 @@ def ort_session(model, ort):
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
-def run_ours(binary: str, model: str, K: int, runs: int, timeout: float):
+def run_ours(binary: str, model: str, K: int, runs: int, timeout: float, engine: str = "native"):
     """Returns (stats dict or None, message)."""
     if not os.path.exists(binary):
         return None, f"binary {binary} not found (build with cargo build --release)"
-    cmd = [binary, "model", "bench", model, "--batch", str(K), "--runs", str(runs), "--json"]
+    cmd = [binary, "model", "bench", model, "--batch", str(K), "--runs", str(runs), "--engine", engine, "--json"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -472,8 +498,13 @@ SYNTH_NORM = {"v_mean": -65.0, "v_std": 10.0, "i_mean": 0.0, "i_std": 1.0}
 
 
 def parse_synthetic_spec(spec: str):
-    """'64x100x20' or '64x100x20x2' -> (hidden, t_in, t_out, layers)."""
-    parts = spec.lower().split("x")
+    """'64x100x20' or '64x100x20x2' -> (hidden, t_in, t_out, layers, head);
+    a ':last' suffix (e.g. '48x160x20x2:last') asks for a Linear(H, t_out)
+    head on the last step's hidden state instead of Linear(H, 1) per step."""
+    spec, _, head = spec.lower().partition(":")
+    if head not in ("", "last"):
+        raise SystemExit(f"--synthetic {spec}:{head}: the only head suffix is ':last'")
+    parts = spec.split("x")
     try:
         vals = [int(p) for p in parts]
     except ValueError:
@@ -484,11 +515,11 @@ def parse_synthetic_spec(spec: str):
         )
     h, t_in, t_out = vals[:3]
     layers = vals[3] if len(vals) == 4 else 1
-    return h, t_in, t_out, layers
+    return h, t_in, t_out, layers, head or "step"
 
 
-def synthetic_name(h: int, t_in: int, t_out: int, layers: int) -> str:
-    return f"synthetic_lstm{layers}_h{h}_tin{t_in}_tout{t_out}"
+def synthetic_name(h: int, t_in: int, t_out: int, layers: int, head: str = "step") -> str:
+    return f"synthetic_lstm{layers}_h{h}_tin{t_in}_tout{t_out}" + ("_last" if head == "last" else "")
 
 
 def _ifgo_to_iofc(a: np.ndarray, H: int) -> np.ndarray:
@@ -497,7 +528,7 @@ def _ifgo_to_iofc(a: np.ndarray, H: int) -> np.ndarray:
     return np.concatenate([i, o, f, g], axis=0)
 
 
-def synthetic_weights(h: int, layers: int, seed: int):
+def synthetic_weights(h: int, layers: int, seed: int, width: int = 1):
     """PyTorch's default init for nn.LSTM(3, h, layers) + nn.Linear(h, 1):
     every parameter uniform in [-1/sqrt(h), 1/sqrt(h)] (the Linear's
     kaiming_uniform(a=sqrt(5)) and bias bounds are 1/sqrt(fan_in) = 1/sqrt(h)
@@ -520,20 +551,22 @@ def synthetic_weights(h: int, layers: int, seed: int):
         R = _ifgo_to_iofc(w_hh, h)[None]
         B = np.concatenate([_ifgo_to_iofc(b_ih, h), _ifgo_to_iofc(b_hh, h)])[None]
         lstm.append((np.ascontiguousarray(W), np.ascontiguousarray(R), np.ascontiguousarray(B)))
-    head_w = np.ascontiguousarray(u(1, h).T)  # [H, 1]
-    head_b = u(1)
+    head_w = np.ascontiguousarray(u(width, h).T)  # [H, width]
+    head_b = u(width)
     return lstm, head_w, head_b
 
 
-def build_synthetic(h: int, t_in: int, t_out: int, layers: int, seed: int) -> onnx.ModelProto:
+def build_synthetic(h: int, t_in: int, t_out: int, layers: int, seed: int, head: str = "step") -> onnx.ModelProto:
     """The graph PyTorch's legacy exporter (torch.onnx.export(dynamo=False,
     opset_version=17, dynamic_axes batch)) writes for
         out, _ = nn.LSTM(3, h, layers, batch_first=True)(x)
         y = nn.Linear(h, 1)(out[:, t_in:, :]).squeeze(-1)
     node for node (same ops, inputs, attributes, Constant nodes and node
     names as tests/fixtures/pytorch_lstm{1_h16,2_h8}.onnx), with seeded
-    random weights instead of torch's."""
-    lstm_w, head_w, head_b = synthetic_weights(h, layers, seed)
+    random weights instead of torch's. head "last": y = nn.Linear(h,
+    t_out)(out[:, -1, :]), written as torch writes it: Gather(-1, axis 1),
+    then Gemm(transB=1) with head.weight [t_out, h] and head.bias [t_out]."""
+    lstm_w, head_w, head_b = synthetic_weights(h, layers, seed, t_out if head == "last" else 1)
     nodes = []
     inits = [numpy_helper.from_array(head_b, "head.bias")]
     counters = {}
@@ -594,6 +627,15 @@ def build_synthetic(h: int, t_in: int, t_out: int, layers: int, seed: int) -> on
         cur = node("Squeeze", f"/lstm/Squeeze{sfx}", [y_seq, const("/lstm", [1])])
     cur = node("Transpose", "/lstm/Transpose_1", [cur], perm=[1, 0, 2])
 
+    if head == "last":
+        last = const("", -1, scalar=True)
+        cur = node("Gather", "/Gather", [cur, last], axis=1)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(head_w.T), "head.weight"))
+        nodes.append(
+            helper.make_node("Gemm", [cur, "head.weight", "head.bias"], ["y"], name="/head/Gemm", alpha=1.0, beta=1.0, transB=1)
+        )
+        return finish_synthetic(nodes, inits, t_in, t_out)
+
     # out[:, t_in:, :] -> Linear(h, 1) -> squeeze(-1)
     axes = const("", [1])
     starts = const("", [t_in])
@@ -605,7 +647,10 @@ def build_synthetic(h: int, t_in: int, t_out: int, layers: int, seed: int) -> on
     cur = node("MatMul", "/head/MatMul", [cur, mm_w])
     cur = node("Add", "/head/Add", ["head.bias", cur])
     nodes.append(helper.make_node("Squeeze", [cur, const("", [2])], ["y"], name="/Squeeze"))
+    return finish_synthetic(nodes, inits, t_in, t_out)
 
+
+def finish_synthetic(nodes, inits, t_in: int, t_out: int) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "main_graph",
@@ -655,11 +700,11 @@ def check_synthetic(path: str, cw: "ContractWeights", ort) -> dict:
 
 def write_synthetic(spec: str, out_dir: str, seed: int, ort) -> dict:
     """Builds NAME.onnx + NAME.json in out_dir; returns info for the report."""
-    h, t_in, t_out, layers = parse_synthetic_spec(spec)
-    name = synthetic_name(h, t_in, t_out, layers)
+    h, t_in, t_out, layers, head = parse_synthetic_spec(spec)
+    name = synthetic_name(h, t_in, t_out, layers, head)
     os.makedirs(out_dir, exist_ok=True)
     onnx_path = os.path.join(out_dir, name + ".onnx")
-    data = build_synthetic(h, t_in, t_out, layers, seed).SerializeToString()
+    data = build_synthetic(h, t_in, t_out, layers, seed, head).SerializeToString()
     with open(onnx_path, "wb") as f:
         f.write(data)
     sha = hashlib.sha256(data).hexdigest()
@@ -673,7 +718,7 @@ def write_synthetic(spec: str, out_dir: str, seed: int, ort) -> dict:
         "input": {"name": "x", "features": ["V", "I", "is_future"]},
         "output": {"name": "y", "order": "reversed"},
         "normalization": dict(SYNTH_NORM),
-        "architecture": {"cell": "lstm", "layers": layers, "hidden": h, "head": "linear"},
+        "architecture": {"cell": "lstm", "layers": layers, "hidden": h, "head": "last" if head == "last" else "linear"},
         "provenance": {
             "tool": "scripts/bench_forecast_peers.py",
             "command": f"scripts/bench_forecast_peers.sh --synthetic {spec} --synthetic-seed {seed}",
@@ -771,9 +816,13 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
             xt_fut = torch.from_numpy(x_fut)
             t_in = cw.t_in
 
+            last = cw.head == "last"
+
             def torch_full():
                 with torch.inference_mode():
                     out, _ = lstm(xt)
+                    if last:
+                        return head(out[:, -1, :])
                     return head(out[:, t_in:, :]).squeeze(-1)
 
             def torch_split():
@@ -782,6 +831,8 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
                     hK = h.expand(-1, K, -1).contiguous()
                     cK = c.expand(-1, K, -1).contiguous()
                     out, _ = lstm(xt_fut, (hK, cK))
+                    if last:
+                        return head(out[:, -1, :])
                     return head(out).squeeze(-1)
 
             with torch.no_grad():
@@ -813,10 +864,14 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
 
         ours_msg = "skipped (--no-ours)"
         if not args.no_ours:
-            rest_if_needed(force=True)
-            d, ours_msg = run_ours(args.ours_bin, os.path.abspath(path), K, args.runs, args.ours_timeout)
-            if d is not None:
-                rows["ours"] = d
+            for engine in args.ours_engines:
+                rest_if_needed(force=True)
+                d, ours_msg = run_ours(args.ours_bin, os.path.abspath(path), K, args.runs, args.ours_timeout, engine)
+                if d is not None:
+                    if d.get("engine") not in (None, engine):
+                        ours_msg = f"asked for --engine {engine}, model bench ran {d.get('engine')}"
+                        print(f"  warning: {ours_msg}")
+                    rows["ours" if engine == args.ours_engines[0] else f"ours-{engine}"] = d
         res["by_k"][K] = {"rows": rows, "checks": checks, "ours": ours_msg}
 
         print(f"\nK={K}  (max |split-full| = {err_split:.2e}" +
@@ -835,7 +890,11 @@ def bench_model(path: str, args, ort, torch, tract) -> dict:
 
     # ratio table
     print(f"\nratios ours/peer for {os.path.basename(path)} (p50, p99; < 1 means ours is faster)")
-    peers = [n for n in ("ort-full", "ort-split", "torch-full", "torch-split", "tract-full") if n in res["by_k"][args.k[0]]["rows"]]
+    peers = [
+        n
+        for n in ("ort-full", "ort-split", "torch-full", "torch-split", "tract-full", "ours-native", "ours-tract")
+        if n in res["by_k"][args.k[0]]["rows"]
+    ]
     print(f"  {'K':>4} " + " ".join(f"{p:>22}" for p in peers))
     for K in args.k:
         rows = res["by_k"][K]["rows"]
@@ -881,11 +940,20 @@ def main(argv=None) -> int:
     ap.add_argument("--ours-bin", default=os.path.join(REPO, "target", "release", "neurostimd"))
     ap.add_argument("--ours-timeout", type=float, default=600.0)
     ap.add_argument("--no-ours", action="store_true", help="peers only")
+    ap.add_argument(
+        "--ours-engines",
+        default="native",
+        help="comma-separated engines to time ours with (`model bench --engine`): native, tract; "
+        "the first is the row `ours` the ratios use, the others are rows `ours-ENGINE` (default native)",
+    )
     ap.add_argument("--json-out", default=None, help="write all results as JSON here")
     args = ap.parse_args(argv)
     if not args.models and not args.synthetic:
         args = ap.parse_args(list(argv if argv is not None else sys.argv[1:]) + DEFAULT_ARGS)
     args.k = [int(v) for v in args.k.split(",") if v.strip()]
+    args.ours_engines = [e.strip() for e in args.ours_engines.split(",") if e.strip()]
+    if not args.ours_engines or any(e not in ("native", "tract") for e in args.ours_engines):
+        ap.error(f"--ours-engines {','.join(args.ours_engines)}: expected native and/or tract")
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import onnxruntime as ort

@@ -1,12 +1,53 @@
 //! The forecaster against PyTorch's own numbers, the native engine against
-//! tract's plain windowed computation, and the refusals a bad model earns.
+//! tract's plain windowed computation for every head it runs, the graphs it
+//! declines, and the refusals a bad model earns.
 
 use neurostimd::forecast::{card_path, sha256_hex, Engine, ForecastError, Forecaster, OutputOrder};
 use neurostimd::npy::NpyF32;
 use prost::Message;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-const FIXTURES: [&str; 2] = ["pytorch_lstm1_h16", "pytorch_lstm2_h8"];
+/// PyTorch exports the native engine runs: the contract's linear head,
+/// per-step MLPs (ReLU, Tanh) and dense heads over the last state
+/// (`out[:, -1, :]` with Linear or Linear-Sigmoid-Linear, `h_n[-1]` with
+/// Linear), for 1 and 2 layers (tests/fixtures/README.md).
+const FIXTURES: [&str; 7] = [
+    "pytorch_lstm1_h16",
+    "pytorch_lstm2_h8",
+    "pytorch_mlp_lstm1_h16",
+    "pytorch_mlp_lstm2_h8",
+    "pytorch_last_lstm1_h16",
+    "pytorch_last_lstm2_h8",
+    "pytorch_lastmlp_lstm2_h12",
+];
+
+/// Counts this thread's allocations, so the native engine's forecast can
+/// be shown not to allocate for every head (the planner calls it the same
+/// way, through `Forecaster::forecast`).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -291,4 +332,157 @@ fn the_shipped_model_loads_and_reproduces_its_bundle() {
     let want = NpyF32::read(&path.with_extension("expected.npy")).unwrap();
     let got = f.run_raw(x.shape[0], &x.data).unwrap();
     assert!(max_diff(&got, &want.data) < 1e-4);
+}
+
+/// A GELU head (at opset 17 PyTorch writes it as Div, Erf, Add, Mul, Mul)
+/// is not one the native engine runs: it says which node stopped it, and
+/// tract still reproduces PyTorch.
+#[test]
+fn an_unrecognised_head_runs_on_tract_and_says_why() {
+    let path = fixture("pytorch_gelu_lstm1_h8");
+    let mut f = Forecaster::load(&path, 8, Engine::Native).unwrap();
+    assert_eq!(f.engine(), Engine::Tract);
+    let why = f.native_unavailable().unwrap();
+    assert!(
+        why.contains("/head/head.1/Div") && why.contains("(Div)"),
+        "{why}"
+    );
+    let x = NpyF32::read(&path.with_extension("input.npy")).unwrap();
+    let want = NpyF32::read(&path.with_extension("expected.npy")).unwrap();
+    let got = f.run_raw(x.shape[0], &x.data).unwrap();
+    assert!(max_diff(&got, &want.data) < 1e-4);
+}
+
+/// Change one node of a fixture's graph (and re-sign the card).
+fn edited_graph(
+    name: &str,
+    edit: impl FnOnce(&mut tract_onnx::pb::GraphProto),
+) -> (tempfile::TempDir, PathBuf) {
+    doctored(name, |bytes, card| {
+        let mut m = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+        edit(m.graph.as_mut().unwrap());
+        *bytes = m.encode_to_vec();
+        card["onnx_sha256"] = sha256_hex(bytes).into();
+    })
+}
+
+/// The int64 scalar or one-element constant a node reads as input `i`.
+fn constant_input<'a>(
+    g: &'a mut tract_onnx::pb::GraphProto,
+    op: &str,
+    i: usize,
+) -> &'a mut tract_onnx::pb::TensorProto {
+    let name = g.node.iter().rev().find(|n| n.op_type == op).unwrap().input[i].clone();
+    g.node
+        .iter_mut()
+        .find(|n| n.op_type == "Constant" && n.output[0] == name)
+        .and_then(|n| n.attribute[0].t.as_mut())
+        .unwrap()
+}
+
+fn set_i64(t: &mut tract_onnx::pb::TensorProto, v: i64) {
+    if t.raw_data.is_empty() {
+        t.int64_data = vec![v];
+    } else {
+        t.raw_data = v.to_le_bytes().to_vec();
+    }
+}
+
+/// Near misses of the accepted heads are declined (the model still loads
+/// and runs on tract), each with a reason that names what did not match.
+#[test]
+fn near_misses_of_the_accepted_heads_decline_with_a_reason() {
+    type Edit = Box<dyn FnOnce(&mut tract_onnx::pb::GraphProto)>;
+    let cases: [(&str, Edit, &str); 5] = [
+        (
+            // out[:, -2, :]: the step before the last.
+            "pytorch_last_lstm1_h16",
+            Box::new(|g| set_i64(constant_input(g, "Gather", 1), -2)),
+            "keeps step 58 of the sequence, not the last one (59)",
+        ),
+        (
+            // out[:, t_in - 1:-1, :]: t_out steps, one step early.
+            "pytorch_mlp_lstm1_h16",
+            Box::new(|g| {
+                set_i64(constant_input(g, "Slice", 1), 39);
+                set_i64(constant_input(g, "Slice", 2), -1);
+            }),
+            "covers steps 39..59 of the sequence",
+        ),
+        (
+            // An activation the engine does not have.
+            "pytorch_mlp_lstm2_h8",
+            Box::new(|g| {
+                g.node
+                    .iter_mut()
+                    .find(|n| n.op_type == "Tanh")
+                    .unwrap()
+                    .op_type = "Softsign".into()
+            }),
+            "(Softsign) is not an operator the native engine runs",
+        ),
+        (
+            // A scaled Gemm is not a Linear layer.
+            "pytorch_last_lstm2_h8",
+            Box::new(|g| {
+                let gemm = g.node.iter_mut().find(|n| n.op_type == "Gemm").unwrap();
+                gemm.attribute
+                    .iter_mut()
+                    .find(|a| a.name == "alpha")
+                    .unwrap()
+                    .f = 0.5;
+            }),
+            "with alpha, beta or transA other than 1, 1, 0",
+        ),
+        (
+            // The head reads the first of two layers.
+            "pytorch_last_lstm2_h8",
+            Box::new(|g| {
+                let concat = g
+                    .node
+                    .iter_mut()
+                    .find(|n| n.op_type == "Concat" && n.input.len() == 2)
+                    .unwrap();
+                concat.input[1] = concat.input[0].clone();
+            }),
+            "reads LSTM layer 1 of 2, not the top one",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let (_d, p) = edited_graph(name, edit);
+        let f = Forecaster::load(&p, 4, Engine::Native).unwrap();
+        assert_eq!(f.engine(), Engine::Tract, "{name}: {expected}");
+        let why = f.native_unavailable().unwrap();
+        assert!(why.contains(expected), "{name}: {why}");
+    }
+}
+
+/// The native engine's forecast allocates nothing for any head it runs,
+/// whatever the batch (the planner's hot path; tests/no_alloc.rs covers
+/// the planner with the shipped model).
+#[test]
+fn the_native_forecast_does_not_allocate_for_any_head() {
+    // The counter sees allocations (so the zeros below mean something).
+    let before = ALLOCATIONS.with(Cell::get);
+    drop(std::hint::black_box(vec![1u8; 64]));
+    assert!(ALLOCATIONS.with(Cell::get) > before);
+    for name in FIXTURES {
+        let mut f = Forecaster::load(&fixture(name), 32, Engine::Native).unwrap();
+        assert_eq!(f.engine(), Engine::Native, "{name}");
+        let (t_in, t_out) = (f.card().t_in, f.card().t_out);
+        let v: Vec<f32> = (0..t_in).map(|t| -65.0 + (t % 7) as f32).collect();
+        let i: Vec<f32> = (0..t_in).map(|t| (t % 3) as f32 * 0.5).collect();
+        let plans: Vec<f32> = (0..32 * t_out)
+            .map(|n| (n % 11) as f32 * 0.3 - 1.0)
+            .collect();
+        let mut out = vec![0.0; 32 * t_out];
+        let before = ALLOCATIONS.with(Cell::get);
+        for k in [1usize, 7, 32].into_iter().cycle().take(60) {
+            f.forecast(&v, &i, &plans[..k * t_out], k, &mut out[..k * t_out])
+                .unwrap();
+        }
+        let n = ALLOCATIONS.with(Cell::get) - before;
+        assert_eq!(n, 0, "{name}: 60 native forecasts allocated {n} times");
+        assert!(out.iter().all(|x| x.is_finite()));
+    }
 }
