@@ -1,13 +1,14 @@
 //! Running the simulator plant open loop: `neurostimd simulate`.
 //!
 //! Drives a [`SimPlant`] with a piecewise-constant stimulation waveform,
-//! streams the trace and spike times to files, and summarises the firing.
+//! streams the trace and spike times to files, and summarises the firing
+//! and the cell that produced it (family, preset, cell seed and every
+//! parameter, so a randomised cell can be named and rerun).
 //! The timing it reports covers the plant's `read` calls only, so file output
 //! does not pollute the simulator's real-time factor.
 
 use crate::config::SimConfig;
 use crate::neuron::spikes::{FiringSummary, DEFAULT_BURST_ISI_MS};
-use crate::neuron::STATE_NAMES;
 use crate::plant::{Plant, PlantError, SimPlant};
 use serde::Serialize;
 use std::io::Write;
@@ -127,6 +128,8 @@ pub struct SimulateRequest {
 #[derive(Clone, Debug, Serialize)]
 pub struct SimulateReport {
     pub preset: String,
+    /// The cell as run: family, cell seed, drawn parameters, delay.
+    pub cell: crate::plant::sim::CellInfo,
     pub integrator: &'static str,
     pub duration_ms: f64,
     pub samples: u64,
@@ -158,7 +161,7 @@ pub fn run(req: &SimulateRequest) -> Result<SimulateReport, SimulateError> {
             let f = std::fs::File::create(p).map_err(io_err(p))?;
             let mut w = std::io::BufWriter::new(f);
             let mut header = String::from("t_ms");
-            for name in STATE_NAMES {
+            for name in plant.state_names() {
                 header.push(',');
                 header.push_str(name);
             }
@@ -182,7 +185,7 @@ pub fn run(req: &SimulateRequest) -> Result<SimulateReport, SimulateError> {
             spikes.push(ts);
         }
         if let Some((w, p)) = &mut trace {
-            let y = plant.state();
+            let y = &plant.state()[..plant.state_names().len()];
             let mut line = format!("{}", round_t(s.t_ms));
             for x in y {
                 line.push(',');
@@ -210,6 +213,7 @@ pub fn run(req: &SimulateRequest) -> Result<SimulateReport, SimulateError> {
     let secs = wall.as_secs_f64();
     Ok(SimulateReport {
         preset: req.sim.preset.clone(),
+        cell: req.sim.cell_info(),
         integrator: req.sim.method.name(),
         duration_ms,
         samples: n,

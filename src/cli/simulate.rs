@@ -1,10 +1,10 @@
-//! `neurostimd simulate`: the CA1 simulator alone, open loop, so a cell's
+//! `neurostimd simulate`: the simulator alone, open loop, so a cell's
 //! parameters can be explored and traces made without any controller.
 
 use super::UsageError;
 use anyhow::Context as _;
 use clap::Args;
-use neurostimd::config::{overlay_at as table_at, Config};
+use neurostimd::config::{try_overlay_at, Config};
 use neurostimd::simulate::{self, SimulateRequest, Waveform};
 use std::path::PathBuf;
 
@@ -13,9 +13,19 @@ pub struct SimulateArgs {
     /// Configuration file laid over the built-in defaults (presets, plant settings).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Parameter preset (a [presets.NAME] table: regular, bursting, or your own).
+    /// Cell family: ca1 (default) or pospischil.
+    #[arg(long)]
+    family: Option<String>,
+    /// Parameter preset: for ca1 a [presets.NAME] table (regular, bursting,
+    /// or your own); for pospischil the class (rs, fs, ib, lts).
     #[arg(long)]
     preset: Option<String>,
+    /// Randomised cell: the seed that draws it (0: the preset itself).
+    #[arg(long)]
+    cell_seed: Option<u64>,
+    /// Actuation delay, ms (a whole number of sample periods, <= 50).
+    #[arg(long)]
+    actuation_delay_ms: Option<f64>,
     /// M-type K conductance g_M, mS/cm².
     #[arg(long, allow_hyphen_values = true)]
     gm: Option<f64>,
@@ -29,7 +39,9 @@ pub struct SimulateArgs {
     #[arg(long, allow_hyphen_values = true)]
     iapp: Option<f64>,
     /// Any model parameter, KEY=VALUE with the config's keys and units (repeatable),
-    /// e.g. --set g_kdr=5 --set tau_q="400 ms".
+    /// e.g. --set g_kdr=5 --set tau_q="400 ms" (plant.sim.overrides, or
+    /// plant.sim.pospischil with --family pospischil); a dotted key is a
+    /// full configuration key, e.g. --set plant.sim.randomize.conductances=0.3.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Simulated duration, ms.
@@ -67,11 +79,38 @@ pub struct SimulateArgs {
     json: bool,
 }
 
+/// The flags as a configuration overlay: dotted `--set` keys first, the
+/// named flags over them.
 fn simulate_overlay(a: &SimulateArgs) -> anyhow::Result<toml::Table> {
-    let mut cli = toml::Table::new();
-    let sim = table_at(&mut cli, &["plant", "sim"]);
+    let mut params = Vec::new();
+    let mut dotted = Vec::new();
+    for kv in &a.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--set `{kv}`: expected KEY=VALUE")))?;
+        if k.contains('.') {
+            dotted.push(kv.clone());
+        } else {
+            params.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
+        }
+    }
+    let mut cli = super::dotted_overlay(&dotted)?;
+    let sim = try_overlay_at(&mut cli, &["plant", "sim"]).map_err(UsageError)?;
+    if let Some(f) = &a.family {
+        sim.insert("family".into(), f.clone().into());
+    }
     if let Some(p) = &a.preset {
         sim.insert("preset".into(), p.clone().into());
+    }
+    if let Some(s) = a.cell_seed {
+        let s =
+            i64::try_from(s).map_err(|_| UsageError(format!("--cell-seed {s} is too large")))?;
+        try_overlay_at(sim, &["randomize"])
+            .map_err(UsageError)?
+            .insert("cell_seed".into(), s.into());
+    }
+    if let Some(d) = a.actuation_delay_ms {
+        sim.insert("actuation_delay".into(), d.into());
     }
     let integrator = a
         .integrator
@@ -96,30 +135,33 @@ fn simulate_overlay(a: &SimulateArgs) -> anyhow::Result<toml::Table> {
         let s = i64::try_from(s).map_err(|_| UsageError(format!("--seed {s} is too large")))?;
         sim.insert("seed".into(), s.into());
     }
-    let overrides = table_at(sim, &["overrides"]);
-    for (key, v) in [
+    // Parameter flags go to the family's own override table.
+    let table = if a.family.as_deref() == Some("pospischil") {
+        "pospischil"
+    } else {
+        "overrides"
+    };
+    let named = [
         ("g_m", a.gm),
         ("g_nap", a.gnap),
         ("theta_p", a.thetap),
         ("i_app", a.iapp),
-    ] {
-        if let Some(v) = v {
-            overrides.insert(key.into(), v.into());
+    ];
+    let any = named.iter().any(|(_, v)| v.is_some()) || !params.is_empty();
+    if any {
+        let overrides = try_overlay_at(sim, &[table]).map_err(UsageError)?;
+        for (key, v) in named {
+            if let Some(v) = v {
+                overrides.insert(key.into(), v.into());
+            }
         }
-    }
-    for kv in &a.set {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--set `{kv}`: expected KEY=VALUE")))?;
-        let v = v.trim().trim_matches('"');
-        let value = match v.parse::<f64>() {
-            Ok(x) => toml::Value::Float(x),
-            Err(_) => toml::Value::String(v.to_string()),
-        };
-        overrides.insert(k.trim().to_string(), value);
-    }
-    if overrides.is_empty() {
-        sim.remove("overrides");
+        for (k, v) in params {
+            let value = match v.parse::<f64>() {
+                Ok(x) => toml::Value::Float(x),
+                Err(_) => toml::Value::String(v),
+            };
+            overrides.insert(k, value);
+        }
     }
     Ok(cli)
 }
@@ -133,6 +175,7 @@ pub fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         Some(p) => Waveform::load(p)?,
         None => Waveform::default(),
     };
+    let req_label = config.sim.cell_label();
     let req = SimulateRequest {
         sim: config.sim,
         duration_ms: a.duration_ms,
@@ -145,9 +188,9 @@ pub fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} ({} preset, {}, {} ms simulated in {:.3} s, {:.0}x real time)",
+            "{} ({}, {}, {} ms simulated in {:.3} s, {:.0}x real time)",
             report.firing,
-            report.preset,
+            req_label,
             report.integrator,
             report.duration_ms,
             report.wall_seconds,

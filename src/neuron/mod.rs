@@ -8,6 +8,7 @@
 //! Units: t in ms, V in mV, conductances in mS/cm², currents in µA/cm²,
 //! Cm in µF/cm².
 
+pub mod cell;
 pub mod integrate;
 pub mod pospischil;
 pub mod spikes;
@@ -174,6 +175,38 @@ impl RateSource for ExactRates {
     #[inline(always)]
     fn rates(&self, v: f64) -> Rates {
         Rates::exact(self.theta_p, v)
+    }
+}
+
+// The Pospischil module stays std-only (it is tested on its own with
+// rustc); its types are serialised from here, for configs and recordings.
+impl Serialize for pospischil::Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Params", 16)?;
+        st.serialize_field("cm", &self.cm)?;
+        st.serialize_field("area_um2", &self.area_um2)?;
+        st.serialize_field("g_leak", &self.g_leak)?;
+        st.serialize_field("e_leak", &self.e_leak)?;
+        st.serialize_field("g_na", &self.g_na)?;
+        st.serialize_field("e_na", &self.e_na)?;
+        st.serialize_field("g_kd", &self.g_kd)?;
+        st.serialize_field("e_k", &self.e_k)?;
+        st.serialize_field("v_t", &self.v_t)?;
+        st.serialize_field("g_m", &self.g_m)?;
+        st.serialize_field("tau_max", &self.tau_max)?;
+        st.serialize_field("g_l", &self.g_l)?;
+        st.serialize_field("g_t", &self.g_t)?;
+        st.serialize_field("v_x", &self.v_x)?;
+        st.serialize_field("e_ca", &self.e_ca)?;
+        st.serialize_field("i_app", &self.i_app)?;
+        st.end()
+    }
+}
+
+impl Serialize for pospischil::Class {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name().to_lowercase())
     }
 }
 
