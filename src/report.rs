@@ -325,6 +325,8 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, String> {
         ("mlockall", "/realtime/mlockall"),
         ("SCHED_FIFO", "/realtime/sched_fifo"),
         ("pinned", "/realtime/pinned"),
+        ("others off its CPU", "/realtime/others_excluded"),
+        ("CPU latency request", "/realtime/cpu_dma_latency"),
         ("stop", "/stop"),
         ("fault", "/fault"),
     ];

@@ -23,6 +23,13 @@ pub struct RtReport {
     pub prefaulted_bytes: usize,
     /// The planner thread was kept off the control CPU.
     pub planner_excluded: bool,
+    /// The process's other threads kept off the control CPU: how many, or
+    /// why not. On a kernel without full preemption (`PREEMPT_NONE`, the
+    /// usual server default) a thread of ours in a system call on the
+    /// loop's CPU (the recorder writing a file) delays the loop's wake-up
+    /// until the call returns, however high the loop's priority: measured
+    /// as 0.7–9.8 ms wake-ups in docs/deploy.md before they were moved.
+    pub others_excluded: String,
     /// The CPU latency request: "held at N us" (with the system's
     /// resulting target when the kernel tells it), "not asked" or why not.
     pub cpu_dma_latency: String,
@@ -32,10 +39,11 @@ impl RtReport {
     /// One line for the log.
     pub fn line(&self) -> String {
         format!(
-            "mlockall: {}; SCHED_FIFO: {}; pinning: {}; pre-faulted {} KiB of stack; CPU latency request: {}",
+            "mlockall: {}; SCHED_FIFO: {}; pinning: {}; other threads off its CPU: {}; pre-faulted {} KiB of stack; CPU latency request: {}",
             self.mlockall,
             self.sched_fifo,
             self.pinned,
+            self.others_excluded,
             self.prefaulted_bytes / 1024,
             self.cpu_dma_latency
         )
@@ -187,6 +195,13 @@ pub fn apply(cfg: &RealtimeConfig) -> (RtReport, CpuLatencyRequest) {
                 Err(e) => format!("refused for CPU {c} ({e})"),
             },
         };
+        r.others_excluded = match r.pinned_cpu {
+            None => "not asked (not pinned)".into(),
+            Some(c) => match exclude_cpu_for_other_threads(c) {
+                Ok(n) => format!("ok ({n} threads)"),
+                Err(e) => format!("refused ({e})"),
+            },
+        };
         r.prefaulted_bytes = prefault_stack(cfg.prefault_kib * 1024);
         let (text, request) = hold_cpu_latency(CPU_DMA_LATENCY, cfg.cpu_dma_latency_us);
         r.cpu_dma_latency = text;
@@ -198,6 +213,7 @@ pub fn apply(cfg: &RealtimeConfig) -> (RtReport, CpuLatencyRequest) {
         r.mlockall = "unsupported on this OS".into();
         r.sched_fifo = "unsupported on this OS".into();
         r.pinned = "unsupported on this OS".into();
+        r.others_excluded = "unsupported on this OS".into();
         r.cpu_dma_latency = "unsupported on this OS".into();
         CpuLatencyRequest::default()
     };
@@ -229,10 +245,64 @@ pub fn pin_to(_cpus: &[usize]) -> Result<(), String> {
     Err("unsupported on this OS".into())
 }
 
-/// Keep the calling thread (the planner) off `cpu`, if other CPUs exist.
+/// Keep the calling thread (the planner) off `cpu`, if other CPUs exist,
+/// and run it at normal priority: it is spawned by the control thread and
+/// would otherwise inherit its SCHED_FIFO, which the configuration grants
+/// the control thread only (a busy real-time planner can starve the other
+/// CPU's ordinary threads, which the balancer then moves onto the loop's).
 pub fn exclude_cpu(cpu: usize) -> bool {
+    normal_priority();
     let others: Vec<usize> = (0..cpu_count()).filter(|&c| c != cpu).collect();
     !others.is_empty() && pin_to(&others).is_ok()
+}
+
+/// Drop the calling thread to SCHED_OTHER (a no-op if it already is).
+pub fn normal_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: the calling thread's handle and a valid parameter.
+        unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_OTHER, &param) };
+    }
+}
+
+/// Take `cpu` out of the affinity of every other thread of this process
+/// (their later children inherit it), leaving a thread alone where `cpu`
+/// is its only CPU. Returns how many were moved.
+#[cfg(target_os = "linux")]
+fn exclude_cpu_for_other_threads(cpu: usize) -> Result<usize, String> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("CPU {cpu} is out of range"));
+    }
+    // SAFETY: no arguments.
+    let me = unsafe { libc::gettid() };
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| e.to_string())?;
+    let mut moved = 0;
+    for t in tasks.flatten() {
+        let Some(tid) = t
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        if tid == me {
+            continue;
+        }
+        // SAFETY: cpu_set_t is plain data; `cpu` is within it (checked).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if libc::sched_getaffinity(tid, size, &mut set) != 0 || !libc::CPU_ISSET(cpu, &set) {
+                continue;
+            }
+            libc::CPU_CLR(cpu, &mut set);
+            if libc::CPU_COUNT(&set) > 0 && libc::sched_setaffinity(tid, size, &set) == 0 {
+                moved += 1;
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Touch `bytes` of stack so the loop never takes a page fault growing it
