@@ -214,9 +214,10 @@ fn parse(sc: &Scenario) -> Result<Parsed, ScenarioError> {
                     let b = b
                         .as_table()
                         .ok_or_else(|| err("baseline entries must be tables".into()))?;
-                    let label = b.get("name").and_then(|n| n.as_str()).ok_or_else(|| {
-                        err("every [[scenario.baseline]] needs a name".into())
-                    })?;
+                    let label = b
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .ok_or_else(|| err("every [[scenario.baseline]] needs a name".into()))?;
                     let kind: PolicyKind = b
                         .get("policy")
                         .cloned()
@@ -324,7 +325,12 @@ fn run_one(
     set(&mut cli, &["mpc"], "seed", (seed as i64).into());
     if let Some(base) = parsed.cell_seed_base {
         let cell = cell_seed(base, seed) as i64;
-        set(&mut cli, &["plant", "sim", "randomize"], "cell_seed", cell.into());
+        set(
+            &mut cli,
+            &["plant", "sim", "randomize"],
+            "cell_seed",
+            cell.into(),
+        );
     }
     let variant_text = toml::to_string(&v.set).expect("a TOML table serialises");
     let layers = [
@@ -449,8 +455,7 @@ pub fn run(req: &ScenarioRequest) -> Result<Vec<ScenarioResult>, ScenarioError> 
                 policy: v.label.clone(),
                 kind: v.kind.name(),
                 mean_error: mean(&seeds, |s| s.objective_error),
-                mean_true_error: true_errors
-                    .map(|t| t.iter().sum::<f64>() / t.len().max(1) as f64),
+                mean_true_error: true_errors.map(|t| t.iter().sum::<f64>() / t.len().max(1) as f64),
                 mean_charge_nc_cm2: mean(&seeds, |s| s.charge_nc_cm2),
                 mean_interventions: mean(&seeds, |s| s.interventions as f64),
                 seeds,

@@ -415,8 +415,12 @@ impl Objective {
     /// an open target inside the horizon with no spike forecast costs 1 and
     /// up by how far the forecast stays below threshold around it (so the
     /// search is drawn toward evoking it). A target is open if the last
-    /// real spike did not already hit it. The scale matches the objective
-    /// error (`quality`): misses and extras count 1 each.
+    /// real spike did not already hit it. Away from open targets, nearing
+    /// threshold costs as in `rate` before a spike is due: a spontaneously
+    /// active cell must be held off between targets, and a spike the
+    /// forecast sees only when it is under way cannot be stopped. The
+    /// scale matches the objective error (`quality`): misses and extras
+    /// count 1 each.
     fn timing_cost(&self, ctx: &PlanContext, v: &[f32], crossings: &[usize]) -> f64 {
         let dt = ctx.dt_ms;
         let w = self.timing_window_ms;
@@ -431,6 +435,9 @@ impl Objective {
         for (k, h) in hit.iter_mut().enumerate().take(hi - lo) {
             *h = (ctx.last_spike_ms - targets[lo + k]).abs() <= w;
         }
+        // Targets the real spikes left open (before forecast spikes claim
+        // them): nearing threshold around these is wanted.
+        let wanted = hit;
         let mut cost = 0.0;
         for &j in crossings {
             let s = t_at(j) + ctx.spike_lag_ms;
@@ -446,6 +453,15 @@ impl Objective {
                 None => cost += 1.0,
             }
         }
+        let open = |t: f64| (lo..hi).any(|k| !wanted[k - lo] && (t - targets[k]).abs() <= w);
+        let margin = ctx.spike_threshold_mv - PREMATURE_MARGIN_MV;
+        let near: f64 = v
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| !open(t_at(j) + ctx.spike_lag_ms))
+            .map(|(_, &x)| (x as f64 - margin).max(0.0))
+            .sum();
+        cost += PREMATURE_WEIGHT * near;
         for k in lo..hi {
             let t = targets[k];
             if hit[k - lo] || t - w > end || t + w < ctx.t_ms {

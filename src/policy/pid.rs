@@ -48,6 +48,10 @@ pub struct PidGains {
     pub burst_target_hz: f64,
     /// Rate PI feed-forward: target rate → current; empty: none.
     pub rate_ff: FeedForward,
+    /// Time constant the feed-forward term follows a target step with, ms
+    /// (0: at once). A cell with spike-frequency adaptation answers a
+    /// current step with an onset burst; easing the step in avoids it.
+    pub rate_ff_tau_ms: f64,
     /// `timing`: pulse amplitude, µA/cm².
     pub pulse_amplitude: f64,
     /// `timing`: the pulse starts this long before the target, ms.
@@ -79,9 +83,16 @@ impl FeedForward {
     /// `points`: `(hz, current)` with strictly increasing, finite rates.
     pub fn new(points: &[(f64, f64)]) -> Result<FeedForward, String> {
         if points.len() > Self::MAX {
-            return Err(format!("at most {} points, got {}", Self::MAX, points.len()));
+            return Err(format!(
+                "at most {} points, got {}",
+                Self::MAX,
+                points.len()
+            ));
         }
-        if let Some(p) = points.iter().find(|p| !(p.0.is_finite() && p.1.is_finite())) {
+        if let Some(p) = points
+            .iter()
+            .find(|p| !(p.0.is_finite() && p.1.is_finite()))
+        {
             return Err(format!("point [{}, {}] is not finite", p.0, p.1));
         }
         if let Some(w) = points.windows(2).find(|w| w[1].0 <= w[0].0) {
@@ -194,6 +205,10 @@ pub struct RatePi {
     decay: f64,
     rate_hz: f64,
     integral: f64,
+    /// The feed-forward term as it follows its target, µA/cm²; `None`
+    /// before the first sample (it starts at its target).
+    ff: Option<f64>,
+    ff_decay: f64,
 }
 
 impl RatePi {
@@ -206,6 +221,12 @@ impl RatePi {
             decay: (-dt_ms / gains.rate_tau_ms).exp(),
             rate_hz: 0.0,
             integral: 0.0,
+            ff: None,
+            ff_decay: if gains.rate_ff_tau_ms > 0.0 {
+                (-dt_ms / gains.rate_ff_tau_ms).exp()
+            } else {
+                0.0
+            },
         }
     }
 
@@ -227,10 +248,15 @@ impl RatePi {
         };
         let e = target - self.rate_hz;
         let g = &self.gains;
-        let ff = match self.objective.kind {
+        let ff_target = match self.objective.kind {
             ObjectiveKind::Rate => g.rate_ff.at(target),
             _ => 0.0,
         };
+        let ff = match self.ff {
+            Some(f) => ff_target + (f - ff_target) * self.ff_decay,
+            None => ff_target,
+        };
+        self.ff = Some(ff);
         let trial = self.integral + e * self.dt_ms / 1000.0;
         let u = ff + g.rate_kp * e + g.rate_ki * trial;
         if u.abs() <= self.limit || u.signum() != e.signum() {
@@ -346,6 +372,7 @@ mod tests {
             silence_margin_mv: 2.0,
             burst_target_hz: 5.0,
             rate_ff: FeedForward::NONE,
+            rate_ff_tau_ms: 0.0,
             pulse_amplitude: 4.0,
             pulse_lead_ms: 2.0,
             pulse_width_ms: 1.0,
@@ -356,7 +383,10 @@ mod tests {
     #[test]
     fn feed_forward_interpolates_and_holds_at_the_ends() {
         let f = FeedForward::new(&[(5.0, -1.0), (10.0, 0.0), (20.0, 2.0)]).unwrap();
-        assert_eq!((f.at(0.0), f.at(7.5), f.at(15.0), f.at(99.0)), (-1.0, -0.5, 1.0, 2.0));
+        assert_eq!(
+            (f.at(0.0), f.at(7.5), f.at(15.0), f.at(99.0)),
+            (-1.0, -0.5, 1.0, 2.0)
+        );
         assert_eq!(FeedForward::NONE.at(12.0), 0.0);
         assert!(FeedForward::new(&[(5.0, 0.0), (5.0, 1.0)]).is_err());
         // With no error and no integral, the PI's output is the map's.
@@ -367,6 +397,14 @@ mod tests {
         let mut pi = RatePi::new(g, objective(ObjectiveKind::Rate), 0.1, 10.0);
         assert_eq!(pi.step(0.0, false), f.at(10.0));
         assert_eq!(pi.step(1500.0, false), f.at(20.0));
+        // Eased in: a tenth of a time constant after the step it has moved
+        // about a tenth of the way.
+        g.rate_ff_tau_ms = 10.0;
+        let mut pi = RatePi::new(g, objective(ObjectiveKind::Rate), 0.1, 10.0);
+        assert_eq!(pi.step(999.9, false), f.at(10.0));
+        let u = pi.step(1000.0, false);
+        let frac = (u - f.at(10.0)) / (f.at(20.0) - f.at(10.0));
+        assert!((frac - (1.0 - (-0.01f64).exp())).abs() < 1e-9, "{frac}");
     }
 
     #[test]

@@ -345,10 +345,17 @@ mod tests {
         feed(&mut m, 400.0, &[5.0, 101.5, 200.0], -70.0);
         let q = m.finish();
         let t = q.timing.clone().unwrap();
-        assert_eq!((t.targets, t.hits, t.misses, t.extras), (3, 2, 1, 1), "{q:?}");
+        assert_eq!(
+            (t.targets, t.hits, t.misses, t.extras),
+            (3, 2, 1, 1),
+            "{q:?}"
+        );
         // Detection times are within a sample of the fed spikes.
         assert!((t.mean_abs_jitter_ms - 0.75).abs() < 0.15, "{t:?}");
-        assert!((q.objective_error - (1.5 / 3.0 + 2.0) / 3.0).abs() < 0.1, "{q:?}");
+        assert!(
+            (q.objective_error - (1.5 / 3.0 + 2.0) / 3.0).abs() < 0.1,
+            "{q:?}"
+        );
         // A spike just outside the window is a miss and an extra.
         let s = match_spikes(&[100.0], &[96.9], 3.0);
         assert_eq!((s.hits, s.misses, s.extras), (0, 1, 1));
