@@ -138,6 +138,7 @@ pub(super) fn validate_control(
     non_negative(delay).map_err(|m| cx.err("control.compute_delay", m))?;
     // A plan applied this late is stale whatever the model; the bound
     pub(super) rate_ff: Vec<[f64; 2]>,
+    pub(super) rate_ff_tau: Quantity<Time>,
     pub(super) pulse_amplitude: Quantity<Current>,
     pub(super) pulse_lead: Quantity<Time>,
     pub(super) pulse_width: Quantity<Time>,
@@ -359,12 +360,14 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         timing_window_ms: o.timing.window.get(),
         ("pid.pulse_amplitude", p.pulse_amplitude.get()),
         ("pid.pulse_lead", p.pulse_lead.get()),
+        ("pid.rate_ff_tau", p.rate_ff_tau.get()),
     positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
     finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
     let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
     let rate_ff = crate::policy::pid::FeedForward::new(&points)
         .map_err(|m| cx.err("pid.rate_ff", m))?;
         rate_ff,
+        rate_ff_tau_ms: p.rate_ff_tau.get(),
         pulse_amplitude: p.pulse_amplitude.get(),
         pulse_lead_ms: p.pulse_lead.get(),
         pulse_width_ms: p.pulse_width.get(),
