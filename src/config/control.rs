@@ -42,6 +42,14 @@ pub(super) struct RawObjective {
     pub(super) burst: RawBurst,
     pub(super) voltage: RawWave<Voltage>,
     pub(super) silence: RawSilence,
+    pub(super) timing: RawTiming,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTiming {
+    pub(super) times: Vec<Quantity<Time>>,
+    pub(super) window: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,14 +71,6 @@ pub(super) struct RawRate {
 pub(super) struct RawBurst {
     pub(super) max_isi: Quantity<Time>,
     pub(super) min_rate: Quantity<crate::units::Frequency>,
-    pub(super) timing: RawTiming,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTiming {
-    pub(super) times: Vec<Quantity<Time>>,
-    pub(super) window: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +116,12 @@ pub(super) struct RawPid {
     pub(super) voltage_ki: f64,
     pub(super) voltage_kd: f64,
     pub(super) silence_margin: Quantity<Voltage>,
+    pub(super) rate_ff: Vec<[f64; 2]>,
+    pub(super) rate_ff_tau: Quantity<Time>,
+    pub(super) pulse_amplitude: Quantity<Current>,
+    pub(super) pulse_lead: Quantity<Time>,
+    pub(super) pulse_width: Quantity<Time>,
+    pub(super) pulse_hold: Quantity<Current>,
 }
 
 /// `[control]` and the sections its policy reads.
@@ -137,12 +143,6 @@ pub(super) fn validate_control(
     let delay = c.compute_delay.get();
     non_negative(delay).map_err(|m| cx.err("control.compute_delay", m))?;
     // A plan applied this late is stale whatever the model; the bound
-    pub(super) rate_ff: Vec<[f64; 2]>,
-    pub(super) rate_ff_tau: Quantity<Time>,
-    pub(super) pulse_amplitude: Quantity<Current>,
-    pub(super) pulse_lead: Quantity<Time>,
-    pub(super) pulse_width: Quantity<Time>,
-    pub(super) pulse_hold: Quantity<Current>,
     // also keeps the free clock's in-flight plan pool small.
     if delay > MAX_COMPUTE_DELAY_MS {
         return Err(cx.err(
@@ -239,6 +239,10 @@ fn objective(
     positive(o.burst.max_isi.get()).map_err(|m| cx.err("objective.burst.max_isi", m))?;
     positive(o.burst.min_rate.get()).map_err(|m| cx.err("objective.burst.min_rate", m))?;
     finite(o.silence.ceiling.get()).map_err(|m| cx.err("objective.silence.ceiling", m))?;
+    let times: Vec<f64> = o.timing.times.iter().map(|t| t.get()).collect();
+    let timing = crate::policy::SpikeTrain::new(&times)
+        .map_err(|m| cx.err("objective.timing.times", m))?;
+    positive(o.timing.window.get()).map_err(|m| cx.err("objective.timing.window", m))?;
     let wave = |w: &RawWave<_>, at: &str| -> Result<Waveform, ConfigError> {
         positive(w.period.get()).map_err(|m| cx.err(&format!("{at}.period"), m))?;
         finite(w.offset.get()).map_err(|m| cx.err(&format!("{at}.offset"), m))?;
@@ -280,6 +284,8 @@ fn objective(
         max_isi_ms: o.burst.max_isi.get(),
         min_rate_hz: o.burst.min_rate.get(),
         ceiling_mv: o.silence.ceiling.get(),
+        timing,
+        timing_window_ms: o.timing.window.get(),
     };
     Ok((objective, open))
 }
@@ -334,17 +340,21 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         ("pid.rate_ki", p.rate_ki),
         ("pid.voltage_kp", p.voltage_kp),
         ("pid.voltage_ki", p.voltage_ki),
-    let times: Vec<f64> = o.timing.times.iter().map(|t| t.get()).collect();
-    let timing = crate::policy::SpikeTrain::new(&times)
-        .map_err(|m| cx.err("objective.timing.times", m))?;
-    positive(o.timing.window.get()).map_err(|m| cx.err("objective.timing.window", m))?;
         ("pid.voltage_kd", p.voltage_kd),
         ("pid.silence_margin", p.silence_margin.get()),
         ("pid.burst_target", p.burst_target.get()),
+        ("pid.pulse_amplitude", p.pulse_amplitude.get()),
+        ("pid.pulse_lead", p.pulse_lead.get()),
+        ("pid.rate_ff_tau", p.rate_ff_tau.get()),
     ] {
         non_negative(v).map_err(|e| cx.err(key, e))?;
     }
     positive(p.rate_tau.get()).map_err(|e| cx.err("pid.rate_tau", e))?;
+    positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
+    finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
+    let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
+    let rate_ff = crate::policy::pid::FeedForward::new(&points)
+        .map_err(|m| cx.err("pid.rate_ff", m))?;
     Ok(crate::policy::pid::PidGains {
         rate_kp: p.rate_kp,
         rate_ki: p.rate_ki,
@@ -354,21 +364,11 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         voltage_kd: p.voltage_kd,
         silence_margin_mv: p.silence_margin.get(),
         burst_target_hz: p.burst_target.get(),
-    })
-}
-        timing,
-        timing_window_ms: o.timing.window.get(),
-        ("pid.pulse_amplitude", p.pulse_amplitude.get()),
-        ("pid.pulse_lead", p.pulse_lead.get()),
-        ("pid.rate_ff_tau", p.rate_ff_tau.get()),
-    positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
-    finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
-    let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
-    let rate_ff = crate::policy::pid::FeedForward::new(&points)
-        .map_err(|m| cx.err("pid.rate_ff", m))?;
         rate_ff,
         rate_ff_tau_ms: p.rate_ff_tau.get(),
         pulse_amplitude: p.pulse_amplitude.get(),
         pulse_lead_ms: p.pulse_lead.get(),
         pulse_width_ms: p.pulse_width.get(),
         pulse_hold: p.pulse_hold.get(),
+    })
+}
