@@ -1,0 +1,264 @@
+//! `neurostimd calibrate` and `--calibrate` against the real binary: a short
+//! live calibration on the simulator (model, card, evaluation, recording;
+//! every recorded command within the amplitude), offline from that
+//! recording and from the real-cell fixture, the gate refusing, an
+//! amplitude above the safety limit refused, and the hand-over in a run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_neurostimd"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Settings every run here shares: no real-time requests (tests share the
+/// machine), the model registry in `state`.
+fn common(c: &mut Command, state: &Path) {
+    c.args([
+        "--set",
+        "control.realtime.priority=0",
+        "--set",
+        "control.realtime.cpu=\"none\"",
+        "--set",
+        "control.realtime.mlockall=false",
+        "--set",
+    ])
+    .arg(format!("retrain.state_dir=\"{}\"", state.display()));
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/ic_steps_17o05028.csv")
+}
+
+/// The exit code agrees with the verdict written beside the model, and a
+/// refusal prints the table and says why.
+fn check_verdict(o: &Output, evaluation: &Path) -> bool {
+    let ev = json(evaluation);
+    let passed = ev["verdict"]["passed"].as_bool().unwrap();
+    let out = text(o);
+    assert!(
+        out.contains("RMSE mV: model  persistence       AR"),
+        "{out}"
+    );
+    if passed {
+        assert_eq!(o.status.code(), Some(0), "{out}");
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(out.contains("the gate refused"), "{out}");
+    }
+    passed
+}
+
+#[test]
+fn live_calibration_records_through_the_limiter_and_writes_model_card_and_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("cell.onnx"), tmp.path().join("state"));
+    let mut c = bin();
+    c.args(["calibrate", "--clock", "free", "--duration", "12s"])
+        .args(["--amplitude", "4uA/cm2", "--budget", "12s", "--seed", "3"])
+        .arg("--out")
+        .arg(&out);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    let rec = tmp.path().join("cell-calibration");
+    assert!(rec.join("neurostimd.json").exists(), "{}", text(&o));
+    let passed = check_verdict(&o, &out.with_extension("evaluation.json"));
+
+    // Every command the loop wrote is within the amplitude (one int16 step
+    // of the recording's current range of rounding).
+    let r = neurostimd::record::Recording::open(&rec).unwrap();
+    assert!(r.len() >= 119_000, "{} samples", r.len());
+    let step = 50.0 / 32767.0;
+    let max = r.command().iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(max <= 4.0 + step, "largest command {max} uA/cm2");
+    assert!(
+        max > 2.0,
+        "the excitation did excite: largest command {max}"
+    );
+
+    let card = json(&out.with_extension("json"));
+    let p = &card["provenance"];
+    assert_eq!(p["seeds"]["data"]["excitation"], 3);
+    assert_eq!(p["seeds"]["data"]["amplitude_uA_cm2"], 4.0);
+    assert!(p["calibration_data"]
+        .as_str()
+        .unwrap()
+        .contains("cell-calibration"));
+    assert_eq!(
+        p["starts_tried"].as_array().unwrap().len(),
+        2,
+        "warm and scratch"
+    );
+    let steps = card["validation"]["per_source"][0]["rmse_mv_per_step"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(steps, card["t_out"].as_u64().unwrap() as usize);
+    // A passing model is a new version in the registry, made current.
+    let reg = state.join("models/registry.json");
+    if passed {
+        let reg = json(&reg);
+        assert_eq!(reg["current"], 1);
+        assert!(reg["versions"][0]["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("calibrated"));
+    } else {
+        assert!(!reg.exists());
+    }
+
+    // Offline from that recording: the same pipeline, one segment.
+    let out2 = tmp.path().join("again.onnx");
+    let mut c = bin();
+    c.args(["calibrate", "--recording"])
+        .arg(&rec)
+        .args([
+            "--budget",
+            "4s",
+            "--start",
+            "warm",
+            "--no-registry",
+            "--out",
+        ])
+        .arg(&out2);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    check_verdict(&o, &out2.with_extension("evaluation.json"));
+    let ev = json(&out2.with_extension("evaluation.json"));
+    assert_eq!(ev["segments"], 1);
+    assert_eq!(ev["candidates"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_gate_refuses_an_untrained_model_on_the_real_cell_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("real.onnx"), tmp.path().join("state"));
+    let mut c = bin();
+    c.args(["calibrate", "--data"])
+        .arg(fixture())
+        .args(["--start", "scratch", "--budget", "0.001s", "--out"])
+        .arg(&out);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    let out_text = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out_text}");
+    assert!(
+        out_text.contains("REFUSED") && out_text.contains("does not beat both baselines"),
+        "{out_text}"
+    );
+    let ev = json(&out.with_extension("evaluation.json"));
+    assert_eq!(ev["verdict"]["passed"], false);
+    assert_eq!(ev["segments"], 16, "one segment per sweep");
+    // The held-out part is whole sweeps: the newest 5 of 16.
+    assert!(ev["heldout"]["data"].as_str().unwrap().contains("held-out"));
+    assert!(
+        !state.join("models/registry.json").exists(),
+        "a refused model is not registered"
+    );
+}
+
+#[test]
+fn an_amplitude_above_the_safety_limit_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.args([
+        "calibrate",
+        "--clock",
+        "free",
+        "--duration",
+        "1s",
+        "--amplitude",
+        "15uA/cm2",
+    ])
+    .args(["--set", "safety.max_amplitude=\"10 uA/cm2\"", "--out"])
+    .arg(tmp.path().join("m.onnx"));
+    common(&mut c, &tmp.path().join("state"));
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("15") && t.contains("safety.max_amplitude = 10"),
+        "{t}"
+    );
+    assert!(
+        !tmp.path().join("m-calibration").exists(),
+        "nothing was excited"
+    );
+}
+
+#[test]
+fn calibrate_in_a_run_hands_over_with_events_in_the_recording() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("run");
+    let mut c = bin();
+    c.args([
+        "--clock",
+        "free",
+        "--calibrate",
+        "10s",
+        "--calibrate-budget",
+        "8s",
+    ])
+    .args(["--duration", "1", "--policy", "mpc", "--record"])
+    .arg(&rec)
+    .arg("--config")
+    .arg(write_config(tmp.path()));
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    let calib = tmp.path().join("run-calibration");
+    assert!(calib.join("calibrated.onnx").exists(), "{t}");
+    let first =
+        std::fs::read_to_string(calib.join("Record Node 100/experiment1/recording1/events.jsonl"))
+            .unwrap();
+    assert!(first.contains("calibration started"), "{first}");
+    let events =
+        std::fs::read_to_string(rec.join("Record Node 100/experiment1/recording1/events.jsonl"))
+            .unwrap();
+    for what in ["calibration finished", "gate verdict"] {
+        assert!(events.contains(what), "no `{what}` in {events}");
+    }
+    let adopted = events.contains("model adopted");
+    assert!(adopted || events.contains("model not adopted"), "{events}");
+    // The run used the calibrated model exactly when it was adopted.
+    let side = json(&rec.join("neurostimd.json"));
+    let path = side["model"]["path"].as_str().unwrap();
+    assert_eq!(
+        path.ends_with("calibrated.onnx"),
+        adopted,
+        "{path}: {events}"
+    );
+}
+
+/// Real-time requests off and the registry in the temp dir (the daemon
+/// takes no --set).
+fn write_config(dir: &Path) -> PathBuf {
+    let p = dir.join("test.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n[retrain]\nstate_dir = \"{}\"\n[service]\nsocket = \"\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    p
+}
