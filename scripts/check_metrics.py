@@ -58,6 +58,8 @@ def main() -> int:
         "neurostimd_retraining_state": "gauge",
         "neurostimd_model_info": "gauge",
         "neurostimd_forecast_error_mv": "gauge",
+        "neurostimd_guard_handovers": "counter",
+        "neurostimd_guard_fallback": "gauge",
     }
     bad = [f"{n} ({t})" for n, t in need.items() if n not in families or families[n].type != t]
     if bad:

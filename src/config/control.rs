@@ -15,6 +15,28 @@ pub(super) struct RawControl {
     pub(super) period: Quantity<Time>,
     pub(super) compute_delay: Quantity<Time>,
     pub(super) realtime: RawRealtime,
+    pub(super) guard: RawGuard,
+    pub(super) feedback: RawFeedback,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGuard {
+    pub(super) enabled: bool,
+    pub(super) fallback: crate::policy::mpc::GuardFallback,
+    pub(super) window: Quantity<Time>,
+    pub(super) model_ratio: f64,
+    pub(super) min_error: Quantity<Voltage>,
+    pub(super) objective_margin: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFeedback {
+    pub(super) gain: f64,
+    pub(super) max_correction: Quantity<Current>,
+    pub(super) max_deviation: Quantity<Voltage>,
+    pub(super) ceiling: Quantity<Voltage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +183,77 @@ pub(super) fn validate_control(
         mpc: mpc(&raw.mpc, cx)?,
         pid: pid(&raw.pid, cx)?,
         open,
+        guard: guard(&c.guard, period, cx)?,
+        feedback: feedback(&c.feedback, safety, cx)?,
+    })
+}
+
+/// `[control.guard]`: when MPC hands over to its fallback.
+fn guard(
+    g: &RawGuard,
+    control_period_ms: f64,
+    cx: &Cx,
+) -> Result<crate::policy::mpc::GuardConfig, ConfigError> {
+    let window = g.window.get();
+    // A window must hold complete forecasts (horizons of a few control
+    // periods) and a meaningful objective figure; 100 ms is the least.
+    if !(window >= 100.0 && window >= 10.0 * control_period_ms) || !window.is_finite() {
+        return Err(cx.err(
+            "control.guard.window",
+            format!("{window} ms is too short: at least 100 ms and 10 control periods"),
+        ));
+    }
+    if !(g.model_ratio > 0.0 && g.model_ratio.is_finite()) {
+        return Err(cx.err(
+            "control.guard.model_ratio",
+            format!(
+                "{} is not a finite factor > 0 (model RMS error over persistence's)",
+                g.model_ratio
+            ),
+        ));
+    }
+    non_negative(g.min_error.get()).map_err(|m| cx.err("control.guard.min_error", m))?;
+    if !(g.objective_margin >= 0.0 && g.objective_margin.is_finite()) {
+        return Err(cx.err(
+            "control.guard.objective_margin",
+            format!("{} is not a finite fraction >= 0", g.objective_margin),
+        ));
+    }
+    Ok(crate::policy::mpc::GuardConfig {
+        enabled: g.enabled,
+        fallback: g.fallback,
+        window_ms: window,
+        model_ratio: g.model_ratio,
+        min_error_mv: g.min_error.get(),
+        objective_margin: g.objective_margin,
+    })
+}
+
+/// `[control.feedback]`: the per-sample correction around each plan.
+fn feedback(
+    f: &RawFeedback,
+    safety: &crate::safety::Limits,
+    cx: &Cx,
+) -> Result<crate::policy::mpc::FeedbackConfig, ConfigError> {
+    non_negative(f.gain).map_err(|m| cx.err("control.feedback.gain", m))?;
+    let max = f.max_correction.get();
+    non_negative(max).map_err(|m| cx.err("control.feedback.max_correction", m))?;
+    if max > safety.max_amplitude {
+        return Err(cx.err(
+            "control.feedback.max_correction",
+            format!(
+                "{max} uA/cm2 exceeds safety.max_amplitude ({})",
+                safety.max_amplitude
+            ),
+        ));
+    }
+    positive(f.max_deviation.get()).map_err(|m| cx.err("control.feedback.max_deviation", m))?;
+    finite(f.ceiling.get()).map_err(|m| cx.err("control.feedback.ceiling", m))?;
+    Ok(crate::policy::mpc::FeedbackConfig {
+        gain: f.gain,
+        max_correction: max,
+        max_deviation_mv: f.max_deviation.get(),
+        ceiling_mv: f.ceiling.get(),
     })
 }
 

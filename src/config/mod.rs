@@ -420,6 +420,8 @@ pub struct ControlConfig {
     pub mpc: crate::policy::mpc::MpcConfig,
     pub pid: crate::policy::pid::PidGains,
     pub open: crate::policy::Waveform,
+    pub guard: crate::policy::mpc::GuardConfig,
+    pub feedback: crate::policy::mpc::FeedbackConfig,
 }
 
 /// Where the control API listens.

@@ -85,3 +85,23 @@ pub(crate) fn await_item<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
         }
     }
 }
+
+/// Free clock: wait (spin, yield, then naps) until `ready`, or give up
+/// after about ten seconds (a consumer that died must not hang the run).
+pub(crate) fn await_condition(ready: impl Fn() -> bool) {
+    let mut tries = 0u32;
+    let t0 = std::time::Instant::now();
+    while !ready() {
+        tries += 1;
+        if tries < 64 {
+            std::hint::spin_loop();
+        } else if tries < 1024 {
+            std::thread::yield_now();
+        } else {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}

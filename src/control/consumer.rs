@@ -18,6 +18,7 @@ pub(crate) struct Consumed {
     pub(crate) records: Option<Vec<Record>>,
     pub(crate) error: Option<String>,
     pub(crate) recorder: Option<crate::record::Recorder>,
+    pub(crate) guard: Option<super::guard::GuardReport>,
 }
 
 /// The consumer's optional duties besides the quality meter and the trace.
@@ -32,6 +33,40 @@ pub(crate) struct ConsumerDuties {
     /// Operator changes to record as events: (controls, last seen armed
     /// state and objective sequence).
     pub(crate) controls: Option<(std::sync::Arc<controls::LoopControls>, (bool, u64))>,
+    /// The MPC guard (MPC with `control.guard.enabled`).
+    pub(crate) guard: Option<GuardDuty>,
+}
+
+/// The MPC guard and what it acts through: the log, the retrainer (asked
+/// for a new model at each hand-over to the fallback) and the calibration
+/// hook.
+pub(crate) struct GuardDuty {
+    pub(crate) guard: super::guard::Guard,
+    pub(crate) log: super::guard::RateLimitedLog,
+    pub(crate) retrain: Option<std::sync::Arc<crate::retrain::Shared>>,
+    pub(crate) hook: Option<super::guard::GuardHook>,
+}
+
+impl GuardDuty {
+    /// Judge a block; act on a hand-over (log, event, retraining, hook).
+    fn block(&mut self, block: &[Record], recorder: Option<&mut crate::record::Recorder>) {
+        let Some(h) = self.guard.block(block) else {
+            return;
+        };
+        self.log.log(&h);
+        let text = format!("guard {}: {}", h.direction.name(), h.reason);
+        if let Some(r) = recorder {
+            r.pulse(Some(h.index), crate::record::EventLine::PolicyChange, &text);
+        }
+        if h.direction == super::guard::Direction::ToFallback {
+            if let Some(rt) = &self.retrain {
+                rt.request();
+            }
+            if let Some(hook) = &self.hook {
+                hook(&h.reason);
+            }
+        }
+    }
 }
 
 impl ConsumerDuties {
@@ -56,6 +91,9 @@ impl ConsumerDuties {
                     if let Some(r) = &mut self.recorder {
                         r.forecast(base_index, &model);
                     }
+                    if let Some(g) = &mut self.guard {
+                        g.guard.forecast(base_index, &corrected);
+                    }
                     if let Some(m) = &mut self.monitor {
                         m.forecast(base_index, model);
                     }
@@ -70,6 +108,9 @@ impl ConsumerDuties {
                     }
                     if let Some(m) = &mut self.monitor {
                         m.model_swapped(base_index, 0.0);
+                    }
+                    if let Some(g) = &mut self.guard {
+                        g.guard.model_swapped(base_index, &label);
                     }
                 }
                 Note::Event { line, text } => {
@@ -110,6 +151,9 @@ impl ConsumerDuties {
         }
         if let Some(m) = &mut self.monitor {
             m.records(block);
+        }
+        if let Some(g) = &mut self.guard {
+            g.block(block, self.recorder.as_mut());
         }
     }
 }
@@ -194,6 +238,7 @@ pub(crate) fn spawn_consumer(
                 records: kept,
                 error,
                 recorder: duties.recorder,
+                guard: duties.guard.as_ref().map(|g| g.guard.report()),
             }
         })
         .expect("spawning the record consumer")

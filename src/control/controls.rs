@@ -58,7 +58,7 @@ pub struct LoopControls {
     forecast_error_mv: AtomicU64,
 }
 
-const COUNTERS: usize = 11;
+const COUNTERS: usize = 14;
 
 /// What the loop counts (published to the service, and in `summary.json`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +77,13 @@ pub struct Counters {
     pub objective_changes: u64,
     /// Paced clock: wake-ups more than one sample period late.
     pub overruns: u64,
+    /// The MPC guard's hand-overs as the loop applied them: to the
+    /// fallback, and back to MPC; samples the fallback drove.
+    pub guard_to_fallback: u64,
+    pub guard_to_mpc: u64,
+    pub guard_fallback_samples: u64,
+    /// Samples on which the feedback between plans corrected the plan.
+    pub feedback_samples: u64,
 }
 
 /// The loop's counters as it publishes them (one control period's state).
@@ -86,6 +93,8 @@ pub struct Published {
     pub plant_time_ms: f64,
     /// RMS forecast error of the newest plan's planner, mV (NaN: none yet).
     pub forecast_error_mv: f64,
+    /// The guard's fallback drives now.
+    pub in_fallback: bool,
 }
 
 /// What the service reads: a consistent-enough copy of the live status
@@ -115,6 +124,11 @@ pub struct LiveStatus {
     pub plan_miss_samples: u64,
     pub snapshots_skipped: u64,
     pub disarmed_samples: u64,
+    /// MPC guard hand-overs to the fallback and back to MPC, and whether
+    /// the fallback drives now.
+    pub guard_to_fallback: u64,
+    pub guard_to_mpc: u64,
+    pub guard_in_fallback: bool,
     /// Safety interventions by cause ([`Cause::name`]), every cause listed.
     pub interventions: std::collections::BTreeMap<&'static str, u64>,
     pub charge_delivered_nc_cm2: f64,
@@ -235,6 +249,9 @@ impl LoopControls {
             plan_miss_samples: c(8),
             snapshots_skipped: c(9),
             disarmed_samples: c(10),
+            guard_to_fallback: c(11),
+            guard_to_mpc: c(12),
+            guard_in_fallback: c(13) != 0,
             interventions: Cause::ALL
                 .iter()
                 .enumerate()
@@ -336,6 +353,9 @@ impl LoopControls {
         set(8, p.counters.plan_miss_samples);
         set(9, p.counters.snapshots_skipped);
         set(10, p.counters.disarmed_samples);
+        set(11, p.counters.guard_to_fallback);
+        set(12, p.counters.guard_to_mpc);
+        set(13, u64::from(p.in_fallback));
         for (i, cause) in Cause::ALL.iter().enumerate() {
             self.interventions[i].store(limiter.count(*cause), Ordering::Relaxed);
         }
@@ -404,6 +424,7 @@ mod tests {
                 },
                 forecast_error_mv: 1.5,
                 plant_time_ms: 2500.0,
+                in_fallback: false,
             },
             &limiter,
         );

@@ -16,6 +16,7 @@ use crate::config::ControlConfig;
 use crate::forecast::WindowRing;
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::plant::Sample;
+use crate::policy::mpc::{FeedbackConfig, GuardFallback};
 use crate::policy::pid::Baseline;
 use crate::policy::{Objective, PolicyKind};
 use crate::record::Record;
@@ -82,6 +83,15 @@ pub struct Decider {
     /// Samples the plant holds a command for when no newer one comes
     /// ([`crate::plant::Plant::command_hold_samples`]).
     hold_samples: u64,
+    /// The feedback between plans, and the amplitude a corrected plan is
+    /// clipped to (MPC's own, within the safety limit).
+    feedback: FeedbackConfig,
+    mpc_amplitude: f64,
+    /// The guard's fallback policy (MPC with the guard on), and whether it
+    /// drives now.
+    fallback: Option<GuardFallback>,
+    fallback_policy: Baseline,
+    in_fallback: bool,
     pub counters: Counters,
 }
 
@@ -130,8 +140,43 @@ impl Decider {
             forecast_error_mv: f64::NAN,
             last_t_ms: 0.0,
             hold_samples: 0,
+            feedback: c.feedback,
+            mpc_amplitude: c.mpc.max_amplitude.min(max_amplitude),
+            fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
+            fallback_policy: Baseline::Off,
+            in_fallback: false,
             counters: Counters::default(),
         }
+    }
+
+    /// The guard's decision as the loop applies it: `true` hands control
+    /// to the fallback, `false` gives it back to MPC. Either way the
+    /// request still passes the limiter, whose slew limit smooths the
+    /// change. A baseline fallback starts afresh (its state would describe
+    /// a stretch it did not drive). Returns whether anything changed.
+    pub fn set_fallback(&mut self, now: bool) -> bool {
+        let Some(kind) = self.fallback else {
+            return false;
+        };
+        if now == self.in_fallback {
+            return false;
+        }
+        self.in_fallback = now;
+        if now {
+            self.counters.guard_to_fallback += 1;
+            self.fallback_policy = match kind {
+                GuardFallback::Off => Baseline::Off,
+                GuardFallback::Baseline => self.fresh_pid(),
+            };
+        } else {
+            self.counters.guard_to_mpc += 1;
+        }
+        true
+    }
+
+    /// Whether the guard's fallback drives now.
+    pub fn in_fallback(&self) -> bool {
+        self.in_fallback
     }
 
     /// The plant holds each command this many samples at most when no
@@ -165,6 +210,7 @@ impl Decider {
             counters: self.counters,
             plant_time_ms: self.last_t_ms,
             forecast_error_mv: self.forecast_error_mv,
+            in_fallback: self.in_fallback,
         }
     }
 
@@ -286,7 +332,14 @@ impl Decider {
 
         let requested = if self.timing.is_some() {
             self.adopt_due(s.index, &mut on_adopt, &mut recycle);
-            self.plan_step(s.index, &mut fault)
+            if self.in_fallback {
+                // Plans keep coming (the planner's model is still judged
+                // and swapped) but the fallback drives.
+                self.counters.guard_fallback_samples += 1;
+                self.fallback_policy.step(s.t_ms, s.v_mv, spiked)
+            } else {
+                self.plan_step(s.index, s.v_mv, &mut fault)
+            }
         } else {
             self.baseline.step(s.t_ms, s.v_mv, spiked)
         };
@@ -339,7 +392,7 @@ impl Decider {
 
     /// MPC's request for sample `index`: the active plan's current, or
     /// zero with the fault that says why not.
-    fn plan_step(&mut self, index: u64, fault: &mut Option<Fault>) -> f64 {
+    fn plan_step(&mut self, index: u64, v_mv: f64, fault: &mut Option<Fault>) -> f64 {
         if self.planner_gone {
             *fault = fault.or(Some(Fault::ModelError));
             return 0.0;
@@ -347,7 +400,8 @@ impl Decider {
         let Some(p) = &self.active else {
             return 0.0;
         };
-        match p.status {
+        let mut fed = false;
+        let u = match p.status {
             PlanStatus::ModelError => {
                 *fault = fault.or(Some(Fault::ModelError));
                 0.0
@@ -367,7 +421,13 @@ impl Decider {
                     if p.base_index < self.spike_index {
                         u.min(0.0)
                     } else {
-                        u
+                        let fb = self.correction(p, off, v_mv);
+                        if fb == 0.0 {
+                            u
+                        } else {
+                            fed = true;
+                            (u + fb).clamp(-self.mpc_amplitude, self.mpc_amplitude)
+                        }
                     }
                 } else if index <= p.base_index {
                     0.0
@@ -381,7 +441,50 @@ impl Decider {
                     0.0
                 }
             }
+        };
+        if fed {
+            self.counters.feedback_samples += 1;
         }
+        u
+    }
+
+    /// The feedback between plans for the plan's sample `off` (0: the one
+    /// after its snapshot) given the measured `v_mv`: gain × (what the plan
+    /// expected − what came), clipped; zero where the expectation is not to
+    /// be trusted (within a spike, or a deviation too large to be the
+    /// plan's own error). The expectation between model steps is
+    /// interpolated linearly from V at the snapshot.
+    fn correction(&self, p: &Plan, off: usize, v_mv: f64) -> f64 {
+        let f = &self.feedback;
+        let Some(t) = self.timing else { return 0.0 };
+        if f.gain <= 0.0 {
+            return 0.0;
+        }
+        let pos = (off + 1) as f64 / t.decimation as f64;
+        let lo = pos.floor() as usize;
+        let at = |j: usize| -> f64 {
+            if j == 0 {
+                p.v_base as f64
+            } else {
+                p.expected.get(j - 1).map_or(f64::NAN, |&x| x as f64)
+            }
+        };
+        let a = at(lo);
+        let frac = pos - lo as f64;
+        let v_pred = if frac > 0.0 {
+            a + (at(lo + 1) - a) * frac
+        } else {
+            a
+        };
+        let dev = v_pred - v_mv;
+        if !dev.is_finite()
+            || v_pred > f.ceiling_mv
+            || v_mv > f.ceiling_mv
+            || dev.abs() > f.max_deviation_mv
+        {
+            return 0.0;
+        }
+        (f.gain * dev).clamp(-f.max_correction, f.max_correction)
     }
 
     /// What the plan in use forecast for sample `index`'s model step.
@@ -467,6 +570,8 @@ mod tests {
             iterations: 1,
             cost: 0.0,
             forecast: vec![-60.0; 2],
+            expected: vec![-60.0; 2],
+            v_base: -60.0,
             forecast_error_mv: 1.5,
         })
     }

@@ -58,6 +58,12 @@ pub struct Plan {
     /// The model's forecast of V (mV) at the end of each model step of the
     /// horizon under this plan, step 1 first (NaN if none).
     pub forecast: Vec<f32>,
+    /// What the plan expects V to be (mV) at the end of each model step
+    /// under it: the bias-corrected forecast the planner optimised
+    /// against, step 1 first; with `v_base`, V at the snapshot, the loop's
+    /// reference for the feedback between plans.
+    pub expected: Vec<f32>,
+    pub v_base: f32,
     /// The planner's running RMS forecast error, mV (NaN: not measured
     /// yet); for the service's metrics.
     pub forecast_error_mv: f64,
@@ -151,6 +157,8 @@ pub fn build(
                     iterations: 0,
                     cost: 0.0,
                     forecast: vec![f32::NAN; t_out],
+                    expected: vec![f32::NAN; t_out],
+                    v_base: f32::NAN,
                     forecast_error_mv: f64::NAN,
                 });
                 used_plans.try_send(p).expect("pool fits its channel");

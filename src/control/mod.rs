@@ -22,6 +22,7 @@ mod clock;
 mod consumer;
 pub mod controls;
 pub mod decide;
+pub mod guard;
 pub mod handoff;
 pub mod planner;
 
@@ -209,6 +210,25 @@ pub struct LoopSummary {
     pub notes_dropped: u64,
     /// Onboard retraining (filled in by the session).
     pub retraining: Option<serde_json::Value>,
+    /// The MPC guard and the feedback between plans (MPC only).
+    pub guard: Option<GuardSummary>,
+}
+
+/// What the MPC guard and the feedback between plans did (`summary.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct GuardSummary {
+    pub enabled: bool,
+    pub fallback: &'static str,
+    /// Hand-overs as the loop applied them.
+    pub handovers_to_fallback: u64,
+    pub handovers_to_mpc: u64,
+    /// Samples the fallback drove, and whether it drove at the end.
+    pub fallback_samples: u64,
+    pub in_fallback_at_end: bool,
+    /// Samples on which the feedback between plans corrected the plan.
+    pub feedback_samples: u64,
+    /// What the guard judged by, and each decision with its reason.
+    pub judged: Option<guard::GuardReport>,
 }
 
 /// Everything a run needs besides the plant.
@@ -241,6 +261,9 @@ pub struct RunSetup {
     /// Requests to play in place of the baseline (`neurostimd calibrate`'s
     /// excitation, with the `off` policy), through the limiter.
     pub script: Option<crate::policy::pid::Script>,
+    /// Called when the MPC guard hands control to its fallback (a
+    /// calibration request); `None`: the guard only asks the retrainer.
+    pub guard_hook: Option<guard::GuardHook>,
 }
 
 impl RunSetup {
@@ -267,6 +290,7 @@ impl RunSetup {
             retrain: None,
             controls: None,
             script: None,
+            guard_hook: None,
         }
     }
 }
@@ -389,6 +413,8 @@ struct Running {
     split_hist: [Histogram<u64>; 2],
     training_flag: Option<std::sync::Arc<AtomicBool>>,
     controls: Option<std::sync::Arc<controls::LoopControls>>,
+    /// The MPC guard's decisions (MPC with the guard on).
+    guard: Option<std::sync::Arc<guard::GuardLink>>,
     threads: Threads,
     realtime: rt::RtReport,
     /// The CPU latency request, held from before the first sample until
@@ -427,7 +453,25 @@ impl Running {
             mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
             64,
         );
-        let (notes_tx, duties) = Self::consumer_duties(&mut setup, mpc_on)?;
+        let guard_link =
+            (mpc_on && c.guard.enabled).then(|| std::sync::Arc::new(guard::GuardLink::new()));
+        let (notes_tx, mut duties) =
+            Self::consumer_duties(&mut setup, mpc_on, guard_link.is_some())?;
+        if let (Some(link), Some(g)) = (&guard_link, geo) {
+            duties.guard = Some(consumer::GuardDuty {
+                guard: guard::Guard::new(
+                    c.guard,
+                    c.objective,
+                    period_ms,
+                    dec,
+                    g.t_out,
+                    link.clone(),
+                ),
+                log: guard::RateLimitedLog::new(Duration::from_secs(1)),
+                retrain: setup.retrain.clone(),
+                hook: setup.guard_hook.take(),
+            });
+        }
         let training_flag = setup.retrain.as_ref().map(|r| r.training.clone());
         let trace = match &setup.trace_out {
             Some(p) => Some((p.clone(), create(p)?)),
@@ -503,6 +547,7 @@ impl Running {
             split_hist: [new_histogram(), new_histogram()],
             training_flag,
             controls,
+            guard: guard_link,
             threads: Threads { consumer, planner },
             realtime,
             cpu_latency,
@@ -520,6 +565,7 @@ impl Running {
     fn consumer_duties(
         setup: &mut RunSetup,
         mpc_on: bool,
+        guard_on: bool,
     ) -> Result<(Option<Sender<Note>>, consumer::ConsumerDuties), ControlError> {
         let forecasts_csv = match (&setup.trace_out, mpc_on) {
             (Some(trace), true) => {
@@ -530,7 +576,7 @@ impl Running {
             _ => None,
         };
         let notes = setup.notes.take().or_else(|| {
-            (setup.recorder.is_some() || forecasts_csv.is_some())
+            (setup.recorder.is_some() || forecasts_csv.is_some() || guard_on)
                 .then(|| crossbeam_channel::bounded(handoff::NOTES))
         });
         let (notes_tx, notes_rx) = match notes {
@@ -548,6 +594,7 @@ impl Running {
                 let seen = c.applied_state();
                 (c, seen)
             }),
+            guard: None,
         };
         Ok((notes_tx, duties))
     }
@@ -660,6 +707,32 @@ impl Running {
         self.decider.set_armed(now);
     }
 
+    /// The MPC guard's decision takes effect: under real-time rules at a
+    /// control-period boundary (read, never waited for); under the free
+    /// clock at each record block, once the guard has judged every block
+    /// but the newest (so the run stays reproducible).
+    fn guard_boundary(&mut self, index: u64) {
+        let Some(link) = self.guard.as_deref() else {
+            return;
+        };
+        let samples = self.decider.counters.samples;
+        if self.rt_rules {
+            if !samples.is_multiple_of(self.period_samples) {
+                return;
+            }
+        } else {
+            if !samples.is_multiple_of(handoff::BLOCK as u64) || samples == 0 {
+                return;
+            }
+            let want = samples / handoff::BLOCK as u64 - 1;
+            clock::await_condition(|| link.blocks_judged() >= want);
+        }
+        let fallback = link.wants_fallback();
+        if self.decider.set_fallback(fallback) {
+            link.applied(fallback, index);
+        }
+    }
+
     /// Paced clock: sleep to the sample's deadline; the wake-up lateness.
     fn pace(&mut self, samples: u64) -> Option<u64> {
         if !self.paced {
@@ -684,6 +757,7 @@ impl Running {
         jitter_ns: Option<u64>,
         intervals: &mut Option<&mut IntervalHandoff>,
     ) -> Option<StopReason> {
+        self.guard_boundary(s.index);
         let se = self.ends.snapshots.as_ref();
         if let (true, true, Some(se)) = (self.mpc_on, self.rt_rules, se) {
             while let Ok(p) = se.plans.try_recv() {
@@ -810,6 +884,7 @@ impl Running {
             planner: planner_totals.unwrap_or_default(),
             quality: consumed.quality,
             recording,
+            guard: consumed.guard,
         };
         let summary = summarise(
             &self.c,
@@ -879,6 +954,7 @@ struct Ended {
     planner: planner::PlannerTotals,
     quality: Quality,
     recording: Option<serde_json::Value>,
+    guard: Option<guard::GuardReport>,
 }
 
 /// The summary's parts that are not counters.
@@ -954,5 +1030,15 @@ fn summarise(
         models_swapped: e.planner.models_swapped,
         notes_dropped: e.planner.notes_dropped,
         retraining: None,
+        guard: (c.policy == PolicyKind::Mpc).then(|| GuardSummary {
+            enabled: c.guard.enabled,
+            fallback: c.guard.fallback.name(),
+            handovers_to_fallback: n.guard_to_fallback,
+            handovers_to_mpc: n.guard_to_mpc,
+            fallback_samples: n.guard_fallback_samples,
+            in_fallback_at_end: d.in_fallback(),
+            feedback_samples: n.feedback_samples,
+            judged: e.guard,
+        }),
     }
 }

@@ -95,6 +95,8 @@ pub fn run(
                 plan.iterations = stats.iterations;
                 plan.cost = stats.cost;
                 plan.forecast.copy_from_slice(mpc.model_forecast());
+                plan.expected.copy_from_slice(mpc.best_forecast());
+                plan.v_base = snap.v_now as f32;
                 if let Some((tx, wait)) = &links.notes {
                     let note = Note::Forecast {
                         base_index: snap.index,
@@ -184,5 +186,6 @@ fn fail_plan(plan: &mut Plan, mpc: &mut Mpc, totals: &mut PlannerTotals, e: &For
     plan.iterations = 0;
     plan.cost = f64::NAN;
     plan.forecast.fill(f32::NAN);
+    plan.expected.fill(f32::NAN);
     mpc.reset();
 }

@@ -75,6 +75,66 @@ pub struct MpcConfig {
     pub seed: u64,
 }
 
+/// Who drives when the guard takes control from MPC (`control.guard.fallback`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardFallback {
+    /// The objective's classical baseline (`[pid]`, as `--policy pid`).
+    Baseline,
+    /// No stimulation: the one policy MPC must never be worse than.
+    Off,
+}
+
+impl GuardFallback {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuardFallback::Baseline => "baseline",
+            GuardFallback::Off => "off",
+        }
+    }
+}
+
+/// The MPC guard (validated `[control.guard]`): when MPC hands control to
+/// the fallback and when it takes it back (see `control::guard`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    pub fallback: GuardFallback,
+    /// Span the forecast and the objective are judged over, ms of plant
+    /// time: the rolling window of the forecast errors, and the length of
+    /// each objective window.
+    pub window_ms: f64,
+    /// Hand over when the rolling RMS forecast error exceeds persistence's
+    /// on the same targets by this factor (≥ 1).
+    pub model_ratio: f64,
+    /// Forecast errors below this never hand over, mV: the model is then
+    /// as good as the measurement allows, and persistence doing better only
+    /// means the controller holds V still.
+    pub min_error_mv: f64,
+    /// Hand over when MPC's objective error over a window exceeds the
+    /// fallback's measured one by this fraction.
+    pub objective_margin: f64,
+}
+
+/// Ancillary feedback around the plan (validated `[control.feedback]`):
+/// per sample, `u = u_plan + gain · (v_pred − v_meas)`, clipped, applied
+/// only where the plan's prediction is trustworthy (see
+/// `control::decide`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct FeedbackConfig {
+    /// µA/cm² per mV of deviation; 0 turns the feedback off.
+    pub gain: f64,
+    /// Largest |correction|, µA/cm².
+    pub max_correction: f64,
+    /// No correction when |v_pred − v_meas| exceeds this, mV (the plan no
+    /// longer describes the cell: a spike it did not foresee, or one
+    /// early or late).
+    pub max_deviation_mv: f64,
+    /// No correction when the prediction or the measurement is above this,
+    /// mV (within a spike the deviation is one of timing).
+    pub ceiling_mv: f64,
+}
+
 /// The state the plan starts from, taken at a snapshot.
 pub struct PlanInput<'a> {
     /// The last `t_in` model steps, oldest first.

@@ -238,10 +238,41 @@ pub fn render(state: &State) -> String {
             *n as f64,
         );
     }
+    render_guard(&mut o, &live);
     o.families(STIM_FAMILIES, &now);
     render_model(&mut o, state);
     render_latency(&mut o, state);
     o.0
+}
+
+/// The MPC guard: hand-overs by direction (as the loop applied them) and
+/// whether the fallback drives now (0 for the other policies).
+fn render_guard(o: &mut Out, live: &LiveStatus) {
+    o.family(
+        "neurostimd_guard_handovers_total",
+        "counter",
+        "MPC guard hand-overs: to_fallback (MPC judged harmful) and to_mpc (a model passed the gate).",
+    );
+    for (direction, n) in [
+        ("to_fallback", live.guard_to_fallback),
+        ("to_mpc", live.guard_to_mpc),
+    ] {
+        o.sample(
+            "neurostimd_guard_handovers_total",
+            &[("direction", direction)],
+            n as f64,
+        );
+    }
+    o.family(
+        "neurostimd_guard_fallback",
+        "gauge",
+        "1 while the MPC guard's fallback policy drives instead of MPC.",
+    );
+    o.sample(
+        "neurostimd_guard_fallback",
+        &[],
+        f64::from(u8::from(live.guard_in_fallback)),
+    );
 }
 
 fn render_info(o: &mut Out, state: &State, objective: &Objective) {

@@ -1,0 +1,567 @@
+//! The MPC guard: MPC never does harm (DESIGN §4, issue 17).
+//!
+//! A supervisor on the record consumer (never the real-time thread) judges
+//! MPC while it drives, on two counts:
+//!
+//! 1. **Its model**: the rolling RMS error of the forecasts MPC optimised
+//!    against (bias-corrected, as the planner used them) against that of
+//!    persistence (V held at its value at the forecast's base) on the same
+//!    targets, measured by the retraining drift monitor
+//!    ([`crate::retrain::drift::DriftMonitor`]) over `control.guard.window`.
+//!    A forecaster that cannot beat "nothing changes" gives MPC nothing to
+//!    plan with.
+//! 2. **Its objective**: MPC's objective error over each window (scored as
+//!    the report scores the run) against the fallback's *measured* error:
+//!    the mean over the windows in which the fallback drove in this run.
+//!    There is no honest estimate of what the fallback would do before it
+//!    has driven this cell (the forecaster is the very thing in doubt, so
+//!    an off-policy estimate from it would not be one), so this count
+//!    applies only once the fallback has driven a whole window, i.e. after
+//!    a first hand-over, when a retrained or swapped model is on probation.
+//!
+//! On either count it hands control to the configured fallback (`off` or
+//! the objective's baseline), asks the retrainer for a new model and calls
+//! the calibration hook, and takes control back only when a model passes
+//! the retraining gate or the operator swaps one in (the planner's model
+//! swap). Every hand-over is logged (at most one line a second), counted
+//! by the loop (`summary.json` `guard`, metrics), and recorded as an event.
+//!
+//! The decision reaches the loop through [`GuardLink`]: atomics only, no
+//! allocation, lock or system call on the real-time side. Under the free
+//! clock the loop reads it at each record block, after waiting for the
+//! consumer to have judged every block but the newest, so a run stays a
+//! deterministic function of its configuration and seeds; under real-time
+//! rules it reads it at control-period boundaries and never waits.
+
+use super::handoff::Record;
+use crate::policy::mpc::GuardConfig;
+use crate::policy::quality::QualityMeter;
+use crate::policy::Objective;
+use crate::retrain::drift::{DriftMonitor, DriftRule, LiveForecast};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What crosses between the guard (consumer thread) and the loop.
+#[derive(Debug, Default)]
+pub struct GuardLink {
+    /// Guard → loop: the fallback should drive.
+    want_fallback: AtomicBool,
+    /// Guard → loop: record blocks judged so far.
+    blocks_judged: AtomicU64,
+    /// Loop → guard: the mode in force and the sample it began at,
+    /// `index << 1 | fallback`.
+    applied: AtomicU64,
+}
+
+impl GuardLink {
+    pub fn new() -> GuardLink {
+        GuardLink::default()
+    }
+
+    /// Loop side: what the guard wants now.
+    #[inline]
+    pub fn wants_fallback(&self) -> bool {
+        self.want_fallback.load(Ordering::Acquire)
+    }
+
+    /// Loop side: blocks the guard has judged.
+    #[inline]
+    pub fn blocks_judged(&self) -> u64 {
+        self.blocks_judged.load(Ordering::Acquire)
+    }
+
+    /// Loop side: the mode changed at sample `index`.
+    #[inline]
+    pub fn applied(&self, fallback: bool, index: u64) {
+        self.applied
+            .store(index << 1 | u64::from(fallback), Ordering::Release);
+    }
+
+    fn applied_state(&self) -> (bool, u64) {
+        let x = self.applied.load(Ordering::Acquire);
+        (x & 1 == 1, x >> 1)
+    }
+}
+
+/// Called at each hand-over to the fallback with the reason (e.g. to ask
+/// for a calibration: `neurostimd calibrate` hooks in here). Runs on the
+/// record consumer; it must not block for long.
+pub type GuardHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Which way control went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ToFallback,
+    ToMpc,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::ToFallback => "to_fallback",
+            Direction::ToMpc => "to_mpc",
+        }
+    }
+}
+
+/// One decision of the guard, for the log and the recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handover {
+    pub direction: Direction,
+    /// Newest sample index the guard had seen.
+    pub index: u64,
+    pub reason: String,
+}
+
+/// Who drives, as the guard sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Mpc,
+    Fallback,
+}
+
+/// The guard's judgement (consumer side).
+pub struct Guard {
+    cfg: GuardConfig,
+    fallback_name: &'static str,
+    objective: Objective,
+    period_ms: f64,
+    link: Arc<GuardLink>,
+    monitor: DriftMonitor,
+    live: Arc<LiveForecast>,
+    /// The mode in force at the loop and the sample it began at.
+    mode: Mode,
+    since: u64,
+    /// Decided, not yet applied by the loop.
+    pending: bool,
+    /// The objective window being scored and its first sample.
+    window: Option<(QualityMeter, u64)>,
+    window_samples: u64,
+    /// The fallback's measured objective errors (one per whole window).
+    fallback_errors: Vec<f64>,
+    /// A model swap since the last hand-over to the fallback.
+    swapped: Option<String>,
+    blocks: u64,
+    newest: u64,
+    report: GuardReport,
+}
+
+/// What the guard saw over a run (`summary.json` `guard`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GuardReport {
+    /// Every hand-over the guard decided, in order.
+    pub decisions: Vec<Decision>,
+    /// The highest ratio of the rolling forecast error to persistence's
+    /// while MPC drove (after each model's first window): how close the
+    /// model came to the hand-over (`control.guard.model_ratio`).
+    pub max_model_to_persistence: Option<f64>,
+    /// The rolling errors at the end, mV.
+    pub forecast_rmse_mv: Option<f64>,
+    pub persistence_rmse_mv: Option<f64>,
+    /// The fallback's measured objective error (mean over its windows).
+    pub fallback_error: Option<f64>,
+    pub fallback_windows: usize,
+}
+
+/// A hand-over as the guard decided it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Decision {
+    pub direction: &'static str,
+    /// Newest sample the guard had judged.
+    pub sample: u64,
+    pub reason: String,
+}
+
+impl Guard {
+    /// A guard for `objective` on a plant sampled every `period_ms`, with a
+    /// model of `decimation` samples per step and a horizon of `t_out`.
+    pub fn new(
+        cfg: GuardConfig,
+        objective: Objective,
+        period_ms: f64,
+        decimation: usize,
+        t_out: usize,
+        link: Arc<GuardLink>,
+    ) -> Guard {
+        let live = Arc::new(LiveForecast::new(f64::NAN));
+        let monitor = DriftMonitor::new(
+            decimation,
+            t_out,
+            period_ms,
+            DriftRule {
+                window_ms: cfg.window_ms,
+                multiple: f64::INFINITY,
+                enabled: false,
+                online_reference: false,
+            },
+            live.clone(),
+        );
+        Guard {
+            fallback_name: cfg.fallback.name(),
+            cfg,
+            objective,
+            period_ms,
+            link,
+            monitor,
+            live,
+            mode: Mode::Mpc,
+            since: 0,
+            pending: false,
+            window: None,
+            window_samples: (cfg.window_ms / period_ms).round().max(1.0) as u64,
+            fallback_errors: Vec::new(),
+            swapped: None,
+            blocks: 0,
+            newest: 0,
+            report: GuardReport::default(),
+        }
+    }
+
+    /// What the guard saw, at the end of the run.
+    pub fn report(&self) -> GuardReport {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        let (model, persistence) = self.forecast_errors();
+        GuardReport {
+            forecast_rmse_mv: finite(model),
+            persistence_rmse_mv: finite(persistence),
+            fallback_error: self.fallback_error(),
+            fallback_windows: self.fallback_errors.len(),
+            ..self.report.clone()
+        }
+    }
+
+    /// A plan's forecast as the planner optimised against it.
+    pub fn forecast(&mut self, base_index: u64, corrected: &[f32]) {
+        self.monitor.forecast(base_index, corrected.into());
+    }
+
+    /// The planner swapped in a new model before planning from `index`: it
+    /// passed the retraining gate, or the operator chose it.
+    pub fn model_swapped(&mut self, index: u64, label: &str) {
+        self.monitor.model_swapped(index, 0.0);
+        self.swapped = Some(label.to_string());
+    }
+
+    /// The rolling forecast errors the guard judges by (model, persistence),
+    /// mV; NaN while the window fills.
+    pub fn forecast_errors(&self) -> (f64, f64) {
+        (
+            self.live.rolling_rmse_mv.get(),
+            self.live.persistence_rmse_mv.get(),
+        )
+    }
+
+    /// The fallback's measured objective error (mean over its windows).
+    pub fn fallback_error(&self) -> Option<f64> {
+        (!self.fallback_errors.is_empty())
+            .then(|| self.fallback_errors.iter().sum::<f64>() / self.fallback_errors.len() as f64)
+    }
+
+    /// A block of records, in order: judge it; a hand-over if one is due.
+    /// The block count is published after the judgement (the free clock's
+    /// loop waits on it).
+    pub fn block(&mut self, block: &[Record]) -> Option<Handover> {
+        let decision = self.judge(block);
+        if let Some(h) = &decision {
+            self.report.decisions.push(Decision {
+                direction: h.direction.name(),
+                sample: h.index,
+                reason: h.reason.clone(),
+            });
+        }
+        self.blocks += 1;
+        self.link
+            .blocks_judged
+            .store(self.blocks, Ordering::Release);
+        decision
+    }
+
+    fn judge(&mut self, block: &[Record]) -> Option<Handover> {
+        let (applied_fallback, from) = self.link.applied_state();
+        let applied = if applied_fallback {
+            Mode::Fallback
+        } else {
+            Mode::Mpc
+        };
+        if applied != self.mode {
+            // The loop switched at `from`: the new mode is judged from there.
+            self.mode = applied;
+            self.since = from;
+            self.pending = false;
+            self.window = None;
+            if applied == Mode::Mpc {
+                self.monitor.model_swapped(from, 0.0);
+            }
+        }
+        if self.mode == Mode::Mpc {
+            self.monitor.records(block);
+        }
+        let mut objective_verdict = None;
+        for r in block {
+            self.newest = r.index;
+            if r.index < self.since || r.t_ms < self.objective.settle_ms {
+                continue;
+            }
+            if let Some(e) = self.score(r) {
+                objective_verdict = objective_verdict.or(e);
+            }
+        }
+        if self.pending {
+            return None;
+        }
+        match self.mode {
+            Mode::Mpc => self.judge_mpc(objective_verdict),
+            Mode::Fallback => self.judge_fallback(),
+        }
+    }
+
+    /// Feed the objective window; at its end, the verdict on MPC (`Some`
+    /// with the reason if it was clearly worse than the fallback).
+    fn score(&mut self, r: &Record) -> Option<Option<String>> {
+        let (meter, start) = self.window.get_or_insert_with(|| {
+            let mut o = self.objective;
+            o.settle_ms = r.t_ms;
+            (QualityMeter::new(o, self.period_ms), r.index)
+        });
+        meter.push(r.t_ms, r.v_mv, r.command);
+        if r.index + 1 - *start < self.window_samples {
+            return None;
+        }
+        let error = meter.finish().objective_error;
+        self.window = None;
+        if !error.is_finite() {
+            return None;
+        }
+        match self.mode {
+            Mode::Fallback => {
+                self.fallback_errors.push(error);
+                None
+            }
+            Mode::Mpc => {
+                let expected = self.fallback_error()?;
+                // 0.001 of the error's unit: where both are ~0, noise.
+                let limit = expected * (1.0 + self.cfg.objective_margin) + 1e-3;
+                Some((error > limit).then(|| {
+                    format!(
+                        "objective error {error:.3} over the last window > {limit:.3} ({} fallback's measured {expected:.3} + {:.0}%)",
+                        self.fallback_name,
+                        self.cfg.objective_margin * 100.0
+                    )
+                }))
+            }
+        }
+    }
+
+    fn judge_mpc(&mut self, objective_verdict: Option<String>) -> Option<Handover> {
+        // A model on trial is judged after one whole window of its own.
+        let held = self.newest.saturating_sub(self.since);
+        let (model, persistence) = self.forecast_errors();
+        let judged = held >= self.window_samples && model.is_finite() && persistence.is_finite();
+        if judged && persistence > 0.0 {
+            let r = model / persistence;
+            let m = self.report.max_model_to_persistence.get_or_insert(r);
+            *m = m.max(r);
+        }
+        let reason = if judged
+            && model > self.cfg.model_ratio * persistence
+            && model > self.cfg.min_error_mv
+        {
+            Some(format!(
+                "forecast RMS error {model:.2} mV > {:.2} x persistence's {persistence:.2} mV over {} ms",
+                self.cfg.model_ratio, self.cfg.window_ms
+            ))
+        } else {
+            objective_verdict
+        }?;
+        self.pending = true;
+        self.swapped = None;
+        self.link.want_fallback.store(true, Ordering::Release);
+        Some(Handover {
+            direction: Direction::ToFallback,
+            index: self.newest,
+            reason,
+        })
+    }
+
+    fn judge_fallback(&mut self) -> Option<Handover> {
+        let label = self.swapped.take()?;
+        self.pending = true;
+        self.link.want_fallback.store(false, Ordering::Release);
+        Some(Handover {
+            direction: Direction::ToMpc,
+            index: self.newest,
+            reason: format!("model {label} passed the gate and was swapped in; MPC on probation"),
+        })
+    }
+}
+
+/// Log lines at most once per `every`, counting what was held back.
+pub struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl RateLimitedLog {
+    pub fn new(every: Duration) -> RateLimitedLog {
+        RateLimitedLog {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// Log `h` unless a line went out less than `every` ago.
+    pub fn log(&mut self, h: &Handover) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.held_back += 1;
+            return;
+        }
+        self.last = Some(now);
+        let held_back = std::mem::take(&mut self.held_back);
+        tracing::warn!(
+            target: "neurostimd::guard",
+            direction = h.direction.name(),
+            sample = h.index,
+            held_back,
+            "MPC guard: {}",
+            h.reason
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::mpc::GuardFallback;
+    use crate::policy::ObjectiveKind;
+
+    const DEC: usize = 5;
+    const T_OUT: usize = 4;
+
+    fn cfg() -> GuardConfig {
+        GuardConfig {
+            enabled: true,
+            fallback: GuardFallback::Off,
+            window_ms: 100.0,
+            model_ratio: 1.0,
+            min_error_mv: 0.0,
+            objective_margin: 0.25,
+        }
+    }
+
+    fn guard(kind: ObjectiveKind) -> (Guard, Arc<GuardLink>) {
+        let mut o = Config::defaults().control.objective;
+        o.kind = kind;
+        o.settle_ms = 0.0;
+        let link = Arc::new(GuardLink::new());
+        (Guard::new(cfg(), o, 0.1, DEC, T_OUT, link.clone()), link)
+    }
+
+    fn rec(index: u64, v: f64) -> Record {
+        Record {
+            index,
+            t_ms: index as f64 * 0.1,
+            v_mv: v,
+            applied: 0.0,
+            requested: 0.0,
+            command: 0.0,
+            cause: None,
+            forecast: f32::NAN,
+        }
+    }
+
+    /// Blocks of 20 samples on a slow ramp (persistence errs by the ramp
+    /// over the horizon); every block, a forecast off by `err` mV.
+    fn feed(g: &mut Guard, from: &mut u64, blocks: usize, err: f32) -> Vec<Handover> {
+        let mut out = Vec::new();
+        for _ in 0..blocks {
+            let base = *from;
+            let v = |k: u64| -65.0 + 0.001 * k as f64;
+            let f: Vec<f32> = (1..=T_OUT as u64)
+                .map(|j| v(base + j * DEC as u64) as f32 + err)
+                .collect();
+            g.forecast(base, &f);
+            let block: Vec<Record> = (1..=20).map(|k| rec(base + k, v(base + k))).collect();
+            *from += 20;
+            out.extend(g.block(&block));
+        }
+        out
+    }
+
+    #[test]
+    fn a_model_worse_than_persistence_hands_over_and_a_swap_takes_back() {
+        let (mut g, link) = guard(ObjectiveKind::Voltage);
+        let mut at = 0;
+        // Persistence errs by ~0.01 mV over the horizon; a 0.001 mV model
+        // beats it: no hand-over.
+        assert!(feed(&mut g, &mut at, 200, 0.001).is_empty());
+        assert!(!link.wants_fallback());
+        // A model 0.5 mV off is worse than persistence: hand over.
+        let h = feed(&mut g, &mut at, 200, 0.5);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ToFallback);
+        assert!(h[0].reason.contains("persistence"), "{}", h[0].reason);
+        assert!(link.wants_fallback());
+        // Nothing more until the loop has applied it, then nothing until a
+        // model is swapped in.
+        assert!(feed(&mut g, &mut at, 50, 0.5).is_empty());
+        link.applied(true, at);
+        assert!(feed(&mut g, &mut at, 100, 0.5).is_empty());
+        assert!(
+            g.fallback_error().is_some(),
+            "the fallback's windows are measured"
+        );
+        g.model_swapped(at, "v2 better");
+        let h = feed(&mut g, &mut at, 1, 0.001);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].direction, Direction::ToMpc);
+        assert!(h[0].reason.contains("v2 better"));
+        assert!(!link.wants_fallback());
+        link.applied(false, at);
+        // The new model is good: MPC keeps control.
+        assert!(feed(&mut g, &mut at, 300, 0.001).is_empty());
+        assert_eq!(g.blocks, 651);
+        assert_eq!(link.blocks_judged(), 651);
+    }
+
+    #[test]
+    fn after_a_hand_over_mpc_clearly_worse_than_the_fallback_hands_over_again() {
+        let (mut g, link) = guard(ObjectiveKind::Voltage);
+        let mut at = 0;
+        feed(&mut g, &mut at, 200, 0.5);
+        link.applied(true, at);
+        // The fallback's windows: V 5 mV off the reference on average.
+        let blocks = |g: &mut Guard, at: &mut u64, n: usize, v: f64| {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let block: Vec<Record> = (1..=20).map(|k| rec(*at + k, v)).collect();
+                *at += 20;
+                out.extend(g.block(&block));
+            }
+            out
+        };
+        let o = Config::defaults().control.objective;
+        let reference = o.reference.offset;
+        assert!(blocks(&mut g, &mut at, 100, reference + 5.0).is_empty());
+        let expected = g.fallback_error().unwrap();
+        assert!(expected > 4.0, "{expected}");
+        g.model_swapped(at, "v2");
+        assert_eq!(
+            blocks(&mut g, &mut at, 1, reference)[0].direction,
+            Direction::ToMpc
+        );
+        link.applied(false, at);
+        // MPC now 8 mV off: 60% worse than the fallback (margin 25%).
+        let h = blocks(&mut g, &mut at, 100, reference + 8.0);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ToFallback);
+        assert!(h[0].reason.contains("objective"), "{}", h[0].reason);
+    }
+}

@@ -1,0 +1,182 @@
+//! The MPC guard through the library's public API: on a cell the shipped
+//! model is wrong for (the bursting cell with more and earlier persistent
+//! Na, more M current gone, a larger capacitance and more drive), with the
+//! burst objective where MPC alone does worse than no stimulation, the
+//! guard hands over to its fallback (event, counters, status), takes
+//! control back when a model is swapped in, and the guarded MPC is not
+//! worse than no stimulation on evaluation seeds.
+
+use neurostimd::config::Config;
+use neurostimd::control::{self, controls::LoopControls, RunOutcome, RunSetup};
+use neurostimd::forecast::{Engine, Forecaster, ModelSwap};
+use neurostimd::plant::SimPlant;
+use neurostimd::policy::ObjectiveKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+/// The cell of issue 17 the shipped model is wrong for, burst objective.
+const BAD_CELL: &str = "[plant.sim]\npreset = \"bursting\"\nnoise_sd = \"0.2 mV\"\n\
+    [plant.sim.overrides]\ng_nap = 0.5\ntheta_p = -46.0\ng_m = 0.8\ncm = 1.15\ni_app = 0.7\n\
+    [control]\nobjective = \"burst\"\n";
+
+fn config(policy: &str, seed: u64) -> Config {
+    common::free_clock_config(&format!(
+        "{BAD_CELL}[control]\npolicy = \"{policy}\"\n[plant.sim]\nseed = {seed}\n[mpc]\nseed = {seed}\n"
+    ))
+}
+
+fn shipped(cfg: &Config) -> Forecaster {
+    Forecaster::load_source(
+        &cfg.control.model,
+        cfg.control.mpc.candidates,
+        Engine::Native,
+    )
+    .unwrap()
+}
+
+fn recording(cfg: &Config, dir: &std::path::Path, t_out: usize) -> neurostimd::record::Recorder {
+    neurostimd::record::Recorder::create(neurostimd::record::RecordingSetup {
+        dir: dir.to_path_buf(),
+        sample_rate_hz: 10_000.0,
+        current_units: "uA/cm2".into(),
+        t_out,
+        forecast_dt_ms: 0.5,
+        flush_interval: Duration::from_millis(200),
+        fsync: false,
+        v_range_mv: cfg.record.v_range_mv,
+        i_range: cfg.record.i_range,
+        sidecar: serde_json::json!({}),
+    })
+    .unwrap()
+}
+
+fn events(dir: &std::path::Path) -> String {
+    fn find(d: &std::path::Path) -> Option<std::path::PathBuf> {
+        for e in std::fs::read_dir(d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Some(f) = find(&p) {
+                    return Some(f);
+                }
+            } else if p.file_name().is_some_and(|n| n == "events.jsonl") {
+                return Some(p);
+            }
+        }
+        None
+    }
+    std::fs::read_to_string(find(dir).expect("events.jsonl in the recording")).unwrap()
+}
+
+#[test]
+fn the_guard_hands_over_on_a_wrong_model_and_takes_back_after_a_swap() {
+    let cfg = config("mpc", 1);
+    assert_eq!(cfg.control.objective.kind, ObjectiveKind::Burst);
+    assert!(cfg.control.guard.enabled, "the guard is on by default");
+    let dir = tempfile::tempdir().unwrap();
+    let f = shipped(&cfg);
+    let t_out = f.card().t_out;
+    let controls = Arc::new(LoopControls::new(true, cfg.control.objective));
+    let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
+    let done = Arc::new(AtomicBool::new(false));
+    // The operator: once the guard has handed over, swap a model in (the
+    // shipped one again: the planner's swap is what the guard waits for).
+    let operator = {
+        let (controls, done, cfg) = (controls.clone(), done.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if controls.status().guard_to_fallback >= 1 {
+                    let swap = ModelSwap {
+                        forecaster: shipped(&cfg),
+                        label: "v2 test".into(),
+                    };
+                    swap_tx.send(swap).unwrap();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        })
+    };
+    let mut plant = SimPlant::new(&cfg.sim);
+    let setup = RunSetup {
+        controls: Some(controls.clone()),
+        swaps: Some(swap_rx),
+        recorder: Some(recording(&cfg, dir.path(), t_out)),
+        ..RunSetup::new(&cfg, Some(12.0), Some(f))
+    };
+    let out = control::run(&mut plant, setup, &AtomicBool::new(false), None).unwrap();
+    done.store(true, Ordering::Relaxed);
+    assert!(operator.join().unwrap(), "the guard never handed over");
+    let g = out
+        .summary
+        .guard
+        .clone()
+        .expect("MPC runs report the guard");
+    let judged = g.judged.clone().unwrap();
+    assert!(g.handovers_to_fallback >= 1, "{g:?}");
+    assert!(
+        g.handovers_to_mpc >= 1,
+        "no hand-back after the swap: {g:?}"
+    );
+    assert!(g.fallback_samples > 0);
+    assert_eq!(out.summary.models_swapped, 1);
+    assert_eq!(judged.decisions[0].direction, "to_fallback");
+    assert!(judged.decisions[1].reason.contains("v2 test"), "{judged:?}");
+    // The status the service serves agrees with the summary.
+    let live = controls.status();
+    assert_eq!(live.guard_to_fallback, g.handovers_to_fallback);
+    assert_eq!(live.guard_to_mpc, g.handovers_to_mpc);
+    // Both directions are events in the recording.
+    let ev = events(dir.path());
+    assert!(ev.contains("guard to_fallback"), "{ev}");
+    assert!(ev.contains("guard to_mpc"), "{ev}");
+    // While the fallback (off) drove, the command was zero.
+    assert_eq!(g.fallback, "off");
+    let json = serde_json::to_value(&out.summary).unwrap();
+    assert_eq!(
+        json["guard"]["handovers_to_fallback"],
+        g.handovers_to_fallback
+    );
+}
+
+fn objective_error(out: &RunOutcome) -> f64 {
+    out.summary.quality.objective_error
+}
+
+fn run(cfg: &Config) -> RunOutcome {
+    let f = (cfg.control.policy == neurostimd::policy::PolicyKind::Mpc).then(|| shipped(cfg));
+    let mut plant = SimPlant::new(&cfg.sim);
+    control::run(
+        &mut plant,
+        RunSetup::new(cfg, Some(12.0), f),
+        &AtomicBool::new(false),
+        None,
+    )
+    .unwrap()
+}
+
+#[test]
+fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
+    // Evaluation seeds (the guard's defaults were set on seeds 101-103).
+    for seed in [1, 2] {
+        let off = objective_error(&run(&config("off", seed)));
+        let guarded = run(&config("mpc", seed));
+        let mut unguarded_cfg = config("mpc", seed);
+        unguarded_cfg.control.guard.enabled = false;
+        let unguarded = objective_error(&run(&unguarded_cfg));
+        let e = objective_error(&guarded);
+        let g = guarded.summary.guard.unwrap();
+        assert!(g.handovers_to_fallback >= 1, "seed {seed}: {g:?}");
+        assert!(
+            unguarded > off,
+            "seed {seed}: the cell no longer shows the harm ({unguarded} vs off {off})"
+        );
+        assert!(
+            e <= off * 1.02,
+            "seed {seed}: guarded MPC {e:.3} is worse than no stimulation {off:.3} (unguarded {unguarded:.3})"
+        );
+    }
+}
