@@ -23,6 +23,9 @@ pub(super) struct RawTrain {
     pub(super) clip_norm: f64,
     pub(super) patience: usize,
     pub(super) seed: u64,
+    /// Extra loss weight near spikes (0: plain squared error).
+    #[serde(default)]
+    pub(super) spike_weight: f64,
     pub(super) data: RawTrainData,
 }
 
@@ -30,6 +33,10 @@ pub(super) struct RawTrain {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTrainData {
     pub(super) presets: Vec<String>,
+    /// Randomised cells: every CA1 preset once per seed (ranges from
+    /// `[plant.sim.randomize]`); empty: the plant's own cell.
+    #[serde(default)]
+    pub(super) cell_seeds: Vec<u64>,
     #[serde(default)]
     pub(super) traces: Vec<std::path::PathBuf>,
     pub(super) regime_change: bool,
@@ -43,7 +50,12 @@ pub(super) struct RawTrainData {
 impl RawTrain {
     /// `[train]`; the training sources use the plant's simulator settings
     /// (`sim`) without its schedule.
-    pub(super) fn validate(&self, cx: &Cx, sim: &SimConfig) -> Result<TrainConfig, ConfigError> {
+    pub(super) fn validate(
+        &self,
+        cx: &Cx,
+        sim: &SimConfig,
+        ranges: crate::neuron::cell::Ranges,
+    ) -> Result<TrainConfig, ConfigError> {
         let t = self;
         let sp = sim.sample_period_ms;
         let range = |key: &str, v: usize, lo: usize, hi: usize| {
@@ -94,32 +106,57 @@ impl RawTrain {
             ..sim.clone()
         };
         let mut sources = Vec::new();
+        // A CA1 preset keeps the plant's cell seed (the draw is laid over
+        // it); "plant" is the plant's own cell, whatever its family.
         for (k, name) in t.data.presets.iter().enumerate() {
+            if name == "plant" {
+                sources.push(TrainSource {
+                    label: format!("plant ({})", base.cell_label()),
+                    sim: base.clone(),
+                });
+                continue;
+            }
             let p = cx.preset(name, &format!("train.data.presets[{k}]"))?;
-            sources.push(TrainSource {
-                label: name.clone(),
-                sim: SimConfig {
-                    preset: name.clone(),
-                    params: p,
+            if t.data.cell_seeds.is_empty() {
+                sources.push(TrainSource {
+                    label: name.clone(),
+                    sim: base.with_ca1_preset(name, p),
+                });
+            }
+            for &seed in &t.data.cell_seeds {
+                if seed == 0 {
+                    return Err(cx.err(
+                        "train.data.cell_seeds",
+                        "0 is the nominal cell, not a randomised one".into(),
+                    ));
+                }
+                let cell = crate::neuron::cell::CellDraw::new(
+                    seed,
+                    ranges.clone(),
+                    &crate::neuron::cell::CA1_KEYS,
+                );
+                let drawn = SimConfig {
+                    cell: Some(cell),
                     ..base.clone()
-                },
-            });
+                };
+                sources.push(TrainSource {
+                    label: format!("{name}, cell {seed}"),
+                    sim: drawn.with_ca1_preset(name, p),
+                });
+            }
         }
         if t.data.regime_change {
             let regular = cx.preset("regular", "train.data.regime_change")?;
             let bursting = cx.preset("bursting", "train.data.regime_change")?;
+            let mut sim = base.with_ca1_preset("regular", regular);
+            sim.schedule = vec![ScheduledChange {
+                at_ms: t.data.duration.get() / 2.0,
+                label: "preset bursting".into(),
+                params: sim.cell_params(bursting),
+            }];
             sources.push(TrainSource {
                 label: "regular->bursting".into(),
-                sim: SimConfig {
-                    preset: "regular".into(),
-                    params: regular,
-                    schedule: vec![ScheduledChange {
-                        at_ms: t.data.duration.get() / 2.0,
-                        label: "preset bursting".into(),
-                        params: bursting,
-                    }],
-                    ..base.clone()
-                },
+                sim,
             });
         }
         if sources.is_empty() && t.data.traces.is_empty() {
@@ -152,6 +189,26 @@ impl RawTrain {
             max_amplitude: t.data.max_amplitude.get(),
             train_fraction: tf,
             val_fraction: vf,
+            spike_weight: spike_weight(cx, t.spike_weight)?,
         })
     }
+}
+
+/// `train.spike_weight`: the extra weight of targets within 1 ms of a
+/// sample above −20 mV (the spike metric's threshold and tolerance).
+fn spike_weight(
+    cx: &Cx,
+    extra: f64,
+) -> Result<Option<crate::train::dataset::SpikeWeight>, ConfigError> {
+    if !(0.0..=1000.0).contains(&extra) {
+        return Err(cx.err(
+            "train.spike_weight",
+            format!("{extra} is outside 0 ..= 1000"),
+        ));
+    }
+    Ok((extra > 0.0).then_some(crate::train::dataset::SpikeWeight {
+        extra: extra as f32,
+        threshold_mv: -20.0,
+        radius_ms: 1.0,
+    }))
 }

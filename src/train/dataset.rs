@@ -200,6 +200,60 @@ pub struct Windows {
     pub y: Vec<f32>,
 }
 
+/// The spike-aware loss: targets within `radius_ms` of a sample above
+/// `threshold_mv` (a spike's upstroke, peak and downstroke) weigh
+/// `1 + extra`. The plain squared error is minimised by a forecast that
+/// averages over spike timing, which stays below the threshold; weighting
+/// the spikes makes missing one cost what it costs the objectives.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SpikeWeight {
+    pub extra: f32,
+    pub threshold_mv: f32,
+    pub radius_ms: f64,
+}
+
+impl SpikeWeight {
+    /// The loss weight of every target of the windows
+    /// [`Windows::cut`] cuts from `series` with the same arguments,
+    /// `[n][t_out]` in the same order.
+    pub fn for_windows(
+        &self,
+        series: &[Series],
+        t_in: usize,
+        t_out: usize,
+        stride: usize,
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        for s in series {
+            if s.len() < t_in + t_out {
+                continue;
+            }
+            let w = self.weights(s);
+            let mut end = t_in - 1;
+            while end + t_out < s.len() {
+                out.extend_from_slice(&w[end + 1..=end + t_out]);
+                end += stride.max(1);
+            }
+        }
+        out
+    }
+
+    /// The weight of every step of `s`.
+    pub fn weights(&self, s: &Series) -> Vec<f32> {
+        let r = (self.radius_ms / s.dt_ms).round() as usize;
+        let n = s.len();
+        let mut w = vec![1.0f32; n];
+        for (p, &v) in s.v.iter().enumerate() {
+            if v > self.threshold_mv {
+                for x in &mut w[p.saturating_sub(r)..(p + r + 1).min(n)] {
+                    *x = 1.0 + self.extra;
+                }
+            }
+        }
+        w
+    }
+}
+
 impl Windows {
     pub fn len(&self) -> usize {
         self.y.len() / self.t_out.max(1)
@@ -347,6 +401,34 @@ mod tests {
         assert_eq!(y, [5.0, 6.0]);
         assert_eq!(&x[..3], [2.0, 12.0, 0.0]);
         assert_eq!(&x[9..], [0.0, 15.0, 1.0, 0.0, 16.0, 1.0]);
+    }
+
+    #[test]
+    fn spike_weights_cover_a_millisecond_around_spikes_and_align_with_windows() {
+        let mut v = vec![-65.0f32; 20];
+        v[10] = 10.0;
+        let s = Series {
+            dt_ms: 0.5,
+            v,
+            i: vec![0.0; 20],
+        };
+        let sw = SpikeWeight {
+            extra: 4.0,
+            threshold_mv: -20.0,
+            radius_ms: 1.0,
+        };
+        let w = sw.weights(&s);
+        let heavy: Vec<usize> = (0..20).filter(|&k| w[k] == 5.0).collect();
+        assert_eq!(heavy, [8, 9, 10, 11, 12]);
+        assert!(w.iter().all(|&x| x == 1.0 || x == 5.0));
+        let norm = normalization(std::slice::from_ref(&s));
+        let win = Windows::cut(std::slice::from_ref(&s), 4, 3, 2, &norm);
+        let per = sw.for_windows(std::slice::from_ref(&s), 4, 3, 2);
+        assert_eq!(per.len(), win.y.len());
+        // Window k's targets are steps 4 + 2k ..= 6 + 2k.
+        for k in 0..win.len() {
+            assert_eq!(&per[k * 3..k * 3 + 3], &w[4 + 2 * k..=6 + 2 * k]);
+        }
     }
 
     #[test]

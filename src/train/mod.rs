@@ -244,6 +244,11 @@ pub fn run(
     let norm = dataset::normalization(&train_s);
     let train_w = Windows::cut(&train_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
     let val_w = Windows::cut(&val_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
+    let weights = |s: &[Series]| {
+        cfg.spike_weight
+            .map(|sw| sw.for_windows(s, cfg.t_in, cfg.t_out, cfg.stride))
+    };
+    let (train_wt, val_wt) = (weights(&train_s), weights(&val_s));
     if train_w.is_empty() || val_w.is_empty() {
         return Err(TrainError::NotEnoughData(format!(
             "{} training and {} validation windows; lengthen train.data.duration",
@@ -260,7 +265,14 @@ pub fn run(
         cfg.head,
         cfg.schedule.seed,
     );
-    let epochs = trainer::fit(&mut net, &train_w, &val_w, &cfg.schedule, &mut progress);
+    let epochs = trainer::fit_weighted(
+        &mut net,
+        (&train_w, train_wt.as_deref()),
+        (&val_w, val_wt.as_deref()),
+        &cfg.schedule,
+        &mut progress,
+        &std::sync::atomic::AtomicBool::new(false),
+    );
 
     let mut ws = net::Workspace::default();
     let comparisons = test_comparisons(cfg, &labelled, &train_s, &test_s, &norm, &net, &mut ws);
@@ -397,6 +409,9 @@ fn provenance(
         "excitation": format!("OU noise, steps, pulse trains, ramps and rest within ±{} uA/cm2", cfg.max_amplitude),
         "seed": cfg.schedule.seed,
         "schedule": cfg.schedule,
+        "spike_weight": cfg.spike_weight,
+        "measurement_noise_sd_mv": cfg.sources.first().map(|s| s.sim.noise_sd_mv),
+        "cells": cfg.sources.iter().map(|s| s.sim.cell_label()).collect::<Vec<_>>(),
         "epochs_run": epochs.len(),
         "train_windows": train_windows,
     })

@@ -200,7 +200,11 @@ impl Net {
 /// Per-layer activations kept for the backward pass, time-major `[T][B][·]`.
 #[derive(Clone, Debug, Default)]
 struct Cache {
-    x: Vec<f32>,
+    /// The layer's step inputs `[x_t, h_{t−1}, 1]` stored transposed,
+    /// `[inp + H + 1][T·B]`: the weight and bias gradients of the whole
+    /// sequence are then one product with the gate gradients, with no
+    /// transpose pass (the constant row gives the bias gradient).
+    xt: Vec<f32>,
     i: Vec<f32>,
     o: Vec<f32>,
     f: Vec<f32>,
@@ -217,7 +221,7 @@ use crate::forecast::lstm::{detect_simd, sigmoid_k, tanh_k, Simd};
 /// `out[cols][rows] = a[rows][cols]ᵀ`.
 fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     // In 16×16 blocks: a plain row-by-row transpose writes with a stride
-    // of `rows` floats and was the largest cost of the backward pass.
+    // of `rows` floats.
     const B: usize = 16;
     out.clear();
     out.resize(rows * cols, 0.0);
@@ -233,20 +237,31 @@ fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// Forward and backward passes with reusable buffers. Both are written as
-/// batched matrix products over the forecaster's kernels: the input
-/// projections and all weight gradients of a whole sequence are one product
-/// each; only the recurrent products run step by step.
+/// Forward and backward passes with reusable buffers, written as batched
+/// matrix products over the forecaster's kernels. Per step, the input and
+/// recurrent projections are one product over `[x_t, h_{t−1}]` (one pass
+/// over a gate buffer that stays in cache, instead of a whole-sequence gate
+/// tensor streamed through memory twice); the weight gradients of a whole
+/// sequence are one product.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
     caches: Vec<Cache>,
+    /// The batch time-major, `[T][B][3]`: layer 0's input.
+    input: Vec<f32>,
     out: Vec<f32>,
-    wt: Vec<f32>,
-    rt: Vec<f32>,
+    /// `[inp + H][4H]`: W and R transposed and stacked.
+    wrt: Vec<f32>,
+    /// `[4H][inp + H]`: W and R side by side (backward, layers above 0).
+    wr: Vec<f32>,
+    tmp: Vec<f32>,
+    bias: Vec<f32>,
+    /// One step's gates `[B][4H]` and stacked inputs `[B][inp + H]`.
     gates: Vec<f32>,
+    xh: Vec<f32>,
     dg: Vec<f32>,
-    dgt: Vec<f32>,
+    dxh: Vec<f32>,
     scratch: Vec<f32>,
+    below: Vec<f32>,
     dh_next: Vec<f32>,
     dc_next: Vec<f32>,
     zeros: Vec<f32>,
@@ -275,14 +290,32 @@ impl Workspace {
     /// forward order) and its gradient, accumulated into `grad`. Call
     /// `forward` first with the same batch.
     pub fn backward(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
+        self.backward_weighted(net, y, None, batch, grad)
+    }
+
+    /// [`Workspace::backward`] with a weight per target (`[B][t_out]`,
+    /// forward order, like `y`): the loss is Σ w·e² / (B·t_out), so weights
+    /// of 1 give the plain mean squared error. The spike-aware loss weights
+    /// the steps around spikes, which the plain error averages away.
+    pub fn backward_weighted(
+        &mut self,
+        net: &Net,
+        y: &[f32],
+        w: Option<&[f32]>,
+        batch: usize,
+        grad: &mut Net,
+    ) -> f64 {
+        if let Some(w) = w {
+            assert_eq!(w.len(), y.len(), "one weight per target");
+        }
         match detect_simd() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU reports AVX-512F, AVX2 and FMA.
-            Simd::Avx512 => unsafe { self.backward_avx512(net, y, batch, grad) },
+            Simd::Avx512 => unsafe { self.backward_avx512(net, y, w, batch, grad) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU reports AVX2 and FMA.
-            Simd::Avx2 => unsafe { self.backward_avx2(net, y, batch, grad) },
-            _ => self.backward_impl::<false>(net, y, batch, grad),
+            Simd::Avx2 => unsafe { self.backward_avx2(net, y, w, batch, grad) },
+            _ => self.backward_impl::<false>(net, y, w, batch, grad),
         }
     }
 
@@ -304,16 +337,24 @@ impl Workspace {
         &mut self,
         net: &Net,
         y: &[f32],
+        w: Option<&[f32]>,
         batch: usize,
         grad: &mut Net,
     ) -> f64 {
-        self.backward_impl::<true>(net, y, batch, grad)
+        self.backward_impl::<true>(net, y, w, batch, grad)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2(&mut self, net: &Net, y: &[f32], batch: usize, grad: &mut Net) -> f64 {
-        self.backward_impl::<true>(net, y, batch, grad)
+    unsafe fn backward_avx2(
+        &mut self,
+        net: &Net,
+        y: &[f32],
+        w: Option<&[f32]>,
+        batch: usize,
+        grad: &mut Net,
+    ) -> f64 {
+        self.backward_impl::<true>(net, y, w, batch, grad)
     }
 
     #[inline(always)]
@@ -321,13 +362,11 @@ impl Workspace {
         let t_total = net.t_in + net.t_out;
         assert_eq!(x.len(), batch * t_total * 3);
         self.caches.resize_with(net.layers.len(), Cache::default);
-        let mut input = std::mem::take(&mut self.caches[0].x);
-        input.clear();
-        input.resize(t_total * batch * 3, 0.0);
+        self.input.resize(t_total * batch * 3, 0.0);
         for b in 0..batch {
             for t in 0..t_total {
                 let src = &x[(b * t_total + t) * 3..(b * t_total + t) * 3 + 3];
-                input[(t * batch + b) * 3..(t * batch + b) * 3 + 3].copy_from_slice(src);
+                self.input[(t * batch + b) * 3..(t * batch + b) * 3 + 3].copy_from_slice(src);
             }
         }
         let widest = net.layers.iter().map(|l| l.hidden).max().unwrap_or(0);
@@ -335,35 +374,33 @@ impl Workspace {
             self.zeros = vec![0.0; widest];
         }
         for (l, layer) in net.layers.iter().enumerate() {
-            self.forward_layer::<FMA>(layer, l, &mut input, t_total, batch);
+            self.forward_layer::<FMA>(layer, l, t_total, batch);
         }
         self.forward_head::<FMA>(net, batch);
     }
 
-    /// One LSTM layer over the whole sequence. `input` holds the layer's
-    /// input on entry and its output (`h`) on return, so the buffer is
-    /// reused from layer to layer instead of reallocated.
+    /// One LSTM layer over the whole sequence; its input is the batch
+    /// (layer 0) or the `h` of the layer below, read in place.
     #[inline(always)]
     fn forward_layer<const FMA: bool>(
         &mut self,
         layer: &Layer,
         l: usize,
-        input: &mut Vec<f32>,
         t_total: usize,
         batch: usize,
     ) {
         let (hd, inp) = (layer.hidden, layer.input);
-        let g4 = 4 * hd;
+        let (g4, kx) = (4 * hd, inp + hd);
         let rows = t_total * batch;
-        transpose(&layer.w, g4, inp, &mut self.wt);
-        transpose(&layer.r, g4, hd, &mut self.rt);
-        let cache = &mut self.caches[l];
-        if l > 0 {
-            cache.x.clear();
-            cache.x.extend_from_slice(input);
-        } else {
-            cache.x = std::mem::take(input);
-        }
+        transpose(&layer.w, g4, inp, &mut self.wrt);
+        transpose(&layer.r, g4, hd, &mut self.tmp);
+        self.wrt.extend_from_slice(&self.tmp);
+        self.bias.clear();
+        self.bias
+            .extend(layer.wb.iter().zip(&layer.rb).map(|(a, b)| a + b));
+        let (below, rest) = self.caches.split_at_mut(l);
+        let cache = &mut rest[0];
+        let input: &[f32] = if l == 0 { &self.input } else { &below[l - 1].h };
         // Every element is written below: resize without clearing.
         for v in [
             &mut cache.i,
@@ -376,21 +413,34 @@ impl Workspace {
         ] {
             v.resize(rows * hd, 0.0);
         }
-        self.gates.resize(rows * g4, 0.0);
-        for row in self.gates.chunks_exact_mut(g4) {
-            for (k, gv) in row.iter_mut().enumerate() {
-                *gv = layer.wb[k] + layer.rb[k];
-            }
-        }
-        matmul_acc(&mut self.gates, &cache.x, &self.wt, rows, inp, g4);
+        cache.xt.resize((kx + 1) * rows, 0.0);
+        cache.xt[kx * rows..].fill(1.0);
+        self.gates.resize(batch * g4, 0.0);
+        self.xh.resize(batch * kx, 0.0);
         for t in 0..t_total {
-            let g = &mut self.gates[t * batch * g4..(t + 1) * batch * g4];
-            if t > 0 {
-                let hp = &cache.h[(t - 1) * batch * hd..t * batch * hd];
-                matmul_acc(g, hp, &self.rt, batch, hd, g4);
-            }
             for b in 0..batch {
-                let gb = &g[b * g4..(b + 1) * g4];
+                let row = &mut self.xh[b * kx..(b + 1) * kx];
+                let (xr, hr) = row.split_at_mut(inp);
+                xr.copy_from_slice(&input[(t * batch + b) * inp..(t * batch + b + 1) * inp]);
+                if t > 0 {
+                    hr.copy_from_slice(&cache.h[((t - 1) * batch + b) * hd..][..hd]);
+                } else {
+                    hr.fill(0.0);
+                }
+            }
+            for k in 0..kx {
+                let dst = &mut cache.xt[k * rows + t * batch..k * rows + (t + 1) * batch];
+                for (b, d) in dst.iter_mut().enumerate() {
+                    *d = self.xh[b * kx + k];
+                }
+            }
+            for row in self.gates.chunks_exact_mut(g4) {
+                row.copy_from_slice(&self.bias);
+            }
+            // Step t's input and recurrent projections in one product.
+            matmul_acc(&mut self.gates, &self.xh, &self.wrt, batch, kx, g4);
+            for b in 0..batch {
+                let gb = &self.gates[b * g4..(b + 1) * g4];
                 let base = (t * batch + b) * hd;
                 // Row slices of equal length let the loop below
                 // vectorise (no per-element bounds checks).
@@ -427,8 +477,6 @@ impl Workspace {
                 }
             }
         }
-        input.clear();
-        input.extend_from_slice(&cache.h);
     }
 
     /// The output head on the top layer's `h` over the forecast steps.
@@ -472,6 +520,7 @@ impl Workspace {
         &mut self,
         net: &Net,
         y: &[f32],
+        w: Option<&[f32]>,
         batch: usize,
         grad: &mut Net,
     ) -> f64 {
@@ -481,7 +530,7 @@ impl Workspace {
         let mut dh_above = std::mem::take(&mut self.scratch);
         dh_above.clear();
         dh_above.resize(t_total * batch * net.hidden(), 0.0);
-        let loss = self.backward_head(net, y, batch, grad, &mut dh_above);
+        let loss = self.backward_head(net, y, w, batch, grad, &mut dh_above);
         for l in (0..net.layers.len()).rev() {
             self.backward_layer(net, l, batch, grad, &mut dh_above);
         }
@@ -490,12 +539,14 @@ impl Workspace {
     }
 
     /// The loss and the head's gradients; adds dL/dh of the top layer into
-    /// `dh_above`. Returns the summed (not yet averaged) squared error.
+    /// `dh_above`. Returns the summed (not yet averaged) weighted squared
+    /// error.
     #[inline(always)]
     fn backward_head(
         &mut self,
         net: &Net,
         y: &[f32],
+        w: Option<&[f32]>,
         batch: usize,
         grad: &mut Net,
         dh_above: &mut [f32],
@@ -507,9 +558,11 @@ impl Workspace {
         let top = &self.caches[net.layers.len() - 1].h;
         for b in 0..batch {
             for j in 0..t_out {
-                let e = self.out[b * t_out + j] - y[b * t_out + net.target_index(j)];
-                loss += (e * e) as f64;
-                let ds = 2.0 * e / n;
+                let target = b * t_out + net.target_index(j);
+                let weight = w.map_or(1.0, |w| w[target]);
+                let e = self.out[b * t_out + j] - y[target];
+                loss += (weight * e * e) as f64;
+                let ds = 2.0 * weight * e / n;
                 grad.head_b += ds;
                 let t = t_in + j;
                 let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
@@ -555,7 +608,7 @@ impl Workspace {
         let gl = &mut grad.layers[l];
         let cache = &self.caches[l];
         let (hd, inp) = (layer.hidden, layer.input);
-        let g4 = 4 * hd;
+        let (g4, kx) = (4 * hd, inp + hd);
         let rows = t_total * batch;
         // Every gate gradient is written in the loop below.
         self.dg.resize(rows * g4, 0.0);
@@ -565,6 +618,17 @@ impl Workspace {
         dh_next.resize(batch * hd, 0.0);
         dc_next.clear();
         dc_next.resize(batch * hd, 0.0);
+        if l > 0 {
+            // [W | R] row by row: dx_t and dh_{t−1} in one product.
+            self.wr.clear();
+            for g in 0..g4 {
+                self.wr.extend_from_slice(&layer.w[g * inp..(g + 1) * inp]);
+                self.wr.extend_from_slice(&layer.r[g * hd..(g + 1) * hd]);
+            }
+            self.below.clear();
+            self.below.resize(rows * inp, 0.0);
+            self.dxh.resize(batch * kx, 0.0);
+        }
         for t in (0..t_total).rev() {
             let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
             for b in 0..batch {
@@ -600,59 +664,49 @@ impl Workspace {
                     dcn[u] = dc * f;
                 }
             }
-            // dh_{t-1} = dG_t · R.
-            dh_next.fill(0.0);
-            if t > 0 {
-                matmul_acc(&mut dh_next, dgt, &layer.r, batch, g4, hd);
+            let dgt = &self.dg[t * batch * g4..(t + 1) * batch * g4];
+            if l == 0 {
+                // dh_{t-1} = dG_t · R (the batch's own gradient is not needed).
+                dh_next.fill(0.0);
+                if t > 0 {
+                    matmul_acc(&mut dh_next, dgt, &layer.r, batch, g4, hd);
+                }
+                continue;
+            }
+            // [dx_t, dh_{t−1}] = dG_t · [W | R].
+            self.dxh.fill(0.0);
+            matmul_acc(&mut self.dxh, dgt, &self.wr, batch, g4, kx);
+            for b in 0..batch {
+                let (dx, dh) = self.dxh[b * kx..(b + 1) * kx].split_at(inp);
+                self.below[(t * batch + b) * inp..(t * batch + b + 1) * inp].copy_from_slice(dx);
+                dh_next[b * hd..(b + 1) * hd].copy_from_slice(dh);
             }
         }
-        // Weight gradients of the whole sequence at once.
-        for row in self.dg.chunks_exact(g4) {
-            for (k, d) in row.iter().enumerate() {
-                gl.wb[k] += d;
-                gl.rb[k] += d;
-            }
-        }
-        // dWᵀ = Xᵀ · dG and dRᵀ = H_prevᵀ · dG: transposing the thin
-        // activations (not the wide gate gradients) keeps the products
-        // in the kernels' fast shape; the small results are added back
-        // transposed.
-        transpose(&cache.x, rows, inp, &mut self.dgt);
+        // Weight and bias gradients of the whole sequence in one product:
+        // [x_t, h_{t−1}, 1]ᵀ · dG over all steps (h_{−1} = 0 adds nothing).
         self.wgrad.clear();
-        self.wgrad.resize(inp * g4, 0.0);
-        matmul_acc(&mut self.wgrad, &self.dgt, &self.dg, inp, rows, g4);
+        self.wgrad.resize((kx + 1) * g4, 0.0);
+        matmul_acc(&mut self.wgrad, &cache.xt, &self.dg, kx + 1, rows, g4);
         for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
-            for (g, v) in row.iter().enumerate() {
-                gl.w[g * inp + k] += v;
-            }
-        }
-        // dR = Σ_t dG_tᵀ · h_{t-1}: the rows from t = 1 against h from t = 0.
-        let shifted = (t_total - 1) * batch;
-        if shifted > 0 {
-            transpose(&cache.h[..shifted * hd], shifted, hd, &mut self.dgt);
-            self.wgrad.clear();
-            self.wgrad.resize(hd * g4, 0.0);
-            matmul_acc(
-                &mut self.wgrad,
-                &self.dgt,
-                &self.dg[batch * g4..],
-                hd,
-                shifted,
-                g4,
-            );
-            for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
+            if k < inp {
                 for (g, v) in row.iter().enumerate() {
-                    gl.r[g * hd + k] += v;
+                    gl.w[g * inp + k] += v;
+                }
+            } else if k < kx {
+                for (g, v) in row.iter().enumerate() {
+                    gl.r[g * hd + k - inp] += v;
+                }
+            } else {
+                for (g, v) in row.iter().enumerate() {
+                    gl.wb[g] += v;
+                    gl.rb[g] += v;
                 }
             }
         }
         self.dh_next = dh_next;
         self.dc_next = dc_next;
-        // Gradient for the layer below: dX = dG · W.
         if l > 0 {
-            dh_above.clear();
-            dh_above.resize(rows * inp, 0.0);
-            matmul_acc(dh_above, &self.dg, &layer.w, rows, g4, inp);
+            std::mem::swap(dh_above, &mut self.below);
         }
     }
 }
@@ -712,27 +766,32 @@ mod tests {
     /// parameter tensor of a 2-layer net (sampled entries).
     #[test]
     fn gradients_match_finite_differences() {
-        for (order, head) in [
-            (OutputOrder::Reversed, Head::Linear),
-            (OutputOrder::Forward, Head::Linear),
-            (OutputOrder::Reversed, Head::Mlp),
-            (OutputOrder::Forward, Head::Mlp),
+        for (order, head, weighted) in [
+            (OutputOrder::Reversed, Head::Linear, false),
+            (OutputOrder::Forward, Head::Linear, false),
+            (OutputOrder::Reversed, Head::Mlp, false),
+            (OutputOrder::Forward, Head::Mlp, false),
+            (OutputOrder::Reversed, Head::Linear, true),
         ] {
             let mut net = Net::with_head(2, 5, 4, 3, order, head, 11);
             let (x, y) = batch(&net, 3, 5);
+            // The spike-aware loss: a weight per target (1 or 5 here).
+            let wt: Vec<f32> = (0..y.len())
+                .map(|k| if weighted && k % 3 == 1 { 5.0 } else { 1.0 })
+                .collect();
             let mut ws = Workspace::default();
             let mut grad = net.zeros_like();
             ws.forward(&net, &x, 3);
-            ws.backward(&net, &y, 3, &mut grad);
+            ws.backward_weighted(&net, &y, weighted.then_some(&wt[..]), 3, &mut grad);
             let loss_at = |net: &Net| {
                 let mut ws = Workspace::default();
                 let out = ws.forward(net, &x, 3).to_vec();
                 let mut l = 0.0f64;
                 for b in 0..3 {
                     for j in 0..net.t_out {
-                        let e = (out[b * net.t_out + j] - y[b * net.t_out + net.target_index(j)])
-                            as f64;
-                        l += e * e;
+                        let t = b * net.t_out + net.target_index(j);
+                        let e = (out[b * net.t_out + j] - y[t]) as f64;
+                        l += wt[t] as f64 * e * e;
                     }
                 }
                 l / (3 * net.t_out) as f64

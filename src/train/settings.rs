@@ -33,4 +33,7 @@ pub struct TrainConfig {
     pub max_amplitude: f64,
     pub train_fraction: f64,
     pub val_fraction: f64,
+    /// The spike-aware loss (`train.spike_weight`); `None`: plain squared
+    /// error.
+    pub spike_weight: Option<crate::train::dataset::SpikeWeight>,
 }

@@ -85,6 +85,12 @@ impl Adam {
 
 /// Mean squared error of `net` over windows (normalised units).
 pub fn loss(net: &Net, w: &Windows, batch: usize) -> f64 {
+    loss_weighted(net, w, None, batch)
+}
+
+/// [`loss`] with a weight per target (`[n][t_out]`, as
+/// [`super::dataset::SpikeWeight::for_windows`] gives them).
+pub fn loss_weighted(net: &Net, w: &Windows, weights: Option<&[f32]>, batch: usize) -> f64 {
     let mut ws = Workspace::default();
     let steps = w.t_in + w.t_out;
     let (mut total, mut count) = (0.0f64, 0usize);
@@ -96,9 +102,11 @@ pub fn loss(net: &Net, w: &Windows, batch: usize) -> f64 {
         let out = ws.forward(net, x, b);
         for k in 0..b {
             let y = &w.y[(start + k) * w.t_out..(start + k + 1) * w.t_out];
+            let wt = weights.map(|ws| &ws[(start + k) * w.t_out..(start + k + 1) * w.t_out]);
             for j in 0..w.t_out {
-                let e = (out[k * w.t_out + j] - y[net.target_index(j)]) as f64;
-                total += e * e;
+                let t = net.target_index(j);
+                let e = (out[k * w.t_out + j] - y[t]) as f64;
+                total += wt.map_or(1.0, |wt| wt[t] as f64) * e * e;
             }
         }
         count += b * w.t_out;
@@ -134,6 +142,22 @@ pub fn fit_until(
     train: &Windows,
     val: &Windows,
     s: &Schedule,
+    progress: impl FnMut(&EpochReport),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Vec<EpochReport> {
+    fit_weighted(net, (train, None), (val, None), s, progress, cancel)
+}
+
+/// Windows and, optionally, a loss weight per target (`[n][t_out]`).
+pub type WeightedWindows<'a> = (&'a Windows, Option<&'a [f32]>);
+
+/// [`fit_until`] with the spike-aware loss: each set's targets weighted
+/// (training loss and the validation loss that early stopping watches).
+pub fn fit_weighted(
+    net: &mut Net,
+    (train, train_wt): WeightedWindows,
+    (val, val_wt): WeightedWindows,
+    s: &Schedule,
     mut progress: impl FnMut(&EpochReport),
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Vec<EpochReport> {
@@ -146,7 +170,7 @@ pub fn fit_until(
     let mut best = (f64::INFINITY, net.clone());
     let mut since_best = 0;
     let mut history = Vec::new();
-    let (mut xb, mut yb) = (Vec::new(), Vec::new());
+    let (mut xb, mut yb, mut wb) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 1..=s.epochs {
         let t0 = std::time::Instant::now();
         // Fisher–Yates with a xorshift generator: deterministic per seed.
@@ -163,14 +187,19 @@ pub fn fit_until(
             }
             xb.clear();
             yb.clear();
+            wb.clear();
             for &k in chunk {
                 let (x, y) = train.example(k);
                 xb.extend_from_slice(x);
                 yb.extend_from_slice(y);
+                if let Some(w) = train_wt {
+                    wb.extend_from_slice(&w[k * train.t_out..(k + 1) * train.t_out]);
+                }
             }
             debug_assert_eq!(xb.len(), chunk.len() * steps * 3);
             ws.forward(net, &xb, chunk.len());
-            sum += ws.backward(net, &yb, chunk.len(), &mut grad);
+            let w = (!wb.is_empty()).then_some(&wb[..]);
+            sum += ws.backward_weighted(net, &yb, w, chunk.len(), &mut grad);
             adam.step(net, &mut grad, s.clip_norm);
             batches += 1;
         }
@@ -178,7 +207,7 @@ pub fn fit_until(
             break;
         }
         let secs = t0.elapsed().as_secs_f64();
-        let val_loss = loss(net, val, 256);
+        let val_loss = loss_weighted(net, val, val_wt, 256);
         let report = EpochReport {
             epoch,
             train_loss: sum / batches.max(1) as f64,
