@@ -163,7 +163,12 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         (Some(sim), _) => {
             let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
-            let Some(params) = config.preset(&sim) else {
+            // `plant`: the configured cell as it is (any family, its draw).
+            let plant_cell = (sim == "plant").then(|| config.sim.clone());
+            let Some(params) = config
+                .preset(&sim)
+                .or(plant_cell.as_ref().map(|p| p.params))
+            else {
                 let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
                 return Err(UsageError(format!(
                     "--sim {sim}: no such preset; defined presets: {}",
@@ -171,9 +176,8 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 ))
                 .into());
             };
-            let mut plant = config.sim.clone();
-            plant.preset = sim.clone();
-            plant.params = params;
+            // A CA1 preset keeps the configured cell's draw (seed).
+            let plant = plant_cell.unwrap_or_else(|| config.sim.with_ca1_preset(&sim, params));
             neurostimd::train::eval_sim(
                 &model,
                 &plant,
