@@ -25,7 +25,7 @@ error" threshold) and 1 nC/cm2 of charge (the table's precision). Why 2%:
     (another CPU's f32 forecast kernels);
   - it is below the seed-to-seed spread of the spike objectives, where MPC
     and PID are closest in cost (rate and burst MPC: 3% to 6% of the mean,
-    `seed_spread` in docs/control/scenarios-expected-seeds3.json), so a
+    `seed_spread` of the three-seed run of 2026-12-01, since retired), so a
     regression there is caught before it reaches seed noise. Voltage and
     silence vary less between seeds (0.1% to 0.4%); for them 2% is looser
     than seed noise, but still 0.006 mV of voltage error, well under the

@@ -30,43 +30,41 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RATE_PI = {
-    "pid.rate_tau": ['"100 ms"', '"150 ms"', '"250 ms"', '"500 ms"'],
-    "pid.rate_kp": ["0.01", "0.02", "0.05", "0.1"],
-    "pid.rate_ki": ["0.2", "0.5", "1.0", "2.0"],
-}
-BURST_PI = {
-    "pid.burst_target": ['"8 Hz"', '"12 Hz"', '"16 Hz"', '"20 Hz"', '"24 Hz"'],
-    "pid.rate_tau": ['"150 ms"', '"500 ms"'],
+    "pid.rate_tau": ['"100 ms"', '"150 ms"', '"250 ms"'],
     "pid.rate_kp": ["0.01", "0.02", "0.05"],
     "pid.rate_ki": ["0.2", "0.5", "1.0"],
 }
-DC = {"open.offset": [f'"{x / 4:g} uA/cm2"' for x in range(-12, 17)]}
-DC_SILENCE = {"open.offset": [f'"{-x / 4:g} uA/cm2"' for x in range(0, 17)]}
+BURST_PI = {
+    "pid.burst_target": ['"8 Hz"', '"12 Hz"', '"16 Hz"', '"20 Hz"'],
+    "pid.rate_tau": ['"150 ms"'],
+    "pid.rate_kp": ["0.01", "0.02"],
+    "pid.rate_ki": ["0.2", "0.5"],
+}
+DC = {"open.offset": [f'"{x / 4:g} uA/cm2"' for x in range(-4, 13)]}
+DC_SILENCE = {"open.offset": [f'"{-x / 4:g} uA/cm2"' for x in range(0, 13)]}
 VOLTAGE_PID = {
     "pid.voltage_kp": ["0.25", "0.5", "1.0", "2.0"],
-    "pid.voltage_ki": ["0.05", "0.1", "0.2", "0.5"],
-    "pid.voltage_kd": ["0.0", "0.1"],
+    "pid.voltage_ki": ["0.05", "0.2", "0.5"],
+    "pid.voltage_kd": ["0.0"],
 }
 SILENCE_PID = {
-    "pid.silence_margin": [f'"{x} mV"' for x in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)],
-    "pid.voltage_kp": ["0.5", "1.0"],
-    "pid.voltage_ki": ["0.1", "0.2"],
+    "pid.silence_margin": [f'"{x} mV"' for x in (0.25, 0.5, 0.75, 1.0, 1.5)],
 }
 PULSES = {
-    "pid.pulse_amplitude": ['"3 uA/cm2"', '"4 uA/cm2"', '"6 uA/cm2"', '"8 uA/cm2"'],
-    "pid.pulse_lead": ['"0 ms"', '"1 ms"', '"2 ms"', '"3 ms"', '"4 ms"'],
-    "pid.pulse_width": ['"0.5 ms"', '"1 ms"', '"2 ms"'],
-    "pid.pulse_hold": [f'"{x} uA/cm2"' for x in (-3, -2, -1.5, -1, -0.5, 0)],
+    "pid.pulse_amplitude": ['"4 uA/cm2"', '"6 uA/cm2"', '"8 uA/cm2"'],
+    "pid.pulse_lead": ['"1 ms"', '"2 ms"', '"3 ms"'],
+    "pid.pulse_width": ['"0.5 ms"', '"1 ms"'],
+    "pid.pulse_hold": [f'"{x} uA/cm2"' for x in (-1, -0.5, 0)],
 }
 # The feed-forward map's currents are identified at these constant levels,
 # and listed at these rates.
-FF_LEVELS = [x / 4 for x in range(-12, 21)]
+FF_LEVELS = [x / 4 for x in range(-8, 13)]
 FF_RATES = [4, 6, 8, 10, 12, 15, 18, 20, 22, 25, 28]
 RATE_PI_FF = {
     "pid.rate_ff_tau": ['"0 ms"', '"100 ms"', '"300 ms"'],
-    "pid.rate_tau": ['"100 ms"', '"150 ms"', '"250 ms"'],
-    "pid.rate_kp": ["0.0", "0.01", "0.02", "0.05"],
-    "pid.rate_ki": ["0.0", "0.2", "0.5", "1.0"],
+    "pid.rate_tau": ['"150 ms"'],
+    "pid.rate_kp": ["0.0", "0.01", "0.02"],
+    "pid.rate_ki": ["0.0", "0.2", "0.5"],
 }
 
 # scenario -> [(baseline name, policy, grid)]; "ff" marks the PI whose map
