@@ -70,7 +70,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
     let fortran_order = field("fortran_order")?.starts_with("True");
     let shape_text = field("shape")?;
     let open = shape_text.find('(').ok_or("shape is not a tuple")?;
-    let close = shape_text.find(')').ok_or("shape is not a tuple")?;
+    let close = shape_text[open..]
+        .find(')')
+        .map(|c| open + c)
+        .ok_or("shape is not a tuple")?;
     let shape = shape_text[open + 1..close]
         .split(',')
         .map(str::trim)
@@ -86,6 +89,18 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
         shape,
         data_start: start + header_len,
     })
+}
+
+impl NpyHeader {
+    /// Bytes of data the shape declares at `item` bytes per value; an
+    /// error (not a wrapped number) when a damaged header declares more
+    /// than any file can hold.
+    pub fn data_bytes(&self, item: usize) -> Result<usize, String> {
+        self.shape
+            .iter()
+            .try_fold(item, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("shape {:?} is larger than any file", self.shape))
+    }
 }
 
 /// Length of the headers [`fixed_header`] writes.
@@ -150,13 +165,13 @@ impl NpyF32 {
         if h.fortran_order {
             return Err("Fortran order is not supported; save with C order".into());
         }
-        let n: usize = h.shape.iter().product();
+        let want = h.data_bytes(4)?;
         let body = &bytes[h.data_start..];
-        if body.len() != n * 4 {
+        if body.len() != want {
             return Err(format!(
                 "shape {:?} needs {} data bytes, file has {}",
                 h.shape,
-                n * 4,
+                want,
                 body.len()
             ));
         }
@@ -213,6 +228,25 @@ impl NpyF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Damaged headers found by the edge fuzz (tests/fuzz_edges.rs): a
+    /// shape whose parentheses are reversed, and shapes whose size
+    /// overflows, are errors, not panics or wrapped sizes.
+    #[test]
+    fn damaged_shapes_are_errors() {
+        let with = |shape: &str| {
+            let mut b = fixed_header("<f4", &[1]).to_vec();
+            let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            b[10..10 + dict.len()].copy_from_slice(dict.as_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b
+        };
+        assert!(NpyF32::parse(&with(")3(")).is_err());
+        let e = NpyF32::parse(&with("(4294967296, 4294967296)")).unwrap_err();
+        assert!(e.contains("larger than any file"), "{e}");
+        let e = NpyF32::parse(&with("(4611686018427387904,)")).unwrap_err();
+        assert!(e.contains("larger than any file"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_alignment() {

@@ -234,3 +234,275 @@ fn a_flood_of_garbage_does_not_stall_the_loop() {
     assert!(link_stat(&o, "frames") >= 10_001);
     assert!(s.plant_interruptions == 0, "{:?}", s.plant_report);
 }
+
+// ---------------------------------------------------------------------------
+// The safety model against the real binaries: `neurostimd rig` misbehaving
+// on request, `neurostimd --plant serial` driving it (docs/safety.md).
+
+/// A `neurostimd rig` process (started by this test, stopped by its
+/// `--duration`), and its link.
+struct BinRig {
+    _turn: std::sync::MutexGuard<'static, ()>,
+    child: std::process::Child,
+    link: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_neurostimd")
+}
+
+/// Start `neurostimd rig` for `seconds` with `args`; returns once its link
+/// exists (the rig prints the path on stdout when ready).
+fn bin_rig(seconds: f64, args: &[&str]) -> BinRig {
+    use std::io::BufRead;
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("rig");
+    let mut child = std::process::Command::new(bin())
+        .arg("rig")
+        .arg("--link")
+        .arg(&link)
+        .arg("--duration")
+        .arg(seconds.to_string())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(link.exists(), "rig not ready: {line:?}");
+    BinRig {
+        _turn: turn,
+        child,
+        link,
+        dir,
+    }
+}
+
+/// What a daemon run printed and how it ended.
+struct BinRun {
+    code: i32,
+    summary: Option<serde_json::Value>,
+    stderr: String,
+}
+
+impl BinRig {
+    /// Run the daemon against this rig for `seconds` with `toml` laid
+    /// over a PI policy and no real-time requests.
+    fn daemon(&self, seconds: f64, toml: &str) -> BinRun {
+        let cfg = self.dir.path().join("daemon.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[control]\npolicy = \"pid\"\n[control.realtime]\nmlockall = false\npriority = 0\n\
+                 cpu = \"none\"\n[run]\nreports = \"{}\"\n{toml}",
+                self.dir.path().join("reports").display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["--plant", "serial", "--json", "--port"])
+            .arg(&self.link)
+            .arg("--duration")
+            .arg(seconds.to_string())
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        BinRun {
+            code: out.status.code().unwrap_or(-1),
+            summary: serde_json::from_str(&stdout).ok(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Wait for the rig's own end; its statistics.
+    fn finish(mut self) -> serde_json::Value {
+        let out = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().unwrap(),
+        )
+        .wait_with_output()
+        .unwrap();
+        let _ = self.child.wait();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let json = err
+            .lines()
+            .find_map(|l| l.strip_prefix("rig stopped: "))
+            .unwrap_or_else(|| panic!("no rig statistics in {err}"));
+        serde_json::from_str(json).unwrap()
+    }
+}
+
+fn link_of(s: &serde_json::Value, key: &str) -> u64 {
+    let l = &s["plant_report"]["link"];
+    l[key]
+        .as_u64()
+        .or_else(|| l["frames"][key].as_u64())
+        .unwrap_or_else(|| panic!("{key} missing in {l}"))
+}
+
+/// The limiter counted at least the charge the rig applied (to within
+/// 2%: the first and last commands' edges), and not grossly more.
+fn assert_charge_counted(run: &BinRun, rig: &serde_json::Value) {
+    let s = run
+        .summary
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let counted = s["charge_delivered_nc_cm2"].as_f64().unwrap();
+    let applied = rig["charge_applied_nc_cm2"].as_f64().unwrap();
+    eprintln!(
+        "limiter counted {counted:.1} nC/cm2, rig applied {applied:.1} nC/cm2 (ratio {:.3}); \
+         lost samples {}",
+        counted / applied,
+        s["lost_samples"]
+    );
+    assert!(applied > 100.0, "the PI drove the cell: {rig}");
+    assert!(
+        counted >= 0.98 * applied,
+        "the limiter counted {counted} of {applied} nC/cm2 the rig applied"
+    );
+    assert!(counted <= 1.10 * applied, "{counted} vs {applied}");
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn frame_losses_are_charged_as_the_held_command_delivered() {
+    let rig = bin_rig(4.0, &["--drop", "0.2", "--seed", "3"]);
+    let run = rig.daemon(1.0, "");
+    let stats = rig.finish();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = run.summary.as_ref().unwrap();
+    assert!(s["lost_samples"].as_u64().unwrap() > 1_000, "{s}");
+    // A healthy rig under losses is never taken for a misapplying one.
+    assert_eq!(s["interventions"]["rig_misapplied"], 0, "{s}");
+    eprintln!("applied mismatches: {}", link_of(s, "applied_mismatches"));
+    assert_charge_counted(&run, &stats);
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_long_valid_for_is_charged_until_the_successor_or_expiry() {
+    let rig = bin_rig(4.0, &["--drop", "0.2", "--seed", "4"]);
+    let run = rig.daemon(1.0, "[plant.serial]\nvalid_for = \"1000 ms\"\n");
+    let stats = rig.finish();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_charge_counted(&run, &stats);
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_coarse_current_scale_never_exceeds_the_amplitude_limit() {
+    // 2.2 uA/cm2 per count: 10 uA/cm2 is 4.55 counts; rounded it would be
+    // 5 counts = 11 uA/cm2, above the limit. An open-loop square wave at
+    // the limit asks for exactly that.
+    let rig = bin_rig(4.0, &["--i-scale", "2.2"]);
+    let run = rig.daemon(
+        1.0,
+        "[safety]\nmax_amplitude = \"10 uA/cm2\"\n[control]\npolicy = \"open\"\n\
+         [open]\namplitude = \"10 uA/cm2\"\nperiod = \"10 ms\"\n",
+    );
+    let stats = rig.finish();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let max = stats["max_abs_current"].as_f64().unwrap();
+    eprintln!("largest current applied: {max} uA/cm2");
+    assert!(max > 0.0 && max <= 10.0, "{stats}");
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_scale_too_coarse_for_the_limit_is_refused_at_the_handshake() {
+    let rig = bin_rig(3.0, &["--i-scale", "3"]);
+    let run = rig.daemon(0.5, "[safety]\nmax_amplitude = \"10 uA/cm2\"\n");
+    rig.finish();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("i_scale = 3")
+            && run.stderr.contains("safety.max_amplitude = 10")
+            && run.stderr.contains("at least 4 whole counts"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_rig_reboot_restarts_the_sequence_within_eight_frames() {
+    let rig = bin_rig(4.0, &["--reboot-at", "1.3"]);
+    let run = rig.daemon(1.5, "");
+    let stats = rig.finish();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(stats["reboots"], 1, "{stats}");
+    let s = run.summary.as_ref().unwrap();
+    // The rig booted while the daemon ran (the daemon's run started
+    // before 1.3 s of rig time and lasted 1.5 s).
+    assert_eq!(link_of(s, "sequence_restarts"), 1, "{s}");
+    // Before the fix every frame after the reboot looked stale until the
+    // rig's numbering caught up: thousands dropped, the link stalled.
+    let stale = link_of(s, "stale_frames");
+    assert!(stale <= 8, "{stale} frames dropped after the reboot");
+    assert_eq!(s["plant_interruptions"], 0, "{s}");
+    assert_eq!(s["stop"], "duration_reached", "{s}");
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_mid_run_rate_change_stops_the_run_at_zero() {
+    let rig = bin_rig(
+        4.0,
+        &["--rate-change-at", "1.0", "--rate-change-hz", "5000"],
+    );
+    let run = rig.daemon(2.5, "");
+    let stats = rig.finish();
+    assert_eq!(stats["rate_changes"], 1, "{stats}");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("changed its sample rate mid-run (10000 Hz to 5000 Hz)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_same_rate_hello_mid_run_is_a_fresh_handshake() {
+    let rig = bin_rig(
+        4.0,
+        &["--rate-change-at", "1.0", "--rate-change-hz", "10000"],
+    );
+    let run = rig.daemon(1.5, "");
+    rig.finish();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = run.summary.as_ref().unwrap();
+    assert_eq!(link_of(s, "sequence_restarts"), 1, "{s}");
+    assert_eq!(s["plant_interruptions"], 0, "{s}");
+}
+
+#[test]
+#[ignore = "not yet run: the shared build queue did not reach it before the deadline (issue 19 report)"]
+fn a_rig_that_misapplies_current_is_a_counted_fault_at_zero() {
+    // From 0.5 s of rig time the output is 30% too strong.
+    let rig = bin_rig(4.0, &["--misapply", "0.3", "--misapply-at", "0.5"]);
+    let run = rig.daemon(2.5, "");
+    rig.finish();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the rig reported applying")
+            && run.stderr.contains("5 samples in a row"),
+        "{}",
+        run.stderr
+    );
+    let s = run
+        .summary
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert_eq!(s["stop"], "plant_fault", "{s}");
+    assert_eq!(s["interventions"]["rig_misapplied"], 1, "{s}");
+    assert!(link_of(s, "applied_mismatches") >= 5, "{s}");
+}

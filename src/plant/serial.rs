@@ -707,3 +707,107 @@ impl Plant for SerialPlant {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i_applied: i32, cmd_seq: u16) -> SampleFrame {
+        SampleFrame {
+            t_us: 0,
+            v: 0,
+            i_applied,
+            echo_us: u64::from(cmd_seq != 0),
+            cmd_seq,
+        }
+    }
+
+    /// Commands answering samples 1..=n, 1000 counts each, frame seq = k.
+    fn steady(n: u64) -> Reconciler {
+        let mut r = Reconciler::new();
+        for k in 1..=n {
+            r.push(k, k as u16, 1000);
+        }
+        r
+    }
+
+    #[test]
+    fn a_rig_that_applies_what_it_is_told_is_never_a_fault() {
+        let mut r = steady(20);
+        let mut st = LinkStats::default();
+        for k in 2..=21u64 {
+            // Within the 2-count tolerance.
+            r.check(k, 20, &sample(1002, (k - 1) as u16), &mut st)
+                .unwrap();
+        }
+        assert_eq!(st.applied_mismatches, 0);
+        // A lost stretch: the held command within valid_for, then zero
+        // once it may have expired.
+        r.check(40, 20, &sample(1000, 20), &mut st).unwrap();
+        r.check(41, 20, &sample(0, 20), &mut st).unwrap();
+        assert_eq!(st.applied_mismatches, 0);
+    }
+
+    #[test]
+    fn a_gain_error_is_a_fault_after_five_samples() {
+        let mut r = steady(30);
+        let mut st = LinkStats::default();
+        for k in 2..=5u64 {
+            r.check(k, 20, &sample(1300, (k - 1) as u16), &mut st)
+                .unwrap();
+        }
+        let e = r.check(6, 20, &sample(1300, 5), &mut st).unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::Misapplied {
+                reported: 1300,
+                expected: 1000,
+                tolerance: 2,
+                samples: 5
+            }
+        );
+        assert_eq!(st.applied_mismatches, 5);
+        assert_eq!(st.applied_mismatch_max, 298);
+    }
+
+    #[test]
+    fn current_held_past_its_expiry_disagrees_and_one_good_sample_resets_the_run() {
+        let mut r = Reconciler::new();
+        r.push(1, 1, 500);
+        let mut st = LinkStats::default();
+        // 30 samples later, valid_for 20 samples: only zero is allowed.
+        for k in 0..4 {
+            r.check(31 + k, 20, &sample(500, 1), &mut st).unwrap();
+        }
+        r.check(35, 20, &sample(0, 1), &mut st).unwrap();
+        for k in 0..4 {
+            r.check(36 + k, 20, &sample(500, 1), &mut st).unwrap();
+        }
+        assert_eq!(st.applied_mismatches, 8);
+        // A restart forgets every command: zero is what is expected.
+        r.forget();
+        r.check(50, 20, &sample(0, 0), &mut st).unwrap();
+    }
+
+    #[test]
+    fn the_scale_must_leave_four_counts_in_the_limit() {
+        let hello = |i_scale: f32| Hello {
+            version: VERSION,
+            rig_id: 1,
+            sample_rate_hz: 10_000,
+            v_unit: 1,
+            i_unit: 1,
+            v_scale: 0.001,
+            i_scale,
+        };
+        assert!(check_hello(&hello(2.5), 10.0).is_ok());
+        let e = check_hello(&hello(3.0), 10.0).unwrap_err();
+        assert!(matches!(e, Refusal::CoarseScale { min_counts: 4, .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains("i_scale = 3") && text.contains("max_amplitude = 10"),
+            "{text}"
+        );
+        assert!(check_hello(&hello(f32::NAN), 10.0).is_err());
+    }
+}

@@ -44,18 +44,19 @@ pub(crate) fn read_npy_8(path: &Path, descr: &str) -> Result<Vec<[u8; 8]>, Recor
             format!("dtype {} (expected {descr})", h.descr),
         ));
     }
-    let n: usize = h.shape.iter().product();
+    let want = h.data_bytes(8).map_err(|w| fmt_err(path, w))?;
     let body = &bytes[h.data_start..];
-    if body.len() < n * 8 {
+    if body.len() < want {
         return Err(fmt_err(
             path,
             format!(
-                "header counts {n} values but the file holds {} (run `neurostimd recover` on the recording)",
+                "header counts {} values but the file holds {} (run `neurostimd recover` on the recording)",
+                want / 8,
                 body.len() / 8
             ),
         ));
     }
-    Ok(body[..n * 8]
+    Ok(body[..want]
         .chunks_exact(8)
         .map(|c| c.try_into().expect("8 bytes"))
         .collect())
@@ -207,7 +208,10 @@ fn load_stream(
     let dat = read(&dat_path)?;
     let ch = names.len();
     let n = sn.len();
-    if dat.len() < n * ch * 2 || ts.len() != n {
+    // n is bounded by a file's size, ch by the header's channel list:
+    // their product fits unless the header is absurd.
+    let frame_bytes = n.checked_mul(ch * 2).unwrap_or(usize::MAX);
+    if dat.len() < frame_bytes || ts.len() != n {
         return Err(fmt_err(
             &sdir,
             format!(
@@ -218,7 +222,7 @@ fn load_stream(
         ));
     }
     let mut raw = vec![Vec::with_capacity(n); ch];
-    for frame in dat[..n * ch * 2].chunks_exact(2 * ch) {
+    for frame in dat[..frame_bytes].chunks_exact(2 * ch) {
         for (c, x) in frame.chunks_exact(2).enumerate() {
             raw[c].push(i16::from_le_bytes([x[0], x[1]]));
         }
