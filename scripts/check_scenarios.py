@@ -303,7 +303,7 @@ def render_table(expected):
             vtext = ""
             if v:
                 vtext = v["text"].replace("x charge", "× charge")
-                vtext = re.sub(r"^-", "−", vtext)
+                vtext = re.sub(r"(^|: )-", r"\1−", vtext)
             e = err(p["mean_error"]) + (f" {unit}" if unit else "")
             te = p.get("mean_true_error")
             cells = [
