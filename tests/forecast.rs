@@ -486,3 +486,75 @@ fn the_native_forecast_does_not_allocate_for_any_head() {
         assert!(out.iter().all(|x| x.is_finite()));
     }
 }
+
+/// `out[:, -1:, :].squeeze(1)` instead of `out[:, -1, :]`: `Slice` +
+/// `Squeeze` where PyTorch wrote `Gather`. The same head, so the native
+/// engine runs it, equal to tract on random windows.
+#[test]
+fn the_last_step_as_slice_and_squeeze_is_recognised() {
+    use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
+    let ints = |name: &str, v: i64| NodeProto {
+        op_type: "Constant".into(),
+        output: vec![name.into()],
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            r#type: 4, // TENSOR
+            t: Some(TensorProto {
+                dims: vec![1],
+                data_type: 7, // INT64
+                int64_data: vec![v],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (_d, p) = edited_graph("pytorch_last_lstm1_h16", |g| {
+        let at = g.node.iter().rposition(|n| n.op_type == "Gather").unwrap();
+        let gather = g.node.remove(at);
+        let (seq, picked) = (gather.input[0].clone(), gather.output[0].clone());
+        let slice = NodeProto {
+            op_type: "Slice".into(),
+            name: "/SliceLast".into(),
+            input: vec![seq, "s0".into(), "s1".into(), "s2".into()],
+            output: vec!["last1".into()],
+            ..Default::default()
+        };
+        let squeeze = NodeProto {
+            op_type: "Squeeze".into(),
+            name: "/SqueezeLast".into(),
+            input: vec!["last1".into(), "s2".into()],
+            output: vec![picked],
+            ..Default::default()
+        };
+        let new = [
+            ints("s0", -1),
+            ints("s1", i64::MAX),
+            ints("s2", 1),
+            slice,
+            squeeze,
+        ];
+        for (k, n) in new.into_iter().enumerate() {
+            g.node.insert(at + k, n);
+        }
+    });
+    let mut native = Forecaster::load(&p, 8, Engine::Native).unwrap();
+    assert_eq!(
+        native.engine(),
+        Engine::Native,
+        "{:?}",
+        native.native_unavailable()
+    );
+    let mut plain = Forecaster::load(&p, 8, Engine::Tract).unwrap();
+    let (t_in, t_out) = (native.card().t_in, native.card().t_out);
+    let v: Vec<f32> = (0..t_in).map(|t| -70.0 + (t * 13 % 17) as f32).collect();
+    let i: Vec<f32> = (0..t_in).map(|t| (t % 5) as f32 * 0.4 - 0.6).collect();
+    let plans: Vec<f32> = (0..8 * t_out)
+        .map(|n| (n * 7 % 9) as f32 * 0.5 - 2.0)
+        .collect();
+    let (mut a, mut b) = (vec![0.0; 8 * t_out], vec![0.0; 8 * t_out]);
+    native.forecast(&v, &i, &plans, 8, &mut a).unwrap();
+    plain.forecast(&v, &i, &plans, 8, &mut b).unwrap();
+    let v_std = native.card().normalization.v_std as f32;
+    assert!(max_diff(&a, &b) / v_std < 1e-4);
+}

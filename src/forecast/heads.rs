@@ -157,7 +157,7 @@ fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
     if t.raw_data.is_empty() {
         return Some(t.float_data.clone());
     }
-    (t.raw_data.len() % 4 == 0).then(|| {
+    t.raw_data.len().is_multiple_of(4).then(|| {
         t.raw_data
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -172,7 +172,7 @@ fn ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
     if t.raw_data.is_empty() {
         return Some(t.int64_data.clone());
     }
-    (t.raw_data.len() % 8 == 0).then(|| {
+    t.raw_data.len().is_multiple_of(8).then(|| {
         t.raw_data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -244,6 +244,9 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
     }
     let out = g.output.first().ok_or("the graph has no output")?;
     let y = w.vals.get(out.name.as_str()).cloned().unwrap_or(Val::Indep);
+    if let Val::No(why) = y {
+        return Err(why);
+    }
     let top = w
         .layers
         .len()
@@ -292,7 +295,6 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
                 f.width()
             ))
         }
-        Val::No(why) => return Err(why),
         _ => return Err(format!("output `{}` is not computed from the LSTM", out.name)),
     };
     Ok(Recognised {
@@ -323,6 +325,10 @@ impl Walk<'_> {
         if op == "LSTM" {
             return self.lstm(n, ins);
         }
+        // Missing operands read as "not a constant", never out of bounds.
+        let mut ins = ins.to_vec();
+        ins.resize(ins.len().max(3), Val::Indep);
+        let ins = &ins[..];
         let why = |what: &str| Val::No(format!("node `{}` ({op}) {what}", n.name));
         let v = match op {
             "Identity" => Ok(ins[0].clone()),
@@ -431,7 +437,7 @@ impl Walk<'_> {
             Some(Val::Const(Const {
                 dims,
                 data: Data::F32(x),
-            })) => Ok((dims.clone(), x.clone())),
+            })) if x.len() == dims.iter().product::<usize>() => Ok((dims.clone(), x.clone())),
             _ => Err(format!("{what} is not a float constant")),
         };
         let (wd, w) = weight(1, "W")?;
@@ -709,7 +715,7 @@ fn weight_2d(v: &Val) -> Option<(usize, usize, &[f32])> {
         Val::Const(Const {
             dims,
             data: Data::F32(w),
-        }) if dims.len() == 2 => Some((dims[0], dims[1], w)),
+        }) if dims.len() == 2 && w.len() == dims[0] * dims[1] => Some((dims[0], dims[1], w)),
         _ => None,
     }
 }
