@@ -457,21 +457,7 @@ impl Running {
             (mpc_on && c.guard.enabled).then(|| std::sync::Arc::new(guard::GuardLink::new()));
         let (notes_tx, mut duties) =
             Self::consumer_duties(&mut setup, mpc_on, guard_link.is_some())?;
-        if let (Some(link), Some(g)) = (&guard_link, geo) {
-            duties.guard = Some(consumer::GuardDuty {
-                guard: guard::Guard::new(
-                    c.guard,
-                    c.objective,
-                    period_ms,
-                    dec,
-                    g.t_out,
-                    link.clone(),
-                ),
-                log: guard::RateLimitedLog::new(Duration::from_secs(1)),
-                retrain: setup.retrain.clone(),
-                hook: setup.guard_hook.take(),
-            });
-        }
+        duties.guard = Self::guard_duty(&c, &mut setup, guard_link.as_ref(), geo, period_ms);
         let training_flag = setup.retrain.as_ref().map(|r| r.training.clone());
         let trace = match &setup.trace_out {
             Some(p) => Some((p.clone(), create(p)?)),
@@ -555,6 +541,30 @@ impl Running {
             fault_text: None,
             start: Instant::now(),
             start_mono: 0,
+        })
+    }
+
+    /// The guard's work on the record consumer (MPC with the guard on).
+    fn guard_duty(
+        c: &ControlConfig,
+        setup: &mut RunSetup,
+        link: Option<&std::sync::Arc<guard::GuardLink>>,
+        geo: Option<Geometry>,
+        period_ms: f64,
+    ) -> Option<consumer::GuardDuty> {
+        let (link, g) = (link?, geo?);
+        Some(consumer::GuardDuty {
+            guard: guard::Guard::new(
+                c.guard,
+                c.objective,
+                period_ms,
+                g.decimation,
+                g.t_out,
+                link.clone(),
+            ),
+            log: guard::RateLimitedLog::new(Duration::from_secs(1)),
+            retrain: setup.retrain.clone(),
+            hook: setup.guard_hook.take(),
         })
     }
 
