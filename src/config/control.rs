@@ -333,8 +333,8 @@ fn objective(
     positive(o.burst.min_rate.get()).map_err(|m| cx.err("objective.burst.min_rate", m))?;
     finite(o.silence.ceiling.get()).map_err(|m| cx.err("objective.silence.ceiling", m))?;
     let times: Vec<f64> = o.timing.times.iter().map(|t| t.get()).collect();
-    let timing = crate::policy::SpikeTrain::new(&times)
-        .map_err(|m| cx.err("objective.timing.times", m))?;
+    let timing =
+        crate::policy::SpikeTrain::new(&times).map_err(|m| cx.err("objective.timing.times", m))?;
     positive(o.timing.window.get()).map_err(|m| cx.err("objective.timing.window", m))?;
     let wave = |w: &RawWave<_>, at: &str| -> Result<Waveform, ConfigError> {
         positive(w.period.get()).map_err(|m| cx.err(&format!("{at}.period"), m))?;
@@ -446,8 +446,8 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
     positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
     finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
     let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
-    let rate_ff = crate::policy::pid::FeedForward::new(&points)
-        .map_err(|m| cx.err("pid.rate_ff", m))?;
+    let rate_ff =
+        crate::policy::pid::FeedForward::new(&points).map_err(|m| cx.err("pid.rate_ff", m))?;
     Ok(crate::policy::pid::PidGains {
         rate_kp: p.rate_kp,
         rate_ki: p.rate_ki,
