@@ -336,7 +336,7 @@ impl Walk<'_> {
             "Squeeze" => squeeze(n, ins, self.steps),
             "Slice" => slice(n, ins),
             "Gather" => gather(n, ins, self.steps),
-            "Concat" => concat(n, ins),
+            "Concat" => concat(n, &ins[..n.input.len()]),
             "MatMul" => matmul(ins),
             "Gemm" => gemm(n, ins),
             "Add" => add(ins),
@@ -771,7 +771,7 @@ fn gemm(n: &pb::NodeProto, ins: &[Val]) -> Result<Val, String> {
     } else {
         (r, c, b.to_vec())
     };
-    let bias = match ins.get(2) {
+    let bias = match ins.get(2).filter(|_| n.input.len() > 2) {
         None => vec![0.0; output],
         Some(v) => bias_of(v, output).ok_or("whose C is not a constant of the output width")?,
     };
