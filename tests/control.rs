@@ -253,7 +253,7 @@ fn mpc_suppresses_bursts_better_than_the_pi_baseline_with_less_charge() {
     })
     .unwrap();
     let get = |p: &str| r[0].policies.iter().find(|x| x.policy == p).unwrap();
-    let (mpc, pid, off) = (get("mpc"), get("pid"), get("off"));
+    let (mpc, pid, off) = (get("mpc"), get("pi"), get("off"));
     // Unstimulated: 3 of every 4 spikes are inside a burst.
     assert!((off.mean_error - 0.75).abs() < 0.01, "{off:?}");
     assert!(

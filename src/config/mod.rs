@@ -701,7 +701,9 @@ impl Config {
         let sp = sim.sample_period_ms;
         let run = raw.run.validate(&cx)?;
         let safety = raw.safety.validate(&cx)?;
-        let train = raw.train.validate(&cx, &sim, raw.plant.sim.randomize.ranges())?;
+        let train = raw
+            .train
+            .validate(&cx, &sim, raw.plant.sim.randomize.ranges())?;
         let control = control::validate_control(&raw, sp, &safety, &cx)?;
         let serial = raw.plant.serial.validate(&cx, sp, safety.max_amplitude)?;
         let record = raw.record.validate(&cx, &safety)?;

@@ -100,6 +100,52 @@ impl RawTrain {
                 format!("train_fraction {tf} and val_fraction {vf} must be > 0 and sum to < 1 (the rest is the test set)"),
             ));
         }
+        let sources = self.sources(cx, sim, ranges)?;
+        if sources.is_empty() && t.data.traces.is_empty() {
+            return Err(cx.err(
+                "train.data.presets",
+                "no data: list presets, set regime_change or give traces".into(),
+            ));
+        }
+        Ok(TrainConfig {
+            layers: t.layers,
+            hidden: t.hidden,
+            t_in: t.t_in,
+            t_out: t.t_out,
+            dt_ms: t.dt.get(),
+            decimation,
+            order: t.order,
+            head: t.head,
+            schedule: crate::train::trainer::Schedule {
+                epochs: t.epochs,
+                batch: t.batch,
+                learning_rate: t.learning_rate,
+                clip_norm: t.clip_norm,
+                patience: t.patience,
+                seed: t.seed,
+            },
+            sources,
+            traces: t.data.traces.clone(),
+            duration_ms: t.data.duration.get(),
+            stride: t.data.stride,
+            max_amplitude: t.data.max_amplitude.get(),
+            train_fraction: tf,
+            val_fraction: vf,
+            spike_weight: spike_weight(cx, t.spike_weight)?,
+        })
+    }
+}
+
+impl RawTrain {
+    /// The simulated training stretches: each preset (on the nominal cell
+    /// or on each randomised cell), the plant's own cell, the regime change.
+    fn sources(
+        &self,
+        cx: &Cx,
+        sim: &SimConfig,
+        ranges: crate::neuron::cell::Ranges,
+    ) -> Result<Vec<TrainSource>, ConfigError> {
+        let t = self;
         // Training stretches use the plant's settings without its schedule.
         let base = SimConfig {
             schedule: Vec::new(),
@@ -159,38 +205,7 @@ impl RawTrain {
                 sim,
             });
         }
-        if sources.is_empty() && t.data.traces.is_empty() {
-            return Err(cx.err(
-                "train.data.presets",
-                "no data: list presets, set regime_change or give traces".into(),
-            ));
-        }
-        Ok(TrainConfig {
-            layers: t.layers,
-            hidden: t.hidden,
-            t_in: t.t_in,
-            t_out: t.t_out,
-            dt_ms: t.dt.get(),
-            decimation,
-            order: t.order,
-            head: t.head,
-            schedule: crate::train::trainer::Schedule {
-                epochs: t.epochs,
-                batch: t.batch,
-                learning_rate: t.learning_rate,
-                clip_norm: t.clip_norm,
-                patience: t.patience,
-                seed: t.seed,
-            },
-            sources,
-            traces: t.data.traces.clone(),
-            duration_ms: t.data.duration.get(),
-            stride: t.data.stride,
-            max_amplitude: t.data.max_amplitude.get(),
-            train_fraction: tf,
-            val_fraction: vf,
-            spike_weight: spike_weight(cx, t.spike_weight)?,
-        })
+        Ok(sources)
     }
 }
 

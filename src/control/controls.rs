@@ -433,7 +433,7 @@ mod tests {
         assert_eq!((s.samples, s.plan_misses, s.heartbeat), (7, 2, 1));
         assert_eq!(s.forecast_error_mv, Some(1.5));
         assert_eq!(s.plant_time_s, 2.5);
-        assert_eq!(s.interventions.len(), 11);
+        assert_eq!(s.interventions.len(), 12);
         c.mark_finished();
         assert!(c.status().finished && !c.status().running);
     }

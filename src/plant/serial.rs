@@ -484,14 +484,22 @@ impl Reconciler {
         };
         candidate(self.model(index), 0, &mut take);
         candidate(self.model(index.saturating_sub(1)), 1, &mut take);
-        if let Some(seq) = echo {
-            if let Some(c) = self.newest().find(|c| c.1 == seq) {
-                candidate(
-                    Some((c.2, index.saturating_sub(c.0))),
-                    ECHO_SLACK,
-                    &mut take,
-                );
+        match echo {
+            Some(seq) => {
+                if let Some(c) = self.newest().find(|c| c.1 == seq) {
+                    candidate(
+                        Some((c.2, index.saturating_sub(c.0))),
+                        ECHO_SLACK,
+                        &mut take,
+                    );
+                }
             }
+            // The rig has acknowledged no command yet (the first ones are
+            // still on the wire): it applies nothing. The limiter counted
+            // them from when they were sent, which over-counts: the safe
+            // side. Measured: the emulated rig reported 0 for 5 samples
+            // after the first command of a PI run.
+            None => zero_ok = true,
         }
         if zero_ok {
             take(0);
@@ -767,7 +775,8 @@ mod tests {
             }
         );
         assert_eq!(st.applied_mismatches, 5);
-        assert_eq!(st.applied_mismatch_max, 298);
+        // 1,300 reported against 1,000 in force: 300 counts off.
+        assert_eq!(st.applied_mismatch_max, 300);
     }
 
     #[test]

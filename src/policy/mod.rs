@@ -619,7 +619,9 @@ mod tests {
         // Far from any target, a spike is an extra and quiet is free.
         let quiet = ctx(200.0, 100.0);
         assert_eq!(o.forecast_cost(&quiet, &spike_at(None)), 0.0);
-        assert_eq!(o.forecast_cost(&quiet, &spike_at(Some(3))), 1.0);
+        // An extra costs 1, plus the near-threshold penalty for its upstroke.
+        let extra = o.forecast_cost(&quiet, &spike_at(Some(3)));
+        assert!((1.0..2.0).contains(&extra), "{extra}");
         // The target already hit by the last real spike asks for nothing.
         assert_eq!(o.forecast_cost(&ctx(100.5, 100.5), &spike_at(None)), 0.0);
         // A window that closes inside the horizon without a spike is a miss.
