@@ -455,20 +455,21 @@ fn start_interval_writer(
     Ok(None)
 }
 
+/// What the control thread hands back: the outcome, the interval log's
+/// hand-off and the plant (a calibration run passes it on to the policy).
+type ControlThreadEnd = (
+    control::RunOutcome,
+    Option<report::IntervalHandoff>,
+    Box<dyn crate::plant::Plant>,
+);
+
 /// The loop on a thread of its own (the one promoted to real time).
 fn run_control_thread(
     mut plant: Box<dyn crate::plant::Plant>,
     setup: RunSetup,
     stop: Arc<AtomicBool>,
     handoff: Option<report::IntervalHandoff>,
-) -> Result<
-    (
-        control::RunOutcome,
-        Option<report::IntervalHandoff>,
-        Box<dyn crate::plant::Plant>,
-    ),
-    SessionError,
-> {
+) -> Result<ControlThreadEnd, SessionError> {
     let control = std::thread::Builder::new()
         .name("control".into())
         .stack_size(8 << 20)

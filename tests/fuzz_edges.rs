@@ -105,12 +105,21 @@ fn mutate(node: &Path, m: &serde_json::Value) {
             let mut at = &mut v;
             for k in parents {
                 at = match k.as_u64() {
-                    Some(i) => &mut at[i as usize],
+                    Some(i) => match at.get_mut(i as usize) {
+                        Some(x) => x,
+                        // The path names an element the file lacks: the
+                        // mutation has nothing to damage.
+                        None => return,
+                    },
                     None => &mut at[k.as_str().unwrap()],
                 };
             }
             match (op, last.as_u64()) {
-                ("json", Some(i)) => at[i as usize] = m[3].clone(),
+                ("json", Some(i)) => match at.as_array_mut() {
+                    Some(a) if (i as usize) < a.len() => a[i as usize] = m[3].clone(),
+                    Some(a) => a.push(m[3].clone()),
+                    None => return,
+                },
                 ("json", None) => at[last.as_str().unwrap()] = m[3].clone(),
                 (_, _) => {
                     at.as_object_mut().unwrap().remove(last.as_str().unwrap());

@@ -197,7 +197,7 @@ fn guard(
     let window = g.window.get();
     // A window must hold complete forecasts (horizons of a few control
     // periods) and a meaningful objective figure; 100 ms is the least.
-    if !(window >= 100.0 && window >= 10.0 * control_period_ms) || !window.is_finite() {
+    if !(window >= 100.0 && window >= 10.0 * control_period_ms && window.is_finite()) {
         return Err(cx.err(
             "control.guard.window",
             format!("{window} ms is too short: at least 100 ms and 10 control periods"),

@@ -463,46 +463,31 @@ impl Reconciler {
     }
 
     /// The range of applied currents (counts) a healthy rig may report at
-    /// sample `index`, holding commands for `hold` samples: the model's
-    /// command, the one before it (applied a sample late), the command
-    /// the rig echoes (a slower round trip), and zero once one of them
-    /// may have expired.
+    /// sample `index`, holding commands for `hold` samples: from zero to
+    /// the model's command, the one before it (applied a sample late) and
+    /// the command the rig echoes (a slower round trip). Delivering less
+    /// than the model, down to nothing, is never unsafe (the limiter has
+    /// then over-counted), and commands can reach the rig several samples
+    /// after the model starts counting them (the emulated rig, catching up
+    /// on its clock, reported 0 for 5 samples after a PI run's first
+    /// command): only delivering more than any command that may be in
+    /// force, or the wrong sign, is a fault.
     fn allowed(&self, index: u64, hold: u64, echo: Option<u16>) -> (i64, i64) {
-        let mut lo = i64::MAX;
-        let mut hi = i64::MIN;
-        let mut take = |v: i32| {
-            lo = lo.min(i64::from(v));
-            hi = hi.max(i64::from(v));
-        };
-        let mut zero_ok = false;
-        let mut candidate = |m: Option<(i32, u64)>, slack: u64, take: &mut dyn FnMut(i32)| match m {
-            Some((counts, age)) if age <= hold + slack => {
-                take(counts);
-                zero_ok |= age + 1 >= hold;
-            }
-            _ => zero_ok = true,
-        };
-        candidate(self.model(index), 0, &mut take);
-        candidate(self.model(index.saturating_sub(1)), 1, &mut take);
-        match echo {
-            Some(seq) => {
-                if let Some(c) = self.newest().find(|c| c.1 == seq) {
-                    candidate(
-                        Some((c.2, index.saturating_sub(c.0))),
-                        ECHO_SLACK,
-                        &mut take,
-                    );
+        let (mut lo, mut hi) = (0i64, 0i64);
+        let mut candidate = |m: Option<(i32, u64)>, slack: u64| {
+            if let Some((counts, age)) = m {
+                if age <= hold + slack {
+                    lo = lo.min(i64::from(counts));
+                    hi = hi.max(i64::from(counts));
                 }
             }
-            // The rig has acknowledged no command yet (the first ones are
-            // still on the wire): it applies nothing. The limiter counted
-            // them from when they were sent, which over-counts: the safe
-            // side. Measured: the emulated rig reported 0 for 5 samples
-            // after the first command of a PI run.
-            None => zero_ok = true,
-        }
-        if zero_ok {
-            take(0);
+        };
+        candidate(self.model(index), 0);
+        candidate(self.model(index.saturating_sub(1)), 1);
+        if let Some(seq) = echo {
+            if let Some(c) = self.newest().find(|c| c.1 == seq) {
+                candidate(Some((c.2, index.saturating_sub(c.0))), ECHO_SLACK);
+            }
         }
         (lo, hi)
     }

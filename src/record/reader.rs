@@ -210,7 +210,7 @@ fn load_stream(
     let n = sn.len();
     // n is bounded by a file's size, ch by the header's channel list:
     // their product fits unless the header is absurd.
-    let frame_bytes = n.checked_mul(ch * 2).unwrap_or(usize::MAX);
+    let frame_bytes = n.saturating_mul(ch * 2);
     if dat.len() < frame_bytes || ts.len() != n {
         return Err(fmt_err(
             &sdir,

@@ -111,7 +111,7 @@ pub fn read_trace_csv(path: &Path) -> Result<RawTrace, TrainError> {
     let mut steps: Vec<f64> = rows.windows(2).map(|w| w[1].0 - w[0].0).collect();
     steps.sort_by(f64::total_cmp);
     let period = steps[steps.len() / 2];
-    if !(period > 0.0) {
+    if period.is_nan() || period <= 0.0 {
         return Err(bad(
             1,
             format!("t_ms does not increase (median step {period} ms)"),
