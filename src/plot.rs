@@ -142,16 +142,17 @@ fn parse_trace(path: &Path, d: &mut RunData) -> Result<(), PlotError> {
             continue;
         }
         let f: Vec<&str> = line.split(',').collect();
-        // Every value sets an axis: an infinite or NaN one would stretch it
-        // forever (a V_mV of inf hung the plot), so it is refused by row.
+        // Every value sets an axis: an infinite, NaN or absurd one would
+        // stretch it for ever (V_mV = inf and 1e300 hung the plot), so it is
+        // refused by row; no trace of ours comes near 1e9 in ms, mV or µA/cm².
         let num = |i: usize| -> Result<f64, PlotError> {
             f.get(i)
                 .and_then(|x| x.parse::<f64>().ok())
-                .filter(|x| x.is_finite())
+                .filter(|x| x.is_finite() && x.abs() <= 1e9)
                 .ok_or_else(|| PlotError::Parse {
                     path: path.display().to_string(),
                     line: k + 1,
-                    message: format!("column {} is not a finite number", i + 1),
+                    message: format!("column {} is not a number within ±1e9", i + 1),
                 })
         };
         let t = num(ct)?;

@@ -366,7 +366,7 @@ fn plot_refuses_a_trace_with_an_infinite_time_instead_of_hanging() {
     refused(
         &["plot", "rep", "--out", "p.svg"],
         dir.path(),
-        "not a finite time",
+        "trace.csv:6: column 1 is not a number within ±1e9",
     );
     refused(
         &["plot", "rep", "--out", "p.svg", "--zoom-start", "inf"],

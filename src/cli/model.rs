@@ -86,7 +86,7 @@ struct EvalArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "sim")]
     recording: Option<PathBuf>,
     /// Simulated seconds (the second half is scored).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
     duration: f64,
     /// Seed of the excitation (the trainer uses the config's seed).
     #[arg(long, default_value_t = 12345)]
@@ -154,8 +154,13 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         config,
         json,
     } = a;
-    if !(duration.is_finite() && duration > 0.0) {
-        return Err(UsageError(format!("--duration {duration} must be > 0 seconds")).into());
+    // The ceiling (a day of simulated data) keeps 1e30 from overflowing
+    // the sample count (it panicked).
+    if !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0) {
+        return Err(UsageError(format!(
+            "--duration {duration} must be in (0, 86400] seconds"
+        ))
+        .into());
     }
     let c = match (sim, data) {
         _ if recording.is_some() => {

@@ -20,7 +20,12 @@ pub struct PlotArgs {
     #[arg(long, value_name = "SECONDS")]
     zoom_start: Option<f64>,
     /// Length of the zoomed window, ms.
-    #[arg(long, value_name = "MS", default_value_t = 250.0)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 250.0,
+        allow_negative_numbers = true
+    )]
     zoom_ms: f64,
 }
 

@@ -19,7 +19,7 @@ pub struct RigArgs {
     #[arg(long, value_name = "PATH")]
     link: Option<PathBuf>,
     /// Stop after this many seconds (default: until Ctrl-C).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
     /// Probability that a sample frame is dropped.
     #[arg(long, default_value_t = 0.0)]
@@ -106,8 +106,10 @@ pub fn cmd_rig(a: RigArgs) -> anyhow::Result<()> {
         ("--stall-ms", Some(a.stall_ms)),
         ("--reconnect-ms", Some(a.reconnect_ms)),
     ] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(UsageError(format!("{name} {v:?} must be a finite number >= 0")).into());
+        // The upper bound (about 116 days) keeps a typo such as 1e30 from
+        // running a rig for ever.
+        if v.is_some_and(|v| !(v.is_finite() && (0.0..=1e7).contains(&v))) {
+            return Err(UsageError(format!("{name} {v:?} must be a number in 0 ..= 1e7")).into());
         }
     }
     if !(a.misapply.is_finite() && a.misapply > -1.0) {

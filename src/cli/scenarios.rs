@@ -17,7 +17,7 @@ pub struct ScenariosArgs {
     duration: Option<f64>,
     /// Run N seeds of the plant noise, the MPC's sampling and the
     /// randomised cells, from --seed-base.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seeds: u64,
     /// The first seed: 1 for evaluation (the table), 101 for tuning
     /// (scripts/tune_baselines.py), so tuning never sees evaluation runs.

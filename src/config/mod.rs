@@ -95,6 +95,24 @@ fn non_negative(x: f64) -> Result<(), String> {
         Ok(())
     }
 }
+/// A conductance (mS/cm²): at most 1e4, a thousand times the largest in
+/// the models, so a typo (1e308) is refused here, not found as a
+/// non-finite simulator state at the first sample.
+fn conductance(x: f64) -> Result<(), String> {
+    non_negative(x)?;
+    if x > 1e4 {
+        return Err(format!("{x} is above 1e4 mS/cm2"));
+    }
+    Ok(())
+}
+/// A membrane or reversal potential (mV): within ±1000 mV.
+fn potential(x: f64) -> Result<(), String> {
+    finite(x)?;
+    if x.abs() > 1000.0 {
+        return Err(format!("{x} mV is outside -1000 ..= 1000 mV"));
+    }
+    Ok(())
+}
 fn positive(x: f64) -> Result<(), String> {
     finite(x)?;
     if x <= 0.0 {
@@ -142,21 +160,21 @@ macro_rules! param_fields {
 
 param_fields! {
     cm: f64 => positive,
-    g_l: Quantity<Conductance> => non_negative,
-    e_l: Quantity<Voltage> => finite,
-    g_na: Quantity<Conductance> => non_negative,
-    e_na: Quantity<Voltage> => finite,
-    g_nap: Quantity<Conductance> => non_negative,
-    theta_p: Quantity<Voltage> => finite,
-    g_kdr: Quantity<Conductance> => non_negative,
-    e_k: Quantity<Voltage> => finite,
-    g_a: Quantity<Conductance> => non_negative,
-    g_m: Quantity<Conductance> => non_negative,
-    g_ca: Quantity<Conductance> => non_negative,
-    e_ca: Quantity<Voltage> => finite,
-    g_kca: Quantity<Conductance> => non_negative,
+    g_l: Quantity<Conductance> => conductance,
+    e_l: Quantity<Voltage> => potential,
+    g_na: Quantity<Conductance> => conductance,
+    e_na: Quantity<Voltage> => potential,
+    g_nap: Quantity<Conductance> => conductance,
+    theta_p: Quantity<Voltage> => potential,
+    g_kdr: Quantity<Conductance> => conductance,
+    e_k: Quantity<Voltage> => potential,
+    g_a: Quantity<Conductance> => conductance,
+    g_m: Quantity<Conductance> => conductance,
+    g_ca: Quantity<Conductance> => conductance,
+    e_ca: Quantity<Voltage> => potential,
+    g_kca: Quantity<Conductance> => conductance,
     a_c: f64 => positive,
-    g_kahp: Quantity<Conductance> => non_negative,
+    g_kahp: Quantity<Conductance> => conductance,
     a_q: f64 => positive,
     nu: f64 => non_negative,
     tau_ca: Quantity<Time> => positive,

@@ -117,6 +117,14 @@ pub fn read_trace_csv(path: &Path) -> Result<RawTrace, TrainError> {
             format!("t_ms does not increase (median step {period} ms)"),
         ));
     }
+    // A membrane trace sampled slower than 1 Hz has nothing to forecast
+    // (and 1e300 ms steps overflow what follows).
+    if period > 1000.0 {
+        return Err(bad(
+            1,
+            format!("the median time step {period} ms is above 1000 ms: is t_ms in ms?"),
+        ));
+    }
     Ok(RawTrace {
         period_ms: period,
         segments: split_rows(&rows, period),
