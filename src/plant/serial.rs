@@ -411,6 +411,15 @@ pub const APPLIED_TOLERANCE_COUNTS: i64 = 2;
 /// (0.5 ms at 10 kHz) is a rig that does not apply what it is told.
 pub const MISAPPLIED_RUN: u32 = 5;
 
+/// Whether a run of disagreeing samples stops the run. Off for now: the
+/// model of what is in force still disagrees with the reference firmware
+/// (`scripts/ci_firmware.sh`: 2,231 counts reported where the model had 0)
+/// and, under load, with the emulated rig, so as a fault it stopped
+/// healthy runs. Disagreements are counted and reported
+/// (`applied_mismatches`, `applied_mismatch_max` in the link report) until
+/// the model is right (issue 19).
+pub const RECONCILE_FAULTS: bool = false;
+
 /// Samples a late command or its echo may trail the model by (round trip
 /// of up to this many sample periods).
 const ECHO_SLACK: u64 = 8;
@@ -660,9 +669,11 @@ impl Plant for SerialPlant {
                                 self.last_sample = Instant::now();
                                 self.stalled = false;
                                 let hold = self.command_hold_samples();
-                                self.recon
-                                    .check(sample.index, hold, &s, &mut self.stats)
-                                    .map_err(PlantError::Refused)?;
+                                let verdict =
+                                    self.recon.check(sample.index, hold, &s, &mut self.stats);
+                                if RECONCILE_FAULTS {
+                                    verdict.map_err(PlantError::Refused)?;
+                                }
                                 return Ok(sample);
                             }
                         }
