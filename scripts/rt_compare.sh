@@ -6,7 +6,7 @@
 #
 # Each round, one after the other on the same CPU and priority:
 #   1. cyclictest: one thread, SCHED_FIFO P, pinned to CPU C, 100 µs
-#      interval, 60,000 loops (6 s), memory locked, a 400 µs histogram;
+#      interval, 60,000 loops (6 s), memory locked, every wake-up logged (-v);
 #      it holds /dev/cpu_dma_latency = 0 for the run, as it does by default;
 #   2. the daemon: `neurostimd --plant sim --duration 6 --report DIR`
 #      (paced, 10 kHz: 60,000 wake-ups; MPC with its planner on the other
@@ -18,10 +18,15 @@
 # the load average (uptime) before each round; OUTDIR (default
 # target/rt-compare) keeps the raw outputs and the table (rt_compare.md).
 #
-# cyclictest records whole µs (truncated), so its percentile from the
-# histogram is bucket k, meaning [k, k+1) µs; the ratios use the bucket's
-# middle, k + 0.5. The daemon's percentiles come from its HdrHistogram in
-# ns (summary.json latency.wakeup_jitter).
+# Like for like: the daemon's wakeup_jitter (summary.json, HdrHistogram in
+# ns) has one value per sample deadline, so a 20 ms stall is 200 late
+# samples (its catch-up is real lateness for a control loop); cyclictest
+# records one value per wake-up and skips the periods a stall swallowed.
+# The ratios therefore use cyclictest's wake-ups with the same correction
+# (each wake-up L late also stands for the deadlines L - 100 µs, L - 200
+# µs, ... it missed); its per-wake-up figures are shown too. cyclictest
+# records whole µs (truncated): a value k means [k, k+1) µs, taken as
+# k + 0.5.
 #
 # Installs rt-tests (Debian, for cyclictest) if missing: run as root, or
 # with cyclictest already installed. SCHED_FIFO and the latency request
@@ -82,23 +87,36 @@ cpu_dma_latency_us = $1
 EOF
 }
 
-# p50 and p99 (µs, bucket middle) of a cyclictest histogram on stdin;
-# overflows (> the histogram's range) count toward the total.
+# p50 and p99 (µs) of a cyclictest -v log on stdin (one "thread: cycle:
+# latency" line per wake-up, whole µs, truncated: the bucket's middle,
+# k + 0.5), two ways: as cyclictest counts (one value per wake-up; after a
+# stall it skips the periods it missed) and per deadline, the way the
+# daemon counts (a sample whose deadline passed during a stall is late
+# too): a wake-up L late also stands for deadlines L - I, L - 2I, ... > 0
+# late (HdrHistogram's correction for coordinated omission, I = interval).
+# Prints "p50 p99 p50_per_deadline p99_per_deadline".
 cyclictest_percentiles() {
-  awk '
-    /^# Histogram Overflows/ { over += $4; next }
-    /^[0-9]+[ \t]+[0-9]+/ { n[$1 + 0] = $2; total += $2; if ($1 + 0 > top) top = $1 + 0; next }
-    END {
-      total += over
-      if (total == 0) { print "- -"; exit }
-      split("0.50 0.99", q, " ")
-      for (i = 1; i <= 2; i++) {
-        cum = 0; v = "overflow"
-        for (k = 0; k <= top; k++) { cum += n[k]; if (cum >= q[i] * total) { v = k + 0.5; break } }
-        printf "%s ", v
-      }
-      printf "\n"
-    }'
+  python3 -c '
+import sys
+interval = float(sys.argv[1])
+raw = []
+for line in sys.stdin:
+    f = line.replace(":", " ").split()
+    if len(f) == 3 and all(x.isdigit() for x in f):
+        raw.append(int(f[2]) + 0.5)
+if not raw:
+    print("- - - -"); sys.exit()
+full = list(raw)
+for v in raw:
+    late = v - interval
+    while late > 0:
+        full.append(late)
+        late -= interval
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.999999) - 1))]
+print("%.1f %.1f %.1f %.1f" % (pct(raw, .5), pct(raw, .99), pct(full, .5), pct(full, .99)))
+' "$interval_us"
 }
 
 # p50 and p99 (µs) of wakeup_jitter in a summary.json.
@@ -121,30 +139,30 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; 
 
 table="$out/rt_compare.md"
 {
-  echo "cyclictest: cyclictest -m -t1 -p$prio -a$cpu -i$interval_us -l$loops -q -h400"
+  echo "cyclictest: cyclictest -m -t1 -p$prio -a$cpu -i$interval_us -l$loops -q -v"
   echo "daemon:     $bin --plant sim --duration $seconds --report DIR --config LAYER ${NEUROSTIMD_ARGS:-}"
   echo "            (LAYER: [control.realtime] priority = $prio, cpu = $cpu, mlockall = true,"
   echo "             cpu_dma_latency_us = 0$([ $baseline = 1 ] && echo '; baseline: -1'))"
   echo "CPU $cpu of $(nproc), kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   if [ $baseline = 1 ]; then
-    echo "| round | load (1/5/15 min) | cyclictest p50 / p99 µs | daemon p50 / p99 µs | daemon / cyclictest p50 | p99 | daemon without request p50 / p99 µs | others' request during it, µs |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| round | load (1/5/15 min) | cyclictest p50 / p99 µs, per wake-up | cyclictest per deadline | daemon p50 / p99 µs (per deadline) | daemon / cyclictest p50 | p99 | daemon without request p50 / p99 µs | others' request during it, µs |"
+    echo "|---|---|---|---|---|---|---|---|---|"
   else
-    echo "| round | load (1/5/15 min) | cyclictest p50 / p99 µs | daemon p50 / p99 µs | daemon / cyclictest p50 | p99 |"
-    echo "|---|---|---|---|---|---|"
+    echo "| round | load (1/5/15 min) | cyclictest p50 / p99 µs, per wake-up | cyclictest per deadline | daemon p50 / p99 µs (per deadline) | daemon / cyclictest p50 | p99 |"
+    echo "|---|---|---|---|---|---|---|"
   fi
 } | tee "$table"
 
 for r in $(seq 1 "$rounds"); do
   load=$(awk '{ print $1 " / " $2 " / " $3 }' /proc/loadavg)
   cyc="$out/cyclictest-$r.txt"
-  cyclictest -m -t1 -p"$prio" -a"$cpu" -i"$interval_us" -l"$loops" -q -h400 >"$cyc" 2>"$out/cyclictest-$r.err" || {
+  cyclictest -m -t1 -p"$prio" -a"$cpu" -i"$interval_us" -l"$loops" -q -v >"$cyc" 2>"$out/cyclictest-$r.err" || {
     echo "rt_compare.sh: cyclictest failed:" >&2
     cat "$out/cyclictest-$r.err" >&2
     exit 1
   }
-  read -r c50 c99 < <(cyclictest_percentiles <"$cyc")
+  read -r c50 c99 k50 k99 < <(cyclictest_percentiles <"$cyc")
 
   daemon_config 0 >"$out/layer-request.toml"
   dir="$out/daemon-$r"
@@ -158,7 +176,7 @@ for r in $(seq 1 "$rounds"); do
   held=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["realtime"].get("cpu_dma_latency", "?"))' "$dir/summary.json")
   echo "round $r: daemon's CPU latency request: $held" >&2
 
-  row="| $r | $load | $c50 / $c99 | $d50 / $d99 | $(ratio "$d50" "$c50") | $(ratio "$d99" "$c99") |"
+  row="| $r | $load | $c50 / $c99 | $k50 / $k99 | $d50 / $d99 | $(ratio "$d50" "$k50") | $(ratio "$d99" "$k99") |"
   if [ $baseline = 1 ]; then
     daemon_config -1 >"$out/layer-none.toml"
     dir="$out/daemon-none-$r"
