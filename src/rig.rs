@@ -152,9 +152,13 @@ fn open_pair(link: Option<&Path>) -> Result<(TTYPort, TTYPort, PathBuf), RigErro
 /// Write all of `bytes`. The master is non-blocking (reads must not wait);
 /// a full pty buffer (a daemon that is behind) is waited out for up to
 /// 50 ms, like a UART's FIFO back-pressure, rather than dropping the frame.
-/// False if the link is gone or still full.
-fn send(master: &mut TTYPort, mut bytes: &[u8]) -> bool {
-    let until = Instant::now() + Duration::from_millis(50);
+/// Once a wait has run out nobody is reading (the daemon went away), and
+/// `patient` turns off: frames are then dropped at once until a write
+/// goes through again, so the rig keeps its own clock (and ends at its
+/// `--duration`) instead of spending 50 ms on every frame. False if the
+/// link is gone or full.
+fn send(master: &mut TTYPort, mut bytes: &[u8], patient: &mut bool) -> bool {
+    let until = Instant::now() + Duration::from_millis(if *patient { 50 } else { 0 });
     while !bytes.is_empty() {
         match master.write(bytes) {
             Ok(0) => return false,
@@ -169,9 +173,18 @@ fn send(master: &mut TTYPort, mut bytes: &[u8]) -> bool {
             {
                 std::thread::sleep(Duration::from_micros(100));
             }
-            Err(_) => return false,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) {
+                    *patient = false;
+                }
+                return false;
+            }
         }
     }
+    *patient = true;
     true
 }
 
@@ -202,6 +215,7 @@ pub fn run(
         outbox: VecDeque::new(),
         held: None,
         disconnected_until: None,
+        patient: true,
         buf: [0u8; 512],
     };
     let f = &opts.faults;
@@ -275,6 +289,8 @@ struct Rig<'a> {
     outbox: VecDeque<(u64, Vec<u8>)>,
     held: Option<Vec<u8>>,
     disconnected_until: Option<u64>,
+    /// Whether a full link is waited out (see [`send`]).
+    patient: bool,
     buf: [u8; 512],
 }
 
@@ -352,8 +368,8 @@ impl Rig<'_> {
         self.seq = self.seq.wrapping_add(1);
         let mut wire = [0u8; MAX_WIRE];
         let n = encode(&hello, &mut wire);
-        send(master, &[0]);
-        send(master, &wire[..n]);
+        send(master, &[0], &mut self.patient);
+        send(master, &wire[..n], &mut self.patient);
         self.stats.frames_sent += 1;
     }
 
@@ -456,7 +472,7 @@ impl Rig<'_> {
         while self.outbox.front().is_some_and(|(at, _)| *at <= t_us) {
             let (_, b) = self.outbox.pop_front().expect("checked");
             if let Some((master, _)) = &mut self.pty {
-                if send(master, &b) {
+                if send(master, &b, &mut self.patient) {
                     self.stats.frames_sent += 1;
                 }
             }

@@ -263,7 +263,14 @@ impl Decider {
     /// The plant stopped delivering (it recovers on later reads): zero now,
     /// and forget the window and every plan, which no longer match the
     /// cell. `recycle` takes the plans back to their pool.
+    ///
+    /// A rig that went quiet may have gone on applying the last command
+    /// until its validity ran out, and the samples it did not send will
+    /// never be counted as lost (the zero written here replaces that
+    /// command, and a rig that restarts numbers its samples afresh): that
+    /// charge is counted now, the whole hold, the safe side.
     pub fn interrupted(&mut self, mut recycle: impl FnMut(Box<Plan>)) -> f64 {
+        self.limiter.account_held(self.hold_samples);
         let command = self.zero(Fault::PlantFault);
         self.counters.plant_interruptions += 1;
         self.window.clear();
@@ -611,6 +618,34 @@ mod tests {
             "{before} + {held} + this sample != {after}"
         );
         assert_eq!(d.counters.lost_samples, 50);
+    }
+
+    #[test]
+    fn an_interruption_counts_the_held_command_until_its_expiry() {
+        let mut c = Config::defaults().control;
+        c.policy = PolicyKind::Open;
+        c.open.offset = 2.0;
+        c.open.amplitude = 0.0;
+        let limiter = SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap();
+        let mut d = Decider::new(&c, 0.1, limiter, None, WindowRing::new(1, 1), true, true);
+        d.hold_commands_for(20);
+        for k in 0..100 {
+            d.tick(&sample(k, -65.0), |_| {}, |_| {});
+        }
+        let before = d.limiter().charge_delivered();
+        let command = d.limiter().last_command();
+        assert!(command > 0.0);
+        // The rig stalls: it may hold the command for 20 samples.
+        assert_eq!(d.interrupted(|_| {}), 0.0);
+        let after = d.limiter().charge_delivered();
+        assert!(
+            (after - before - command * 0.1 * 20.0).abs() < 1e-9,
+            "{before} + 20 samples of {command} != {after}"
+        );
+        // And it is not counted twice when the rig's numbering shows the
+        // gap: the zero replaced the held command.
+        d.tick(&sample(200, -65.0), |_| {}, |_| {});
+        assert_eq!(d.counters.lost_samples, 100);
     }
 
     #[test]
