@@ -594,8 +594,9 @@ mod tests {
         assert_eq!(r.cause, Some(Cause::Fault(Fault::StaleSample)));
     }
 
-    #[test]
-    fn charge_held_over_lost_samples_is_counted_up_to_the_hold() {
+    /// A steady 2 uA/cm2 open-loop command for 100 samples (0.1 ms) on a
+    /// plant that holds commands for 20 samples.
+    fn holding_rig_decider() -> Decider {
         let mut c = Config::defaults().control;
         c.policy = PolicyKind::Open;
         c.open.offset = 2.0;
@@ -606,6 +607,12 @@ mod tests {
         for k in 0..100 {
             d.tick(&sample(k, -65.0), |_| {}, |_| {});
         }
+        d
+    }
+
+    #[test]
+    fn charge_held_over_lost_samples_is_counted_up_to_the_hold() {
+        let mut d = holding_rig_decider();
         let before = d.limiter().charge_delivered();
         let command = d.limiter().last_command();
         assert!(command > 0.0);
@@ -622,16 +629,7 @@ mod tests {
 
     #[test]
     fn an_interruption_counts_the_held_command_until_its_expiry() {
-        let mut c = Config::defaults().control;
-        c.policy = PolicyKind::Open;
-        c.open.offset = 2.0;
-        c.open.amplitude = 0.0;
-        let limiter = SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap();
-        let mut d = Decider::new(&c, 0.1, limiter, None, WindowRing::new(1, 1), true, true);
-        d.hold_commands_for(20);
-        for k in 0..100 {
-            d.tick(&sample(k, -65.0), |_| {}, |_| {});
-        }
+        let mut d = holding_rig_decider();
         let before = d.limiter().charge_delivered();
         let command = d.limiter().last_command();
         assert!(command > 0.0);
