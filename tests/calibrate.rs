@@ -270,7 +270,9 @@ fn write_config(dir: &Path) -> PathBuf {
 /// training: measured 4.96 and 5.36 mV against AR 3.38 and 3.35 with
 /// excitation seeds 3 and 4, docs/calibration.md) and passes the gate.
 /// The card says the head is not the plain linear one (so retraining does
-/// not fine-tune it as one), and the model runs on the native engine.
+/// not fine-tune it as one), and the model runs on the native engine. The
+/// budget leaves room for a loaded machine: the start is exactly AR, so a
+/// run that completes no epoch ties with AR and fails here.
 #[test]
 fn an_ar_skip_calibration_beats_ar_at_step_1_on_a_held_out_cell() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,7 +290,7 @@ fn an_ar_skip_calibration_beats_ar_at_step_1_on_a_held_out_cell() {
             "--amplitude",
             "4uA/cm2",
         ])
-        .args(["--seed", "3", "--budget", "8s", "--start", "scratch"])
+        .args(["--seed", "3", "--budget", "15s", "--start", "scratch"])
         .args(["--set", "train.ar_skip=true", "--no-registry", "--out"])
         .arg(&out);
     common(&mut c, &state);
