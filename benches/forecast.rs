@@ -140,6 +140,8 @@ fn dense_last(c: &mut Criterion) {
             bias: rnd_vec(t_out, &mut seed, 0.14),
             act: Activation::Identity,
         }],
+        residual: false,
+        skip: None,
     };
     let mut lstm = NativeLstm::with_head(layers, head, t_in, t_out, 32);
     let observed = rnd_vec(2 * t_in, &mut seed, 1.5);

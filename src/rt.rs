@@ -256,6 +256,22 @@ pub fn exclude_cpu(cpu: usize) -> bool {
     !others.is_empty() && pin_to(&others).is_ok()
 }
 
+/// Let the calling thread run on every online CPU at normal priority
+/// again: work that follows a loop on the same thread (calibration's
+/// training after its live excitation) is not real-time work and must not
+/// stay on the loop's CPU, where it competes with whatever else is pinned
+/// there. The next loop applies its own settings again.
+pub fn release_calling_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a plain query.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let all: Vec<usize> = (0..online.max(1) as usize).collect();
+        let _ = pin_to(&all);
+    }
+    normal_priority();
+}
+
 /// Drop the calling thread to SCHED_OTHER (a no-op if it already is).
 pub fn normal_priority() {
     #[cfg(target_os = "linux")]

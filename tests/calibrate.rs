@@ -262,3 +262,53 @@ fn write_config(dir: &Path) -> PathBuf {
     .unwrap();
     p
 }
+
+/// Calibration's AR skip (`train.ar_skip`): a short scratch calibration on
+/// a held-out cell (CA1 cell seed 1001, never trained on) starts at the AR
+/// baseline's fit and learns what AR misses, so it beats AR at step 1
+/// (where the plain and the residual LSTM lose to it after a short
+/// training: measured 4.96 and 5.36 mV against AR 3.38 and 3.35 with
+/// excitation seeds 3 and 4, docs/calibration.md) and passes the gate.
+/// The card says the head is not the plain linear one (so retraining does
+/// not fine-tune it as one), and the model runs on the native engine. The
+/// budget leaves room for a loaded machine: the start is exactly AR, so a
+/// run that completes no epoch ties with AR and fails here.
+#[test]
+fn an_ar_skip_calibration_beats_ar_at_step_1_on_a_held_out_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("skip.onnx"), tmp.path().join("state"));
+    let cell = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cells/heldout-burst-1.toml");
+    let mut c = bin();
+    c.arg("calibrate")
+        .arg("--config")
+        .arg(&cell)
+        .args([
+            "--clock",
+            "free",
+            "--duration",
+            "10s",
+            "--amplitude",
+            "4uA/cm2",
+        ])
+        .args(["--seed", "3", "--budget", "15s", "--start", "scratch"])
+        .args(["--set", "train.ar_skip=true", "--no-registry", "--out"])
+        .arg(&out);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    let passed = check_verdict(&o, &out.with_extension("evaluation.json"));
+    let card = json(&out.with_extension("json"));
+    let v = &card["validation"]["per_source"][0];
+    let step1 = |k: &str| v[k][0].as_f64().unwrap();
+    let (model, ar) = (step1("rmse_mv_per_step"), step1("ar_rmse_mv_per_step"));
+    assert!(
+        model < ar,
+        "step 1: model {model} mV, AR {ar} mV\n{}",
+        text(&o)
+    );
+    assert!(passed, "{}", text(&o));
+    assert_eq!(card["architecture"]["head"], "linear+ar_skip");
+    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
+    let info_text = text(&info);
+    assert!(info.status.success(), "{info_text}");
+    assert!(info_text.contains("native (encode once"), "{info_text}");
+}

@@ -558,3 +558,151 @@ fn the_last_step_as_slice_and_squeeze_is_recognised() {
     let v_std = native.card().normalization.v_std as f32;
     assert!(max_diff(&a, &b) / v_std < 1e-4);
 }
+
+/// A residual model (card version 2) written by our exporter: the native
+/// engine recognises the skip, equals tract and the trained network, and
+/// the skip is the last observed V (the same network without it differs
+/// by exactly that). A version-1 card claiming the skip is refused.
+#[test]
+fn residual_models_run_natively_and_add_the_last_observed_v() {
+    use neurostimd::train::net::{Net, Workspace};
+    let src = fixture(FIXTURES[0]);
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(card_path(&src)).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (layers, order) in [(1, OutputOrder::Forward), (2, OutputOrder::Reversed)] {
+        let (t_in, t_out) = (12, 5);
+        let net = Net::new(layers, 8, t_in, t_out, order, 3).with_residual(true);
+        let bytes = neurostimd::train::export::to_onnx(&net, "test");
+        let path = dir.path().join(format!("res{layers}.onnx"));
+        std::fs::write(&path, &bytes).unwrap();
+        let mut card = base.clone();
+        card["format_version"] = 2.into();
+        card["t_in"] = t_in.into();
+        card["t_out"] = t_out.into();
+        card["output"]["order"] = serde_json::to_value(order).unwrap();
+        card["output"]["residual"] = true.into();
+        card["architecture"]["layers"] = layers.into();
+        card["architecture"]["hidden"] = 8.into();
+        card["onnx_sha256"] = sha256_hex(&bytes).into();
+        std::fs::write(card_path(&path), card.to_string()).unwrap();
+
+        let mut native = Forecaster::load(&path, 8, Engine::Native).unwrap();
+        let mut plain = Forecaster::load(&path, 8, Engine::Tract).unwrap();
+        assert_eq!(
+            native.engine(),
+            Engine::Native,
+            "{:?}",
+            native.native_unavailable()
+        );
+        let describe = native.native().unwrap().head.describe();
+        assert!(describe.contains("residual"), "{describe}");
+        // Contract rows: a spike-like observed V, random plans.
+        let steps = t_in + t_out;
+        let b = 4;
+        let mut x = vec![0.0f32; b * steps * 3];
+        for k in 0..b {
+            for t in 0..steps {
+                let r = &mut x[(k * steps + t) * 3..(k * steps + t) * 3 + 3];
+                if t < t_in {
+                    r[0] = ((t * 7 + k * 3) % 11) as f32 * 0.4 - 2.0;
+                }
+                r[1] = ((t + 2 * k) % 5) as f32 * 0.3 - 0.6;
+                r[2] = if t < t_in { 0.0 } else { 1.0 };
+            }
+        }
+        let y_native = native.run_raw(b, &x).unwrap();
+        let y_tract = plain.run_raw(b, &x).unwrap();
+        let y_net = Workspace::default().forward(&net, &x, b).to_vec();
+        assert!(max_diff(&y_native, &y_tract) < 1e-4);
+        assert!(max_diff(&y_net, &y_tract) < 1e-4);
+        let without = net.clone().with_residual(false);
+        let y0 = Workspace::default().forward(&without, &x, b).to_vec();
+        for k in 0..b {
+            let last = x[(k * steps + t_in - 1) * 3];
+            assert!(last != 0.0);
+            for j in 0..t_out {
+                let d = y_tract[k * t_out + j] - y0[k * t_out + j];
+                assert!(
+                    (d - last).abs() < 1e-4,
+                    "window {k} step {j}: {d} vs {last}"
+                );
+            }
+        }
+        // The planner's path: encode once, roll out, equal to tract.
+        let v: Vec<f32> = (0..t_in).map(|t| -65.0 + (t % 4) as f32 * 9.0).collect();
+        let i = vec![0.5f32; t_in];
+        let plans: Vec<f32> = (0..3 * t_out).map(|j| (j % 3) as f32).collect();
+        let (mut a, mut c) = (vec![0.0; 3 * t_out], vec![0.0; 3 * t_out]);
+        native.forecast(&v, &i, &plans, 3, &mut a).unwrap();
+        plain.forecast(&v, &i, &plans, 3, &mut c).unwrap();
+        assert!(max_diff(&a, &c) < 1e-3, "{a:?} vs {c:?}");
+
+        // The skip needs card version 2.
+        card["format_version"] = 1.into();
+        std::fs::write(card_path(&path), card.to_string()).unwrap();
+        let msg = load_err(&path).to_string();
+        assert!(
+            msg.contains("output.residual needs format_version 2"),
+            "{msg}"
+        );
+    }
+}
+
+/// A model carrying a fixed linear map of its input (calibration's AR
+/// skip, `train.ar_skip`) runs natively and equals tract and the network.
+#[test]
+fn a_linear_skip_of_the_input_runs_natively() {
+    use neurostimd::train::net::{Net, Skip, Workspace};
+    let src = fixture(FIXTURES[0]);
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(card_path(&src)).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (t_in, t_out) = (10, 4);
+    let rows = (t_in + t_out) * 3;
+    let w: Vec<f32> = (0..rows * t_out)
+        .map(|k| ((k * 37) % 17) as f32 * 0.01 - 0.08)
+        .collect();
+    let b: Vec<f32> = (0..t_out).map(|j| j as f32 * 0.1).collect();
+    let mut net = Net::new(1, 8, t_in, t_out, OutputOrder::Reversed, 5);
+    net.skip = Some(Skip::from_forward(&w, &b, t_out, OutputOrder::Reversed));
+    let bytes = neurostimd::train::export::to_onnx(&net, "test");
+    let path = dir.path().join("skip.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    card["t_in"] = t_in.into();
+    card["t_out"] = t_out.into();
+    card["output"]["order"] = "reversed".into();
+    card["architecture"]["layers"] = 1.into();
+    card["architecture"]["hidden"] = 8.into();
+    card["architecture"]["head"] = "linear+ar_skip".into();
+    card["onnx_sha256"] = sha256_hex(&bytes).into();
+    std::fs::write(card_path(&path), card.to_string()).unwrap();
+    let mut native = Forecaster::load(&path, 8, Engine::Native).unwrap();
+    let mut plain = Forecaster::load(&path, 8, Engine::Tract).unwrap();
+    assert_eq!(
+        native.engine(),
+        Engine::Native,
+        "{:?}",
+        native.native_unavailable()
+    );
+    let describe = native.native().unwrap().head.describe();
+    assert!(describe.contains("skip"), "{describe}");
+    let v: Vec<f32> = (0..t_in).map(|t| -65.0 + (t % 3) as f32 * 12.0).collect();
+    let i: Vec<f32> = (0..t_in).map(|t| (t % 2) as f32).collect();
+    let plans: Vec<f32> = (0..5 * t_out).map(|j| (j % 4) as f32 - 1.0).collect();
+    let (mut a, mut c) = (vec![0.0; 5 * t_out], vec![0.0; 5 * t_out]);
+    native.forecast(&v, &i, &plans, 5, &mut a).unwrap();
+    plain.forecast(&v, &i, &plans, 5, &mut c).unwrap();
+    assert!(max_diff(&a, &c) < 1e-3, "{a:?} vs {c:?}");
+    // The skip is in the output: without it the network says otherwise.
+    let steps = t_in + t_out;
+    let x: Vec<f32> = (0..2 * steps * 3)
+        .map(|k| ((k * 13) % 7) as f32 * 0.2 - 0.6)
+        .collect();
+    let y_tract = plain.run_raw(2, &x).unwrap();
+    let y_net = Workspace::default().forward(&net, &x, 2).to_vec();
+    assert!(max_diff(&y_net, &y_tract) < 1e-4);
+    net.skip = None;
+    let y_plain = Workspace::default().forward(&net, &x, 2).to_vec();
+    assert!(max_diff(&y_plain, &y_tract) > 1e-2);
+}

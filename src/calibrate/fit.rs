@@ -28,6 +28,10 @@ struct Prepared {
     train_w: Windows,
     val_w: Windows,
     hold_w: Windows,
+    /// The spike-aware loss's weights (`train.spike_weight`), per target of
+    /// `train_w` and `val_w`.
+    train_wt: Option<Vec<f32>>,
+    val_wt: Option<Vec<f32>>,
     epochs: usize,
     training_s: f64,
 }
@@ -79,7 +83,7 @@ fn prepare(
     start: (String, Net, Option<Normalization>, f64, Option<String>),
     skip: usize,
 ) -> Result<Prepared, CalibrateError> {
-    let (label, net, norm, dt_ms, parent) = start;
+    let (label, mut net, norm, dt_ms, parent) = start;
     let segs = data.trace.series(dt_ms)?;
     let (a, b, c) = split_segments(&segs, train_fraction(opts), opts.validation, true);
     let norm = norm.unwrap_or_else(|| normalization(&a));
@@ -91,9 +95,28 @@ fn prepare(
     };
     let (t_in, t_out) = (net.t_in, net.t_out);
     let stride = train_stride(opts, t_in + t_out);
-    let train_w = Windows::cut(&a, t_in, t_out, stride, &norm);
+    let mut train_w = Windows::cut(&a, t_in, t_out, stride, &norm);
+    if opts.train.ar_skip && parent.is_none() && !train_w.is_empty() {
+        // The baseline's own fit (same order q and ridge as `compare`'s),
+        // on clean inputs; the head starts at zero, so the start is AR.
+        let (w, b) = crate::train::baselines::LinearAr::fit(&train_w, 10, 1e-6).linear_map();
+        net.skip = Some(crate::train::net::Skip::from_forward(
+            &w, &b, t_out, net.order,
+        ));
+        net.head_w.fill(0.0);
+        net.head_b = 0.0;
+        // AR's map already carries the last V.
+        net.residual = false;
+    }
+    train_w.add_input_noise(
+        (opts.train.input_noise_mv / norm.v_std) as f32,
+        opts.train.schedule.seed,
+    );
     let val_w = Windows::cut(&trim(&b), t_in, t_out, stride, &norm);
     let hold_w = Windows::cut(&trim(&c), t_in, t_out, 1, &norm);
+    let sw = opts.train.spike_weight;
+    let train_wt = sw.map(|w| w.for_windows(&a, t_in, t_out, stride));
+    let val_wt = sw.map(|w| w.for_windows(&trim(&b), t_in, t_out, stride));
     if train_w.is_empty() || val_w.is_empty() || hold_w.is_empty() {
         return Err(CalibrateError::NotEnoughData(format!(
             "{} ({}): {} training, {} validation and {} held-out windows of {} + {} steps of {} ms; record longer",
@@ -116,6 +139,8 @@ fn prepare(
         train_w,
         val_w,
         hold_w,
+        train_wt,
+        val_wt,
         epochs: 0,
         training_s: 0.0,
     })
@@ -169,12 +194,18 @@ fn starts(opts: &Options) -> Result<Vec<StartSpec>, CalibrateError> {
             t.order,
             t.head,
             t.schedule.seed,
-        );
+        )
+        .with_residual(t.residual);
         let label = format!(
-            "scratch ({} x H{} LSTM, {} head, t_in {})",
+            "scratch ({} x H{} LSTM, {} head{}, t_in {})",
             t.layers,
             t.hidden,
             t.head.name(),
+            match (t.ar_skip, t.residual) {
+                (true, _) => ", AR skip",
+                (false, true) => ", residual",
+                _ => "",
+            },
             t.t_in
         );
         out.push((label, net, None, t.dt_ms, None));
@@ -205,10 +236,10 @@ fn train_for(p: &mut Prepared, opts: &Options, seconds: f64) {
     schedule.epochs = schedule.epochs.max(1000);
     let t0 = Instant::now();
     let label = p.label.clone();
-    let history = trainer::fit_until(
+    let history = trainer::fit_weighted(
         &mut p.net,
-        &p.train_w,
-        &p.val_w,
+        (&p.train_w, p.train_wt.as_deref()),
+        (&p.val_w, p.val_wt.as_deref()),
         &schedule,
         |e| {
             tracing::info!(
@@ -391,10 +422,17 @@ fn card_for(
     card.t_in = net.t_in;
     card.t_out = net.t_out;
     card.output.order = net.order;
+    card.output.residual = net.residual;
+    card.format_version = card.output.format_version();
     card.normalization = o.norm;
     card.architecture.layers = net.layers.len();
     card.architecture.hidden = net.hidden();
     card.architecture.head = net.head().name().into();
+    if net.skip.is_some() {
+        // Not the plain per-step linear head: retraining must not fine-tune
+        // it as one (it would drop the skip), and the card says so.
+        card.architecture.head = format!("{}+ar_skip", net.head().name());
+    }
     card.onnx_sha256 = sha256_hex(bytes);
     card.parent = o.parent.clone();
     card.provenance = serde_json::json!({

@@ -355,6 +355,10 @@ pub fn calibrate(
     out: &Path,
     registry: Option<&Path>,
 ) -> Result<Calibration, CalibrateError> {
+    // A live excitation ran the control loop on this thread and left it
+    // pinned to the loop's CPU: training there got a third of a core next
+    // to another process pinned to the same CPU (measured, docs/calibration.md).
+    crate::rt::release_calling_thread();
     let outcome = fit::train_and_choose(data, opts)?;
     let verdict = judge(&outcome.chosen_heldout, opts.gate);
     let written = fit::write_model(data, opts, &outcome, &verdict, out)?;

@@ -26,6 +26,16 @@ pub(super) struct RawTrain {
     /// Extra loss weight near spikes (0: plain squared error).
     #[serde(default)]
     pub(super) spike_weight: f64,
+    /// The residual output (card version 2): forecast = last V + network.
+    #[serde(default)]
+    pub(super) residual: bool,
+    /// Measurement-noise augmentation of the observed V, mV (0: off).
+    #[serde(default)]
+    pub(super) input_noise_mv: f64,
+    /// Calibration's scratch start carries the AR baseline's fit as a
+    /// fixed linear skip and learns the rest.
+    #[serde(default)]
+    pub(super) ar_skip: bool,
     pub(super) data: RawTrainData,
 }
 
@@ -90,6 +100,7 @@ impl RawTrain {
             ));
         }
         non_negative(t.clip_norm).map_err(|m| cx.err("train.clip_norm", m))?;
+        non_negative(t.input_noise_mv).map_err(|m| cx.err("train.input_noise_mv", m))?;
         positive(t.data.duration.get()).map_err(|m| cx.err("train.data.duration", m))?;
         positive(t.data.max_amplitude.get()).map_err(|m| cx.err("train.data.max_amplitude", m))?;
         let tf = t.data.train_fraction;
@@ -132,6 +143,9 @@ impl RawTrain {
             train_fraction: tf,
             val_fraction: vf,
             spike_weight: spike_weight(cx, t.spike_weight)?,
+            residual: t.residual,
+            input_noise_mv: t.input_noise_mv,
+            ar_skip: t.ar_skip,
         })
     }
 }

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 
 /// The `format` value every card carries.
 pub const CARD_FORMAT: &str = "neurostimd-model-card";
-/// The card version this build reads and writes.
+/// The plain contract's card version: what every card without an
+/// extension carries, so builds that read only version 1 keep reading them.
 pub const CARD_VERSION: u32 = 1;
+/// The newest card version this build reads: version 2 adds the residual
+/// output (`output.residual`); a card uses it only when the model does.
+pub const CARD_VERSION_MAX: u32 = 2;
 /// Input features, in tensor order.
 pub const FEATURES: [&str; 3] = ["V", "I", "is_future"];
 
@@ -50,6 +54,25 @@ pub struct InputSpec {
 pub struct OutputSpec {
     pub name: String,
     pub order: OutputOrder,
+    /// Version 2: the graph adds the last observed V (normalised, input
+    /// step t_in − 1) to every output, so the network predicts the change
+    /// from it. At step 1 the plain contract must carry the last sample
+    /// through the LSTM's state, which loses to AR on fast swings
+    /// (spikes); the skip makes "no change" the zero output. Absent or
+    /// false: the version-1 output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual: bool,
+}
+
+impl OutputSpec {
+    /// The card version the output needs: 1 unless it uses an extension.
+    pub fn format_version(&self) -> u32 {
+        if self.residual {
+            2
+        } else {
+            CARD_VERSION
+        }
+    }
 }
 
 /// Time order of the output vector. `Reversed` (the seed paper's choice):
@@ -93,9 +116,15 @@ impl ModelCard {
                 self.format
             ));
         }
-        if self.format_version != CARD_VERSION {
+        if !(CARD_VERSION..=CARD_VERSION_MAX).contains(&self.format_version) {
             p.push(format!(
-                "format_version {} is not supported (this build reads {CARD_VERSION})",
+                "format_version {} is not supported (this build reads {CARD_VERSION} to {CARD_VERSION_MAX})",
+                self.format_version
+            ));
+        } else if self.format_version < self.output.format_version() {
+            p.push(format!(
+                "output.residual needs format_version {}, the card says {}",
+                self.output.format_version(),
                 self.format_version
             ));
         }

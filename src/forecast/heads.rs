@@ -100,6 +100,12 @@ struct Features {
     hidden: usize,
     head: Vec<Dense>,
     biased: bool,
+    /// The last observed V has been added to the head's outputs (the
+    /// residual output, card version 2); nothing may follow it.
+    residual: bool,
+    /// A linear map of the whole input added to the outputs (weights
+    /// `[steps·3][t_out]`, biases); nothing may follow it.
+    skip: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Features {
@@ -109,6 +115,8 @@ impl Features {
             hidden,
             head: Vec::new(),
             biased: false,
+            residual: false,
+            skip: None,
         }
     }
 
@@ -140,6 +148,19 @@ enum Val {
     /// Final hidden states (`Y_h`) of these (layer, hidden size), stacked
     /// on axis 0.
     Finals(Vec<(usize, usize)>),
+    /// The last observed V, `x[:, t_in-1:t_in, 0:1]`: `[batch, 1, 1]`
+    /// (rank 3) or squeezed to `[batch, 1]` (rank 2), for the residual
+    /// output.
+    LastV(usize),
+    /// The input flattened to `[batch, steps·3]`.
+    InputFlat,
+    /// A linear map of the flattened input, `[batch, t_out]`: weights
+    /// `[steps·3][t_out]` and biases (zero until an `Add` gives them).
+    Skip {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        biased: bool,
+    },
     /// Not something the native engine can compute.
     No(String),
 }
@@ -209,6 +230,7 @@ struct Walk<'a> {
     vals: HashMap<&'a str, Val>,
     layers: Vec<LstmLayer>,
     steps: usize,
+    t_in: usize,
 }
 
 /// Recognise the architecture of `proto` for a `t_in + t_out` window.
@@ -218,6 +240,7 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
         vals: HashMap::new(),
         layers: Vec::new(),
         steps: t_in + t_out,
+        t_in,
     };
     for t in &g.initializer {
         w.vals.insert(t.name.as_str(), constant(t));
@@ -274,6 +297,8 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
             Head {
                 input: HeadInput::EachStep,
                 layers: f.head,
+                residual: f.residual,
+                skip: f.skip,
             }
         }
         Val::Steps { from, to, .. } => {
@@ -287,6 +312,8 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
             Head {
                 input: HeadInput::LastStep,
                 layers: f.head,
+                residual: f.residual,
+                skip: f.skip,
             }
         }
         Val::Last(f) => {
@@ -334,12 +361,30 @@ impl Walk<'_> {
             "Identity" => Ok(ins[0].clone()),
             "Transpose" => transpose(n, &ins[0]),
             "Squeeze" => squeeze(n, ins, self.steps),
-            "Slice" => slice(n, ins),
+            "Slice" => match ins[0] {
+                Val::Input => last_v(n, ins, self.t_in),
+                _ => slice(n, ins),
+            },
             "Gather" => gather(n, ins, self.steps),
             "Concat" => concat(n, &ins[..n.input.len()]),
-            "MatMul" => matmul(ins),
+            "MatMul" => match ins[0] {
+                Val::InputFlat => skip_map(&ins[1], self.steps, self.steps - self.t_in),
+                _ => matmul(ins),
+            },
+            "Reshape" => flatten(ins, self.steps),
             "Gemm" => gemm(n, ins),
-            "Add" => add(ins),
+            "Add" => match (&ins[0], &ins[1]) {
+                (Val::LastV(2), y) | (y, Val::LastV(2)) => residual(y, self.steps - self.t_in),
+                (Val::Skip { w, b, biased }, c) | (c, Val::Skip { w, b, biased })
+                    if !c.tracked() =>
+                {
+                    skip_bias(w, b, *biased, c)
+                }
+                (Val::Skip { w, b, .. }, y) | (y, Val::Skip { w, b, .. }) => {
+                    with_skip(y, w, b, self.steps - self.t_in)
+                }
+                _ => add(ins),
+            },
             "Relu" => activate(&ins[0], Activation::Relu),
             "Tanh" => activate(&ins[0], Activation::Tanh),
             "Sigmoid" => activate(&ins[0], Activation::Sigmoid),
@@ -571,6 +616,7 @@ fn squeeze(n: &pb::NodeProto, ins: &[Val], steps: usize) -> Result<Val, String> 
         Val::Finals(layers) if layers.len() == 1 && norm_axis(axis, 3) == Some(0) => {
             Ok(Val::Last(Features::of_layer(layers[0].0, layers[0].1)))
         }
+        Val::LastV(3) if norm_axis(axis, 3) == Some(2) => Ok(Val::LastV(2)),
         _ => Err("on a tensor the native engine does not squeeze".into()),
     }
 }
@@ -668,6 +714,142 @@ fn gather(n: &pb::NodeProto, ins: &[Val], steps: usize) -> Result<Val, String> {
     }
 }
 
+/// `x[:, t_in-1:t_in, 0:1]`: the last observed V, which the residual
+/// output adds (card version 2).
+fn last_v(n: &pb::NodeProto, ins: &[Val], t_in: usize) -> Result<Val, String> {
+    let list = |i: usize, name: &str| int_list(n, ins, i, name);
+    let (starts, ends) = (list(1, "starts"), list(2, "ends"));
+    let axes = list(3, "axes");
+    let steps = list(4, "steps");
+    if steps.is_some_and(|s| s.iter().any(|&x| x != 1)) {
+        return Err("on the input with a step other than 1".into());
+    }
+    let (Some(starts), Some(ends), Some(axes)) = (starts, ends, axes) else {
+        return Err("on the input without constant starts, ends and axes".into());
+    };
+    let mut by_axis: Vec<(usize, i64, i64)> = Vec::new();
+    for ((&a, &s), &e) in axes.iter().zip(&starts).zip(&ends) {
+        let a = norm_axis(a, 3).ok_or("on the input along an axis out of range")?;
+        by_axis.push((a, s, e));
+    }
+    by_axis.sort_unstable();
+    let t = t_in as i64;
+    if by_axis == [(1, t - 1, t), (2, 0, 1)] {
+        Ok(Val::LastV(3))
+    } else {
+        Err(format!(
+            "on the input takes {by_axis:?} (axis, start, end), not the last observed V (step {}, feature 0)",
+            t_in - 1
+        ))
+    }
+}
+
+/// The residual output: the last observed V added to a complete forecast
+/// `[batch, t_out]` (a squeezed per-step head, or a head over the last
+/// step ending in t_out units).
+fn residual(y: &Val, t_out: usize) -> Result<Val, String> {
+    let add_to = |f: &Features| -> Result<Features, String> {
+        if f.residual || f.skip.is_some() {
+            return Err("adds the last observed V after another skip".into());
+        }
+        let mut f = f.clone();
+        f.residual = true;
+        Ok(f)
+    };
+    match y {
+        Val::Steps {
+            f,
+            layout: Layout::Squeezed,
+            from,
+            to,
+        } => Ok(Val::Steps {
+            f: add_to(f)?,
+            layout: Layout::Squeezed,
+            from: *from,
+            to: *to,
+        }),
+        Val::Last(f) if f.width() == t_out && !f.head.is_empty() => Ok(Val::Last(add_to(f)?)),
+        _ => {
+            Err("adds the last observed V to something other than a [batch, t_out] forecast".into())
+        }
+    }
+}
+
+/// `Reshape(x, [-1, steps·3])` (or `[0, ...]`): the input flattened, for a
+/// linear skip.
+fn flatten(ins: &[Val], steps: usize) -> Result<Val, String> {
+    let Val::Input = ins[0] else {
+        return Err("on a tensor the native engine does not reshape".into());
+    };
+    match &ins[1] {
+        Val::Const(Const {
+            data: Data::I64(v), ..
+        }) if v.len() == 2 && (v[0] == -1 || v[0] == 0) && v[1] == (steps * 3) as i64 => {
+            Ok(Val::InputFlat)
+        }
+        _ => Err(format!(
+            "on the input to a shape other than [-1, {}]",
+            steps * 3
+        )),
+    }
+}
+
+/// `MatMul` of the flattened input with a constant `[steps·3, t_out]`.
+fn skip_map(w: &Val, steps: usize, t_out: usize) -> Result<Val, String> {
+    match weight_2d(w) {
+        Some((r, c, w)) if r == steps * 3 && c == t_out => Ok(Val::Skip {
+            w: w.to_vec(),
+            b: vec![0.0; t_out],
+            biased: false,
+        }),
+        _ => Err(format!(
+            "on the flattened input with a weight that is not a [{}, {t_out}] float constant",
+            steps * 3
+        )),
+    }
+}
+
+fn skip_bias(w: &[f32], b: &[f32], biased: bool, c: &Val) -> Result<Val, String> {
+    if biased {
+        return Err("adds a second bias to the input's linear map".into());
+    }
+    let add = bias_of(c, b.len()).ok_or("whose constant does not fit the skip's width")?;
+    Ok(Val::Skip {
+        w: w.to_vec(),
+        b: b.iter().zip(&add).map(|(x, y)| x + y).collect(),
+        biased: true,
+    })
+}
+
+/// A complete forecast `[batch, t_out]` plus the linear map of the input.
+fn with_skip(y: &Val, w: &[f32], b: &[f32], t_out: usize) -> Result<Val, String> {
+    let add_to = |f: &Features| -> Result<Features, String> {
+        if f.residual || f.skip.is_some() {
+            return Err("adds a linear map of the input after another skip".into());
+        }
+        let mut f = f.clone();
+        f.skip = Some((w.to_vec(), b.to_vec()));
+        Ok(f)
+    };
+    match y {
+        Val::Steps {
+            f,
+            layout: Layout::Squeezed,
+            from,
+            to,
+        } => Ok(Val::Steps {
+            f: add_to(f)?,
+            layout: Layout::Squeezed,
+            from: *from,
+            to: *to,
+        }),
+        Val::Last(f) if f.width() == t_out && !f.head.is_empty() => Ok(Val::Last(add_to(f)?)),
+        _ => Err(
+            "adds the input's linear map to something other than a [batch, t_out] forecast".into(),
+        ),
+    }
+}
+
 /// `Concat` of the layers' final hidden states along axis 0: `h_n`.
 fn concat(n: &pb::NodeProto, ins: &[Val]) -> Result<Val, String> {
     if attr_i(n, "axis", 0) != 0 {
@@ -691,7 +873,11 @@ fn features_of(v: &Val) -> Option<Features> {
             layout: Layout::BatchFirst | Layout::TimeMajor,
             ..
         }
-        | Val::Last(f) => Some(f.clone()),
+        | Val::Last(f)
+            if !f.residual && f.skip.is_none() =>
+        {
+            Some(f.clone())
+        }
         _ => None,
     }
 }

@@ -179,6 +179,13 @@ pub enum HeadInput {
 pub struct Head {
     pub input: HeadInput,
     pub layers: Vec<Dense>,
+    /// The residual output (card version 2): the last observed V is added
+    /// to every output.
+    pub residual: bool,
+    /// A linear map of the whole input row added to the output (a model
+    /// that carries the AR baseline inside itself): `[(t_in + t_out)·3]
+    /// [t_out]` weights and `[t_out]` biases, in the model's output order.
+    pub skip: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Head {
@@ -193,11 +200,17 @@ impl Head {
                 bias: vec![b],
                 act: Activation::Identity,
             }],
+            residual: false,
+            skip: None,
         }
     }
 
     pub fn parameters(&self) -> usize {
-        self.layers.iter().map(|d| d.wt.len() + d.bias.len()).sum()
+        self.layers
+            .iter()
+            .map(|d| d.wt.len() + d.bias.len())
+            .sum::<usize>()
+            + self.skip.as_ref().map_or(0, |(w, b)| w.len() + b.len())
     }
 
     /// Multiply–accumulates per head application.
@@ -219,7 +232,12 @@ impl Head {
                 a => format!("Linear({}, {}) {}", d.input, d.output, a.name()),
             })
             .collect();
-        format!("{} over {over}", layers.join(" -> "))
+        let skip = match (self.residual, &self.skip) {
+            (true, _) => " + last observed V (residual)",
+            (false, Some(_)) => " + a linear map of the input (skip)",
+            _ => "",
+        };
+        format!("{} over {over}{skip}", layers.join(" -> "))
     }
 }
 
@@ -243,6 +261,8 @@ pub struct NativeLstm {
     c: Aligned,
     head_a: Aligned,
     head_b: Aligned,
+    /// The skip's share of the observed window, `[t_out]`.
+    skip_obs: Vec<f32>,
 }
 
 impl NativeLstm {
@@ -310,6 +330,7 @@ impl NativeLstm {
             c: Aligned::zeros(max_batch * hmax),
             head_a: Aligned::zeros(head_rows * head_width),
             head_b: Aligned::zeros(head_rows * head_width),
+            skip_obs: vec![0.0; t_out],
             layers,
             head,
             t_in,
@@ -445,6 +466,34 @@ impl NativeLstm {
             std::mem::swap(&mut self.seq_a, &mut self.seq_b);
         }
         self.apply_head(k, out);
+        if self.head.residual {
+            let last = observed[2 * (t_in - 1)];
+            out[..k * t_out].iter_mut().for_each(|v| *v += last);
+        }
+        if let Some((w, b)) = &self.head.skip {
+            // Observed rows (V, I, flag 0) once; each plan's rows (V 0, I,
+            // flag 1) per candidate.
+            let obs = &mut self.skip_obs;
+            obs.copy_from_slice(b);
+            for (t, pair) in observed.chunks_exact(2).enumerate() {
+                for (f, &x) in pair.iter().enumerate() {
+                    let row = &w[(t * 3 + f) * t_out..(t * 3 + f + 1) * t_out];
+                    obs.iter_mut().zip(row).for_each(|(o, wj)| *o += x * wj);
+                }
+            }
+            for j in 0..t_out {
+                let flag = &w[((t_in + j) * 3 + 2) * t_out..((t_in + j) * 3 + 3) * t_out];
+                obs.iter_mut().zip(flag).for_each(|(o, wj)| *o += wj);
+            }
+            for kk in 0..k {
+                let o = &mut out[kk * t_out..(kk + 1) * t_out];
+                o.iter_mut().zip(obs.iter()).for_each(|(o, s)| *o += s);
+                for (j, &p) in plans[kk * t_out..(kk + 1) * t_out].iter().enumerate() {
+                    let row = &w[((t_in + j) * 3 + 1) * t_out..((t_in + j) * 3 + 2) * t_out];
+                    o.iter_mut().zip(row).for_each(|(o, wj)| *o += p * wj);
+                }
+            }
+        }
     }
 
     /// The head over the rolled-out top layer (`seq_a`, `[t_out][k][H]`).
@@ -1171,10 +1220,14 @@ mod tests {
                         random_dense(&mut rnd, hidden, 12, act),
                         random_dense(&mut rnd, 12, 1, Activation::Identity),
                     ],
+                    residual: false,
+                    skip: None,
                 },
                 Head {
                     input: HeadInput::LastStep,
                     layers: vec![random_dense(&mut rnd, hidden, t_out, Activation::Identity)],
+                    residual: false,
+                    skip: None,
                 },
                 Head {
                     input: HeadInput::LastStep,
@@ -1182,6 +1235,8 @@ mod tests {
                         random_dense(&mut rnd, hidden, 33, act),
                         random_dense(&mut rnd, 33, t_out, Activation::Identity),
                     ],
+                    residual: false,
+                    skip: None,
                 },
             ];
             for head in heads {

@@ -143,6 +143,33 @@ pub fn parse_card(name: &str, text: &str) -> Result<ModelCard, ForecastError> {
     Ok(card)
 }
 
+/// Where the graph the native engine recognised disagrees with the card:
+/// its LSTM's shape, or the residual output.
+fn disagreement(native: &lstm::NativeLstm, card: &ModelCard) -> Option<String> {
+    let arch = &card.architecture;
+    let hidden = native.layers.last().map(|l| l.hidden).unwrap_or(0);
+    if native.layers.len() != arch.layers || hidden != arch.hidden {
+        return Some(format!(
+            "graph has {} LSTM layers of hidden size {hidden}; card says {} x {}",
+            native.layers.len(),
+            arch.layers,
+            arch.hidden
+        ));
+    }
+    if native.head.residual != card.output.residual {
+        return Some(format!(
+            "the graph {} the last observed V to its output; the card says output.residual = {}",
+            if native.head.residual {
+                "adds"
+            } else {
+                "does not add"
+            },
+            card.output.residual
+        ));
+    }
+    None
+}
+
 /// A deterministic, spike-like probe: normalised V swinging over several
 /// units and a varying current, the kind of input a broken model fails on.
 fn probe(t_in: usize, t_out: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
@@ -243,17 +270,10 @@ impl Forecaster {
         }
         match heads::native_engine(&f.proto, &f.card, max_batch) {
             Ok(mut native) => {
-                let arch = &f.card.architecture;
-                let hidden = native.layers.last().map(|l| l.hidden).unwrap_or(0);
-                if native.layers.len() != arch.layers || hidden != arch.hidden {
+                if let Some(message) = disagreement(&native, &f.card) {
                     return Err(ForecastError::Contract {
                         path: name,
-                        message: format!(
-                            "graph has {} LSTM layers of hidden size {hidden}; card says {} x {}",
-                            native.layers.len(),
-                            arch.layers,
-                            arch.hidden
-                        ),
+                        message,
                     });
                 }
                 let mut out = vec![0.0; k * t_out];

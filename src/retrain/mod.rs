@@ -65,6 +65,8 @@ pub fn net_from_forecaster(f: &Forecaster) -> Result<Net, String> {
         t_in: card.t_in,
         t_out: card.t_out,
         order: card.output.order,
+        residual: card.output.residual,
+        skip: None,
     })
 }
 

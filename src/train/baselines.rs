@@ -78,6 +78,31 @@ impl LinearAr {
         m
     }
 
+    /// The fit as one linear map of a whole contract input row: weights
+    /// `[(t_in + t_out)·3][t_out]` (row = input element, column = horizon
+    /// step, forward order) and `[t_out]` biases, so that
+    /// `predict(x)[j] = Σ_r x[r]·w[r][j] + b[j]`. A network can then carry
+    /// AR inside itself (see [`super::net::Skip`]).
+    pub fn linear_map(&self) -> (Vec<f32>, Vec<f32>) {
+        let (t_in, t_out, q) = (self.t_in, self.t_out, self.q);
+        let nf = self.features();
+        let rows = (t_in + t_out) * 3;
+        let mut w = vec![0.0f32; rows * t_out];
+        let mut b = vec![0.0f32; t_out];
+        for j in 0..t_out {
+            let wj = &self.weights[j * nf..(j + 1) * nf];
+            for (n, p) in (t_in - q..t_in).enumerate() {
+                w[(p * 3) * t_out + j] = wj[2 * n] as f32;
+                w[(p * 3 + 1) * t_out + j] = wj[2 * n + 1] as f32;
+            }
+            for (n, p) in (t_in..t_in + t_out).enumerate() {
+                w[(p * 3 + 1) * t_out + j] = wj[2 * q + n] as f32;
+            }
+            b[j] = wj[nf - 1] as f32;
+        }
+        (w, b)
+    }
+
     /// Predict the horizon (normalised) for one contract input row.
     pub fn predict(&self, x: &[f32], out: &mut [f32]) {
         let nf = self.features();

@@ -301,6 +301,33 @@ impl Windows {
         w
     }
 
+    /// Measurement-noise augmentation: Gaussian noise of `sd` (normalised
+    /// units) added to every observed V of the inputs, never to the targets
+    /// or to the forecast rows. Deterministic per seed. A model fitted to
+    /// clean inputs trusts the last sample's wiggles; one fitted to noisy
+    /// inputs learns to read the trend instead, as it must on a rig.
+    pub fn add_input_noise(&mut self, sd: f32, seed: u64) {
+        if sd <= 0.0 {
+            return;
+        }
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f64 + 0.5) / (1u64 << 24) as f64
+        };
+        let steps = self.t_in + self.t_out;
+        for window in self.x.chunks_exact_mut(steps * 3) {
+            for row in window[..self.t_in * 3].chunks_exact_mut(3) {
+                // Box–Muller.
+                let (u1, u2) = (uniform(), uniform());
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                row[0] += sd * z as f32;
+            }
+        }
+    }
+
     /// Example `k`: its input rows and its target.
     pub fn example(&self, k: usize) -> (&[f32], &[f32]) {
         let steps = self.t_in + self.t_out;

@@ -332,10 +332,92 @@ fn head(net: &Net, nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorPro
         vec![],
     ));
     nodes.push(constant("/axes2", i64_tensor("", &[1], &[2])));
+    let extra = net.residual || net.skip.is_some();
+    let squeezed = if extra { "/head/y" } else { "y" };
     nodes.push(node(
         "Squeeze",
         "/Squeeze",
         &["/head/Add_output_0", "/axes2"],
+        &[squeezed],
+        vec![],
+    ));
+    match (&net.skip, net.residual) {
+        (Some(_), _) => skip(net, nodes, inits),
+        (None, true) => residual(nodes, net.t_in as i64),
+        (None, false) => {}
+    }
+}
+
+/// The fixed linear skip: `y = head + reshape(x, [batch, steps·3]) · W + b`
+/// (as PyTorch writes `head(out) + skip(x.flatten(1))`; with the residual
+/// flag as well, the skip's map already holds the last V's weight).
+fn skip(net: &Net, nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorProto>) {
+    let s = net.skip.as_ref().expect("called with a skip");
+    let rows = ((net.t_in + net.t_out) * 3) as i64;
+    let t_out = net.t_out as i64;
+    let mut w = s.w.clone();
+    if net.residual {
+        // The last observed V enters the map with weight 1 per step.
+        let r = (net.t_in - 1) * 3;
+        for j in 0..net.t_out {
+            w[r * net.t_out + j] += 1.0;
+        }
+    }
+    inits.push(f32_tensor("skip.weight_t", &[rows, t_out], &w));
+    inits.push(f32_tensor("skip.bias", &[t_out], &s.b));
+    nodes.push(constant("/skip/shape", i64_tensor("", &[2], &[-1, rows])));
+    nodes.push(node(
+        "Reshape",
+        "/skip/Reshape",
+        &["x", "/skip/shape"],
+        &["/skip/flat"],
+        vec![],
+    ));
+    nodes.push(node(
+        "MatMul",
+        "/skip/MatMul",
+        &["/skip/flat", "skip.weight_t"],
+        &["/skip/MatMul_output_0"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Add",
+        "/skip/Add",
+        &["/skip/MatMul_output_0", "skip.bias"],
+        &["/skip/y"],
+        vec![],
+    ));
+    nodes.push(node("Add", "/Add", &["/head/y", "/skip/y"], &["y"], vec![]));
+}
+
+/// The residual output (card version 2): `y = head + x[:, t_in-1:t_in, 0]`,
+/// as PyTorch writes `head(out) + x[:, t_in - 1, 0:1]` (Slice, Squeeze,
+/// Add broadcasting `[batch, 1]` over `[batch, t_out]`).
+fn residual(nodes: &mut Vec<pb::NodeProto>, t_in: i64) {
+    nodes.push(constant(
+        "/residual/starts",
+        i64_tensor("", &[2], &[t_in - 1, 0]),
+    ));
+    nodes.push(constant("/residual/ends", i64_tensor("", &[2], &[t_in, 1])));
+    nodes.push(constant("/residual/axes", i64_tensor("", &[2], &[1, 2])));
+    nodes.push(node(
+        "Slice",
+        "/residual/Slice",
+        &["x", "/residual/starts", "/residual/ends", "/residual/axes"],
+        &["/residual/last3"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Squeeze",
+        "/residual/Squeeze",
+        &["/residual/last3", "/axes2"],
+        &["/residual/last"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Add",
+        "/residual/Add",
+        &["/head/y", "/residual/last"],
         &["y"],
         vec![],
     ));

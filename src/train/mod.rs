@@ -242,7 +242,8 @@ pub fn run(
     let (train_s, val_s, test_s) =
         dataset::split_by_time(&series, cfg.train_fraction, cfg.val_fraction);
     let norm = dataset::normalization(&train_s);
-    let train_w = Windows::cut(&train_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
+    let mut train_w = Windows::cut(&train_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
+    train_w.add_input_noise((cfg.input_noise_mv / norm.v_std) as f32, cfg.schedule.seed);
     let val_w = Windows::cut(&val_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
     let weights = |s: &[Series]| {
         cfg.spike_weight
@@ -264,7 +265,8 @@ pub fn run(
         cfg.order,
         cfg.head,
         cfg.schedule.seed,
-    );
+    )
+    .with_residual(cfg.residual);
     let epochs = trainer::fit_weighted(
         &mut net,
         (&train_w, train_wt.as_deref()),
@@ -296,7 +298,7 @@ pub fn run(
         .unwrap_or_else(|| "model".into());
     let card = ModelCard {
         format: CARD_FORMAT.into(),
-        format_version: CARD_VERSION,
+        format_version: if cfg.residual { 2 } else { CARD_VERSION },
         name: name.clone(),
         dt_ms: cfg.dt_ms,
         t_in: cfg.t_in,
@@ -308,6 +310,7 @@ pub fn run(
         output: OutputSpec {
             name: "y".into(),
             order: cfg.order,
+            residual: cfg.residual,
         },
         normalization: norm,
         architecture: Architecture {

@@ -66,6 +66,49 @@ pub struct Net {
     pub t_in: usize,
     pub t_out: usize,
     pub order: OutputOrder,
+    /// The residual output (model card version 2): every output is the
+    /// last observed V plus the head's value, so the network learns the
+    /// change from the last sample. The skip has no parameters: gradients
+    /// are those of the plain network at the shifted outputs.
+    pub residual: bool,
+    /// A fixed linear map of the whole input added to the output (the AR
+    /// baseline's fit, [`super::baselines::LinearAr::linear_map`]): the
+    /// LSTM then learns only what AR misses. Not trained (not a parameter).
+    pub skip: Option<Skip>,
+}
+
+/// A fixed linear map of the contract input row to the outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skip {
+    /// `[(t_in + t_out)·3][t_out]`, columns in the model's output order.
+    pub w: Vec<f32>,
+    /// `[t_out]`, in the model's output order.
+    pub b: Vec<f32>,
+}
+
+impl Skip {
+    /// From a forward-order map (`LinearAr::linear_map`), for a network
+    /// with output `order`.
+    pub fn from_forward(w: &[f32], b: &[f32], t_out: usize, order: OutputOrder) -> Skip {
+        let col = |j: usize| match order {
+            OutputOrder::Forward => j,
+            OutputOrder::Reversed => t_out - 1 - j,
+        };
+        let rows = w.len() / t_out;
+        let mut out = Skip {
+            w: vec![0.0; w.len()],
+            b: vec![0.0; t_out],
+        };
+        for r in 0..rows {
+            for j in 0..t_out {
+                out.w[r * t_out + col(j)] = w[r * t_out + j];
+            }
+        }
+        for (j, &bj) in b.iter().enumerate() {
+            out.b[col(j)] = bj;
+        }
+        out
+    }
 }
 
 impl Net {
@@ -133,7 +176,15 @@ impl Net {
             t_in,
             t_out,
             order,
+            residual: false,
+            skip: None,
         }
+    }
+
+    /// The same network with the residual output on or off.
+    pub fn with_residual(mut self, residual: bool) -> Net {
+        self.residual = residual;
+        self
     }
 
     pub fn head(&self) -> Head {
@@ -377,6 +428,32 @@ impl Workspace {
             self.forward_layer::<FMA>(layer, l, t_total, batch);
         }
         self.forward_head::<FMA>(net, batch);
+        if net.residual {
+            for b in 0..batch {
+                let last = x[(b * t_total + net.t_in - 1) * 3];
+                for o in &mut self.out[b * net.t_out..(b + 1) * net.t_out] {
+                    *o += last;
+                }
+            }
+        }
+        if let Some(skip) = &net.skip {
+            let t_out = net.t_out;
+            for b in 0..batch {
+                let out = &mut self.out[b * t_out..(b + 1) * t_out];
+                for (o, sb) in out.iter_mut().zip(&skip.b) {
+                    *o += sb;
+                }
+                let row = &x[b * t_total * 3..(b + 1) * t_total * 3];
+                for (r, &xr) in row.iter().enumerate() {
+                    if xr != 0.0 {
+                        let w = &skip.w[r * t_out..(r + 1) * t_out];
+                        for (o, wj) in out.iter_mut().zip(w) {
+                            *o += xr * wj;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// One LSTM layer over the whole sequence; its input is the batch
@@ -766,14 +843,15 @@ mod tests {
     /// parameter tensor of a 2-layer net (sampled entries).
     #[test]
     fn gradients_match_finite_differences() {
-        for (order, head, weighted) in [
-            (OutputOrder::Reversed, Head::Linear, false),
-            (OutputOrder::Forward, Head::Linear, false),
-            (OutputOrder::Reversed, Head::Mlp, false),
-            (OutputOrder::Forward, Head::Mlp, false),
-            (OutputOrder::Reversed, Head::Linear, true),
+        for (order, head, weighted, residual) in [
+            (OutputOrder::Reversed, Head::Linear, false, false),
+            (OutputOrder::Forward, Head::Linear, false, false),
+            (OutputOrder::Reversed, Head::Mlp, false, false),
+            (OutputOrder::Forward, Head::Mlp, false, false),
+            (OutputOrder::Reversed, Head::Linear, true, false),
+            (OutputOrder::Forward, Head::Linear, true, true),
         ] {
-            let mut net = Net::with_head(2, 5, 4, 3, order, head, 11);
+            let mut net = Net::with_head(2, 5, 4, 3, order, head, 11).with_residual(residual);
             let (x, y) = batch(&net, 3, 5);
             // The spike-aware loss: a weight per target (1 or 5 here).
             let wt: Vec<f32> = (0..y.len())
@@ -813,7 +891,7 @@ mod tests {
                     let err = (a - numeric).abs() / (a.abs() + numeric.abs()).max(1e-3);
                     assert!(
                         err < 2e-2,
-                        "{order:?} {head:?} tensor {ti} entry {idx}: analytic {a:e}, numeric {numeric:e}"
+                        "{order:?} {head:?} residual {residual} tensor {ti} entry {idx}: analytic {a:e}, numeric {numeric:e}"
                     );
                 }
             }

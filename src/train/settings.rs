@@ -36,4 +36,15 @@ pub struct TrainConfig {
     /// The spike-aware loss (`train.spike_weight`); `None`: plain squared
     /// error.
     pub spike_weight: Option<crate::train::dataset::SpikeWeight>,
+    /// The residual output (`train.residual`, card version 2): the network
+    /// predicts the change from the last observed V.
+    pub residual: bool,
+    /// Measurement-noise augmentation (`train.input_noise_mv`): the sd, mV,
+    /// of Gaussian noise added to the observed V of training windows.
+    pub input_noise_mv: f64,
+    /// `train.ar_skip`: calibration's scratch start carries the AR
+    /// baseline's least-squares fit on its training windows as a fixed
+    /// linear skip (`net::Skip`), so it starts at AR and the LSTM learns
+    /// what AR misses.
+    pub ar_skip: bool,
 }
