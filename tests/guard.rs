@@ -214,28 +214,33 @@ fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     (of("mpc"), of("off")["objective_error"].as_f64().unwrap())
 }
 
-/// Held-out cell 1002 (evaluation seed 2), where MPC with the shipped model
-/// is judged fit by its forecast (it beats persistence) yet makes the cell
-/// burst more than no stimulation does. Without a probation start the
-/// guard, judging the model only, lets it; with it (the scenario's
-/// `control.guard.probation`, one window), the fallback's error on this
-/// cell is measured first and MPC's windows are judged against it.
+/// Held-out cell 1001 (evaluation seed 1), where the shipped model is
+/// wrong: without a probation start the guard judges the model only after
+/// MPC's first window of its own, and the harm done in it (the cell's later
+/// bursts go differently) leaves guarded MPC worse than no stimulation.
+/// With it (the scenario's `control.guard.probation`, one window) the
+/// fallback drives first, the model is judged on its forecasts of what the
+/// fallback applies, fails, and MPC never acts: exactly no stimulation.
 #[test]
 fn on_a_held_out_cell_the_probation_start_keeps_guarded_mpc_no_worse_than_off() {
-    let (before, off) = burst_unseen(2, &["--set", "control.guard.probation=\"0 s\""]);
+    let (before, off) = burst_unseen(1, &["--set", "control.guard.probation=\"0 s\""]);
     let harm = before["objective_error"].as_f64().unwrap();
     assert!(
-        harm > off + 0.05,
+        harm > off,
         "the held-out cell no longer shows the harm: MPC {harm} vs off {off}"
     );
-    assert_eq!(before["guard"]["handovers_to_fallback"], 0, "{before}");
-    let (mpc, off_again) = burst_unseen(2, &[]);
+    assert_eq!(before["guard"]["handovers_to_fallback"], 1, "{before}");
+    let (mpc, off_again) = burst_unseen(1, &[]);
     assert_eq!(off, off_again, "no stimulation is deterministic");
     let e = mpc["objective_error"].as_f64().unwrap();
     let g = &mpc["guard"];
     let first = g["first_reason"].as_str().unwrap_or_default();
-    assert!(first.contains("probation"), "{g}");
-    assert!(g["handovers_to_mpc"].as_u64().unwrap() >= 1, "{g}");
+    assert!(
+        first.contains("probation start") && first.contains("persistence"),
+        "{g}"
+    );
+    assert_eq!(g["handovers_to_mpc"], 0, "{g}");
+    assert_eq!(mpc["charge_nc_cm2"], 0.0, "MPC never acted: {mpc}");
     assert!(
         e <= off,
         "guarded MPC {e} vs no stimulation {off} (without the probation start {harm}): {g}"

@@ -625,6 +625,8 @@ mod tests {
         let mut o = Config::defaults().control.objective;
         o.kind = ObjectiveKind::Voltage;
         o.settle_ms = 0.0;
+        // A flat reference: every window's error is the offset's.
+        o.reference.amplitude = 0.0;
         let link = Arc::new(GuardLink::new());
         let mut c = cfg();
         c.probation_ms = 150.0; // two whole windows of 100 ms

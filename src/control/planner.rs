@@ -87,7 +87,14 @@ pub fn run(
         plan.base_index = snap.index;
         plan.snapshot_taken = snap.taken;
         if snap.in_fallback {
-            forecast_for_guard(&mut plan, &input, &mut forecaster, &mut mpc, &mut totals, &links);
+            forecast_for_guard(
+                &mut plan,
+                &input,
+                &mut forecaster,
+                &mut mpc,
+                &mut totals,
+                &links,
+            );
             plan.forecast_error_mv = f64::NAN;
             let _ = ends.empty_snapshots.try_send(snap);
             plan.published = Instant::now();
