@@ -124,6 +124,22 @@ pub struct SeedResult {
     pub bursts: usize,
     pub plan_misses: u64,
     pub timing: Option<TimingScore>,
+    /// MPC only: what its guard did on this seed.
+    pub guard: Option<GuardSeed>,
+}
+
+/// What the MPC guard did on one seed: the table's claim that guarded MPC
+/// is never worse than no stimulation is read against this.
+#[derive(Clone, Debug, Serialize)]
+pub struct GuardSeed {
+    pub handovers_to_fallback: u64,
+    pub handovers_to_mpc: u64,
+    /// Samples the fallback drove.
+    pub fallback_samples: u64,
+    /// The highest model/persistence forecast error ratio while MPC drove.
+    pub max_model_to_persistence: Option<f64>,
+    /// The first decision's reason, if any.
+    pub first_reason: Option<String>,
 }
 
 /// One policy on one scenario, over the seeds.
@@ -377,6 +393,19 @@ fn run_one(
             bursts: s.quality.bursts,
             plan_misses: s.plan_misses,
             timing: s.quality.timing.clone(),
+            guard: s.guard.as_ref().filter(|g| g.enabled).map(|g| GuardSeed {
+                handovers_to_fallback: g.handovers_to_fallback,
+                handovers_to_mpc: g.handovers_to_mpc,
+                fallback_samples: g.fallback_samples,
+                max_model_to_persistence: g
+                    .judged
+                    .as_ref()
+                    .and_then(|j| j.max_model_to_persistence),
+                first_reason: g
+                    .judged
+                    .as_ref()
+                    .and_then(|j| j.decisions.first().map(|d| d.reason.clone())),
+            }),
         },
         RunInfo {
             preset: config.sim.preset.clone(),

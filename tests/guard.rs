@@ -185,3 +185,64 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
         );
     }
 }
+
+/// `neurostimd scenarios` on one seed of `burst_unseen`, MPC and no
+/// stimulation, with `extra` arguments; (MPC's seed result, off's error).
+fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
+    let seed = seed.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_neurostimd"))
+        .args(["scenarios", "--only", "burst_unseen", "--seeds", "1"])
+        .args(["--seed-base", &seed, "--policy", "mpc", "--policy", "off"])
+        .args(["--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let policies = v[0]["policies"].as_array().unwrap();
+    let of = |name: &str| {
+        policies
+            .iter()
+            .find(|p| p["policy"] == name)
+            .unwrap_or_else(|| panic!("no {name} row: {v}"))["seeds"][0]
+            .clone()
+    };
+    (of("mpc"), of("off")["objective_error"].as_f64().unwrap())
+}
+
+/// Held-out cell 1001 (evaluation seed 1), where the shipped model is
+/// wrong: without a probation start the guard judges the model only after
+/// MPC's first window of its own, and the harm done in it (the cell's later
+/// bursts go differently) leaves guarded MPC worse than no stimulation.
+/// With it (the scenario's `control.guard.probation`, one window) the
+/// fallback drives first, the model is judged on its forecasts of what the
+/// fallback applies, fails, and MPC never acts: exactly no stimulation.
+#[test]
+fn on_a_held_out_cell_the_probation_start_keeps_guarded_mpc_no_worse_than_off() {
+    let (before, off) = burst_unseen(1, &["--set", "control.guard.probation=\"0 s\""]);
+    let harm = before["objective_error"].as_f64().unwrap();
+    assert!(
+        harm > off,
+        "the held-out cell no longer shows the harm: MPC {harm} vs off {off}"
+    );
+    assert_eq!(before["guard"]["handovers_to_fallback"], 1, "{before}");
+    let (mpc, off_again) = burst_unseen(1, &[]);
+    assert_eq!(off, off_again, "no stimulation is deterministic");
+    let e = mpc["objective_error"].as_f64().unwrap();
+    let g = &mpc["guard"];
+    let first = g["first_reason"].as_str().unwrap_or_default();
+    assert!(
+        first.contains("probation start") && first.contains("persistence"),
+        "{g}"
+    );
+    assert_eq!(g["handovers_to_mpc"], 0, "{g}");
+    assert_eq!(mpc["charge_nc_cm2"], 0.0, "MPC never acted: {mpc}");
+    assert!(
+        e <= off,
+        "guarded MPC {e} vs no stimulation {off} (without the probation start {harm}): {g}"
+    );
+}

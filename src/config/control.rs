@@ -28,6 +28,7 @@ pub(super) struct RawGuard {
     pub(super) model_ratio: f64,
     pub(super) min_error: Quantity<Voltage>,
     pub(super) objective_margin: f64,
+    pub(super) probation: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +126,7 @@ pub(super) struct RawMpc {
     pub(super) spread: f64,
     pub(super) bias_gain: f64,
     pub(super) seed: u64,
+    pub(super) actuation_delay: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,8 +221,10 @@ fn guard(
             format!("{} is not a finite fraction >= 0", g.objective_margin),
         ));
     }
+    non_negative(g.probation.get()).map_err(|m| cx.err("control.guard.probation", m))?;
     Ok(crate::policy::mpc::GuardConfig {
         enabled: g.enabled,
+        probation_ms: g.probation.get(),
         fallback: g.fallback,
         window_ms: window,
         model_ratio: g.model_ratio,
@@ -393,6 +397,13 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         }
     };
     range("mpc.candidates", m.candidates, 2, 256)?;
+    let d = m.actuation_delay.get();
+    if !(0.0..=50.0).contains(&d) {
+        return Err(cx.err(
+            "mpc.actuation_delay",
+            format!("{d} ms is outside 0 ..= 50 ms"),
+        ));
+    }
     positive(m.max_amplitude.get()).map_err(|e| cx.err("mpc.max_amplitude", e))?;
     range("mpc.iterations", m.iterations, 1, 100)?;
     range("mpc.elites", m.elites, 1, m.candidates)?;
@@ -423,6 +434,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         spread: m.spread,
         bias_gain: m.bias_gain,
         seed: m.seed,
+        actuation_delay_ms: m.actuation_delay.get(),
     })
 }
 

@@ -109,6 +109,13 @@ impl Decider {
         armed: bool,
     ) -> Decider {
         let max_amplitude = limiter.limits().max_amplitude;
+        let probation = c.policy == PolicyKind::Mpc && c.guard.starts_on_fallback();
+        let fallback_policy = match c.guard.fallback {
+            GuardFallback::Baseline if probation => {
+                Baseline::pid_for(&c.objective, &c.pid, period_ms, max_amplitude)
+            }
+            _ => Baseline::Off,
+        };
         let baseline = match c.policy {
             PolicyKind::Off | PolicyKind::Mpc => Baseline::Off,
             PolicyKind::Open => Baseline::Open(c.open),
@@ -143,8 +150,9 @@ impl Decider {
             feedback: c.feedback,
             mpc_amplitude: c.mpc.max_amplitude.min(max_amplitude),
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
-            fallback_policy: Baseline::Off,
-            in_fallback: false,
+            fallback_policy,
+            // A probation start: the fallback drives from the first sample.
+            in_fallback: probation,
             counters: Counters::default(),
         }
     }
@@ -535,6 +543,7 @@ impl Decider {
         snap.limiter = self.limiter.clone();
         snap.taken = arrived;
         snap.objective = (self.objective_seq > 0).then_some((self.objective_seq, self.objective));
+        snap.in_fallback = self.in_fallback;
     }
 
     /// Whether real-time rules apply (plans arrive on their own).

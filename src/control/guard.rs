@@ -142,6 +142,9 @@ pub struct Guard {
     fallback_errors: Vec<f64>,
     /// A model swap since the last hand-over to the fallback.
     swapped: Option<String>,
+    /// Probation start: whole fallback windows still to measure before
+    /// MPC first drives (0: none, or over).
+    probation_windows: usize,
     blocks: u64,
     newest: u64,
     report: GuardReport,
@@ -197,6 +200,15 @@ impl Guard {
             },
             live.clone(),
         );
+        // A probation start: the fallback drives from the first sample
+        // (the loop's decider starts on it too) for whole windows.
+        let probation_windows = if cfg.starts_on_fallback() {
+            link.want_fallback.store(true, Ordering::Release);
+            link.applied(true, 0);
+            (cfg.probation_ms / cfg.window_ms).ceil().max(1.0) as usize
+        } else {
+            0
+        };
         Guard {
             fallback_name: cfg.fallback.name(),
             cfg,
@@ -205,13 +217,18 @@ impl Guard {
             link,
             monitor,
             live,
-            mode: Mode::Mpc,
+            mode: if probation_windows > 0 {
+                Mode::Fallback
+            } else {
+                Mode::Mpc
+            },
             since: 0,
             pending: false,
             window: None,
             window_samples: (cfg.window_ms / period_ms).round().max(1.0) as u64,
             fallback_errors: Vec::new(),
             swapped: None,
+            probation_windows,
             blocks: 0,
             newest: 0,
             report: GuardReport::default(),
@@ -294,7 +311,9 @@ impl Guard {
                 self.monitor.model_swapped(from, 0.0);
             }
         }
-        if self.mode == Mode::Mpc {
+        // On probation the planner forecasts what the fallback applies:
+        // the model is judged on this cell before MPC acts.
+        if self.mode == Mode::Mpc || self.probation_windows > 0 {
             self.monitor.records(block);
         }
         let mut objective_verdict = None;
@@ -363,17 +382,7 @@ impl Guard {
             let m = self.report.max_model_to_persistence.get_or_insert(r);
             *m = m.max(r);
         }
-        let reason = if judged
-            && model > self.cfg.model_ratio * persistence
-            && model > self.cfg.min_error_mv
-        {
-            Some(format!(
-                "forecast RMS error {model:.2} mV > {:.2} x persistence's {persistence:.2} mV over {} ms",
-                self.cfg.model_ratio, self.cfg.window_ms
-            ))
-        } else {
-            objective_verdict
-        }?;
+        let reason = if judged { self.model_fails() } else { None }.or(objective_verdict)?;
         self.pending = true;
         self.swapped = None;
         self.link.want_fallback.store(true, Ordering::Release);
@@ -384,14 +393,54 @@ impl Guard {
         })
     }
 
+    /// The model check: `Some(reason)` when the rolling forecast error is
+    /// worse than `model_ratio` × persistence's and above `min_error`.
+    fn model_fails(&self) -> Option<String> {
+        let (model, persistence) = self.forecast_errors();
+        (model.is_finite()
+            && persistence.is_finite()
+            && model > self.cfg.model_ratio * persistence
+            && model > self.cfg.min_error_mv)
+            .then(|| {
+                format!(
+                    "forecast RMS error {model:.2} mV > {:.2} x persistence's {persistence:.2} mV over {} ms",
+                    self.cfg.model_ratio, self.cfg.window_ms
+                )
+            })
+    }
+
     fn judge_fallback(&mut self) -> Option<Handover> {
-        let label = self.swapped.take()?;
+        let reason = if self.probation_windows > 0 {
+            if self.fallback_errors.len() < self.probation_windows {
+                return None;
+            }
+            self.probation_windows = 0;
+            if let Some(why) = self.model_fails() {
+                // The fallback keeps control (the loop has nothing to
+                // change); the hand-over's duties (retraining, the
+                // calibration hook, the event) follow as for any other.
+                return Some(Handover {
+                    direction: Direction::ToFallback,
+                    index: self.newest,
+                    reason: format!("probation start: {why}; the fallback keeps control"),
+                });
+            }
+            format!(
+                "probation start over: the {} fallback's objective error on this cell is {:.3} ({} window(s)); MPC drives, judged against it",
+                self.fallback_name,
+                self.fallback_error().unwrap_or(f64::NAN),
+                self.fallback_errors.len()
+            )
+        } else {
+            let label = self.swapped.take()?;
+            format!("model {label} passed the gate and was swapped in; MPC on probation")
+        };
         self.pending = true;
         self.link.want_fallback.store(false, Ordering::Release);
         Some(Handover {
             direction: Direction::ToMpc,
             index: self.newest,
-            reason: format!("model {label} passed the gate and was swapped in; MPC on probation"),
+            reason,
         })
     }
 }
@@ -453,6 +502,7 @@ mod tests {
             model_ratio: 1.0,
             min_error_mv: 0.0,
             objective_margin: 0.25,
+            probation_ms: 0.0,
         }
     }
 
@@ -565,6 +615,49 @@ mod tests {
         link.applied(false, at);
         // MPC now 8 mV off: 60% worse than the fallback (margin 25%).
         let h = blocks(&mut g, &mut at, 100, reference + 8.0);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ToFallback);
+        assert!(h[0].reason.contains("objective"), "{}", h[0].reason);
+    }
+
+    #[test]
+    fn a_probation_start_measures_the_fallback_first_and_judges_mpc_against_it() {
+        let mut o = Config::defaults().control.objective;
+        o.kind = ObjectiveKind::Voltage;
+        o.settle_ms = 0.0;
+        // A flat reference: every window's error is the offset's.
+        o.reference.amplitude = 0.0;
+        let link = Arc::new(GuardLink::new());
+        let mut c = cfg();
+        c.probation_ms = 150.0; // two whole windows of 100 ms
+        let mut g = Guard::new(c, o, 0.1, DEC, T_OUT, link.clone());
+        assert!(link.wants_fallback(), "the fallback drives from the start");
+        assert_eq!(link.applied_state(), (true, 0));
+        let reference = o.reference.offset;
+        let mut at = 0;
+        let mut blocks = |g: &mut Guard, n: usize, v: f64| {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let block: Vec<Record> = (1..=20).map(|k| rec(at + k, v)).collect();
+                at += 20;
+                out.extend(g.block(&block));
+            }
+            (out, at)
+        };
+        // One window of the fallback is not enough; the second ends it.
+        let (h, _) = blocks(&mut g, 60, reference + 5.0);
+        assert!(h.is_empty(), "{h:?}");
+        let (h, now) = blocks(&mut g, 40, reference + 5.0);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ToMpc);
+        assert!(h[0].reason.contains("probation"), "{}", h[0].reason);
+        assert_eq!(g.fallback_errors.len(), 2);
+        assert!(!link.wants_fallback());
+        link.applied(false, now);
+        // MPC as good as the fallback keeps control; clearly worse (8 mV
+        // against 5 mV) hands back on its first whole window.
+        assert!(blocks(&mut g, 50, reference + 5.0).0.is_empty());
+        let (h, _) = blocks(&mut g, 50, reference + 8.0);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[0].direction, Direction::ToFallback);
         assert!(h[0].reason.contains("objective"), "{}", h[0].reason);

@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// An objective the operator changed to, with its change number
     /// (`None`: the configured one).
     pub objective: Option<(u64, crate::policy::Objective)>,
+    /// The MPC guard's fallback drove at the snapshot: the planner then
+    /// forecasts what the fallback applies, for the guard to judge the
+    /// model before MPC acts, instead of planning.
+    pub in_fallback: bool,
 }
 
 /// How a planning step ended.
@@ -140,6 +144,7 @@ pub fn build(
                     limiter: limiter.clone(),
                     taken: now,
                     objective: None,
+                    in_fallback: false,
                 });
                 empty_snapshots.try_send(s).expect("pool fits its channel");
             }

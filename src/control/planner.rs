@@ -84,9 +84,27 @@ pub fn run(
             last_spike_ms: snap.last_spike_ms,
             limiter: snap.limiter.clone(),
         };
-        let result = mpc.plan(&input, &mut forecaster, deadline);
         plan.base_index = snap.index;
         plan.snapshot_taken = snap.taken;
+        if snap.in_fallback {
+            forecast_for_guard(
+                &mut plan,
+                &input,
+                &mut forecaster,
+                &mut mpc,
+                &mut totals,
+                &links,
+            );
+            plan.forecast_error_mv = f64::NAN;
+            let _ = ends.empty_snapshots.try_send(snap);
+            plan.published = Instant::now();
+            totals.plans += 1;
+            if ends.plans.try_send(plan).is_err() {
+                break;
+            }
+            continue;
+        }
+        let result = mpc.plan(&input, &mut forecaster, deadline);
         match result {
             Ok(stats) => {
                 plan.status = PlanStatus::Ok;
@@ -126,6 +144,49 @@ pub fn run(
         }
     }
     totals
+}
+
+/// While the guard's fallback drives: no plan (its currents are zero and
+/// unused), only the model's forecast of what the fallback applies, for the
+/// guard's judgement of the model before MPC acts.
+fn forecast_for_guard(
+    plan: &mut Plan,
+    input: &PlanInput,
+    forecaster: &mut Forecaster,
+    mpc: &mut Mpc,
+    totals: &mut PlannerTotals,
+    links: &PlannerLinks,
+) {
+    let dt_ms = mpc.dt_model();
+    let v = match mpc.forecast_held(input, forecaster) {
+        Ok(v) => v,
+        Err(e) => return fail_plan(plan, mpc, totals, &e),
+    };
+    plan.status = PlanStatus::Ok;
+    plan.currents.fill(0.0);
+    plan.forecast_ns = 0;
+    plan.iterations = 0;
+    plan.cost = f64::NAN;
+    plan.forecast.copy_from_slice(v);
+    plan.expected.copy_from_slice(v);
+    plan.v_base = input.v_now as f32;
+    if let Some((tx, wait)) = &links.notes {
+        let note = Note::Forecast {
+            base_index: input.base_index,
+            t_ms: input.t_ms,
+            dt_ms,
+            model: v.into(),
+            corrected: v.into(),
+        };
+        let sent = if *wait {
+            tx.send(note).is_ok()
+        } else {
+            tx.try_send(note).is_ok()
+        };
+        if !sent {
+            totals.notes_dropped += 1;
+        }
+    }
 }
 
 /// Take the models waiting to be swapped in. A swap happens between ticks

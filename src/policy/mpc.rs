@@ -73,6 +73,10 @@ pub struct MpcConfig {
     /// added to every forecast; 0 turns it off.
     pub bias_gain: f64,
     pub seed: u64,
+    /// Delay between writing a command and the cell receiving it, ms: the
+    /// forecast sees each candidate this much later (rounded to model
+    /// steps), after the commands already on their way.
+    pub actuation_delay_ms: f64,
 }
 
 /// Who drives when the guard takes control from MPC (`control.guard.fallback`).
@@ -114,6 +118,17 @@ pub struct GuardConfig {
     /// Hand over when MPC's objective error over a window exceeds the
     /// fallback's measured one by this fraction.
     pub objective_margin: f64,
+    /// Probation start, ms after the objective's settle span (0: none):
+    /// the fallback drives first so that its objective error on this cell
+    /// is measured before MPC may act, and MPC is judged against it.
+    pub probation_ms: f64,
+}
+
+impl GuardConfig {
+    /// Whether the run starts on the fallback (see `probation_ms`).
+    pub fn starts_on_fallback(&self) -> bool {
+        self.enabled && self.probation_ms > 0.0
+    }
 }
 
 /// Ancillary feedback around the plan (validated `[control.feedback]`):
@@ -203,6 +218,11 @@ pub struct Mpc {
     /// The previous plan's requested levels and where it started.
     prev_raw: Vec<f32>,
     prev_base: Option<u64>,
+    /// The actuation delay in model steps; the window's currents and each
+    /// candidate's steps as the cell feels them, that many steps later.
+    lag_steps: usize,
+    felt_window: Vec<f32>,
+    felt_steps: Vec<f32>,
     mean: Vec<f64>,
     spread: Vec<f64>,
     rng: Xoshiro256PlusPlus,
@@ -222,7 +242,11 @@ impl Mpc {
     ) -> Mpc {
         let k = cfg.candidates;
         let n = t_out * decimation;
+        let lag_steps = ((cfg.actuation_delay_ms / dt_model).round().max(0.0) as usize).min(t_out);
         Mpc {
+            lag_steps,
+            felt_window: Vec::new(),
+            felt_steps: vec![0.0; if lag_steps > 0 { k * t_out } else { 0 }],
             committed: committed.min(n),
             head: vec![0.0; n],
             prev_samples: vec![0.0; n],
@@ -255,6 +279,39 @@ impl Mpc {
             spread: vec![0.0; t_out],
             rng: Xoshiro256PlusPlus::seed_from_u64(cfg.seed),
         }
+    }
+
+    /// While the guard's fallback drives: the model's forecast with the
+    /// last applied current held over the horizon (exactly what the `off`
+    /// fallback applies; nearly what a slow baseline does), so the guard
+    /// can judge the model on this cell before MPC acts. The warm start
+    /// is forgotten: the plans MPC would have made were not applied.
+    pub fn forecast_held(
+        &mut self,
+        input: &PlanInput,
+        forecaster: &mut Forecaster,
+    ) -> Result<&[f32], ForecastError> {
+        self.reset();
+        let t_out = self.t_out;
+        let held = input.window_i.last().copied().unwrap_or(0.0);
+        self.steps.fill(held);
+        self.fill_felt(input.window_i);
+        let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
+            (&self.felt_window, &self.felt_steps[..t_out])
+        } else {
+            (input.window_i, &self.steps[..t_out])
+        };
+        forecaster.forecast(input.window_v, window_i, steps, 1, &mut self.out[..t_out])?;
+        Ok(&self.out[..t_out])
+    }
+
+    /// Size the actuation-delay buffer for a model window of `t_in` steps,
+    /// so that [`Mpc::plan`] allocates nothing.
+    pub fn with_window(mut self, t_in: usize) -> Mpc {
+        if self.lag_steps > 0 {
+            self.felt_window = vec![0.0; t_in];
+        }
+        self
     }
 
     /// Samples a plan covers.
@@ -412,13 +469,13 @@ impl Mpc {
             }
             self.project(&input.limiter);
             let t0 = Instant::now();
-            forecaster.forecast(
-                input.window_v,
-                input.window_i,
-                &self.steps,
-                k,
-                &mut self.out,
-            )?;
+            self.fill_felt(input.window_i);
+            let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
+                (&self.felt_window, &self.felt_steps)
+            } else {
+                (input.window_i, &self.steps)
+            };
+            forecaster.forecast(input.window_v, window_i, steps, k, &mut self.out)?;
             stats.forecast_ns += t0.elapsed().as_nanos() as u64;
             stats.iterations += 1;
             if bias != 0.0 {
@@ -604,6 +661,37 @@ impl Mpc {
         }
     }
 
+    /// The window's currents and the candidates' steps as the cell feels
+    /// them: with an actuation delay of `lag_steps`, the current on the
+    /// membrane at a step is the one written `lag_steps` earlier, so the
+    /// window's V went with its currents shifted that much, the horizon's
+    /// first steps get the commands already on their way (the window's
+    /// last), and each candidate takes effect `lag_steps` later (its tail
+    /// falls beyond the horizon). Without a delay, nothing to do.
+    fn fill_felt(&mut self, window_i: &[f32]) {
+        let lag = self.lag_steps;
+        if lag == 0 {
+            return;
+        }
+        let (t_in, t_out) = (window_i.len(), self.t_out);
+        let lag_in = lag.min(t_in);
+        // No allocation once sized by `with_window` (the loop's planner).
+        self.felt_window.resize(t_in, 0.0);
+        for j in 0..t_in {
+            self.felt_window[j] = window_i[j.saturating_sub(lag_in)];
+        }
+        for c in 0..self.cfg.candidates {
+            let row = &mut self.felt_steps[c * t_out..(c + 1) * t_out];
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if j < lag {
+                    window_i[(t_in + j).saturating_sub(lag_in).min(t_in - 1)]
+                } else {
+                    self.steps[c * t_out + j - lag]
+                };
+            }
+        }
+    }
+
     /// Pass every candidate through a copy of the limiter; record the
     /// per-sample currents and their per-step means.
     fn project(&mut self, limiter: &SafetyLimiter) {
@@ -628,5 +716,36 @@ impl Mpc {
                 self.steps[c * t_out + j] = (acc / d as f64) as f32;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn with_an_actuation_delay_the_forecast_sees_the_currents_as_the_cell_feels_them() {
+        let c = Config::defaults().control;
+        let mut cfg = c.mpc;
+        cfg.candidates = 2;
+        // 1 ms at 0.5 ms steps: two steps late.
+        cfg.actuation_delay_ms = 1.0;
+        let (t_in, t_out) = (4, 4);
+        let mut m = Mpc::new(cfg, c.objective, t_out, 5, 0.5, 6.0, 0).with_window(t_in);
+        assert_eq!(m.lag_steps, 2);
+        m.steps
+            .copy_from_slice(&[10.0, 20.0, 30.0, 40.0, -1.0, -2.0, -3.0, -4.0]);
+        m.fill_felt(&[1.0, 2.0, 3.0, 4.0]);
+        // The window's V went with the currents written two steps earlier.
+        assert_eq!(m.felt_window, [1.0, 1.0, 1.0, 2.0]);
+        // The horizon starts with the two commands on their way, then each
+        // candidate two steps late.
+        assert_eq!(m.felt_steps, [3.0, 4.0, 10.0, 20.0, 3.0, 4.0, -1.0, -2.0]);
+        // Without a delay nothing is shifted (the forecast takes the
+        // candidates as written).
+        cfg.actuation_delay_ms = 0.0;
+        let m = Mpc::new(cfg, c.objective, t_out, 5, 0.5, 6.0, 0).with_window(t_in);
+        assert_eq!((m.lag_steps, m.felt_steps.len()), (0, 0));
     }
 }
