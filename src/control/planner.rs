@@ -39,6 +39,24 @@ pub struct PlannerLinks {
     pub swaps: Option<crossbeam_channel::Receiver<ModelSwap>>,
 }
 
+impl PlannerLinks {
+    /// Send a note if anyone listens (built only then); one that finds no
+    /// room is counted, never waited for, unless the clock is free.
+    fn note(&self, totals: &mut PlannerTotals, note: impl FnOnce() -> Note) {
+        if let Some((tx, wait)) = &self.notes {
+            let note = note();
+            let sent = if *wait {
+                tx.send(note).is_ok()
+            } else {
+                tx.try_send(note).is_ok()
+            };
+            if !sent {
+                totals.notes_dropped += 1;
+            }
+        }
+    }
+}
+
 /// Plan until the loop hangs up. `budget`: stop refining after this much
 /// time per plan (paced clock); `None` runs every iteration (free clock,
 /// deterministic).
@@ -115,23 +133,13 @@ pub fn run(
                 plan.forecast.copy_from_slice(mpc.model_forecast());
                 plan.expected.copy_from_slice(mpc.best_forecast());
                 plan.v_base = snap.v_now as f32;
-                if let Some((tx, wait)) = &links.notes {
-                    let note = Note::Forecast {
-                        base_index: snap.index,
-                        t_ms: snap.t_ms,
-                        dt_ms: mpc.dt_model(),
-                        model: plan.forecast.clone().into_boxed_slice(),
-                        corrected: mpc.best_forecast().into(),
-                    };
-                    let sent = if *wait {
-                        tx.send(note).is_ok()
-                    } else {
-                        tx.try_send(note).is_ok()
-                    };
-                    if !sent {
-                        totals.notes_dropped += 1;
-                    }
-                }
+                links.note(&mut totals, || Note::Forecast {
+                    base_index: snap.index,
+                    t_ms: snap.t_ms,
+                    dt_ms: mpc.dt_model(),
+                    model: plan.forecast.clone().into_boxed_slice(),
+                    corrected: mpc.best_forecast().into(),
+                });
             }
             Err(e) => fail_plan(&mut plan, &mut mpc, &mut totals, &e),
         }
@@ -170,23 +178,13 @@ fn forecast_for_guard(
     plan.forecast.copy_from_slice(v);
     plan.expected.copy_from_slice(v);
     plan.v_base = input.v_now as f32;
-    if let Some((tx, wait)) = &links.notes {
-        let note = Note::Forecast {
-            base_index: input.base_index,
-            t_ms: input.t_ms,
-            dt_ms,
-            model: v.into(),
-            corrected: v.into(),
-        };
-        let sent = if *wait {
-            tx.send(note).is_ok()
-        } else {
-            tx.try_send(note).is_ok()
-        };
-        if !sent {
-            totals.notes_dropped += 1;
-        }
-    }
+    links.note(totals, || Note::Forecast {
+        base_index: input.base_index,
+        t_ms: input.t_ms,
+        dt_ms,
+        model: v.into(),
+        corrected: v.into(),
+    });
 }
 
 /// Take the models waiting to be swapped in. A swap happens between ticks

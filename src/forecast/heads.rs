@@ -748,12 +748,19 @@ fn last_v(n: &pb::NodeProto, ins: &[Val], t_in: usize) -> Result<Val, String> {
 /// `[batch, t_out]` (a squeezed per-step head, or a head over the last
 /// step ending in t_out units).
 fn residual(y: &Val, t_out: usize) -> Result<Val, String> {
+    add_skip(y, t_out, "the last observed V", |f| f.residual = true)
+}
+
+/// One skip onto a complete forecast `[batch, t_out]`; `what` names it in
+/// the reason a graph is declined. A second skip is declined: the native
+/// engine evaluates one.
+fn add_skip(y: &Val, t_out: usize, what: &str, set: impl Fn(&mut Features)) -> Result<Val, String> {
     let add_to = |f: &Features| -> Result<Features, String> {
         if f.residual || f.skip.is_some() {
-            return Err("adds the last observed V after another skip".into());
+            return Err(format!("adds {what} after another skip"));
         }
         let mut f = f.clone();
-        f.residual = true;
+        set(&mut f);
         Ok(f)
     };
     match y {
@@ -769,9 +776,9 @@ fn residual(y: &Val, t_out: usize) -> Result<Val, String> {
             to: *to,
         }),
         Val::Last(f) if f.width() == t_out && !f.head.is_empty() => Ok(Val::Last(add_to(f)?)),
-        _ => {
-            Err("adds the last observed V to something other than a [batch, t_out] forecast".into())
-        }
+        _ => Err(format!(
+            "adds {what} to something other than a [batch, t_out] forecast"
+        )),
     }
 }
 
@@ -823,31 +830,9 @@ fn skip_bias(w: &[f32], b: &[f32], biased: bool, c: &Val) -> Result<Val, String>
 
 /// A complete forecast `[batch, t_out]` plus the linear map of the input.
 fn with_skip(y: &Val, w: &[f32], b: &[f32], t_out: usize) -> Result<Val, String> {
-    let add_to = |f: &Features| -> Result<Features, String> {
-        if f.residual || f.skip.is_some() {
-            return Err("adds a linear map of the input after another skip".into());
-        }
-        let mut f = f.clone();
-        f.skip = Some((w.to_vec(), b.to_vec()));
-        Ok(f)
-    };
-    match y {
-        Val::Steps {
-            f,
-            layout: Layout::Squeezed,
-            from,
-            to,
-        } => Ok(Val::Steps {
-            f: add_to(f)?,
-            layout: Layout::Squeezed,
-            from: *from,
-            to: *to,
-        }),
-        Val::Last(f) if f.width() == t_out && !f.head.is_empty() => Ok(Val::Last(add_to(f)?)),
-        _ => Err(
-            "adds the input's linear map to something other than a [batch, t_out] forecast".into(),
-        ),
-    }
+    add_skip(y, t_out, "a linear map of the input", |f| {
+        f.skip = Some((w.to_vec(), b.to_vec()))
+    })
 }
 
 /// `Concat` of the layers' final hidden states along axis 0: `h_n`.
