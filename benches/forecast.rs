@@ -71,13 +71,25 @@ fn h64(c: &mut Criterion) {
     let head = rnd_vec(hidden, &mut seed, 0.3);
     let mut lstm = NativeLstm::new(vec![layer], head, 0.0, t_in, t_out, 32);
     let observed = rnd_vec(2 * t_in, &mut seed, 1.5);
-    let mut g = c.benchmark_group("h64_w100");
+    native_group(c, "h64_w100", &mut lstm, &observed, t_out, &mut seed);
+}
+
+/// The native engine on `observed` with K = 1, 8 and 32 random plans.
+fn native_group(
+    c: &mut Criterion,
+    name: &str,
+    lstm: &mut NativeLstm,
+    observed: &[f32],
+    t_out: usize,
+    seed: &mut u64,
+) {
+    let mut g = c.benchmark_group(name);
     for k in [1usize, 8, 32] {
-        let plans = rnd_vec(k * t_out, &mut seed, 1.5);
+        let plans = rnd_vec(k * t_out, seed, 1.5);
         let mut out = vec![0.0; k * t_out];
         g.bench_function(format!("native/K{k}"), |b| {
             b.iter(|| {
-                lstm.forecast(&observed, &plans, k, &mut out);
+                lstm.forecast(observed, &plans, k, &mut out);
                 black_box(out[0])
             })
         });
@@ -145,18 +157,14 @@ fn dense_last(c: &mut Criterion) {
     };
     let mut lstm = NativeLstm::with_head(layers, head, t_in, t_out, 32);
     let observed = rnd_vec(2 * t_in, &mut seed, 1.5);
-    let mut g = c.benchmark_group("dense_last_h48x2_w160");
-    for k in [1usize, 8, 32] {
-        let plans = rnd_vec(k * t_out, &mut seed, 1.5);
-        let mut out = vec![0.0; k * t_out];
-        g.bench_function(format!("native/K{k}"), |b| {
-            b.iter(|| {
-                lstm.forecast(&observed, &plans, k, &mut out);
-                black_box(out[0])
-            })
-        });
-    }
-    g.finish();
+    native_group(
+        c,
+        "dense_last_h48x2_w160",
+        &mut lstm,
+        &observed,
+        t_out,
+        &mut seed,
+    );
 }
 
 criterion_group!(benches, fixture, h64, heads, dense_last);

@@ -3,16 +3,9 @@
 //! `config/cells/`, and the actuation delay.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn neurostimd(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::neurostimd;
 
 /// `simulate --json` with `args`; the report.
 fn simulate(args: &[&str]) -> serde_json::Value {

@@ -5,14 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn neurostimd(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::neurostimd;
 
 fn text(o: &Output) -> (String, String) {
     (

@@ -559,6 +559,35 @@ fn the_last_step_as_slice_and_squeeze_is_recognised() {
     assert!(max_diff(&a, &b) / v_std < 1e-4);
 }
 
+/// Export our trained-network type `net` to `path` with `card` (its sizes
+/// and hash filled in) and load it on both engines: the native engine must
+/// take it, its head naming `feature`. (native, tract).
+fn on_both_engines(
+    net: &neurostimd::train::net::Net,
+    path: &Path,
+    mut card: serde_json::Value,
+    feature: &str,
+) -> (Forecaster, Forecaster) {
+    let bytes = neurostimd::train::export::to_onnx(net, "test");
+    std::fs::write(path, &bytes).unwrap();
+    card["t_in"] = net.t_in.into();
+    card["t_out"] = net.t_out.into();
+    card["architecture"]["hidden"] = net.hidden().into();
+    card["onnx_sha256"] = sha256_hex(&bytes).into();
+    std::fs::write(card_path(path), card.to_string()).unwrap();
+    let native = Forecaster::load(path, 8, Engine::Native).unwrap();
+    let plain = Forecaster::load(path, 8, Engine::Tract).unwrap();
+    assert_eq!(
+        native.engine(),
+        Engine::Native,
+        "{:?}",
+        native.native_unavailable()
+    );
+    let describe = native.native().unwrap().head.describe();
+    assert!(describe.contains(feature), "{describe}");
+    (native, plain)
+}
+
 /// A residual model (card version 2) written by our exporter: the native
 /// engine recognises the skip, equals tract and the trained network, and
 /// the skip is the last observed V (the same network without it differs
@@ -573,30 +602,13 @@ fn residual_models_run_natively_and_add_the_last_observed_v() {
     for (layers, order) in [(1, OutputOrder::Forward), (2, OutputOrder::Reversed)] {
         let (t_in, t_out) = (12, 5);
         let net = Net::new(layers, 8, t_in, t_out, order, 3).with_residual(true);
-        let bytes = neurostimd::train::export::to_onnx(&net, "test");
         let path = dir.path().join(format!("res{layers}.onnx"));
-        std::fs::write(&path, &bytes).unwrap();
         let mut card = base.clone();
         card["format_version"] = 2.into();
-        card["t_in"] = t_in.into();
-        card["t_out"] = t_out.into();
         card["output"]["order"] = serde_json::to_value(order).unwrap();
         card["output"]["residual"] = true.into();
         card["architecture"]["layers"] = layers.into();
-        card["architecture"]["hidden"] = 8.into();
-        card["onnx_sha256"] = sha256_hex(&bytes).into();
-        std::fs::write(card_path(&path), card.to_string()).unwrap();
-
-        let mut native = Forecaster::load(&path, 8, Engine::Native).unwrap();
-        let mut plain = Forecaster::load(&path, 8, Engine::Tract).unwrap();
-        assert_eq!(
-            native.engine(),
-            Engine::Native,
-            "{:?}",
-            native.native_unavailable()
-        );
-        let describe = native.native().unwrap().head.describe();
-        assert!(describe.contains("residual"), "{describe}");
+        let (mut native, mut plain) = on_both_engines(&net, &path, card, "residual");
         // Contract rows: a spike-like observed V, random plans.
         let steps = t_in + t_out;
         let b = 4;
@@ -639,6 +651,8 @@ fn residual_models_run_natively_and_add_the_last_observed_v() {
         assert!(max_diff(&a, &c) < 1e-3, "{a:?} vs {c:?}");
 
         // The skip needs card version 2.
+        let mut card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(card_path(&path)).unwrap()).unwrap();
         card["format_version"] = 1.into();
         std::fs::write(card_path(&path), card.to_string()).unwrap();
         let msg = load_err(&path).to_string();
@@ -666,27 +680,11 @@ fn a_linear_skip_of_the_input_runs_natively() {
     let b: Vec<f32> = (0..t_out).map(|j| j as f32 * 0.1).collect();
     let mut net = Net::new(1, 8, t_in, t_out, OutputOrder::Reversed, 5);
     net.skip = Some(Skip::from_forward(&w, &b, t_out, OutputOrder::Reversed));
-    let bytes = neurostimd::train::export::to_onnx(&net, "test");
     let path = dir.path().join("skip.onnx");
-    std::fs::write(&path, &bytes).unwrap();
-    card["t_in"] = t_in.into();
-    card["t_out"] = t_out.into();
     card["output"]["order"] = "reversed".into();
     card["architecture"]["layers"] = 1.into();
-    card["architecture"]["hidden"] = 8.into();
     card["architecture"]["head"] = "linear+ar_skip".into();
-    card["onnx_sha256"] = sha256_hex(&bytes).into();
-    std::fs::write(card_path(&path), card.to_string()).unwrap();
-    let mut native = Forecaster::load(&path, 8, Engine::Native).unwrap();
-    let mut plain = Forecaster::load(&path, 8, Engine::Tract).unwrap();
-    assert_eq!(
-        native.engine(),
-        Engine::Native,
-        "{:?}",
-        native.native_unavailable()
-    );
-    let describe = native.native().unwrap().head.describe();
-    assert!(describe.contains("skip"), "{describe}");
+    let (mut native, mut plain) = on_both_engines(&net, &path, card, "skip");
     let v: Vec<f32> = (0..t_in).map(|t| -65.0 + (t % 3) as f32 * 12.0).collect();
     let i: Vec<f32> = (0..t_in).map(|t| (t % 2) as f32).collect();
     let plans: Vec<f32> = (0..5 * t_out).map(|j| (j % 4) as f32 - 1.0).collect();

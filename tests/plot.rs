@@ -2,15 +2,9 @@
 //! panel and the run's figures in it.
 
 use std::path::Path;
-use std::process::Command;
 
-fn neurostimd(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::neurostimd;
 
 #[test]
 fn plot_draws_a_run_with_forecasts_stimulation_and_latency() {

@@ -4,18 +4,11 @@
 
 use neurostimd::forecast::{Engine, Forecaster};
 use neurostimd::npy::NpyF32;
-use std::path::Path;
-use std::process::Command;
 
 const SMALL: &str = include_str!("fixtures/train-small.toml");
 
-fn neurostimd(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::neurostimd;
 
 #[test]
 fn train_exports_a_model_that_reloads_and_evaluates() {
