@@ -48,8 +48,19 @@ pub struct Outcome {
     pub split: serde_json::Value,
     pub epochs: usize,
     pub train_windows: usize,
+    /// Where MPC should read the model's forecast spikes.
+    pub spike_threshold: Option<SpikeThreshold>,
     /// A few held-out windows, to check the export against the network.
     probe: Windows,
+}
+
+/// The forecast-spike threshold a calibration chose (validation data) and
+/// how well spikes read at it match (spike F1, ±1 ms).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SpikeThreshold {
+    pub mv: f64,
+    pub validation_f1: f64,
+    pub heldout_f1: f64,
 }
 
 /// The model as written.
@@ -213,17 +224,27 @@ fn starts(opts: &Options) -> Result<Vec<StartSpec>, CalibrateError> {
     Ok(out)
 }
 
-/// Train `p` for at most `seconds` of wall-clock time (the trainer stops
-/// between mini-batches; the best weights by validation loss are kept).
-fn train_for(p: &mut Prepared, opts: &Options, seconds: f64) {
-    if seconds <= 0.0 {
-        return;
-    }
+/// How long one piece of training runs.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    Seconds(f64),
+    Epochs(usize),
+}
+
+/// Train `p` for at most `limit` (the trainer stops between mini-batches
+/// when the time is up; the best weights by validation loss are kept).
+fn train_for(p: &mut Prepared, opts: &Options, limit: Limit) {
+    let seconds = match limit {
+        Limit::Seconds(s) if s <= 0.0 => return,
+        Limit::Epochs(0) => return,
+        Limit::Seconds(s) => s,
+        Limit::Epochs(_) => f64::INFINITY,
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let timer = {
         let (cancel, done) = (cancel.clone(), done.clone());
-        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let end = Instant::now() + Duration::from_secs_f64(seconds.min(1e9));
         std::thread::spawn(move || {
             while Instant::now() < end && !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -232,8 +253,11 @@ fn train_for(p: &mut Prepared, opts: &Options, seconds: f64) {
         })
     };
     let mut schedule = opts.train.schedule.clone();
-    // The budget ends training; the epoch count only caps it.
-    schedule.epochs = schedule.epochs.max(1000);
+    schedule.epochs = match limit {
+        // The budget ends training; the epoch count only caps it.
+        Limit::Seconds(_) => schedule.epochs.max(1000),
+        Limit::Epochs(n) => n,
+    };
     let t0 = Instant::now();
     let label = p.label.clone();
     let history = trainer::fit_weighted(
@@ -258,6 +282,65 @@ fn train_for(p: &mut Prepared, opts: &Options, seconds: f64) {
     let _ = timer.join();
     p.epochs += history.len();
     p.training_s += t0.elapsed().as_secs_f64();
+}
+
+/// Forecast-spike thresholds a calibration chooses from, mV: from the
+/// membrane's own (−20) down to where subthreshold swings begin.
+const SPIKE_THRESHOLDS: [f64; 13] = [
+    -50.0, -47.5, -45.0, -42.5, -40.0, -37.5, -35.0, -32.5, -30.0, -27.5, -25.0, -22.5, -20.0,
+];
+
+/// The model's forecasts on `w` in forward order (mV), with each window's
+/// last observed V and its truth (mV).
+fn forecasts_mv(p: &Prepared, w: &Windows) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut ws = Workspace::default();
+    let (t_in, t_out) = (p.net.t_in, p.net.t_out);
+    let (vm, vs) = (p.norm.v_mean as f32, p.norm.v_std as f32);
+    let steps = t_in + t_out;
+    let (mut last, mut pred, mut truth) = (Vec::new(), Vec::new(), Vec::new());
+    let chunk = 256;
+    let mut start = 0;
+    while start < w.len() {
+        let b = chunk.min(w.len() - start);
+        let y = ws.forward(&p.net, &w.x[start * steps * 3..(start + b) * steps * 3], b);
+        for k in 0..b {
+            let (x, yt) = w.example(start + k);
+            last.push(x[(t_in - 1) * 3] * vs + vm);
+            pred.extend((0..t_out).map(|j| y[k * t_out + p.net.target_index(j)] * vs + vm));
+            truth.extend(yt.iter().map(|v| v * vs + vm));
+        }
+        start += b;
+    }
+    (last, pred, truth)
+}
+
+/// The threshold at which the chosen model's forecast spikes best match
+/// the true spikes on the validation windows (never the held-out ones),
+/// and the held-out spike F1 at it. A model trained by squared error on a
+/// few minutes of a cell smears its upstrokes and often peaks below the
+/// membrane's −20 mV; MPC's objectives count forecast crossings, so they
+/// must read the model's spikes where the model puts them (measured:
+/// docs/calibration.md, "Forecast spike threshold").
+fn spike_threshold(p: &Prepared) -> Option<SpikeThreshold> {
+    let t_out = p.net.t_out;
+    let (l, pr, tr) = forecasts_mv(p, &p.val_w);
+    let val = l
+        .iter()
+        .zip(pr.chunks(t_out).zip(tr.chunks(t_out)))
+        .map(|(&l, (a, b))| (l, a, b));
+    let (mv, validation_f1) =
+        crate::train::metrics::best_forecast_threshold(val, t_out, p.dt_ms, &SPIKE_THRESHOLDS)?;
+    let (l, pr, tr) = forecasts_mv(p, &p.hold_w);
+    let mut acc =
+        crate::train::metrics::Accumulator::new(t_out, p.dt_ms, 1.0).with_forecast_threshold(mv);
+    for (&l, (a, b)) in l.iter().zip(pr.chunks(t_out).zip(tr.chunks(t_out))) {
+        acc.add(l, a, b);
+    }
+    Some(SpikeThreshold {
+        mv,
+        validation_f1,
+        heldout_f1: acc.finish().spikes.f1,
+    })
 }
 
 /// Model and baselines on `w`, the AR baseline fitted on the training
@@ -288,17 +371,29 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         cands.push(prepare(data, opts, s, skip)?);
     }
     let budget = opts.budget_s.max(0.0);
+    let (trial, rest_of) = match opts.epochs {
+        Some(n) => {
+            let t = ((n as f64 * TRIAL_SHARE).ceil() as usize).max(1);
+            (Limit::Epochs(t), Limit::Epochs(n.saturating_sub(t)))
+        }
+        None => (Limit::Seconds(budget * TRIAL_SHARE), Limit::Seconds(budget)),
+    };
     let val_rmse =
         |p: &Prepared| crate::retrain::rms(&score(p, &p.val_w, "validation").model.rmse_mv);
     let best = if cands.len() > 1 {
         for p in cands.iter_mut() {
-            train_for(p, opts, budget * TRIAL_SHARE);
+            train_for(p, opts, trial);
         }
         let v: Vec<f64> = cands.iter().map(val_rmse).collect();
         let best = (0..v.len())
             .min_by(|&a, &b| v[a].total_cmp(&v[b]))
             .expect("at least one start");
-        let rest = budget - cands.iter().map(|p| p.training_s).sum::<f64>();
+        let rest = match rest_of {
+            Limit::Seconds(b) => {
+                Limit::Seconds(b - cands.iter().map(|p| p.training_s).sum::<f64>())
+            }
+            epochs => epochs,
+        };
         // The trainer restarts its optimiser and its best-so-far: keep the
         // trial's weights if the continuation never beats them.
         let before = cands[best].net.clone();
@@ -308,7 +403,11 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         }
         best
     } else {
-        train_for(&mut cands[0], opts, budget);
+        let all = match opts.epochs {
+            Some(n) => Limit::Epochs(n),
+            None => Limit::Seconds(budget),
+        };
+        train_for(&mut cands[0], opts, all);
         0
     };
     let heldout_label = format!(
@@ -336,6 +435,7 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
     });
     let chosen_heldout = reports[best].heldout.clone();
     let p = cands.swap_remove(best);
+    let spike_threshold = spike_threshold(&p);
     let steps = p.net.t_in + p.net.t_out;
     let n = p.hold_w.len().min(8);
     let probe = Windows {
@@ -351,6 +451,7 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         split,
         epochs: p.epochs,
         train_windows: p.train_w.len(),
+        spike_threshold,
         norm: p.norm,
         dt_ms: p.dt_ms,
         parent: p.parent,
@@ -423,6 +524,7 @@ fn card_for(
     card.t_out = net.t_out;
     card.output.order = net.order;
     card.output.residual = net.residual;
+    card.output.spike_threshold_mv = o.spike_threshold.map(|t| t.mv);
     card.format_version = card.output.format_version();
     card.normalization = o.norm;
     card.architecture.layers = net.layers.len();
@@ -451,7 +553,8 @@ fn card_for(
             "validation_rmse_mv": r.validation_rmse_mv,
         })).collect::<Vec<_>>(),
         "chosen_by": "lowest validation RMSE (RMS over horizon steps); the held-out data played no part in the choice",
-        "budget_s": opts.budget_s,
+        "budget_s": if opts.epochs.is_some() { serde_json::Value::Null } else { opts.budget_s.into() },
+        "epochs_limit": opts.epochs,
         "schedule": opts.train.schedule,
         "epochs_run": o.epochs,
         "train_windows": o.train_windows,

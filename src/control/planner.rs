@@ -74,6 +74,7 @@ pub fn run(
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
     let mut objective_seq = 0;
+    mpc.adopt_card(forecaster.card());
     crate::poll::tight_timers();
     while let Ok(mut snap) = crate::poll::recv(&ends.snapshots, NAP) {
         take_swaps(&links, &mut forecaster, &mut mpc, &mut totals, snap.index);
@@ -210,6 +211,7 @@ fn take_swaps(
         } else {
             *forecaster = swap.forecaster;
             mpc.reset();
+            mpc.adopt_card(forecaster.card());
             totals.models_swapped += 1;
             tracing::info!(model = %swap.label, sample = index, "model swapped in");
             Some(swap.label)

@@ -11,8 +11,9 @@ pub const CARD_FORMAT: &str = "neurostimd-model-card";
 /// extension carries, so builds that read only version 1 keep reading them.
 pub const CARD_VERSION: u32 = 1;
 /// The newest card version this build reads: version 2 adds the residual
-/// output (`output.residual`); a card uses it only when the model does.
-pub const CARD_VERSION_MAX: u32 = 2;
+/// output (`output.residual`), version 3 the forecast-spike threshold
+/// (`output.spike_threshold_mv`); a card uses them only when the model does.
+pub const CARD_VERSION_MAX: u32 = 3;
 /// Input features, in tensor order.
 pub const FEATURES: [&str; 3] = ["V", "I", "is_future"];
 
@@ -62,12 +63,22 @@ pub struct OutputSpec {
     /// false: the version-1 output.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub residual: bool,
+    /// Version 3: where this model's forecast spikes are read, mV (an
+    /// upward crossing), chosen by calibration on its validation data. A
+    /// model trained by squared error on a few minutes of a cell smears its
+    /// upstrokes and often peaks below the membrane's −20 mV; MPC counts
+    /// forecast crossings, so it reads them here (`mpc.model_spike_threshold`).
+    /// Absent: MPC's configured `mpc.spike_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_threshold_mv: Option<f64>,
 }
 
 impl OutputSpec {
     /// The card version the output needs: 1 unless it uses an extension.
     pub fn format_version(&self) -> u32 {
-        if self.residual {
+        if self.spike_threshold_mv.is_some() {
+            3
+        } else if self.residual {
             2
         } else {
             CARD_VERSION
@@ -123,10 +134,22 @@ impl ModelCard {
             ));
         } else if self.format_version < self.output.format_version() {
             p.push(format!(
-                "output.residual needs format_version {}, the card says {}",
+                "output.{} needs format_version {}, the card says {}",
+                if self.output.spike_threshold_mv.is_some() {
+                    "spike_threshold_mv"
+                } else {
+                    "residual"
+                },
                 self.output.format_version(),
                 self.format_version
             ));
+        }
+        if let Some(th) = self.output.spike_threshold_mv {
+            if !(th.is_finite() && (-100.0..=50.0).contains(&th)) {
+                p.push(format!(
+                    "output.spike_threshold_mv {th} must be a membrane potential in [-100, 50] mV"
+                ));
+            }
         }
         if !(self.dt_ms.is_finite() && self.dt_ms > 0.0) {
             p.push(format!("dt_ms {} must be > 0", self.dt_ms));

@@ -65,6 +65,9 @@ pub struct MpcConfig {
     pub time_budget_ms: f64,
     /// Spikes in a forecast are upward crossings of this, mV.
     pub spike_threshold_mv: f64,
+    /// Read forecast spikes at the model card's `output.spike_threshold_mv`
+    /// (chosen by calibration) when it has one.
+    pub model_spike_threshold: bool,
     /// Spread of the first random perturbations, as a fraction of the
     /// amplitude limit.
     pub spread: f64,
@@ -175,6 +178,9 @@ pub struct PlanStats {
 
 /// The MPC planner's state and buffers.
 pub struct Mpc {
+    /// Where forecast spikes are read, mV: the configured threshold, or
+    /// the model's own (see [`Mpc::adopt_card`]).
+    spike_threshold_mv: f64,
     cfg: MpcConfig,
     objective: Objective,
     t_out: usize,
@@ -244,6 +250,7 @@ impl Mpc {
         let n = t_out * decimation;
         let lag_steps = ((cfg.actuation_delay_ms / dt_model).round().max(0.0) as usize).min(t_out);
         Mpc {
+            spike_threshold_mv: cfg.spike_threshold_mv,
             lag_steps,
             felt_window: Vec::new(),
             felt_steps: vec![0.0; if lag_steps > 0 { k * t_out } else { 0 }],
@@ -312,6 +319,24 @@ impl Mpc {
             self.felt_window = vec![0.0; t_in];
         }
         self
+    }
+
+    /// Read forecast spikes where `card` says this model puts them, if
+    /// configured to and the card says (a calibrated model), else at
+    /// `mpc.spike_threshold`. Called for the first model and at every swap.
+    pub fn adopt_card(&mut self, card: &crate::forecast::card::ModelCard) {
+        self.spike_threshold_mv = match (
+            self.cfg.model_spike_threshold,
+            card.output.spike_threshold_mv,
+        ) {
+            (true, Some(th)) => th,
+            _ => self.cfg.spike_threshold_mv,
+        };
+    }
+
+    /// Where forecast spikes are read now, mV.
+    pub fn spike_threshold_mv(&self) -> f64 {
+        self.spike_threshold_mv
     }
 
     /// Samples a plan covers.
@@ -419,7 +444,7 @@ impl Mpc {
         if j >= self.t_out {
             return;
         }
-        let th = self.cfg.spike_threshold_mv;
+        let th = self.spike_threshold_mv;
         let predicted = self.prev_v[j] as f64;
         let recent_spike = input.t_ms - input.last_spike_ms < 20.0;
         if predicted < th && input.v_now < th && !recent_spike {
@@ -456,7 +481,7 @@ impl Mpc {
             dt_ms: self.dt_model,
             v_now: input.v_now,
             last_spike_ms: input.last_spike_ms,
-            spike_threshold_mv: self.cfg.spike_threshold_mv,
+            spike_threshold_mv: self.spike_threshold_mv,
             spike_lag_ms: self.spike_lag,
         };
         let iterations = self.cfg.iterations.max(1);
@@ -613,7 +638,7 @@ impl Mpc {
         self.prev_raw.copy_from_slice(&self.best_raw);
         self.prev_samples.copy_from_slice(&self.best_samples);
         // The chosen plan's first forecast spike, for the lag estimate.
-        let th = self.cfg.spike_threshold_mv as f32;
+        let th = self.spike_threshold_mv as f32;
         let mut prev_v = input.v_now as f32;
         let mut predicted = f64::NAN;
         for (j, &v) in self.best_v.iter().enumerate() {

@@ -311,6 +311,7 @@ pub fn run(
             name: "y".into(),
             order: cfg.order,
             residual: cfg.residual,
+            spike_threshold_mv: None,
         },
         normalization: norm,
         architecture: Architecture {
