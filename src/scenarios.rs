@@ -12,7 +12,8 @@
 //! (laid over MPC's runs only) and `cell_seed_base` (each seed draws its
 //! own randomised cell: evaluation seeds 1-99 the held-out cells
 //! base + seed, tuning seeds from 101 the tuning cells base + 1000 + seed
-//! − 100).
+//! − 100), and `[scenario.calibrate]` (MPC calibrates on its cell first:
+//! see [`CalibrateSpec`]).
 //!
 //! MPC is judged against the best baseline (the least mean error; at equal
 //! error, the least charge), never a fixed one. Seeds are
@@ -51,7 +52,7 @@ macro_rules! scenario {
 }
 
 /// Every scenario, in table order.
-pub const SCENARIOS: [Scenario; 9] = [
+pub const SCENARIOS: [Scenario; 11] = [
     scenario!("rate"),
     scenario!("rate_fast"),
     scenario!("burst"),
@@ -61,6 +62,8 @@ pub const SCENARIOS: [Scenario; 9] = [
     scenario!("delay"),
     scenario!("rate_unseen"),
     scenario!("burst_unseen"),
+    scenario!("rate_unseen_cal"),
+    scenario!("burst_unseen_cal"),
 ];
 
 fn names() -> String {
@@ -81,6 +84,12 @@ pub enum ScenarioError {
         policy: String,
         seed: u64,
         error: SessionError,
+    },
+    #[error("scenario {scenario}, seed {seed}: calibrating MPC's model on the cell: {error}")]
+    Calibrate {
+        scenario: &'static str,
+        seed: u64,
+        error: crate::calibrate::CalibrateError,
     },
     #[error("scenario {scenario}, policy {policy}, seed {seed}: replaying the commands for the true membrane: {error}")]
     Replay {
@@ -126,7 +135,67 @@ pub struct SeedResult {
     pub timing: Option<TimingScore>,
     /// MPC only: what its guard did on this seed.
     pub guard: Option<GuardSeed>,
+    /// MPC in a `[scenario.calibrate]` scenario: the calibration before
+    /// the run.
+    pub calibration: Option<CalibrationSeed>,
 }
+
+/// What the calibration before an MPC run found on its cell (held-out
+/// part of the calibration data: the newest 30%).
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationSeed {
+    /// The gate passed and MPC ran with the calibrated model; otherwise
+    /// with the configured one (and its guard).
+    pub adopted: bool,
+    pub chosen: String,
+    pub epochs: usize,
+    pub training_s: f64,
+    /// Held-out RMSE at horizon step 1 and at the last step, mV: model,
+    /// persistence, AR.
+    pub step1_mv: [f64; 3],
+    pub last_step_mv: [f64; 3],
+    /// Held-out spike F1 (±1 ms) of the model, forecast spikes read at
+    /// −20 mV.
+    pub spike_f1: f64,
+    /// Where MPC read the model's forecast spikes (the card's threshold,
+    /// chosen on validation data), and the held-out spike F1 there.
+    pub spike_threshold_mv: Option<f64>,
+    pub spike_f1_at_threshold: Option<f64>,
+    pub verdict: String,
+}
+
+/// `[scenario.calibrate]`: before each MPC run the cell is calibrated as a
+/// user would (`neurostimd calibrate`: the excitation through the limiter,
+/// both starts, the gate), on its own plant-noise seed, and MPC runs with
+/// the model if it passed the gate. The baselines are not calibrated (they
+/// have no model); their gains are the tuning cells'. Training is limited
+/// by epochs, not time, so the row is a deterministic function of the
+/// binary and the seeds, like every other row.
+#[derive(Clone, Debug)]
+pub struct CalibrateSpec {
+    pub duration_s: f64,
+    pub amplitude: f64,
+    /// The excitation's seed.
+    pub seed: u64,
+    pub epochs: usize,
+    pub start: crate::calibrate::Start,
+}
+
+impl Default for CalibrateSpec {
+    fn default() -> Self {
+        CalibrateSpec {
+            duration_s: 60.0,
+            amplitude: 4.0,
+            seed: 11,
+            epochs: 16,
+            start: crate::calibrate::Start::Auto,
+        }
+    }
+}
+
+/// The calibration's plant-noise seed is the run's plus this, so the
+/// calibration never sees the noise the run is scored on.
+const CALIBRATION_NOISE_SEED: u64 = 1_000_000;
 
 /// What the MPC guard did on one seed: the table's claim that guarded MPC
 /// is never worse than no stimulation is read against this.
@@ -199,6 +268,36 @@ struct Parsed {
     baselines: Vec<Variant>,
     mpc_set: toml::Table,
     cell_seed_base: Option<u64>,
+    calibrate: Option<CalibrateSpec>,
+}
+
+fn parse_calibrate(m: &toml::Table) -> Result<CalibrateSpec, String> {
+    let mut c = CalibrateSpec::default();
+    for (key, v) in m {
+        match (key.as_str(), v) {
+            ("duration", toml::Value::String(d)) => {
+                c.duration_s = crate::units::parse::<crate::units::Time>(d)? / 1000.0
+            }
+            ("amplitude", toml::Value::String(a)) => {
+                c.amplitude = crate::units::parse::<crate::units::Current>(a)?
+            }
+            ("seed", toml::Value::Integer(x)) if *x >= 0 => c.seed = *x as u64,
+            ("epochs", toml::Value::Integer(x)) if *x >= 1 => c.epochs = *x as usize,
+            ("start", toml::Value::String(st)) => {
+                c.start = match st.as_str() {
+                    "auto" => crate::calibrate::Start::Auto,
+                    "warm" => crate::calibrate::Start::Warm,
+                    "scratch" => crate::calibrate::Start::Scratch,
+                    _ => return Err(format!("calibrate.start = {st:?}: auto, warm or scratch")),
+                }
+            }
+            _ => return Err(format!("unexpected calibrate.{key} = {v}")),
+        }
+    }
+    if !(c.duration_s > 0.0) {
+        return Err("calibrate.duration must be > 0".into());
+    }
+    Ok(c)
 }
 
 fn parse(sc: &Scenario) -> Result<Parsed, ScenarioError> {
@@ -222,6 +321,7 @@ fn parse(sc: &Scenario) -> Result<Parsed, ScenarioError> {
         baselines: Vec::new(),
         mpc_set: toml::Table::new(),
         cell_seed_base: None,
+        calibrate: None,
     };
     for (key, v) in &meta {
         match (key.as_str(), v) {
@@ -251,6 +351,9 @@ fn parse(sc: &Scenario) -> Result<Parsed, ScenarioError> {
             ("mpc", toml::Value::Table(m)) => p.mpc_set = set_of(m.get("set"), "mpc")?,
             ("cell_seed_base", toml::Value::Integer(b)) if *b >= 0 => {
                 p.cell_seed_base = Some(*b as u64)
+            }
+            ("calibrate", toml::Value::Table(c)) => {
+                p.calibrate = Some(parse_calibrate(c).map_err(err)?)
             }
             _ => return Err(err(format!("unexpected `{key}` = {v}"))),
         }
@@ -353,8 +456,22 @@ fn run_one(
         (sc.file, parsed.config_text.as_str()),
         ("[scenario] set", variant_text.as_str()),
     ];
-    let config = Config::load_stack(&layers, req.config.as_deref(), &cli)?;
+    let mut config = Config::load_stack(&layers, req.config.as_deref(), &cli)?;
     debug_assert_eq!(config.run.clock, Clock::Free);
+    let calibrated = match (&parsed.calibrate, v.kind) {
+        (Some(spec), PolicyKind::Mpc) => {
+            let (c, dir) =
+                calibrate_on_cell(&mut config, spec, seed, sc.name).map_err(|error| {
+                    ScenarioError::Calibrate {
+                        scenario: sc.name,
+                        seed,
+                        error,
+                    }
+                })?;
+            Some((c, dir))
+        }
+        _ => None,
+    };
     let voltage = config.control.objective.kind == ObjectiveKind::Voltage;
     let options = SessionOptions {
         keep_records: voltage,
@@ -366,8 +483,11 @@ fn run_one(
         seed,
         error,
     };
-    let outcome =
-        session::run(&config, &options, Arc::new(AtomicBool::new(false))).map_err(run_err)?;
+    let outcome = session::run(&config, &options, Arc::new(AtomicBool::new(false)));
+    if let Some((_, dir)) = &calibrated {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let outcome = outcome.map_err(run_err)?;
     let true_error = match (&outcome.records, voltage) {
         (Some(r), true) => {
             Some(
@@ -406,12 +526,78 @@ fn run_one(
                     .as_ref()
                     .and_then(|j| j.decisions.first().map(|d| d.reason.clone())),
             }),
+            calibration: calibrated.map(|(c, _)| c),
         },
         RunInfo {
             preset: config.sim.preset.clone(),
             unit: s.quality.objective_error_unit,
             duration_s: s.plant_time_s,
         },
+    ))
+}
+
+/// Calibrate a model on `config`'s cell (a separate excitation run on its
+/// own noise seed) and point `config` at it if it passed the gate; the
+/// model lives in the returned directory until the run is over.
+fn calibrate_on_cell(
+    config: &mut Config,
+    spec: &CalibrateSpec,
+    seed: u64,
+    scenario: &str,
+) -> Result<(CalibrationSeed, PathBuf), crate::calibrate::CalibrateError> {
+    use crate::calibrate::{self as cal, live};
+    let dir = std::env::temp_dir().join(format!(
+        "neurostimd-scenarios-{}-{scenario}-{seed}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(cal::io(&dir))?;
+    let mut excite = config.clone();
+    excite.sim.seed = config.sim.seed + CALIBRATION_NOISE_SEED;
+    let req = live::LiveRequest {
+        duration_s: spec.duration_s,
+        amplitude: spec.amplitude,
+        seed: spec.seed,
+        record: None,
+        command: format!("neurostimd scenarios ({scenario}, seed {seed})"),
+    };
+    let (_, data) = live::record(&excite, &req, Arc::new(AtomicBool::new(false)))?;
+    let mut opts = cal::Options::from_config(config, 0.0, req.command.clone());
+    opts.epochs = Some(spec.epochs);
+    opts.start = spec.start;
+    let out = dir.join("calibrated.onnx");
+    let c = cal::calibrate(&data, &opts, &out, None)?;
+    if c.verdict.passed {
+        config.control.model = crate::forecast::ModelSource::File(out);
+    }
+    let chosen = c
+        .candidates
+        .iter()
+        .find(|r| r.start == c.chosen)
+        .map_or((0, 0.0), |r| (r.epochs, r.training_s));
+    let h = &c.heldout;
+    let at = |j: usize| {
+        let get = |v: &[f64]| v.get(j).copied().unwrap_or(f64::NAN);
+        [
+            get(&h.model.rmse_mv),
+            get(&h.persistence.rmse_mv),
+            get(&h.ar.rmse_mv),
+        ]
+    };
+    let last = h.model.rmse_mv.len().saturating_sub(1);
+    Ok((
+        CalibrationSeed {
+            adopted: c.verdict.passed,
+            chosen: c.chosen.clone(),
+            epochs: chosen.0,
+            training_s: chosen.1,
+            step1_mv: at(0),
+            last_step_mv: at(last),
+            spike_f1: h.model.spikes.f1,
+            spike_threshold_mv: c.spike_threshold.map(|t| t.mv),
+            spike_f1_at_threshold: c.spike_threshold.map(|t| t.heldout_f1),
+            verdict: c.verdict.reason.clone(),
+        },
+        dir,
     ))
 }
 

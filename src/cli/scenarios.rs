@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct ScenariosArgs {
     /// Only these scenarios (repeatable): rate, rate_fast, burst, voltage,
-    /// silence, timing, delay, rate_unseen, burst_unseen.
+    /// silence, timing, delay, rate_unseen, burst_unseen, rate_unseen_cal, burst_unseen_cal.
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// Plant time per run, seconds (default: each scenario's own, 12 s).
