@@ -766,3 +766,27 @@ pub fn table(results: &[ScenarioResult], seeds: u64, seed_base: u64) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_parses_and_the_calibrated_ones_say_how() {
+        for sc in SCENARIOS {
+            let p = parse(&sc).unwrap_or_else(|e| panic!("{}: {e}", sc.name));
+            assert_eq!(p.calibrate.is_some(), sc.name.ends_with("_cal"), "{}", sc.name);
+        }
+        let mut t = toml::Table::new();
+        t.insert("epochs".into(), 0.into());
+        assert!(parse_calibrate(&t).unwrap_err().contains("calibrate.epochs"));
+        let mut t = toml::Table::new();
+        t.insert("start".into(), "lukewarm".into());
+        assert!(parse_calibrate(&t).unwrap_err().contains("auto, warm or scratch"));
+        let mut t = toml::Table::new();
+        t.insert("duration".into(), "30 s".into());
+        t.insert("epochs".into(), 5.into());
+        let c = parse_calibrate(&t).unwrap();
+        assert_eq!((c.duration_s, c.epochs, c.seed), (30.0, 5, 11));
+    }
+}

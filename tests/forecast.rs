@@ -704,3 +704,33 @@ fn a_linear_skip_of_the_input_runs_natively() {
     let y_plain = Workspace::default().forward(&net, &x, 2).to_vec();
     assert!(max_diff(&y_plain, &y_tract) > 1e-2);
 }
+
+/// A calibrated model's forecast-spike threshold (card version 3) loads
+/// and reaches the card; it needs version 3 and a membrane potential.
+#[test]
+fn a_forecast_spike_threshold_needs_card_version_3() {
+    let src = fixture(FIXTURES[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("th.onnx");
+    std::fs::copy(&src, &path).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(card_path(&src)).unwrap()).unwrap();
+    let write = |version: u32, th: f64| {
+        let mut card = base.clone();
+        card["format_version"] = version.into();
+        card["output"]["spike_threshold_mv"] = th.into();
+        std::fs::write(card_path(&path), card.to_string()).unwrap();
+    };
+    write(3, -40.0);
+    let f = Forecaster::load(&path, 4, Engine::Native).unwrap();
+    assert_eq!(f.card().output.spike_threshold_mv, Some(-40.0));
+    write(2, -40.0);
+    let msg = load_err(&path).to_string();
+    assert!(
+        msg.contains("output.spike_threshold_mv needs format_version 3"),
+        "{msg}"
+    );
+    write(3, -500.0);
+    let msg = load_err(&path).to_string();
+    assert!(msg.contains("output.spike_threshold_mv -500"), "{msg}");
+}

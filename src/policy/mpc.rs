@@ -773,4 +773,24 @@ mod tests {
         let m = Mpc::new(cfg, c.objective, t_out, 5, 0.5, 6.0, 0).with_window(t_in);
         assert_eq!((m.lag_steps, m.felt_steps.len()), (0, 0));
     }
+
+    #[test]
+    fn forecast_spikes_are_read_where_the_model_card_says_if_configured() {
+        let c = Config::defaults().control;
+        let mut card: crate::forecast::card::ModelCard =
+            serde_json::from_str(include_str!("../../models/ca1_lstm.json")).unwrap();
+        let mut m = Mpc::new(c.mpc, c.objective, 4, 5, 0.5, 6.0, 0);
+        // The shipped model has no threshold of its own: the configured one.
+        m.adopt_card(&card);
+        assert_eq!(m.spike_threshold_mv(), c.mpc.spike_threshold_mv);
+        card.output.spike_threshold_mv = Some(-42.5);
+        m.adopt_card(&card);
+        assert_eq!(m.spike_threshold_mv(), -42.5);
+        // Turned off: the configured one, whatever the card says.
+        let mut cfg = c.mpc;
+        cfg.model_spike_threshold = false;
+        let mut m = Mpc::new(cfg, c.objective, 4, 5, 0.5, 6.0, 0);
+        m.adopt_card(&card);
+        assert_eq!(m.spike_threshold_mv(), c.mpc.spike_threshold_mv);
+    }
 }
