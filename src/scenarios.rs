@@ -294,7 +294,7 @@ fn parse_calibrate(m: &toml::Table) -> Result<CalibrateSpec, String> {
             _ => return Err(format!("unexpected calibrate.{key} = {v}")),
         }
     }
-    if !(c.duration_s > 0.0) {
+    if c.duration_s.is_nan() || c.duration_s <= 0.0 {
         return Err("calibrate.duration must be > 0".into());
     }
     Ok(c)
@@ -775,14 +775,23 @@ mod tests {
     fn every_scenario_parses_and_the_calibrated_ones_say_how() {
         for sc in SCENARIOS {
             let p = parse(&sc).unwrap_or_else(|e| panic!("{}: {e}", sc.name));
-            assert_eq!(p.calibrate.is_some(), sc.name.ends_with("_cal"), "{}", sc.name);
+            assert_eq!(
+                p.calibrate.is_some(),
+                sc.name.ends_with("_cal"),
+                "{}",
+                sc.name
+            );
         }
         let mut t = toml::Table::new();
         t.insert("epochs".into(), 0.into());
-        assert!(parse_calibrate(&t).unwrap_err().contains("calibrate.epochs"));
+        assert!(parse_calibrate(&t)
+            .unwrap_err()
+            .contains("calibrate.epochs"));
         let mut t = toml::Table::new();
         t.insert("start".into(), "lukewarm".into());
-        assert!(parse_calibrate(&t).unwrap_err().contains("auto, warm or scratch"));
+        assert!(parse_calibrate(&t)
+            .unwrap_err()
+            .contains("auto, warm or scratch"));
         let mut t = toml::Table::new();
         t.insert("duration".into(), "30 s".into());
         t.insert("epochs".into(), 5.into());
