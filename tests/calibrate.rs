@@ -112,6 +112,20 @@ fn live_calibration_records_through_the_limiter_and_writes_model_card_and_evalua
         .unwrap()
         .len();
     assert_eq!(steps, card["t_out"].as_u64().unwrap() as usize);
+    // Where MPC reads this model's spikes: chosen on validation data (when
+    // it holds a spike), on the card (version 3) as in the evaluation.
+    let ev = json(&out.with_extension("evaluation.json"));
+    let th = &ev["spike_threshold"];
+    if th.is_null() {
+        assert!(card["output"].get("spike_threshold_mv").is_none());
+    } else {
+        let mv = th["mv"].as_f64().unwrap();
+        assert!((-50.0..=-20.0).contains(&mv), "{th}");
+        assert_eq!(card["output"]["spike_threshold_mv"].as_f64(), Some(mv));
+        assert_eq!(card["format_version"], 3);
+        let f1 = th["heldout_f1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f1), "{th}");
+    }
     // A passing model is a new version in the registry, made current.
     let reg = state.join("models/registry.json");
     if passed {
