@@ -189,9 +189,15 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
 /// `neurostimd scenarios` on one seed of `burst_unseen`, MPC and no
 /// stimulation, with `extra` arguments; (MPC's seed result, off's error).
 fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
+    scenario("burst_unseen", seed, extra)
+}
+
+/// `neurostimd scenarios` on one seed of scenario `name`, MPC and no
+/// stimulation, with `extra` arguments; (MPC's seed result, off's error).
+fn scenario(name: &str, seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     let seed = seed.to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(["scenarios", "--only", "burst_unseen", "--seeds", "1"])
+        .args(["scenarios", "--only", name, "--seeds", "1"])
         .args(["--seed-base", &seed, "--policy", "mpc", "--policy", "off"])
         .args(["--json"])
         .args(extra)
@@ -244,5 +250,56 @@ fn on_a_held_out_cell_the_probation_start_keeps_guarded_mpc_no_worse_than_off() 
     assert!(
         e <= off,
         "guarded MPC {e} vs no stimulation {off} (without the probation start {harm}): {g}"
+    );
+}
+
+/// Timing, evaluation seed 2: the model forecasts at about 0.55 of
+/// persistence's error for seconds, then over a quiet second (persistence
+/// nearly exact) its rolling ratio peaks at 0.81. Judged by that window
+/// alone against 0.8 (the rule before the tenure count) the guard handed
+/// over to no stimulation and the cell fired on its own; judged by the
+/// model's tenure, MPC keeps control and its error stays far below off's.
+#[test]
+fn on_timing_a_good_models_brief_peak_is_no_hand_over() {
+    let (old, off) = scenario(
+        "timing",
+        2,
+        &["--set", "control.guard.model_ratio_window=0.8"],
+    );
+    assert_eq!(old["guard"]["handovers_to_fallback"], 1, "{old}");
+    let (mpc, _) = scenario("timing", 2, &[]);
+    let g = &mpc["guard"];
+    assert_eq!(g["handovers_to_fallback"], 0, "{g}");
+    let peak = g["max_model_to_persistence"].as_f64().unwrap();
+    assert!(peak > 0.8 && peak < 1.0, "{g}");
+    let (e, e_old) = (
+        mpc["objective_error"].as_f64().unwrap(),
+        old["objective_error"].as_f64().unwrap(),
+    );
+    assert!(
+        e < e_old && e < off,
+        "MPC {e} vs handed over {e_old}, off {off}"
+    );
+}
+
+/// Held-out cell 1002 (evaluation seed 2): the model passes the probation
+/// but MPC does harm (its first window: 0.500 against no stimulation's
+/// 0.333). Judged after a whole window, the harm stays in the score and the
+/// trajectory: guarded MPC worse than no stimulation; judged after the
+/// scenario's shorter first window (`control.guard.first_window`), not.
+#[test]
+fn on_held_out_cell_1002_a_short_first_window_keeps_guarded_mpc_no_worse_than_off() {
+    let (whole, off) = burst_unseen(2, &["--set", "control.guard.first_window=\"1 s\""]);
+    let harm = whole["objective_error"].as_f64().unwrap();
+    assert!(
+        harm > off,
+        "the cell no longer shows the harm: {harm} vs off {off}"
+    );
+    let (mpc, _) = burst_unseen(2, &[]);
+    let e = mpc["objective_error"].as_f64().unwrap();
+    assert_eq!(mpc["guard"]["handovers_to_fallback"], 1, "{mpc}");
+    assert!(
+        e <= off,
+        "guarded MPC {e} vs no stimulation {off} (whole first window: {harm})"
     );
 }

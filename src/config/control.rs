@@ -26,8 +26,10 @@ pub(super) struct RawGuard {
     pub(super) fallback: crate::policy::mpc::GuardFallback,
     pub(super) window: Quantity<Time>,
     pub(super) model_ratio: f64,
+    pub(super) model_ratio_window: f64,
     pub(super) min_error: Quantity<Voltage>,
     pub(super) objective_margin: f64,
+    pub(super) first_window: Quantity<Time>,
     pub(super) probation: Quantity<Time>,
 }
 
@@ -35,6 +37,8 @@ pub(super) struct RawGuard {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFeedback {
     pub(super) gain: f64,
+    pub(super) integral_gain: f64,
+    pub(super) target: crate::policy::mpc::FeedbackTarget,
     pub(super) max_correction: Quantity<Current>,
     pub(super) max_deviation: Quantity<Voltage>,
     pub(super) ceiling: Quantity<Voltage>,
@@ -206,13 +210,22 @@ fn guard(
             format!("{window} ms is too short: at least 100 ms and 10 control periods"),
         ));
     }
-    if !(g.model_ratio > 0.0 && g.model_ratio.is_finite()) {
+    for (key, ratio) in [
+        ("control.guard.model_ratio", g.model_ratio),
+        ("control.guard.model_ratio_window", g.model_ratio_window),
+    ] {
+        if !(ratio > 0.0 && ratio.is_finite()) {
+            return Err(cx.err(
+                key,
+                format!("{ratio} is not a finite factor > 0 (model RMS error over persistence's)"),
+            ));
+        }
+    }
+    let first_window = g.first_window.get();
+    if !(first_window >= 100.0 && first_window <= window) {
         return Err(cx.err(
-            "control.guard.model_ratio",
-            format!(
-                "{} is not a finite factor > 0 (model RMS error over persistence's)",
-                g.model_ratio
-            ),
+            "control.guard.first_window",
+            format!("{first_window} ms: at least 100 ms and at most control.guard.window"),
         ));
     }
     non_negative(g.min_error.get()).map_err(|m| cx.err("control.guard.min_error", m))?;
@@ -229,6 +242,8 @@ fn guard(
         fallback: g.fallback,
         window_ms: window,
         model_ratio: g.model_ratio,
+        model_ratio_window: g.model_ratio_window,
+        first_window_ms: first_window,
         min_error_mv: g.min_error.get(),
         objective_margin: g.objective_margin,
     })
@@ -241,6 +256,7 @@ fn feedback(
     cx: &Cx,
 ) -> Result<crate::policy::mpc::FeedbackConfig, ConfigError> {
     non_negative(f.gain).map_err(|m| cx.err("control.feedback.gain", m))?;
+    non_negative(f.integral_gain).map_err(|m| cx.err("control.feedback.integral_gain", m))?;
     let max = f.max_correction.get();
     non_negative(max).map_err(|m| cx.err("control.feedback.max_correction", m))?;
     if max > safety.max_amplitude {
@@ -256,6 +272,8 @@ fn feedback(
     finite(f.ceiling.get()).map_err(|m| cx.err("control.feedback.ceiling", m))?;
     Ok(crate::policy::mpc::FeedbackConfig {
         gain: f.gain,
+        integral_gain: f.integral_gain,
+        target: f.target,
         max_correction: max,
         max_deviation_mv: f.max_deviation.get(),
         ceiling_mv: f.ceiling.get(),

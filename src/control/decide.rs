@@ -16,9 +16,9 @@ use crate::config::ControlConfig;
 use crate::forecast::WindowRing;
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::plant::Sample;
-use crate::policy::mpc::{FeedbackConfig, GuardFallback};
+use crate::policy::mpc::{FeedbackConfig, FeedbackTarget, GuardFallback};
 use crate::policy::pid::Baseline;
-use crate::policy::{Objective, PolicyKind};
+use crate::policy::{Objective, ObjectiveKind, PolicyKind};
 use crate::record::Record;
 use crate::safety::{Fault, SafetyLimiter};
 use std::collections::VecDeque;
@@ -87,6 +87,13 @@ pub struct Decider {
     /// clipped to (MPC's own, within the safety limit).
     feedback: FeedbackConfig,
     mpc_amplitude: f64,
+    /// The feedback's integral of the deviation from the plans, mV·ms. It
+    /// carries over from plan to plan (it stands for what the model gets
+    /// wrong about the cell's response, which a new plan does not change)
+    /// and restarts after a spike, an interruption or a spell of the
+    /// guard's fallback, when the deviation it summed no longer describes
+    /// the plans to come.
+    feedback_integral: f64,
     /// The guard's fallback policy (MPC with the guard on), and whether it
     /// drives now.
     fallback: Option<GuardFallback>,
@@ -149,6 +156,7 @@ impl Decider {
             hold_samples: 0,
             feedback: c.feedback,
             mpc_amplitude: c.mpc.max_amplitude.min(max_amplitude),
+            feedback_integral: 0.0,
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
@@ -178,6 +186,7 @@ impl Decider {
             };
         } else {
             self.counters.guard_to_mpc += 1;
+            self.feedback_integral = 0.0;
         }
         true
     }
@@ -282,6 +291,7 @@ impl Decider {
         let command = self.zero(Fault::PlantFault);
         self.counters.plant_interruptions += 1;
         self.window.clear();
+        self.feedback_integral = 0.0;
         if self.timing.is_some() {
             if let Some(old) = self.active.take() {
                 recycle(old);
@@ -338,6 +348,7 @@ impl Decider {
                 self.counters.spikes += 1;
                 self.replan = true;
                 self.spike_index = s.index;
+                self.feedback_integral = 0.0;
                 true
             }
             None => false,
@@ -415,7 +426,7 @@ impl Decider {
         let Some(p) = &self.active else {
             return 0.0;
         };
-        let mut fed = false;
+        let mut deviation = None;
         let u = match p.status {
             PlanStatus::ModelError => {
                 *fault = fault.or(Some(Fault::ModelError));
@@ -436,13 +447,8 @@ impl Decider {
                     if p.base_index < self.spike_index {
                         u.min(0.0)
                     } else {
-                        let fb = self.correction(p, off, v_mv);
-                        if fb == 0.0 {
-                            u
-                        } else {
-                            fed = true;
-                            (u + fb).clamp(-self.mpc_amplitude, self.mpc_amplitude)
-                        }
+                        deviation = self.deviation(p, off, v_mv);
+                        u
                     }
                 } else if index <= p.base_index {
                     0.0
@@ -457,23 +463,45 @@ impl Decider {
                 }
             }
         };
-        if fed {
-            self.counters.feedback_samples += 1;
+        match deviation {
+            Some(dev) => self.correct(u, dev),
+            None => u,
         }
-        u
     }
 
-    /// The feedback between plans for the plan's sample `off` (0: the one
-    /// after its snapshot) given the measured `v_mv`: gain × (what the plan
-    /// expected − what came), clipped; zero where the expectation is not to
-    /// be trusted (within a spike, or a deviation too large to be the
-    /// plan's own error). The expectation between model steps is
-    /// interpolated linearly from V at the snapshot.
-    fn correction(&self, p: &Plan, off: usize, v_mv: f64) -> f64 {
+    /// The plan's current `u` corrected for the deviation `dev` (mV, what
+    /// the plan expected − what came): `gain · dev + integral_gain · ∫dev`,
+    /// clipped to `max_correction`, the sum clipped to MPC's amplitude.
+    /// The integral stops while the output saturates in the direction it
+    /// pushes (anti-windup).
+    fn correct(&mut self, u: f64, dev: f64) -> f64 {
+        let f = self.feedback;
+        let trial = self.feedback_integral + dev * self.period_ms;
+        let raw = f.gain * dev + f.integral_gain * trial;
+        let fb = raw.clamp(-f.max_correction, f.max_correction);
+        let out = (u + fb).clamp(-self.mpc_amplitude, self.mpc_amplitude);
+        let saturated = fb != raw || out != u + fb;
+        if !saturated || dev.signum() != raw.signum() {
+            self.feedback_integral = trial;
+        }
+        if out != u {
+            self.counters.feedback_samples += 1;
+        }
+        out
+    }
+
+    /// The deviation the feedback between plans corrects for the plan's
+    /// sample `off` (0: the one after its snapshot) given the measured
+    /// `v_mv`: what the plan expected − what came, mV; `None` with the
+    /// feedback off or where the expectation is not to be trusted (within
+    /// a spike, or a deviation too large to be the plan's own error). The
+    /// expectation between model steps is interpolated linearly from V at
+    /// the snapshot.
+    fn deviation(&self, p: &Plan, off: usize, v_mv: f64) -> Option<f64> {
         let f = &self.feedback;
-        let Some(t) = self.timing else { return 0.0 };
-        if f.gain <= 0.0 {
-            return 0.0;
+        let t = self.timing?;
+        if f.gain <= 0.0 && f.integral_gain <= 0.0 {
+            return None;
         }
         let pos = (off + 1) as f64 / t.decimation as f64;
         let lo = pos.floor() as usize;
@@ -491,15 +519,18 @@ impl Decider {
         } else {
             a
         };
+        let v_pred = match (f.target, self.objective.kind) {
+            (FeedbackTarget::Reference, ObjectiveKind::Voltage) => {
+                self.objective.reference.at(self.last_t_ms)
+            }
+            _ => v_pred,
+        };
         let dev = v_pred - v_mv;
-        if !dev.is_finite()
-            || v_pred > f.ceiling_mv
-            || v_mv > f.ceiling_mv
-            || dev.abs() > f.max_deviation_mv
-        {
-            return 0.0;
-        }
-        (f.gain * dev).clamp(-f.max_correction, f.max_correction)
+        let trusted = dev.is_finite()
+            && v_pred <= f.ceiling_mv
+            && v_mv <= f.ceiling_mv
+            && dev.abs() <= f.max_deviation_mv;
+        trusted.then_some(dev)
     }
 
     /// What the plan in use forecast for sample `index`'s model step.
@@ -721,6 +752,59 @@ mod tests {
         assert_eq!(d.counters.plant_interruptions, 1);
         let r = d.tick(&sample(2, -65.0), |_| {}, |_| {}).record;
         assert_eq!(r.requested, 0.0, "no plan after an interruption");
+    }
+
+    /// A plan expecting −60 mV throughout on a cell held 1 mV below it:
+    /// the integral's correction grows with the summed deviation, stops at
+    /// `max_correction` without winding up, and restarts after a spike.
+    #[test]
+    fn the_integral_feedback_ramps_clips_without_windup_and_restarts_on_a_spike() {
+        let t = PlanTiming {
+            decimation: 5,
+            steps_per_period: 4,
+            delay_samples: 0,
+            pool: 4,
+        };
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        d.feedback = FeedbackConfig {
+            gain: 0.0,
+            integral_gain: 0.1,
+            target: FeedbackTarget::Plan,
+            max_correction: 2.0,
+            max_deviation_mv: 3.0,
+            ceiling_mv: -50.0,
+        };
+        let mut p = plan(0, &[0.0; 2000]);
+        p.expected = vec![-60.0; 400];
+        d.receive(p, 0);
+        let at = |d: &mut Decider, k: u64, v: f64| {
+            d.tick(&sample(k, v), |_| {}, |_| {}).record.requested
+        };
+        // 1 mV × 0.1 ms per sample × 0.1 uA/cm2 per mV·ms: 0.01 a sample.
+        let u100 = at(&mut d, 1, -61.0);
+        assert!((u100 - 0.01).abs() < 1e-9, "{u100}");
+        for k in 2..=100 {
+            at(&mut d, k, -61.0);
+        }
+        let u = at(&mut d, 101, -61.0);
+        assert!((u - 1.01).abs() < 1e-9, "{u}");
+        for k in 102..=1000 {
+            at(&mut d, k, -61.0);
+        }
+        assert_eq!(at(&mut d, 1001, -61.0), 2.0, "clipped to max_correction");
+        assert!(
+            d.feedback_integral * 0.1 <= 2.0 + 0.01 + 1e-9,
+            "wound up: {}",
+            d.feedback_integral
+        );
+        // Back on the plan: the correction is what the integral holds (not
+        // a wound-up excess), and falls as soon as V overshoots.
+        let held = at(&mut d, 1002, -60.0);
+        assert!(held <= 2.0 && held > 1.9, "{held}");
+        assert!(at(&mut d, 1003, -59.0) < held);
+        // A spike: the plan no longer describes the cell, the sum restarts.
+        at(&mut d, 1004, 20.0);
+        assert_eq!(d.feedback_integral, 0.0);
     }
 
     #[test]

@@ -111,9 +111,18 @@ pub struct GuardConfig {
     /// time: the rolling window of the forecast errors, and the length of
     /// each objective window.
     pub window_ms: f64,
-    /// Hand over when the rolling RMS forecast error exceeds persistence's
-    /// on the same targets by this factor (≥ 1).
+    /// Hand over when the forecast's RMS error over MPC's whole time in
+    /// control exceeds this factor times persistence's on the same targets.
+    /// Judged over the tenure, not the last window: persistence is nearly
+    /// exact over a quiet second, so a rolling ratio spikes on a model with
+    /// a long good record (timing, evaluation seeds 2 and 4: 0.81, 0.84
+    /// after seconds near 0.55), while a wrong model is wrong from its
+    /// first window on, where the tenure and the window are the same.
     pub model_ratio: f64,
+    /// ... or when the error over the last window alone exceeds this factor
+    /// times persistence's (a model gone wrong after a good start; 1: worse
+    /// than persistence, the rule).
+    pub model_ratio_window: f64,
     /// Forecast errors below this never hand over, mV: the model is then
     /// as good as the measurement allows, and persistence doing better only
     /// means the controller holds V still.
@@ -121,6 +130,11 @@ pub struct GuardConfig {
     /// Hand over when MPC's objective error over a window exceeds the
     /// fallback's measured one by this fraction.
     pub objective_margin: f64,
+    /// Length of MPC's first objective window after it takes control, ms
+    /// (≤ `window_ms`): a cell where MPC does harm shows it within a
+    /// fraction of a window, and every sample of harm stays in the score
+    /// (and in the trajectory after it).
+    pub first_window_ms: f64,
     /// Probation start, ms after the objective's settle span (0: none):
     /// the fallback drives first so that its objective error on this cell
     /// is measured before MPC may act, and MPC is judged against it.
@@ -135,13 +149,20 @@ impl GuardConfig {
 }
 
 /// Ancillary feedback around the plan (validated `[control.feedback]`):
-/// per sample, `u = u_plan + gain · (v_pred − v_meas)`, clipped, applied
-/// only where the plan's prediction is trustworthy (see
-/// `control::decide`).
+/// per sample, `u = u_plan + gain · e + integral_gain · ∫e dt` with
+/// `e = v_pred − v_meas`, clipped, applied only where the plan's prediction
+/// is trustworthy (see `control::decide`). The integral is what removes a
+/// steady error the model makes about the cell's response to current,
+/// which a proportional term only shrinks.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct FeedbackConfig {
-    /// µA/cm² per mV of deviation; 0 turns the feedback off.
+    /// µA/cm² per mV of deviation; 0 (with `integral_gain` 0) turns the
+    /// feedback off.
     pub gain: f64,
+    /// µA/cm² per mV·ms of summed deviation.
+    pub integral_gain: f64,
+    /// What the deviation is measured from.
+    pub target: FeedbackTarget,
     /// Largest |correction|, µA/cm².
     pub max_correction: f64,
     /// No correction when |v_pred − v_meas| exceeds this, mV (the plan no
@@ -151,6 +172,18 @@ pub struct FeedbackConfig {
     /// No correction when the prediction or the measurement is above this,
     /// mV (within a spike the deviation is one of timing).
     pub ceiling_mv: f64,
+}
+
+/// What the feedback between plans holds V to (`control.feedback.target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedbackTarget {
+    /// The plan's own expected trajectory (tube MPC's ancillary law).
+    Plan,
+    /// The voltage objective's reference, where there is one (elsewhere:
+    /// the plan): the plan is then the feed-forward of a clamp, and the
+    /// correction does not hold V to the optimiser's imprecision.
+    Reference,
 }
 
 /// The state the plan starts from, taken at a snapshot.
