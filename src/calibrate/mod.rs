@@ -53,7 +53,7 @@ pub enum CalibrateError {
     Base(ForecastError),
     #[error("the calibrated model does not reload: {0}")]
     Reload(ForecastError),
-    #[error("the exported model differs from the trained network by {0:e} (normalised units)")]
+    #[error("the exported model differs from the trained network by {0:e} (relative to the output, at least 1 normalised unit)")]
     Mismatch(f32),
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),

@@ -518,6 +518,9 @@ pub fn eval_sim(
     score_second_half(&mut f, &[s], label)
 }
 
+/// A forecaster as `compare` calls it: windows in, horizons out.
+type ForecastFn<'a> = dyn FnMut(&[f32], usize, &mut [f32]) + 'a;
+
 /// Fit the AR baseline on the first half of `segs` (contiguous segments in
 /// time order), score the model and both baselines on the second half.
 fn score_second_half(
@@ -535,9 +538,7 @@ fn score_second_half(
             "{label}: too short for the model's window"
         )));
     }
-    let run = |model: &mut dyn FnMut(&[f32], usize, &mut [f32])| {
-        compare(&label, card.dt_ms, &norm, &test_w, &fit_w, model)
-    };
+    let run = |model: &mut ForecastFn| compare(&label, card.dt_ms, &norm, &test_w, &fit_w, model);
     Ok(match batched_net(f, &test_w) {
         Some(net) => {
             let mut ws = net::Workspace::default();
