@@ -60,7 +60,7 @@ pub struct CalibrateArgs {
     /// Which starts to train: both (keep what validation favours), warm or scratch.
     #[arg(long, value_enum, default_value_t = Start::Auto)]
     start: Start,
-    /// Base model of the warm start (default: control.model, the embedded model).
+    /// Base model of the warm start (default: control.model if set, else the embedded family base model `embedded:ca1_lstm_family`; `embedded:ca1_lstm` is the shipped one).
     #[arg(long, value_name = "FILE.onnx")]
     base: Option<String>,
     /// What the model must beat on the held-out data.

@@ -24,7 +24,7 @@ pub mod source;
 pub mod window;
 
 pub use card::{ModelCard, OutputOrder};
-pub use source::{ModelSource, EMBEDDED_NAME};
+pub use source::{ModelSource, EMBEDDED_NAME, FAMILY_NAME};
 pub use window::WindowRing;
 
 use sha2::{Digest, Sha256};

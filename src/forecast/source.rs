@@ -17,12 +17,22 @@ pub const EMBEDDED_ONNX: &[u8] = include_bytes!("../../models/ca1_lstm.onnx");
 pub const EMBEDDED_CARD: &str = include_str!("../../models/ca1_lstm.json");
 /// How configuration and status name the embedded model.
 pub const EMBEDDED_NAME: &str = "embedded:ca1_lstm";
+/// The family base model (`models/ca1_lstm_family.onnx`: randomised CA1
+/// cells, measurement noise), embedded because it is `calibrate`'s default
+/// warm start: a user's first command must not need the source tree.
+pub const FAMILY_ONNX: &[u8] = include_bytes!("../../models/ca1_lstm_family.onnx");
+/// The family base model's card.
+pub const FAMILY_CARD: &str = include_str!("../../models/ca1_lstm_family.json");
+/// How configuration and status name the embedded family base model.
+pub const FAMILY_NAME: &str = "embedded:ca1_lstm_family";
 
 /// A model's origin, as configured (`control.model`, `--model`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
     /// The shipped model compiled into this binary.
     Embedded,
+    /// The family base model compiled into this binary.
+    EmbeddedFamily,
     /// `NAME.onnx` with its card `NAME.json` beside it.
     File(PathBuf),
 }
@@ -35,11 +45,14 @@ pub struct ModelFiles {
 }
 
 impl ModelSource {
-    /// `embedded` or `embedded:ca1_lstm` name the embedded model; anything
-    /// else is a path.
+    /// `embedded` or `embedded:ca1_lstm` name the embedded model,
+    /// `embedded:ca1_lstm_family` the family base model; anything else is a
+    /// path.
     pub fn parse(s: &str) -> ModelSource {
         if s == "embedded" || s == EMBEDDED_NAME {
             ModelSource::Embedded
+        } else if s == FAMILY_NAME {
+            ModelSource::EmbeddedFamily
         } else {
             ModelSource::File(PathBuf::from(s))
         }
@@ -49,6 +62,7 @@ impl ModelSource {
     pub fn name(&self) -> String {
         match self {
             ModelSource::Embedded => EMBEDDED_NAME.into(),
+            ModelSource::EmbeddedFamily => FAMILY_NAME.into(),
             ModelSource::File(p) => p.display().to_string(),
         }
     }
@@ -58,6 +72,10 @@ impl ModelSource {
         match self {
             ModelSource::Embedded => format!(
                 "compiled into neurostimd {} (models/ca1_lstm.onnx of its source)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            ModelSource::EmbeddedFamily => format!(
+                "compiled into neurostimd {} (models/ca1_lstm_family.onnx of its source)",
                 env!("CARGO_PKG_VERSION")
             ),
             ModelSource::File(p) => match std::fs::canonicalize(p) {
@@ -70,7 +88,7 @@ impl ModelSource {
     /// The file path, if this is a file.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            ModelSource::Embedded => None,
+            ModelSource::Embedded | ModelSource::EmbeddedFamily => None,
             ModelSource::File(p) => Some(p),
         }
     }
@@ -83,6 +101,11 @@ impl ModelSource {
                 onnx: Cow::Borrowed(EMBEDDED_ONNX),
                 card_text: Cow::Borrowed(EMBEDDED_CARD),
                 card: parse_card(EMBEDDED_NAME, EMBEDDED_CARD)?,
+            }),
+            ModelSource::EmbeddedFamily => Ok(ModelFiles {
+                onnx: Cow::Borrowed(FAMILY_ONNX),
+                card_text: Cow::Borrowed(FAMILY_CARD),
+                card: parse_card(FAMILY_NAME, FAMILY_CARD)?,
             }),
             ModelSource::File(path) => {
                 let io = |p: &Path| {
@@ -133,9 +156,21 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_family_model_is_its_file_and_matches_its_card() {
+        let m = ModelSource::EmbeddedFamily.read().unwrap();
+        assert_eq!(super::super::sha256_hex(&m.onnx), m.card.onnx_sha256);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            &*m.onnx,
+            &std::fs::read(root.join("models/ca1_lstm_family.onnx")).unwrap()[..]
+        );
+    }
+
+    #[test]
     fn names_parse_to_sources() {
         assert_eq!(ModelSource::parse("embedded"), ModelSource::Embedded);
         assert_eq!(ModelSource::parse(EMBEDDED_NAME), ModelSource::Embedded);
+        assert_eq!(ModelSource::parse(FAMILY_NAME), ModelSource::EmbeddedFamily);
         assert_eq!(
             ModelSource::parse("m/x.onnx"),
             ModelSource::File("m/x.onnx".into())

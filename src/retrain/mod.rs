@@ -22,7 +22,7 @@ use crate::forecast::{Engine, Forecaster};
 use crate::record::EventLine;
 use crate::record::Note;
 use crate::train::dataset::{Series, Windows};
-use crate::train::net::{Layer, Net, Workspace};
+use crate::train::net::{Net, Workspace};
 use crate::train::{compare, export, trainer};
 use crossbeam_channel::Sender;
 use drift::{LiveForecast, RecentData};
@@ -32,42 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::ModelStore;
 
-/// The trainable network holding the weights of a loaded contract model.
+/// The trainable network holding the weights of a loaded contract model
+/// (`Net::from_forecaster`, kept here under the name callers know).
 pub fn net_from_forecaster(f: &Forecaster) -> Result<Net, String> {
-    let card = f.card();
-    let cw = crate::forecast::onnx::contract_weights(f.onnx_proto(), card)?;
-    let layers = cw
-        .layers
-        .into_iter()
-        .map(|l| {
-            let g = 4 * l.hidden;
-            let (wb, rb) = match l.b {
-                Some(b) => (b[..g].to_vec(), b[g..].to_vec()),
-                None => (vec![0.0; g], vec![0.0; g]),
-            };
-            Layer {
-                input: l.input,
-                hidden: l.hidden,
-                w: l.w,
-                r: l.r,
-                wb,
-                rb,
-            }
-        })
-        .collect();
-    Ok(Net {
-        layers,
-        head_w: cw.head_w,
-        head_b: cw.head_b,
-        // The contract's linear head (`contract_weights` refuses others).
-        head_w1: Vec::new(),
-        head_b1: Vec::new(),
-        t_in: card.t_in,
-        t_out: card.t_out,
-        order: card.output.order,
-        residual: card.output.residual,
-        skip: None,
-    })
+    Net::from_forecaster(f)
 }
 
 /// A fine-tuned candidate and the scores of both models on the held-out

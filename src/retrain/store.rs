@@ -172,6 +172,7 @@ impl ModelStore {
         }
         let name = match configured {
             crate::forecast::ModelSource::Embedded => "ca1_lstm".to_string(),
+            crate::forecast::ModelSource::EmbeddedFamily => "ca1_lstm_family".to_string(),
             crate::forecast::ModelSource::File(p) => p
                 .file_stem()
                 .map_or("model".into(), |s| s.to_string_lossy().into_owned()),

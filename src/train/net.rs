@@ -112,6 +112,46 @@ impl Skip {
 }
 
 impl Net {
+    /// The trainable network holding the weights of a loaded contract model:
+    /// what fine-tuning starts from, and what `model eval` runs (a batched
+    /// forward pass, far faster than tract window by window).
+    pub fn from_forecaster(f: &crate::forecast::Forecaster) -> Result<Net, String> {
+        let card = f.card();
+        let cw = crate::forecast::onnx::contract_weights(f.onnx_proto(), card)?;
+        let layers = cw
+            .layers
+            .into_iter()
+            .map(|l| {
+                let g = 4 * l.hidden;
+                let (wb, rb) = match l.b {
+                    Some(b) => (b[..g].to_vec(), b[g..].to_vec()),
+                    None => (vec![0.0; g], vec![0.0; g]),
+                };
+                Layer {
+                    input: l.input,
+                    hidden: l.hidden,
+                    w: l.w,
+                    r: l.r,
+                    wb,
+                    rb,
+                }
+            })
+            .collect();
+        Ok(Net {
+            layers,
+            head_w: cw.head_w,
+            head_b: cw.head_b,
+            // The contract's linear head (`contract_weights` refuses others).
+            head_w1: Vec::new(),
+            head_b1: Vec::new(),
+            t_in: card.t_in,
+            t_out: card.t_out,
+            order: card.output.order,
+            residual: card.output.residual,
+            skip: None,
+        })
+    }
+
     /// PyTorch's default initialisation: uniform in ±1/√H, from a seed.
     pub fn new(
         layers: usize,
