@@ -57,17 +57,11 @@ fn train_exports_a_model_that_reloads_and_evaluates() {
             .len()
             == 10
     );
-    let mut f = Forecaster::load(&model, 32, Engine::Native).unwrap();
-    assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
-    let x = NpyF32::read(&dir.path().join("out/m.input.npy")).unwrap();
-    let want = NpyF32::read(&dir.path().join("out/m.expected.npy")).unwrap();
-    let got = f.run_raw(x.shape[0], &x.data).unwrap();
-    let d = got
-        .iter()
-        .zip(&want.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d < 1e-4, "bundle mismatch {d}");
+    native_matches_bundle(
+        &model,
+        &dir.path().join("out/m.input.npy"),
+        &dir.path().join("out/m.expected.npy"),
+    );
 
     let o = neurostimd(
         &[
@@ -207,6 +201,26 @@ fn mlp_head_trains_exports_and_runs_on_tract() {
     assert!(d < 1e-4, "bundle mismatch {d}");
 }
 
+/// The model runs on the native engine and reproduces its bundle's
+/// expected outputs from its inputs.
+fn native_matches_bundle(
+    model: &std::path::Path,
+    input: &std::path::Path,
+    expected: &std::path::Path,
+) {
+    let mut f = Forecaster::load(model, 32, Engine::Native).unwrap();
+    assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
+    let x = NpyF32::read(input).unwrap();
+    let want = NpyF32::read(expected).unwrap();
+    let got = f.run_raw(x.shape[0], &x.data).unwrap();
+    let d = got
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-4, "bundle mismatch {d}");
+}
+
 fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -259,15 +273,9 @@ fn the_family_model_is_what_its_card_says() {
             .unwrap()
             > 0.0
     );
-    let mut f = Forecaster::load(&model, 32, Engine::Native).unwrap();
-    assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
-    let x = NpyF32::read(&repo("models/ca1_lstm_family.input.npy")).unwrap();
-    let want = NpyF32::read(&repo("models/ca1_lstm_family.expected.npy")).unwrap();
-    let got = f.run_raw(x.shape[0], &x.data).unwrap();
-    let d = got
-        .iter()
-        .zip(&want.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d < 1e-4, "bundle mismatch {d}");
+    native_matches_bundle(
+        &model,
+        &repo("models/ca1_lstm_family.input.npy"),
+        &repo("models/ca1_lstm_family.expected.npy"),
+    );
 }
