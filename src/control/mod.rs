@@ -720,25 +720,28 @@ impl Running {
 
     /// The MPC guard's decision takes effect: under real-time rules at a
     /// control-period boundary (read, never waited for); under the free
-    /// clock at each record block, once the guard has judged every block
-    /// but the newest (so the run stays reproducible).
+    /// clock at each record block, as the guard decided once it had judged
+    /// every block but the newest (so the run stays reproducible).
     fn guard_boundary(&mut self, index: u64) {
         let Some(link) = self.guard.as_deref() else {
             return;
         };
         let samples = self.decider.counters.samples;
-        if self.rt_rules {
-            if !samples.is_multiple_of(self.period_samples) {
-                return;
-            }
+        let boundary = if self.rt_rules {
+            samples.is_multiple_of(self.period_samples)
         } else {
-            if !samples.is_multiple_of(handoff::BLOCK as u64) || samples == 0 {
-                return;
-            }
+            samples > 0 && samples.is_multiple_of(handoff::BLOCK as u64)
+        };
+        if !boundary {
+            return;
+        }
+        let fallback = if self.rt_rules {
+            link.wants_fallback()
+        } else {
             let want = samples / handoff::BLOCK as u64 - 1;
             clock::await_condition(|| link.blocks_judged() >= want);
-        }
-        let fallback = link.wants_fallback();
+            link.wanted_after(want)
+        };
         if self.decider.set_fallback(fallback) {
             link.applied(fallback, index);
         }
