@@ -190,15 +190,11 @@ fn mlp_head_trains_exports_and_runs_on_tract() {
     // A per-step MLP: the native engine runs it, equal to tract on the probe.
     assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
     assert!(f.probe_difference().unwrap() <= 1e-4);
-    let x = NpyF32::read(&dir.path().join("m.input.npy")).unwrap();
-    let want = NpyF32::read(&dir.path().join("m.expected.npy")).unwrap();
-    let got = f.run_raw(x.shape[0], &x.data).unwrap();
-    let d = got
-        .iter()
-        .zip(&want.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d < 1e-4, "bundle mismatch {d}");
+    reproduces_bundle(
+        &mut f,
+        &dir.path().join("m.input.npy"),
+        &dir.path().join("m.expected.npy"),
+    );
 }
 
 /// The model runs on the native engine and reproduces its bundle's
@@ -210,6 +206,11 @@ fn native_matches_bundle(
 ) {
     let mut f = Forecaster::load(model, 32, Engine::Native).unwrap();
     assert_eq!(f.engine(), Engine::Native, "{:?}", f.native_unavailable());
+    reproduces_bundle(&mut f, input, expected);
+}
+
+/// The forecaster reproduces a bundle's expected outputs from its inputs.
+fn reproduces_bundle(f: &mut Forecaster, input: &std::path::Path, expected: &std::path::Path) {
     let x = NpyF32::read(input).unwrap();
     let want = NpyF32::read(expected).unwrap();
     let got = f.run_raw(x.shape[0], &x.data).unwrap();
