@@ -196,13 +196,18 @@ fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
 /// stimulation, with `extra` arguments; (MPC's seed result, off's error).
 fn scenario(name: &str, seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     let seed = seed.to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_neurostimd"))
-        .args(["scenarios", "--only", name, "--seeds", "1"])
-        .args(["--seed-base", &seed, "--policy", "mpc", "--policy", "off"])
-        .args(["--json"])
-        .args(extra)
-        .output()
-        .unwrap();
+    let mut args = vec!["scenarios", "--only", name, "--seeds", "1"];
+    args.extend([
+        "--seed-base",
+        &seed,
+        "--policy",
+        "mpc",
+        "--policy",
+        "off",
+        "--json",
+    ]);
+    args.extend(extra);
+    let out = common::neurostimd(&args, &std::env::temp_dir());
     assert!(
         out.status.success(),
         "{}",
