@@ -349,7 +349,7 @@ fn score(p: &Prepared, w: &Windows, label: &str) -> Comparison {
     let mut ws = Workspace::default();
     let net = &p.net;
     let t_out = net.t_out;
-    compare(label, p.dt_ms, &p.norm, w, &p.train_w, |x, b, o| {
+    compare(label, p.dt_ms, &p.norm, (w, &p.train_w), None, |x, b, o| {
         let y = ws.forward(net, x, b);
         for k in 0..b {
             for j in 0..t_out {

@@ -91,6 +91,11 @@ struct EvalArgs {
     /// Seed of the excitation (the trainer uses the config's seed).
     #[arg(long, default_value_t = 12345)]
     seed: u64,
+    /// Read the model's forecast spikes as upward crossings of this level
+    /// (default: the card's `output.spike_threshold_mv`, else −20 mV, the
+    /// membrane's; MPC reads them at `mpc.spike_threshold`).
+    #[arg(long, value_name = "MV", allow_negative_numbers = true)]
+    forecast_threshold: Option<f64>,
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -151,9 +156,17 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         recording,
         duration,
         seed,
+        forecast_threshold,
         config,
         json,
     } = a;
+    if forecast_threshold.is_some_and(|t| !(-100.0..=60.0).contains(&t)) {
+        return Err(UsageError(format!(
+            "--forecast-threshold {} mV is outside the membrane's range [-100, 60] mV",
+            forecast_threshold.unwrap_or_default()
+        ))
+        .into());
+    }
     // The ceiling (a day of simulated data) keeps 1e30 from overflowing
     // the sample count (it panicked).
     if !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0) {
@@ -163,9 +176,11 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .into());
     }
     let c = match (sim, data) {
-        _ if recording.is_some() => {
-            neurostimd::train::eval_recording(&model, recording.as_deref().expect("checked"))?
-        }
+        _ if recording.is_some() => neurostimd::train::eval_recording(
+            &model,
+            recording.as_deref().expect("checked"),
+            forecast_threshold,
+        )?,
         (Some(sim), _) => {
             let config = Config::load_layered(config.as_deref(), &toml::Table::new())?;
             // `plant`: the configured cell as it is (any family, its draw).
@@ -187,11 +202,11 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 &model,
                 &plant,
                 config.train.max_amplitude,
-                duration * 1000.0,
-                seed,
+                (duration * 1000.0, seed),
+                forecast_threshold,
             )?
         }
-        (None, Some(data)) => neurostimd::train::eval_trace(&model, &data)?,
+        (None, Some(data)) => neurostimd::train::eval_trace(&model, &data, forecast_threshold)?,
         (None, None) => {
             return Err(
                 UsageError("give --sim PRESET, --data FILE.csv or --recording DIR".into()).into(),

@@ -124,8 +124,8 @@ pub fn finetune(
             "held-out",
             card.dt_ms,
             &norm,
-            &hold_w,
-            &train_w,
+            (&hold_w, &train_w),
+            None,
             |x, b, o| {
                 let y = ws.forward(net, x, b);
                 for k in 0..b {

@@ -55,6 +55,10 @@ pub enum TrainError {
 pub struct Comparison {
     pub data: String,
     pub dt_ms: f64,
+    /// Where the model's forecast spikes were read, mV (the baselines'
+    /// always at the membrane's −20 mV): a calibrated card's
+    /// `output.spike_threshold_mv` or `model eval --forecast-threshold`.
+    pub model_spike_threshold_mv: f64,
     pub model: HorizonMetrics,
     pub persistence: HorizonMetrics,
     pub ar: HorizonMetrics,
@@ -94,8 +98,9 @@ impl Comparison {
             )
         };
         s.push_str(&format!(
-            "spikes (±1 ms): model {}; persistence {}; AR {}\n",
+            "spikes (±1 ms): model {} (forecast read at {} mV); persistence {}; AR {}\n",
             f(&self.model),
+            self.model_spike_threshold_mv,
             f(&self.persistence),
             f(&self.ar)
         ));
@@ -105,20 +110,23 @@ impl Comparison {
 
 /// Compare a forecaster (a function from normalised contract rows to
 /// normalised forward-order forecasts) and both baselines on `test`; the AR
-/// baseline is fitted on `fit_on`.
+/// baseline is fitted on `fit_on`. The model's forecast spikes are read at
+/// `model_threshold_mv` (default: the membrane's −20 mV).
 pub fn compare(
     label: &str,
     dt_ms: f64,
     norm: &Normalization,
-    test: &Windows,
-    fit_on: &Windows,
+    (test, fit_on): (&Windows, &Windows),
+    model_threshold_mv: Option<f64>,
     mut model: impl FnMut(&[f32], usize, &mut [f32]),
 ) -> Comparison {
     let (t_in, t_out) = (test.t_in, test.t_out);
     let ar = baselines::LinearAr::fit(fit_on, 10, 1e-6);
     let (vm, vs) = (norm.v_mean as f32, norm.v_std as f32);
+    let model_threshold_mv =
+        model_threshold_mv.unwrap_or(crate::neuron::spikes::DEFAULT_THRESHOLD_MV);
     let mut acc = [
-        Accumulator::new(t_out, dt_ms, 1.0),
+        Accumulator::new(t_out, dt_ms, 1.0).with_forecast_threshold(model_threshold_mv),
         Accumulator::new(t_out, dt_ms, 1.0),
         Accumulator::new(t_out, dt_ms, 1.0),
     ];
@@ -157,6 +165,7 @@ pub fn compare(
     Comparison {
         data: label.to_string(),
         dt_ms,
+        model_spike_threshold_mv: model_threshold_mv,
         model: acc[0].finish(),
         persistence: acc[1].finish(),
         ar: acc[2].finish(),
@@ -360,14 +369,21 @@ fn test_comparisons(
         if test_w.is_empty() {
             continue;
         }
-        let c = compare(label, cfg.dt_ms, norm, &test_w, &fit_w, |x, b, o| {
-            let y = ws.forward(net, x, b).to_vec();
-            for kk in 0..b {
-                for j in 0..cfg.t_out {
-                    o[kk * cfg.t_out + j] = y[kk * cfg.t_out + net.target_index(j)];
+        let c = compare(
+            label,
+            cfg.dt_ms,
+            norm,
+            (&test_w, &fit_w),
+            None,
+            |x, b, o| {
+                let y = ws.forward(net, x, b).to_vec();
+                for kk in 0..b {
+                    for j in 0..cfg.t_out {
+                        o[kk * cfg.t_out + j] = y[kk * cfg.t_out + net.target_index(j)];
+                    }
                 }
-            }
-        });
+            },
+        );
         comparisons.push(c);
     }
     comparisons
@@ -459,17 +475,25 @@ fn write_bundle(
 
 /// `model eval --data FILE.csv`: a recorded or simulated trace, split in
 /// time; AR fitted on the first half, everything scored on the second.
-pub fn eval_trace(model: &Path, trace: &Path) -> Result<Comparison, TrainError> {
+pub fn eval_trace(
+    model: &Path,
+    trace: &Path,
+    threshold_mv: Option<f64>,
+) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
     let segs = segments::read_trace_csv(trace)?.series(f.card().dt_ms)?;
     let label = format!("{}, second half", trace.display());
-    score_second_half(&mut f, &segs, label)
+    score_second_half(&mut f, &segs, label, threshold_mv)
 }
 
 /// `model eval --recording DIR`: a recording made with `--record`, V and
 /// the applied current decimated to the model's step; AR fitted on the
 /// first half, everything scored on the second.
-pub fn eval_recording(model: &Path, dir: &Path) -> Result<Comparison, TrainError> {
+pub fn eval_recording(
+    model: &Path,
+    dir: &Path,
+    threshold_mv: Option<f64>,
+) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
     let r = crate::record::Recording::open(dir)
         .map_err(|e| TrainError::NotEnoughData(e.to_string()))?;
@@ -483,7 +507,7 @@ pub fn eval_recording(model: &Path, dir: &Path) -> Result<Comparison, TrainError
         })?;
     let s = Series::from_samples(r.v_mv(), r.applied(), dec, f.card().dt_ms);
     let label = format!("{}, second half", dir.display());
-    score_second_half(&mut f, &[s], label)
+    score_second_half(&mut f, &[s], label, threshold_mv)
 }
 
 /// `model eval --sim PRESET`: fresh simulated data (a seed the trainer does
@@ -496,8 +520,8 @@ pub fn eval_sim(
     model: &Path,
     sim: &SimConfig,
     max_amplitude: f64,
-    duration_ms: f64,
-    seed: u64,
+    (duration_ms, seed): (f64, u64),
+    threshold_mv: Option<f64>,
 ) -> Result<Comparison, TrainError> {
     let mut f = Forecaster::load(model, 32, Engine::Tract)?;
     let card = f.card().clone();
@@ -516,7 +540,7 @@ pub fn eval_sim(
         sim.preset,
         duration_ms / 1000.0
     );
-    score_second_half(&mut f, &[s], label)
+    score_second_half(&mut f, &[s], label, threshold_mv)
 }
 
 /// A forecaster as `compare` calls it: windows in, horizons out.
@@ -524,12 +548,16 @@ type ForecastFn<'a> = dyn FnMut(&[f32], usize, &mut [f32]) + 'a;
 
 /// Fit the AR baseline on the first half of `segs` (contiguous segments in
 /// time order), score the model and both baselines on the second half.
+/// The model's spikes are read at `threshold_mv`, else where its card says
+/// (a calibrated model), else at −20 mV.
 fn score_second_half(
     f: &mut Forecaster,
     segs: &[Series],
     label: String,
+    threshold_mv: Option<f64>,
 ) -> Result<Comparison, TrainError> {
     let card = f.card().clone();
+    let threshold_mv = threshold_mv.or(card.output.spike_threshold_mv);
     let (a, _, c) = segments::split_segments(segs, 0.5, 0.0, false);
     let norm = card.normalization;
     let fit_w = Windows::cut(&a, card.t_in, card.t_out, 2, &norm);
@@ -539,7 +567,16 @@ fn score_second_half(
             "{label}: too short for the model's window"
         )));
     }
-    let run = |model: &mut ForecastFn| compare(&label, card.dt_ms, &norm, &test_w, &fit_w, model);
+    let run = |model: &mut ForecastFn| {
+        compare(
+            &label,
+            card.dt_ms,
+            &norm,
+            (&test_w, &fit_w),
+            threshold_mv,
+            model,
+        )
+    };
     Ok(match batched_net(f, &test_w) {
         Some(net) => {
             let mut ws = net::Workspace::default();
