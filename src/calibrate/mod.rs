@@ -230,6 +230,10 @@ pub struct CandidateReport {
     pub train_windows: usize,
     /// RMS over horizon steps of the validation RMSE, mV (the choice).
     pub validation_rmse_mv: f64,
+    /// The AR blend's per-step gains (`train.ar_blend`, forward order),
+    /// fitted on the validation windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ar_blend_gains: Option<Vec<f32>>,
     /// Held-out figures (reported for both; only the chosen one is gated).
     pub heldout: Comparison,
 }
@@ -285,6 +289,10 @@ impl Calibration {
                 c.validation_rmse_mv,
                 crate::retrain::rms(&c.heldout.model.rmse_mv)
             ));
+            if let Some(g) = &c.ar_blend_gains {
+                let g: Vec<String> = g.iter().map(|g| format!("{g:.2}")).collect();
+                s.push_str(&format!("    AR blend gains per step (validation): {}\n", g.join(" ")));
+            }
         }
         s.push_str(&format!("chosen: {}\n", self.chosen));
         s.push_str(&self.heldout.table());
