@@ -494,12 +494,13 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         for p in cands.iter_mut() {
             // Reported only (the paired comparison in docs/calibration.md);
             // the held-out windows play no part in the blend.
-            let before = score(p, &p.hold_w, "before the AR blend").model.rmse_mv;
+            let before = score(p, &p.hold_w, "before the AR blend").model;
             blend_with_ar(p);
             tracing::info!(
                 target: "neurostimd::calibrate",
                 start = %p.label,
-                heldout_rmse_mv_before_blend = ?before,
+                heldout_rmse_mv_before_blend = ?before.rmse_mv,
+                heldout_spike_f1_before_blend = before.spikes.f1,
                 "AR blend applied"
             );
         }

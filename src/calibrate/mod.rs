@@ -291,7 +291,10 @@ impl Calibration {
             ));
             if let Some(g) = &c.ar_blend_gains {
                 let g: Vec<String> = g.iter().map(|g| format!("{g:.2}")).collect();
-                s.push_str(&format!("    AR blend gains per step (validation): {}\n", g.join(" ")));
+                s.push_str(&format!(
+                    "    AR blend gains per step (validation): {}\n",
+                    g.join(" ")
+                ));
             }
         }
         s.push_str(&format!("chosen: {}\n", self.chosen));

@@ -139,7 +139,13 @@ pub fn blend_gains(m: &[f32], a: &[f32], y: &[f32], t_out: usize) -> Vec<f32> {
     }
     num.iter()
         .zip(&den)
-        .map(|(n, d)| if *d > 0.0 { (n / d).clamp(0.0, 1.0) as f32 } else { 1.0 })
+        .map(|(n, d)| {
+            if *d > 0.0 {
+                (n / d).clamp(0.0, 1.0) as f32
+            } else {
+                1.0
+            }
+        })
         .collect()
 }
 

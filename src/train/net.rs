@@ -906,6 +906,16 @@ mod tests {
             (OutputOrder::Forward, Head::Linear, true, true),
         ] {
             let mut net = Net::with_head(2, 5, 4, 3, order, head, 11).with_residual(residual);
+            if weighted && !residual {
+                // The AR blend's per-step gain on the head, with a skip.
+                net.skip = Some(Skip {
+                    w: (0..(4 + 3) * 3 * 3)
+                        .map(|k| k as f32 * 0.01 - 0.3)
+                        .collect(),
+                    b: vec![0.1, -0.2, 0.05],
+                    gain: Some(vec![0.5, 0.0, 1.3]),
+                });
+            }
             let (x, y) = batch(&net, 3, 5);
             // The spike-aware loss: a weight per target (1 or 5 here).
             let wt: Vec<f32> = (0..y.len())
