@@ -154,6 +154,7 @@ fn dense_last(c: &mut Criterion) {
         }],
         residual: false,
         skip: None,
+        gain: None,
     };
     let mut lstm = NativeLstm::with_head(layers, head, t_in, t_out, 32);
     let observed = rnd_vec(2 * t_in, &mut seed, 1.5);

@@ -326,3 +326,47 @@ fn an_ar_skip_calibration_beats_ar_at_step_1_on_a_held_out_cell() {
     assert!(info.status.success(), "{info_text}");
     assert!(info_text.contains("native (encode once"), "{info_text}");
 }
+
+/// Calibration's AR blend (`train.ar_blend`) on the real-cell fixture: a
+/// short scratch calibration with the AR skip writes a model whose card
+/// names the blended head (so retraining does not fine-tune it as the
+/// plain linear one) and records one gain in [0, 1] per horizon step,
+/// fitted on the validation sweeps; the model runs on the native engine,
+/// which recognised the per-step gain. (The figures with a full budget are
+/// in docs/calibration.md; this checks the plumbing, not the accuracy.)
+#[test]
+fn an_ar_blend_calibration_records_its_gains_and_runs_natively() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("blend.onnx"), tmp.path().join("state"));
+    let mut c = bin();
+    c.arg("calibrate")
+        .arg("--data")
+        .arg(fixture())
+        .args(["--budget", "6s", "--start", "scratch"])
+        .args([
+            "--set",
+            "train.ar_skip=true",
+            "--set",
+            "train.ar_blend=true",
+        ])
+        .args(["--no-registry", "--out"])
+        .arg(&out);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    check_verdict(&o, &out.with_extension("evaluation.json"));
+    assert!(text(&o).contains("AR blend gains per step"), "{}", text(&o));
+    let card = json(&out.with_extension("json"));
+    assert_eq!(card["architecture"]["head"], "linear+ar_blend");
+    let gains = card["provenance"]["starts_tried"][0]["ar_blend_gains"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no gains on the card: {card}"));
+    assert_eq!(gains.len(), card["t_out"].as_u64().unwrap() as usize);
+    for g in gains {
+        let g = g.as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&g), "gain {g}");
+    }
+    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
+    let info_text = text(&info);
+    assert!(info.status.success(), "{info_text}");
+    assert!(info_text.contains("native (encode once"), "{info_text}");
+}

@@ -705,6 +705,66 @@ fn a_linear_skip_of_the_input_runs_natively() {
     assert!(max_diff(&y_plain, &y_tract) > 1e-2);
 }
 
+/// Calibration's AR blend (`train.ar_blend`): a constant per-step gain on
+/// the head before the linear skip's `Add` runs natively and equals tract
+/// and the network; without the gain the network says otherwise.
+#[test]
+fn a_per_step_gain_before_the_skip_runs_natively() {
+    use neurostimd::train::net::{Net, Skip, Workspace};
+    let src = fixture(FIXTURES[0]);
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(card_path(&src)).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (t_in, t_out) = (10, 4);
+    let rows = (t_in + t_out) * 3;
+    let w: Vec<f32> = (0..rows * t_out)
+        .map(|k| ((k * 29) % 13) as f32 * 0.01 - 0.06)
+        .collect();
+    let b: Vec<f32> = (0..t_out).map(|j| 0.2 - j as f32 * 0.05).collect();
+    for order in [OutputOrder::Reversed, OutputOrder::Forward] {
+        let mut net = Net::new(1, 8, t_in, t_out, order, 9);
+        let mut skip = Skip::from_forward(&w, &b, t_out, order);
+        // Gain 0 at one step: that step is the skip alone.
+        skip.gain = Some(vec![0.0, 0.35, 1.0, 0.8]);
+        net.skip = Some(skip);
+        let path = dir.path().join(format!("blend-{order:?}.onnx"));
+        card["output"]["order"] = serde_json::to_value(order).unwrap();
+        card["architecture"]["layers"] = 1.into();
+        card["architecture"]["head"] = "linear+ar_blend".into();
+        let (mut native, mut plain) = on_both_engines(&net, &path, card.clone(), "gain");
+        let v: Vec<f32> = (0..t_in).map(|t| -60.0 + (t % 4) as f32 * 10.0).collect();
+        let i: Vec<f32> = (0..t_in).map(|t| (t % 3) as f32 - 1.0).collect();
+        let plans: Vec<f32> = (0..5 * t_out).map(|j| (j % 5) as f32 - 2.0).collect();
+        let (mut a, mut c) = (vec![0.0; 5 * t_out], vec![0.0; 5 * t_out]);
+        native.forecast(&v, &i, &plans, 5, &mut a).unwrap();
+        plain.forecast(&v, &i, &plans, 5, &mut c).unwrap();
+        assert!(max_diff(&a, &c) < 1e-3, "{order:?}: {a:?} vs {c:?}");
+        let steps = t_in + t_out;
+        let x: Vec<f32> = (0..3 * steps * 3)
+            .map(|k| ((k * 11) % 9) as f32 * 0.15 - 0.6)
+            .collect();
+        let y_tract = plain.run_raw(3, &x).unwrap();
+        let y_native = native.run_raw(3, &x).unwrap();
+        let y_net = Workspace::default().forward(&net, &x, 3).to_vec();
+        assert!(max_diff(&y_net, &y_tract) < 1e-4, "{order:?}");
+        assert!(max_diff(&y_native, &y_tract) < 1e-4, "{order:?}");
+        // The gain-0 output (column 0: the gains are in the model's order)
+        // is the skip's map alone.
+        let mut skip_only = net.clone();
+        skip_only.head_w.fill(0.0);
+        skip_only.head_b = 0.0;
+        let y_skip = Workspace::default().forward(&skip_only, &x, 3).to_vec();
+        let col = 0;
+        for k in 0..3 {
+            let (p, q) = (y_tract[k * t_out + col], y_skip[k * t_out + col]);
+            assert!((p - q).abs() < 1e-5, "{order:?} window {k}: {p} vs {q}");
+        }
+        net.skip.as_mut().unwrap().gain = None;
+        let y_ungained = Workspace::default().forward(&net, &x, 3).to_vec();
+        assert!(max_diff(&y_ungained, &y_tract) > 1e-3, "{order:?}");
+    }
+}
+
 /// A calibrated model's forecast-spike threshold (card version 3) loads
 /// and reaches the card; it needs version 3 and a membrane potential.
 #[test]

@@ -34,6 +34,8 @@ struct Prepared {
     val_wt: Option<Vec<f32>>,
     epochs: usize,
     training_s: f64,
+    /// The AR blend's per-step gains (forward order), once fitted.
+    blend: Option<Vec<f32>>,
 }
 
 /// The chosen model and how it was chosen.
@@ -154,6 +156,7 @@ fn prepare(
         val_wt,
         epochs: 0,
         training_s: 0.0,
+        blend: None,
     })
 }
 
@@ -343,6 +346,83 @@ fn spike_threshold(p: &Prepared) -> Option<SpikeThreshold> {
     })
 }
 
+/// The network's normalised forecasts on `w`, `[windows][t_out]`, forward
+/// order.
+fn forward_preds(net: &Net, w: &Windows) -> Vec<f32> {
+    let mut ws = Workspace::default();
+    let (steps, t_out) = (net.t_in + net.t_out, net.t_out);
+    let mut out = Vec::with_capacity(w.len() * t_out);
+    for start in (0..w.len()).step_by(256) {
+        let b = 256.min(w.len() - start);
+        let y = ws.forward(net, &w.x[start * steps * 3..(start + b) * steps * 3], b);
+        for k in 0..b {
+            out.extend((0..t_out).map(|j| y[k * t_out + net.target_index(j)]));
+        }
+    }
+    out
+}
+
+/// The AR blend (`train.ar_blend`): the trained network becomes
+/// `AR_j + g_j·(net_j − AR_j)` per horizon step j, with AR the very
+/// baseline `compare` scores against (fitted on the training windows) and
+/// the gains fitted on the validation windows only
+/// ([`crate::train::baselines::blend_gains`]). In the network's terms: the
+/// head's output times `g`, plus a fixed linear map of the input that holds
+/// `g`·(the network's own skip or residual) + (1 − `g`)·AR, so the export
+/// is one constant `Mul` before the skip's `Add` (docs/model-contract.md).
+fn blend_with_ar(p: &mut Prepared) {
+    use crate::train::baselines::{blend_gains, LinearAr};
+    use crate::train::net::Skip;
+    let net = &p.net;
+    let (t_in, t_out) = (net.t_in, net.t_out);
+    if net.skip.as_ref().is_some_and(|s| s.gain.is_some()) {
+        return;
+    }
+    let ar = LinearAr::fit(&p.train_w, 10, 1e-6);
+    let m = forward_preds(net, &p.val_w);
+    let mut a = vec![0.0f32; m.len()];
+    for (k, out) in a.chunks_exact_mut(t_out).enumerate() {
+        ar.predict(p.val_w.example(k).0, out);
+    }
+    let g = blend_gains(&m, &a, &p.val_w.y, t_out);
+    let (aw, ab) = ar.linear_map();
+    let ar = Skip::from_forward(&aw, &ab, t_out, net.order);
+    // The network's own linear part, model order.
+    let mut own = net.skip.clone().unwrap_or(Skip {
+        w: vec![0.0; ar.w.len()],
+        b: vec![0.0; t_out],
+        gain: None,
+    });
+    if net.residual {
+        let r = (t_in - 1) * 3;
+        own.w[r * t_out..(r + 1) * t_out]
+            .iter_mut()
+            .for_each(|w| *w += 1.0);
+    }
+    let gain: Vec<f32> = (0..t_out).map(|c| g[net.target_index(c)]).collect();
+    let mix = |o: &[f32], a: &[f32]| -> Vec<f32> {
+        o.iter()
+            .zip(a)
+            .enumerate()
+            .map(|(i, (o, a))| gain[i % t_out] * o + (1.0 - gain[i % t_out]) * a)
+            .collect()
+    };
+    let skip = Skip {
+        w: mix(&own.w, &ar.w),
+        b: mix(&own.b, &ar.b),
+        gain: Some(gain.clone()),
+    };
+    p.net.skip = Some(skip);
+    p.net.residual = false;
+    tracing::info!(
+        target: "neurostimd::calibrate",
+        start = %p.label,
+        gains = ?g,
+        "AR blend: per-step gains fitted on the validation windows"
+    );
+    p.blend = Some(g);
+}
+
 /// Model and baselines on `w`, the AR baseline fitted on the training
 /// windows.
 fn score(p: &Prepared, w: &Windows, label: &str) -> Comparison {
@@ -410,6 +490,21 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         train_for(&mut cands[0], opts, all);
         0
     };
+    if opts.train.ar_blend {
+        for p in cands.iter_mut() {
+            // Reported only (the paired comparison in docs/calibration.md);
+            // the held-out windows play no part in the blend.
+            let before = score(p, &p.hold_w, "before the AR blend").model;
+            blend_with_ar(p);
+            tracing::info!(
+                target: "neurostimd::calibrate",
+                start = %p.label,
+                heldout_rmse_mv_before_blend = ?before.rmse_mv,
+                heldout_spike_f1_before_blend = before.spikes.f1,
+                "AR blend applied"
+            );
+        }
+    }
     let heldout_label = format!(
         "{}, held-out newest {:.0}%",
         data.label,
@@ -423,6 +518,7 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
             training_s: p.training_s,
             train_windows: p.train_w.len(),
             validation_rmse_mv: val_rmse(p),
+            ar_blend_gains: p.blend.clone(),
             heldout: score(p, &p.hold_w, &heldout_label),
         })
         .collect();
@@ -537,7 +633,10 @@ fn card_for(
     if net.skip.is_some() {
         // Not the plain per-step linear head: retraining must not fine-tune
         // it as one (it would drop the skip), and the card says so.
-        card.architecture.head = format!("{}+ar_skip", net.head().name());
+        card.architecture.head = match net.skip.as_ref().and_then(|s| s.gain.as_ref()) {
+            Some(_) => format!("{}+ar_blend", net.head().name()),
+            None => format!("{}+ar_skip", net.head().name()),
+        };
     }
     card.onnx_sha256 = sha256_hex(bytes);
     card.parent = o.parent.clone();
@@ -555,6 +654,7 @@ fn card_for(
         "starts_tried": o.reports.iter().map(|r| serde_json::json!({
             "start": r.start, "epochs": r.epochs, "training_s": r.training_s,
             "validation_rmse_mv": r.validation_rmse_mv,
+            "ar_blend_gains": r.ar_blend_gains,
         })).collect::<Vec<_>>(),
         "chosen_by": "lowest validation RMSE (RMS over horizon steps); the held-out data played no part in the choice",
         "budget_s": if opts.epochs.is_some() { serde_json::Value::Null } else { opts.budget_s.into() },

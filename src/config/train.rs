@@ -36,6 +36,10 @@ pub(super) struct RawTrain {
     /// fixed linear skip and learns the rest.
     #[serde(default)]
     pub(super) ar_skip: bool,
+    /// Calibration blends each start with the AR baseline per horizon step,
+    /// the gains fitted on validation windows.
+    #[serde(default)]
+    pub(super) ar_blend: bool,
     pub(super) data: RawTrainData,
 }
 
@@ -146,6 +150,7 @@ impl RawTrain {
             residual: t.residual,
             input_noise_mv: t.input_noise_mv,
             ar_skip: t.ar_skip,
+            ar_blend: t.ar_blend,
         })
     }
 }

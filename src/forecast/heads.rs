@@ -106,6 +106,10 @@ struct Features {
     /// A linear map of the whole input added to the outputs (weights
     /// `[steps·3][t_out]`, biases); nothing may follow it.
     skip: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per-step gains `[t_out]` (model order) multiplied into the complete
+    /// forecast before a skip is added (calibration's AR blend); only a
+    /// skip may follow them.
+    gain: Option<Vec<f32>>,
 }
 
 impl Features {
@@ -117,6 +121,7 @@ impl Features {
             biased: false,
             residual: false,
             skip: None,
+            gain: None,
         }
     }
 
@@ -299,6 +304,7 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
                 layers: f.head,
                 residual: f.residual,
                 skip: f.skip,
+                gain: f.gain,
             }
         }
         Val::Steps { from, to, .. } => {
@@ -314,6 +320,7 @@ pub fn recognise(proto: &pb::ModelProto, t_in: usize, t_out: usize) -> Result<Re
                 layers: f.head,
                 residual: f.residual,
                 skip: f.skip,
+                gain: f.gain,
             }
         }
         Val::Last(f) => {
@@ -384,6 +391,12 @@ impl Walk<'_> {
                     with_skip(y, w, b, self.steps - self.t_in)
                 }
                 _ => add(ins),
+            },
+            "Mul" => match (&ins[0], &ins[1]) {
+                (y, c) | (c, y) if y.tracked() && !c.tracked() => {
+                    gain(y, c, self.steps - self.t_in)
+                }
+                _ => Err("of two computed tensors".into()),
             },
             "Relu" => activate(&ins[0], Activation::Relu),
             "Tanh" => activate(&ins[0], Activation::Tanh),
@@ -782,6 +795,36 @@ fn add_skip(y: &Val, t_out: usize, what: &str, set: impl Fn(&mut Features)) -> R
     }
 }
 
+/// A constant per-step gain `[t_out]` (or one value) multiplied into a
+/// complete forecast `[batch, t_out]`: calibration's AR blend. Only a skip
+/// may follow it (the graph must then add one).
+fn gain(y: &Val, c: &Val, t_out: usize) -> Result<Val, String> {
+    let g = bias_of(c, t_out).ok_or("whose constant does not fit the forecast's width")?;
+    let scale = |f: &Features| -> Result<Features, String> {
+        if f.residual || f.skip.is_some() || f.gain.is_some() {
+            return Err("scales a forecast that already has a skip or a gain".into());
+        }
+        let mut f = f.clone();
+        f.gain = Some(g.clone());
+        Ok(f)
+    };
+    match y {
+        Val::Steps {
+            f,
+            layout: Layout::Squeezed,
+            from,
+            to,
+        } if to - from == t_out => Ok(Val::Steps {
+            f: scale(f)?,
+            layout: Layout::Squeezed,
+            from: *from,
+            to: *to,
+        }),
+        Val::Last(f) if f.width() == t_out && !f.head.is_empty() => Ok(Val::Last(scale(f)?)),
+        _ => Err("scales something other than a [batch, t_out] forecast".into()),
+    }
+}
+
 /// `Reshape(x, [-1, steps·3])` (or `[0, ...]`): the input flattened, for a
 /// linear skip.
 fn flatten(ins: &[Val], steps: usize) -> Result<Val, String> {
@@ -859,7 +902,7 @@ fn features_of(v: &Val) -> Option<Features> {
             ..
         }
         | Val::Last(f)
-            if !f.residual && f.skip.is_none() =>
+            if !f.residual && f.skip.is_none() && f.gain.is_none() =>
         {
             Some(f.clone())
         }

@@ -186,6 +186,10 @@ pub struct Head {
     /// that carries the AR baseline inside itself): `[(t_in + t_out)·3]
     /// [t_out]` weights and `[t_out]` biases, in the model's output order.
     pub skip: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per-step gains `[t_out]` (model order) on the head's outputs, applied
+    /// before the residual or the skip is added: calibration's AR blend
+    /// (`y = gain · head + skip`).
+    pub gain: Option<Vec<f32>>,
 }
 
 impl Head {
@@ -202,6 +206,7 @@ impl Head {
             }],
             residual: false,
             skip: None,
+            gain: None,
         }
     }
 
@@ -211,6 +216,7 @@ impl Head {
             .map(|d| d.wt.len() + d.bias.len())
             .sum::<usize>()
             + self.skip.as_ref().map_or(0, |(w, b)| w.len() + b.len())
+            + self.gain.as_ref().map_or(0, Vec::len)
     }
 
     /// Multiply–accumulates per head application.
@@ -237,7 +243,12 @@ impl Head {
             (false, Some(_)) => " + a linear map of the input (skip)",
             _ => "",
         };
-        format!("{} over {over}{skip}", layers.join(" -> "))
+        let gain = if self.gain.is_some() {
+            " x per-step gain"
+        } else {
+            ""
+        };
+        format!("{} over {over}{gain}{skip}", layers.join(" -> "))
     }
 }
 
@@ -466,6 +477,11 @@ impl NativeLstm {
             std::mem::swap(&mut self.seq_a, &mut self.seq_b);
         }
         self.apply_head(k, out);
+        if let Some(g) = &self.head.gain {
+            for o in out[..k * t_out].chunks_exact_mut(t_out) {
+                o.iter_mut().zip(g).for_each(|(o, g)| *o *= g);
+            }
+        }
         if self.head.residual {
             let last = observed[2 * (t_in - 1)];
             out[..k * t_out].iter_mut().for_each(|v| *v += last);
@@ -1222,12 +1238,14 @@ mod tests {
                     ],
                     residual: false,
                     skip: None,
+                    gain: None,
                 },
                 Head {
                     input: HeadInput::LastStep,
                     layers: vec![random_dense(&mut rnd, hidden, t_out, Activation::Identity)],
                     residual: false,
                     skip: None,
+                    gain: None,
                 },
                 Head {
                     input: HeadInput::LastStep,
@@ -1237,6 +1255,7 @@ mod tests {
                     ],
                     residual: false,
                     skip: None,
+                    gain: None,
                 },
             ];
             for head in heads {

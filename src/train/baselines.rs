@@ -115,6 +115,40 @@ impl LinearAr {
     }
 }
 
+/// Per-step blend gains of a model with the AR baseline: for each horizon
+/// step j, the `g_j` in [0, 1] minimising Σ (y − (a + g·(m − a)))² over the
+/// windows, in closed form `Σ (y − a)(m − a) / Σ (m − a)²`, clamped. `m`,
+/// `a`, `y`: model, AR and truth, `[windows][t_out]`, forward order. A step
+/// where the model adds nothing to AR gets 0 (the forecast is AR's), one
+/// where AR adds nothing to the model gets 1. Fitted on validation windows
+/// by calibration (`train.ar_blend`): the gains are 21 numbers chosen on
+/// data the network was not trained on, so they can undo what training
+/// over-fitted at a step.
+pub fn blend_gains(m: &[f32], a: &[f32], y: &[f32], t_out: usize) -> Vec<f32> {
+    let (mut num, mut den) = (vec![0.0f64; t_out], vec![0.0f64; t_out]);
+    for ((m, a), y) in m
+        .chunks_exact(t_out)
+        .zip(a.chunks_exact(t_out))
+        .zip(y.chunks_exact(t_out))
+    {
+        for j in 0..t_out {
+            let d = (m[j] - a[j]) as f64;
+            num[j] += (y[j] - a[j]) as f64 * d;
+            den[j] += d * d;
+        }
+    }
+    num.iter()
+        .zip(&den)
+        .map(|(n, d)| {
+            if *d > 0.0 {
+                (n / d).clamp(0.0, 1.0) as f32
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
 /// Lower-triangular L with L·Lᵀ = a (a symmetric positive definite).
 fn cholesky(a: &[f64], n: usize) -> Vec<f64> {
     let mut l = vec![0.0; n * n];
@@ -150,6 +184,27 @@ mod tests {
     use super::*;
     use crate::forecast::card::Normalization;
     use crate::train::dataset::Series;
+
+    #[test]
+    fn blend_gains_recover_the_mixture_and_clamp() {
+        // Truth = 0.3·model + 0.7·AR at step 0 exactly; at step 1 the model
+        // is anti-correlated with the truth's departure from AR (gain
+        // clamps to 0); at step 2 the truth is the model beyond AR (1).
+        let t_out = 3;
+        let (mut m, mut a, mut y) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..50 {
+            let (mk, ak) = ((k as f32 * 0.37).sin(), (k as f32 * 0.11).cos());
+            m.extend([mk, mk, mk]);
+            a.extend([ak, ak, ak]);
+            y.extend([0.3 * mk + 0.7 * ak, ak - (mk - ak), ak + 2.0 * (mk - ak)]);
+        }
+        let g = blend_gains(&m, &a, &y, t_out);
+        assert!((g[0] - 0.3).abs() < 1e-5, "{g:?}");
+        assert_eq!(g[1], 0.0);
+        assert_eq!(g[2], 1.0);
+        // No difference between model and AR: nothing to choose, gain 1.
+        assert_eq!(blend_gains(&[1.0], &[1.0], &[2.0], 1), vec![1.0]);
+    }
 
     #[test]
     fn ar_recovers_a_linear_system_exactly() {

@@ -333,7 +333,12 @@ fn head(net: &Net, nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorPro
     ));
     nodes.push(constant("/axes2", i64_tensor("", &[1], &[2])));
     let extra = net.residual || net.skip.is_some();
-    let squeezed = if extra { "/head/y" } else { "y" };
+    let gain = net.skip.as_ref().and_then(|s| s.gain.as_ref());
+    let squeezed = match (extra, gain) {
+        (_, Some(_)) => "/head/y_raw",
+        (true, None) => "/head/y",
+        (false, None) => "y",
+    };
     nodes.push(node(
         "Squeeze",
         "/Squeeze",
@@ -341,6 +346,18 @@ fn head(net: &Net, nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorPro
         &[squeezed],
         vec![],
     ));
+    if let Some(g) = gain {
+        // The AR blend's per-step gains: a constant `[t_out]` Mul on the
+        // squeezed head, before the skip's Add (`y = gain * head + skip`).
+        inits.push(f32_tensor("head.gain", &[net.t_out as i64], g));
+        nodes.push(node(
+            "Mul",
+            "/head/Mul",
+            &["/head/y_raw", "head.gain"],
+            &["/head/y"],
+            vec![],
+        ));
+    }
     match (&net.skip, net.residual) {
         (Some(_), _) => skip(net, nodes, inits),
         (None, true) => residual(nodes, net.t_in as i64),

@@ -84,6 +84,12 @@ pub struct Skip {
     pub w: Vec<f32>,
     /// `[t_out]`, in the model's output order.
     pub b: Vec<f32>,
+    /// Per-step gains on the head's output before the map is added
+    /// (`[t_out]`, model order): `y_j = gain_j · head_j + skip_j(x)`. Set by
+    /// calibration's AR blend (`train.ar_blend`), which chooses, on
+    /// validation windows, how much of the network to trust at each
+    /// horizon step against the AR baseline; `None` is gain 1 everywhere.
+    pub gain: Option<Vec<f32>>,
 }
 
 impl Skip {
@@ -98,6 +104,7 @@ impl Skip {
         let mut out = Skip {
             w: vec![0.0; w.len()],
             b: vec![0.0; t_out],
+            gain: None,
         };
         for r in 0..rows {
             for j in 0..t_out {
@@ -468,6 +475,11 @@ impl Workspace {
             self.forward_layer::<FMA>(layer, l, t_total, batch);
         }
         self.forward_head::<FMA>(net, batch);
+        if let Some(g) = net.skip.as_ref().and_then(|s| s.gain.as_ref()) {
+            for out in self.out[..batch * net.t_out].chunks_exact_mut(net.t_out) {
+                out.iter_mut().zip(g).for_each(|(o, g)| *o *= g);
+            }
+        }
         if net.residual {
             for b in 0..batch {
                 let last = x[(b * t_total + net.t_in - 1) * 3];
@@ -673,13 +685,15 @@ impl Workspace {
         let n = (batch * t_out) as f32;
         let mut loss = 0.0f64;
         let top = &self.caches[net.layers.len() - 1].h;
+        let gain = net.skip.as_ref().and_then(|s| s.gain.as_deref());
         for b in 0..batch {
             for j in 0..t_out {
                 let target = b * t_out + net.target_index(j);
                 let weight = w.map_or(1.0, |w| w[target]);
                 let e = self.out[b * t_out + j] - y[target];
                 loss += (weight * e * e) as f64;
-                let ds = 2.0 * weight * e / n;
+                // dL/d(head output): the skip's gain scales it.
+                let ds = 2.0 * weight * e / n * gain.map_or(1.0, |g| g[j]);
                 grad.head_b += ds;
                 let t = t_in + j;
                 let h = &top[(t * batch + b) * hd_top..(t * batch + b + 1) * hd_top];
@@ -892,6 +906,16 @@ mod tests {
             (OutputOrder::Forward, Head::Linear, true, true),
         ] {
             let mut net = Net::with_head(2, 5, 4, 3, order, head, 11).with_residual(residual);
+            if weighted && !residual {
+                // The AR blend's per-step gain on the head, with a skip.
+                net.skip = Some(Skip {
+                    w: (0..(4 + 3) * 3 * 3)
+                        .map(|k| k as f32 * 0.01 - 0.3)
+                        .collect(),
+                    b: vec![0.1, -0.2, 0.05],
+                    gain: Some(vec![0.5, 0.0, 1.3]),
+                });
+            }
             let (x, y) = batch(&net, 3, 5);
             // The spike-aware loss: a weight per target (1 or 5 here).
             let wt: Vec<f32> = (0..y.len())

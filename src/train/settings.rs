@@ -47,4 +47,10 @@ pub struct TrainConfig {
     /// linear skip (`net::Skip`), so it starts at AR and the LSTM learns
     /// what AR misses.
     pub ar_skip: bool,
+    /// `train.ar_blend`: after training, calibration replaces each start's
+    /// forecast by `AR_j + g_j·(model_j − AR_j)` per horizon step j, with
+    /// `g_j` in [0, 1] fitted by least squares on the validation windows
+    /// (never the held-out ones), so a step where the network does not help
+    /// falls back towards the AR baseline (`net::Skip::gain`).
+    pub ar_blend: bool,
 }
