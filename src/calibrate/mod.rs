@@ -465,6 +465,7 @@ mod tests {
         Comparison {
             data: "test".into(),
             dt_ms: 0.5,
+            model_spike_threshold_mv: -20.0,
             model: h(m),
             persistence: h(p),
             ar: h(a),
