@@ -56,6 +56,14 @@ PULSES = {
     "pid.pulse_width": ['"0.5 ms"', '"1 ms"'],
     "pid.pulse_hold": [f'"{x} uA/cm2"' for x in (-1, -0.5, 0)],
 }
+# Spike-triggered pulses against bursts (a pulse burst_pulse_delay after
+# each detected spike), within MPC's ±6 uA/cm2 planning range.
+BURST_PULSE = {
+    "pid.burst_pulse": [f'"{x} uA/cm2"' for x in (-2, -4, -6)],
+    "pid.burst_pulse_delay": [f'"{x} ms"' for x in (0, 0.5, 1, 2)],
+    "pid.burst_pulse_width": [f'"{x} ms"' for x in (1, 2, 4, 8)],
+    "pid.burst_hold": [f'"{x} uA/cm2"' for x in (-0.5, 0, 0.5)],
+}
 # The feed-forward map's currents are identified at these constant levels,
 # and listed at these rates.
 FF_LEVELS = [x / 4 for x in range(-8, 13)]
@@ -75,7 +83,8 @@ PLAN = {
     "rate_unseen": [("pi", "pid", RATE_PI), ("pi+ff", "ff", RATE_PI_FF)],
     "burst": [("pi", "pid", BURST_PI), ("dc", "open", DC)],
     "delay": [("pi", "pid", BURST_PI), ("dc", "open", DC)],
-    "burst_unseen": [("pi", "pid", BURST_PI), ("dc", "open", DC)],
+    "burst_unseen": [("pi", "pid", BURST_PI), ("dc", "open", DC),
+                     ("pulse", "pid", BURST_PULSE)],
     "voltage": [("pid", "pid", VOLTAGE_PID)],
     "silence": [("pid", "pid", SILENCE_PID), ("dc", "open", DC_SILENCE)],
     "timing": [("pulses", "pid", PULSES)],

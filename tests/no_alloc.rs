@@ -113,12 +113,21 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
     use neurostimd::control::{self, RunSetup, LATENCY_TAGS};
     use neurostimd::report::IntervalLogThread;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for policy in ["mpc", "pid"] {
+    // The rate PI, and the spike-triggered pulses of `burst` (a spike
+    // re-arms the pulse every few ms on the bursting cell).
+    let pulses = "objective = \"burst\"\n";
+    let pulses_more = "[pid]\nburst_pulse = \"-6 uA/cm2\"\n[plant.sim]\npreset = \"bursting\"\n";
+    for (policy, control_more, more) in [
+        ("mpc", "", "[plant.sim]\n"),
+        ("pid", "", "[plant.sim]\n"),
+        ("pid", pulses, pulses_more),
+    ] {
         let count = |seconds: f64| {
             let text = format!(
                 "[run]\nclock = \"free\"\n[control]\npolicy = \"{policy}\"\nmodel = \"{}\"\n\
+                 {control_more}\
                  [control.realtime]\nmlockall = false\npriority = 0\ncpu = \"none\"\n\
-                 [plant.sim]\nnoise_sd = \"0.2 mV\"\n",
+                 {more}noise_sd = \"0.2 mV\"\n",
                 root.join("models/ca1_lstm.onnx").display()
             );
             let cfg = Config::from_str_named("t.toml", &text).unwrap();

@@ -151,6 +151,10 @@ pub(super) struct RawPid {
     pub(super) pulse_lead: Quantity<Time>,
     pub(super) pulse_width: Quantity<Time>,
     pub(super) pulse_hold: Quantity<Current>,
+    pub(super) burst_pulse: Quantity<Current>,
+    pub(super) burst_pulse_delay: Quantity<Time>,
+    pub(super) burst_pulse_width: Quantity<Time>,
+    pub(super) burst_hold: Quantity<Current>,
 }
 
 /// `[control]` and the sections its policy reads.
@@ -471,12 +475,16 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         ("pid.pulse_amplitude", p.pulse_amplitude.get()),
         ("pid.pulse_lead", p.pulse_lead.get()),
         ("pid.rate_ff_tau", p.rate_ff_tau.get()),
+        ("pid.burst_pulse_delay", p.burst_pulse_delay.get()),
     ] {
         non_negative(v).map_err(|e| cx.err(key, e))?;
     }
     positive(p.rate_tau.get()).map_err(|e| cx.err("pid.rate_tau", e))?;
     positive(p.pulse_width.get()).map_err(|e| cx.err("pid.pulse_width", e))?;
     finite(p.pulse_hold.get()).map_err(|e| cx.err("pid.pulse_hold", e))?;
+    positive(p.burst_pulse_width.get()).map_err(|e| cx.err("pid.burst_pulse_width", e))?;
+    finite(p.burst_pulse.get()).map_err(|e| cx.err("pid.burst_pulse", e))?;
+    finite(p.burst_hold.get()).map_err(|e| cx.err("pid.burst_hold", e))?;
     let points: Vec<(f64, f64)> = p.rate_ff.iter().map(|q| (q[0], q[1])).collect();
     let rate_ff =
         crate::policy::pid::FeedForward::new(&points).map_err(|m| cx.err("pid.rate_ff", m))?;
@@ -495,5 +503,9 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         pulse_lead_ms: p.pulse_lead.get(),
         pulse_width_ms: p.pulse_width.get(),
         pulse_hold: p.pulse_hold.get(),
+        burst_pulse: p.burst_pulse.get(),
+        burst_pulse_delay_ms: p.burst_pulse_delay.get(),
+        burst_pulse_width_ms: p.burst_pulse_width.get(),
+        burst_hold: p.burst_hold.get(),
     })
 }

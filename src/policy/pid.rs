@@ -17,6 +17,12 @@
 //!   rectangular pulse per target spike, starting `pulse_lead` before it,
 //!   on top of a constant holding current (negative: keeps a spontaneously
 //!   firing cell quiet between targets).
+//! - Spike-triggered pulses for `burst` (`pid.burst_pulse` non-zero, in
+//!   place of the rate PI): what a lab tries against a burst, one pulse of
+//!   `burst_pulse` (negative: hyperpolarising) for `burst_pulse_width`,
+//!   starting `burst_pulse_delay` after each detected spike, over a holding
+//!   current `burst_hold`. It aims at the depolarising after-potential that
+//!   carries a burst's first spike into its second.
 //!
 //! Outputs are requests: the safety limiter still applies. The integrators
 //! stop integrating while the output is saturated at the amplitude limit
@@ -60,6 +66,15 @@ pub struct PidGains {
     pub pulse_width_ms: f64,
     /// `timing`: current between pulses, µA/cm².
     pub pulse_hold: f64,
+    /// `burst`: the spike-triggered pulse, µA/cm² (signed); 0: no pulses,
+    /// the rate PI instead.
+    pub burst_pulse: f64,
+    /// `burst`: the pulse starts this long after the detected spike, ms.
+    pub burst_pulse_delay_ms: f64,
+    /// `burst`: pulse width, ms.
+    pub burst_pulse_width_ms: f64,
+    /// `burst`: current between pulses, µA/cm².
+    pub burst_hold: f64,
 }
 
 /// A static map from target rate (Hz) to current (µA/cm²): piecewise
@@ -137,6 +152,7 @@ pub enum Baseline {
     RatePi(RatePi),
     VoltagePid(VoltagePid),
     Pulses(Pulses),
+    SpikePulse(SpikePulse),
     /// A precomputed request sequence (calibration's excitation).
     Script(Script),
 }
@@ -170,6 +186,9 @@ impl Baseline {
     /// The baseline `pid` means for `objective`.
     pub fn pid_for(objective: &Objective, gains: &PidGains, dt_ms: f64, limit: f64) -> Baseline {
         match objective.kind {
+            ObjectiveKind::Burst if gains.burst_pulse != 0.0 => {
+                Baseline::SpikePulse(SpikePulse::new(*gains, limit))
+            }
             ObjectiveKind::Rate | ObjectiveKind::Burst => {
                 Baseline::RatePi(RatePi::new(*gains, *objective, dt_ms, limit))
             }
@@ -190,6 +209,7 @@ impl Baseline {
             Baseline::RatePi(c) => c.step(t_ms, spiked),
             Baseline::VoltagePid(c) => c.step(t_ms, v_mv),
             Baseline::Pulses(c) => c.step(t_ms),
+            Baseline::SpikePulse(c) => c.step(t_ms, spiked),
             Baseline::Script(s) => s.at(t_ms),
         }
     }
@@ -303,6 +323,43 @@ impl Pulses {
     }
 }
 
+/// One pulse after each detected spike, over a holding current. A spike
+/// during a pending or running pulse re-arms it from that spike: a burst
+/// that got through is met again after its latest spike.
+#[derive(Clone, Debug)]
+pub struct SpikePulse {
+    gains: PidGains,
+    limit: f64,
+    /// The latest detected spike, ms.
+    last_spike: Option<f64>,
+}
+
+impl SpikePulse {
+    pub fn new(gains: PidGains, limit: f64) -> SpikePulse {
+        SpikePulse {
+            gains,
+            limit,
+            last_spike: None,
+        }
+    }
+
+    #[inline]
+    pub fn step(&mut self, t_ms: f64, spiked: bool) -> f64 {
+        if spiked {
+            self.last_spike = Some(t_ms);
+        }
+        let g = &self.gains;
+        // Half a sample of slack: sample times are sums of floats.
+        let on = self.last_spike.is_some_and(|s| {
+            let since = t_ms - s;
+            since >= g.burst_pulse_delay_ms - 1e-9
+                && since < g.burst_pulse_delay_ms + g.burst_pulse_width_ms - 1e-9
+        });
+        let u = if on { g.burst_pulse } else { g.burst_hold };
+        u.clamp(-self.limit, self.limit)
+    }
+}
+
 /// PID on the membrane potential, derivative on the measurement (no kick
 /// when the reference steps).
 #[derive(Clone, Debug)]
@@ -377,6 +434,10 @@ mod tests {
             pulse_lead_ms: 2.0,
             pulse_width_ms: 1.0,
             pulse_hold: -0.5,
+            burst_pulse: 0.0,
+            burst_pulse_delay_ms: 1.0,
+            burst_pulse_width_ms: 2.0,
+            burst_hold: 0.5,
         }
     }
 
@@ -416,6 +477,28 @@ mod tests {
         assert_eq!(on.len(), 3 * 10, "{on:?}");
         assert_eq!((on[0], on[10], on[29]), (30, 980, 2989));
         assert!(u.iter().all(|&x| x == 4.0 || x == -0.5));
+    }
+
+    #[test]
+    fn spike_pulses_follow_each_spike_over_the_holding_current() {
+        let mut g = gains();
+        g.burst_pulse = -6.0;
+        let b = Baseline::pid_for(&objective(ObjectiveKind::Burst), &g, 0.1, 5.0);
+        let Baseline::SpikePulse(mut p) = b else {
+            panic!("burst with a pulse is not the spike pulse: {b:?}");
+        };
+        // Spikes at 10 ms and 50 ms; delay 1 ms, width 2 ms: on over
+        // [11, 13) and [51, 53), clamped to the 5 µA/cm² limit.
+        let u: Vec<f64> = (0..1000)
+            .map(|k| p.step(k as f64 * 0.1, k == 100 || k == 500))
+            .collect();
+        let on: Vec<usize> = (0..u.len()).filter(|&k| u[k] == -5.0).collect();
+        assert_eq!(on.len(), 2 * 20, "{on:?}");
+        assert_eq!((on[0], on[19], on[20], on[39]), (110, 129, 510, 529));
+        assert!(u.iter().all(|&x| x == -5.0 || x == 0.5));
+        // Without a pulse, burst still means the rate PI.
+        let b = Baseline::pid_for(&objective(ObjectiveKind::Burst), &gains(), 0.1, 5.0);
+        assert!(matches!(b, Baseline::RatePi(_)));
     }
 
     #[test]
