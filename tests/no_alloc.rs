@@ -118,7 +118,12 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
     let pulses = "objective = \"burst\"\n";
     let pulses_more = "[pid]\nburst_pulse = \"-6 uA/cm2\"\n[plant.sim]\npreset = \"bursting\"\n";
     for (policy, control_more, more) in [
-        ("mpc", "", "[plant.sim]\n"),
+        // MPC with the spike reflex replacing its plans after each spike.
+        (
+            "mpc",
+            "",
+            "[control.feedback]\nspike_pulse = \"-6 uA/cm2\"\n[plant.sim]\n",
+        ),
         ("pid", "", "[plant.sim]\n"),
         ("pid", pulses, pulses_more),
     ] {
@@ -196,6 +201,9 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
             assert!(s11.plans_adopted > 5_000, "{} plans", s11.plans_adopted);
             assert_eq!(s11.plan_misses, 0);
             assert!(s11.charge_delivered_nc_cm2 > 0.0);
+            // The reflex really replaced plans (the regular cell fires).
+            let fed = s11.guard.as_ref().map_or(0, |g| g.feedback_samples);
+            assert!(fed > 0, "the spike reflex never ran");
         }
         assert_eq!(
             n1,

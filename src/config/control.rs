@@ -42,6 +42,9 @@ pub(super) struct RawFeedback {
     pub(super) max_correction: Quantity<Current>,
     pub(super) max_deviation: Quantity<Voltage>,
     pub(super) ceiling: Quantity<Voltage>,
+    pub(super) spike_pulse: Quantity<Current>,
+    pub(super) spike_pulse_delay: Quantity<Time>,
+    pub(super) spike_pulse_width: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +277,21 @@ fn feedback(
     }
     positive(f.max_deviation.get()).map_err(|m| cx.err("control.feedback.max_deviation", m))?;
     finite(f.ceiling.get()).map_err(|m| cx.err("control.feedback.ceiling", m))?;
+    let pulse = f.spike_pulse.get();
+    finite(pulse).map_err(|m| cx.err("control.feedback.spike_pulse", m))?;
+    if pulse.abs() > safety.max_amplitude {
+        return Err(cx.err(
+            "control.feedback.spike_pulse",
+            format!(
+                "|{pulse}| uA/cm2 exceeds safety.max_amplitude ({})",
+                safety.max_amplitude
+            ),
+        ));
+    }
+    non_negative(f.spike_pulse_delay.get())
+        .map_err(|m| cx.err("control.feedback.spike_pulse_delay", m))?;
+    positive(f.spike_pulse_width.get())
+        .map_err(|m| cx.err("control.feedback.spike_pulse_width", m))?;
     Ok(crate::policy::mpc::FeedbackConfig {
         gain: f.gain,
         integral_gain: f.integral_gain,
@@ -281,6 +299,9 @@ fn feedback(
         max_correction: max,
         max_deviation_mv: f.max_deviation.get(),
         ceiling_mv: f.ceiling.get(),
+        spike_pulse: pulse,
+        spike_pulse_delay_ms: f.spike_pulse_delay.get(),
+        spike_pulse_width_ms: f.spike_pulse_width.get(),
     })
 }
 

@@ -827,6 +827,43 @@ mod tests {
         assert!(msg.contains("is not a time"), "{msg}");
     }
 
+    /// The spike reflex is off by default and its keys are checked by name.
+    #[test]
+    fn the_spike_reflex_is_off_by_default_and_bounded() {
+        assert_eq!(Config::defaults().control.feedback.spike_pulse, 0.0);
+        for (text, key) in [
+            (
+                "spike_pulse = \"-11 uA/cm2\"",
+                "control.feedback.spike_pulse",
+            ),
+            (
+                "spike_pulse_width = \"0 ms\"",
+                "control.feedback.spike_pulse_width",
+            ),
+            (
+                "spike_pulse_delay = \"-1 ms\"",
+                "control.feedback.spike_pulse_delay",
+            ),
+        ] {
+            let e = invalid(&format!("[control.feedback]\n{text}\n"));
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+        let c = Config::from_str_named(
+            "t.toml",
+            "[control.feedback]\nspike_pulse = \"-6 uA/cm2\"\nspike_pulse_width = \"2 ms\"\n",
+        )
+        .unwrap();
+        let f = c.control.feedback;
+        assert_eq!(
+            (
+                f.spike_pulse,
+                f.spike_pulse_delay_ms,
+                f.spike_pulse_width_ms
+            ),
+            (-6.0, 0.5, 2.0)
+        );
+    }
+
     #[test]
     fn negative_conductance_is_refused() {
         let e = invalid("[plant.sim.overrides]\ng_m = -0.5\n");

@@ -463,10 +463,37 @@ impl Decider {
                 }
             }
         };
-        match deviation {
+        let u = match deviation {
             Some(dev) => self.correct(u, dev),
             None => u,
+        };
+        if fault.is_none() {
+            self.spike_reflex(u)
+        } else {
+            u
         }
+    }
+
+    /// The plan's current `u`, or the spike reflex's pulse while it runs
+    /// (`control.feedback.spike_pulse`): from its delay after the latest
+    /// detected spike, for its width, clipped to MPC's amplitude.
+    fn spike_reflex(&mut self, u: f64) -> f64 {
+        let f = &self.feedback;
+        if f.spike_pulse == 0.0 {
+            return u;
+        }
+        let since = self.last_t_ms - self.last_spike_ms;
+        // A little slack: sample times are sums of floats.
+        let on = since >= f.spike_pulse_delay_ms - 1e-9
+            && since < f.spike_pulse_delay_ms + f.spike_pulse_width_ms - 1e-9;
+        if !on {
+            return u;
+        }
+        let out = f.spike_pulse.clamp(-self.mpc_amplitude, self.mpc_amplitude);
+        if out != u {
+            self.counters.feedback_samples += 1;
+        }
+        out
     }
 
     /// The plan's current `u` corrected for the deviation `dev` (mV, what
@@ -773,6 +800,9 @@ mod tests {
             max_correction: 2.0,
             max_deviation_mv: 3.0,
             ceiling_mv: -50.0,
+            spike_pulse: 0.0,
+            spike_pulse_delay_ms: 0.5,
+            spike_pulse_width_ms: 1.0,
         };
         let mut p = plan(0, &[0.0; 2000]);
         p.expected = vec![-60.0; 400];
@@ -805,6 +835,55 @@ mod tests {
         // A spike: the plan no longer describes the cell, the sum restarts.
         at(&mut d, 1004, 20.0);
         assert_eq!(d.feedback_integral, 0.0);
+    }
+
+    /// The spike reflex replaces the plan's current from its delay after a
+    /// detected spike for its width (at 0.1 ms samples: 0.5 ms = samples
+    /// 5-14 after the spike's), then the plan drives again; a fault still
+    /// zeroes the request.
+    #[test]
+    fn the_spike_reflex_pulses_after_each_spike_then_hands_back_to_the_plan() {
+        let t = PlanTiming {
+            decimation: 5,
+            steps_per_period: 4,
+            delay_samples: 0,
+            pool: 4,
+        };
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        d.feedback.spike_pulse = -6.0;
+        d.feedback.spike_pulse_delay_ms = 0.5;
+        d.feedback.spike_pulse_width_ms = 1.0;
+        d.receive(plan(0, &[1.0; 400]), 0);
+        let mut at = |k: u64, v: f64| d.tick(&sample(k, v), |_| {}, |_| {}).record.requested;
+        for k in 1..10 {
+            assert_eq!(at(k, -65.0), 1.0, "no spike yet: the plan drives");
+        }
+        // The spike is detected on its upward crossing at sample 10.
+        let mut out = Vec::new();
+        for k in 10..40 {
+            out.push(at(k, if k < 12 { 10.0 } else { -65.0 }));
+        }
+        let pulsed: Vec<usize> = (0..out.len()).filter(|&i| out[i] == -6.0).collect();
+        assert_eq!(pulsed, (5..15).collect::<Vec<_>>(), "{out:?}");
+        assert!(out[..5].iter().all(|&u| u <= 0.0), "{out:?}");
+        // After it, the plan made before the spike: its depolarising
+        // current is withheld (it knew nothing of the spike).
+        assert!(out[15..].iter().all(|&u| u == 0.0), "{out:?}");
+        // A plan made after the spike drives again.
+        d.receive(plan(40, &[1.0; 400]), 40);
+        let mut at = |k: u64, v: f64| d.tick(&sample(k, v), |_| {}, |_| {}).record.requested;
+        for k in 40..45 {
+            at(k, -65.0);
+        }
+        assert_eq!(at(45, -65.0), 1.0);
+        // Off (0): no pulse after a spike.
+        d.feedback.spike_pulse = 0.0;
+        d.receive(plan(60, &[1.0; 400]), 60);
+        let mut at = |k: u64, v: f64| d.tick(&sample(k, v), |_| {}, |_| {}).record.requested;
+        at(60, 10.0);
+        for k in 61..80 {
+            assert_ne!(at(k, -65.0), -6.0);
+        }
     }
 
     #[test]

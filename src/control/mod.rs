@@ -225,7 +225,8 @@ pub struct GuardSummary {
     /// Samples the fallback drove, and whether it drove at the end.
     pub fallback_samples: u64,
     pub in_fallback_at_end: bool,
-    /// Samples on which the feedback between plans corrected the plan.
+    /// Samples on which the feedback between plans (or the spike reflex)
+    /// changed the plan's current.
     pub feedback_samples: u64,
     /// What the guard judged by, and each decision with its reason.
     pub judged: Option<guard::GuardReport>,

@@ -172,6 +172,13 @@ pub struct FeedbackConfig {
     /// No correction when the prediction or the measurement is above this,
     /// mV (within a spike the deviation is one of timing).
     pub ceiling_mv: f64,
+    /// The spike reflex: the current that replaces the plan's from
+    /// `spike_pulse_delay_ms` after each detected spike for
+    /// `spike_pulse_width_ms`, µA/cm² (0: off). A plan acts a compute delay
+    /// after its snapshot, too late to meet a burst's after-potential.
+    pub spike_pulse: f64,
+    pub spike_pulse_delay_ms: f64,
+    pub spike_pulse_width_ms: f64,
 }
 
 /// What the feedback between plans holds V to (`control.feedback.target`).
