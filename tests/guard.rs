@@ -188,8 +188,22 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
 
 /// `neurostimd scenarios` on one seed of `burst_unseen`, MPC and no
 /// stimulation, with `extra` arguments; (MPC's seed result, off's error).
+///
+/// These tests are about what the guard does with MPC's own plans: MPC's
+/// spike reflex (the scenario's `control.feedback.spike_pulse`) is off,
+/// since it changes what those plans do to the cell, and the probation
+/// start is one window, as the scenario had it before the reflex (with the
+/// reflex the scenario starts MPC at once; docs/control.md). A later
+/// `--set` of the same key in `extra` wins.
 fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
-    scenario("burst_unseen", seed, extra)
+    let mut args = vec![
+        "--set",
+        "control.feedback.spike_pulse=\"0 uA/cm2\"",
+        "--set",
+        "control.guard.probation=\"1 s\"",
+    ];
+    args.extend(extra);
+    scenario("burst_unseen", seed, &args)
 }
 
 /// `neurostimd scenarios` on one seed of scenario `name`, MPC and no
