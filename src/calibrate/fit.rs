@@ -296,23 +296,17 @@ const SPIKE_THRESHOLDS: [f64; 13] = [
 /// The model's forecasts on `w` in forward order (mV), with each window's
 /// last observed V and its truth (mV).
 fn forecasts_mv(p: &Prepared, w: &Windows) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut ws = Workspace::default();
-    let (t_in, t_out) = (p.net.t_in, p.net.t_out);
+    let t_in = p.net.t_in;
     let (vm, vs) = (p.norm.v_mean as f32, p.norm.v_std as f32);
-    let steps = t_in + t_out;
-    let (mut last, mut pred, mut truth) = (Vec::new(), Vec::new(), Vec::new());
-    let chunk = 256;
-    let mut start = 0;
-    while start < w.len() {
-        let b = chunk.min(w.len() - start);
-        let y = ws.forward(&p.net, &w.x[start * steps * 3..(start + b) * steps * 3], b);
-        for k in 0..b {
-            let (x, yt) = w.example(start + k);
-            last.push(x[(t_in - 1) * 3] * vs + vm);
-            pred.extend((0..t_out).map(|j| y[k * t_out + p.net.target_index(j)] * vs + vm));
-            truth.extend(yt.iter().map(|v| v * vs + vm));
-        }
-        start += b;
+    let pred = forward_preds(&p.net, w)
+        .iter()
+        .map(|v| v * vs + vm)
+        .collect();
+    let (mut last, mut truth) = (Vec::with_capacity(w.len()), Vec::new());
+    for k in 0..w.len() {
+        let (x, yt) = w.example(k);
+        last.push(x[(t_in - 1) * 3] * vs + vm);
+        truth.extend(yt.iter().map(|v| v * vs + vm));
     }
     (last, pred, truth)
 }
