@@ -645,6 +645,7 @@ mod tests {
             command: 0.0,
             cause: None,
             forecast: f32::NAN,
+            off_plan: false,
         }
     }
 
