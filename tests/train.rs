@@ -419,3 +419,30 @@ fn the_family_model_is_what_its_card_says() {
         &repo("models/ca1_lstm_family.expected.npy"),
     );
 }
+
+/// The spike-aware preset recipe (issue 16, docs/calibration.md): it
+/// warm-starts from the family base model with the spike-weighted loss on
+/// the nominal presets, and the family model fits its `[train]` (the check
+/// `train` makes before simulating anything).
+#[test]
+fn the_spike_recipe_warm_starts_from_the_family_model() {
+    let c = neurostimd::config::Config::load_layered(
+        Some(&repo("config/train-ca1-spike.toml")),
+        &toml::Table::new(),
+    )
+    .unwrap();
+    assert!(c.train.spike_weight.is_some());
+    assert!(c.train.sources.iter().all(|s| s.sim.cell.is_none()));
+    let mut train = c.train.clone();
+    train.init = Some(neurostimd::forecast::ModelSource::File(repo(
+        "models/ca1_lstm_family.onnx",
+    )));
+    assert_eq!(
+        c.train.init.as_ref().map(|m| m.name()).as_deref(),
+        Some("models/ca1_lstm_family.onnx")
+    );
+    let warm = neurostimd::train::warm_start_for(&train)
+        .unwrap()
+        .expect("a warm start");
+    assert_eq!(warm.card.name, "ca1_lstm_family");
+}
