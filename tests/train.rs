@@ -226,6 +226,82 @@ fn bad_train_configs_name_the_key() {
     }
 }
 
+/// `train.init` / `--init`: training starts from a model's weights and
+/// keeps its normalisation (the card names it as the parent); a model whose
+/// architecture differs from `[train]` is refused, naming the field, before
+/// anything is simulated or written.
+#[test]
+fn train_init_warm_starts_from_a_matching_model_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("small.toml"), SMALL).unwrap();
+    let train = |args: &[&str]| neurostimd(args, dir.path());
+    let o = train(&["train", "--config", "small.toml", "--out", "base.onnx"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let card = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap()
+    };
+
+    // Through the config key, with other data (so a fresh normalisation
+    // would differ): the base's units and a parent line.
+    let other = SMALL.replace("[train.data]\n", "[train.data]\npresets = [\"bursting\"]\n") + "\n";
+    let warm_cfg = other.replace("[train]\n", "[train]\ninit = \"base.onnx\"\n");
+    std::fs::write(dir.path().join("warm.toml"), &warm_cfg).unwrap();
+    let o = train(&[
+        "train",
+        "--config",
+        "warm.toml",
+        "--out",
+        "warm.onnx",
+        "--epochs",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (base, warm) = (card("base.json"), card("warm.json"));
+    assert_eq!(warm["normalization"], base["normalization"]);
+    let parent = warm["parent"].as_str().unwrap();
+    assert!(parent.starts_with("base.onnx (sha256 "), "{parent}");
+    assert!(base["parent"].is_null());
+    native_matches_bundle(
+        &dir.path().join("warm.onnx"),
+        &dir.path().join("warm.input.npy"),
+        &dir.path().join("warm.expected.npy"),
+    );
+
+    // Through --init, one field off: refused with the field named.
+    let wide = SMALL.replace("hidden = 8", "hidden = 16");
+    std::fs::write(dir.path().join("wide.toml"), wide).unwrap();
+    let o = train(&[
+        "train",
+        "--config",
+        "wide.toml",
+        "--init",
+        "base.onnx",
+        "--out",
+        "wide.onnx",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(
+            "train.init: base.onnx has train.hidden = 8, the configuration train.hidden = 16"
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("wide.onnx").exists());
+    let o = train(&[
+        "train",
+        "--config",
+        "small.toml",
+        "--init",
+        "missing.onnx",
+        "--out",
+        "x.onnx",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.onnx"));
+}
+
 /// `head = "mlp"` trains, exports an ONNX whose tract output equals the
 /// trained network (`train` checks that and fails otherwise), records the
 /// head in the card, and loads with the native engine (a per-step MLP is
@@ -342,4 +418,31 @@ fn the_family_model_is_what_its_card_says() {
         &repo("models/ca1_lstm_family.input.npy"),
         &repo("models/ca1_lstm_family.expected.npy"),
     );
+}
+
+/// The spike-aware preset recipe (issue 16, docs/calibration.md): it
+/// warm-starts from the family base model with the spike-weighted loss on
+/// the nominal presets, and the family model fits its `[train]` (the check
+/// `train` makes before simulating anything).
+#[test]
+fn the_spike_recipe_warm_starts_from_the_family_model() {
+    let c = neurostimd::config::Config::load_layered(
+        Some(&repo("config/train-ca1-spike.toml")),
+        &toml::Table::new(),
+    )
+    .unwrap();
+    assert!(c.train.spike_weight.is_some());
+    assert!(c.train.sources.iter().all(|s| s.sim.cell.is_none()));
+    let mut train = c.train.clone();
+    train.init = Some(neurostimd::forecast::ModelSource::File(repo(
+        "models/ca1_lstm_family.onnx",
+    )));
+    assert_eq!(
+        c.train.init.as_ref().map(|m| m.name()).as_deref(),
+        Some("models/ca1_lstm_family.onnx")
+    );
+    let warm = neurostimd::train::warm_start_for(&train)
+        .unwrap()
+        .expect("a warm start");
+    assert_eq!(warm.card.name, "ca1_lstm_family");
 }

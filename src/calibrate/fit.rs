@@ -167,34 +167,22 @@ type StartSpec = (String, Net, Option<Normalization>, f64, Option<String>);
 fn starts(opts: &Options) -> Result<Vec<StartSpec>, CalibrateError> {
     let mut out = Vec::new();
     if opts.start != Start::Scratch {
-        let f = Forecaster::load_source(&opts.base, 32, Engine::Native)
-            .map_err(CalibrateError::Base)?;
-        match crate::retrain::net_from_forecaster(&f) {
-            Ok(net) => {
-                let card = f.card();
-                let parent = format!(
-                    "{} (sha256 {})",
-                    opts.base.name(),
-                    &card.onnx_sha256[..12.min(card.onnx_sha256.len())]
-                );
-                out.push((
-                    format!("warm start from {}", opts.base.name()),
-                    net,
-                    Some(card.normalization),
-                    card.dt_ms,
-                    Some(parent),
-                ));
-            }
+        use crate::train::{load_warm_start, WarmStartError};
+        match load_warm_start(&opts.base) {
+            Ok(w) => out.push((
+                format!("warm start from {}", opts.base.name()),
+                w.net,
+                Some(w.card.normalization),
+                w.card.dt_ms,
+                Some(w.parent),
+            )),
+            Err(WarmStartError::Load(e)) => return Err(CalibrateError::Base(e)),
             Err(e) if opts.start == Start::Warm => {
-                return Err(CalibrateError::Usage(format!(
-                    "--start warm: {} cannot be fine-tuned: {e}",
-                    opts.base.name()
-                )))
+                return Err(CalibrateError::Usage(format!("--start warm: {e}")))
             }
             Err(e) => tracing::warn!(
                 target: "neurostimd::calibrate",
-                "no warm start: {} cannot be fine-tuned ({e}); training from scratch only",
-                opts.base.name()
+                "no warm start: {e}; training from scratch only"
             ),
         }
     }

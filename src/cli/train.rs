@@ -19,6 +19,10 @@ pub struct TrainArgs {
     /// Override train.epochs.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Override train.init: start from this model's weights (a path or
+    /// embedded:NAME; its architecture must match [train]).
+    #[arg(long, value_name = "MODEL")]
+    init: Option<String>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -45,11 +49,15 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         config,
         out,
         epochs,
+        init,
         json,
     } = a;
     let mut cli = toml::Table::new();
     if let Some(e) = epochs {
         table_at(&mut cli, &["train"]).insert("epochs".into(), (e as i64).into());
+    }
+    if let Some(m) = init {
+        table_at(&mut cli, &["train"]).insert("init".into(), m.into());
     }
     let config = Config::load_layered(config.as_deref(), &cli)?;
     let command: String = std::env::args().collect::<Vec<_>>().join(" ");
@@ -62,6 +70,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         t_out = t.t_out,
         dt_ms = t.dt_ms,
         sources = t.sources.len(),
+        init = t.init.as_ref().map(|m| m.name()),
         duration_s = t.duration_ms / 1000.0,
         "training"
     );

@@ -40,6 +40,10 @@ pub(super) struct RawTrain {
     /// the gains fitted on validation windows.
     #[serde(default)]
     pub(super) ar_blend: bool,
+    /// Start from this model's weights (a path or `embedded:NAME`) instead
+    /// of a fresh initialisation.
+    #[serde(default)]
+    pub(super) init: Option<String>,
     pub(super) data: RawTrainData,
 }
 
@@ -151,6 +155,7 @@ impl RawTrain {
             input_noise_mv: t.input_noise_mv,
             ar_skip: t.ar_skip,
             ar_blend: t.ar_blend,
+            init: t.init.as_deref().map(crate::forecast::ModelSource::parse),
         })
     }
 }

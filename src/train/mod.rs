@@ -48,6 +48,108 @@ pub enum TrainError {
     Mismatch(f32),
     #[error("not enough data: {0}")]
     NotEnoughData(String),
+    #[error("train.init: {0}")]
+    Init(#[from] WarmStartError),
+}
+
+/// Why a model cannot start a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmStartError {
+    #[error(transparent)]
+    Load(#[from] ForecastError),
+    /// Not the contract's plain LSTM + linear head (nothing to fine-tune).
+    #[error("{model} cannot be fine-tuned: {reason}")]
+    NotTrainable { model: String, reason: String },
+    /// The model's shape differs from the configuration's: the weights
+    /// would not fit the network the rest of `[train]` describes.
+    #[error("{model} has {field} = {model_value}, the configuration {field} = {config_value}; the architecture must match")]
+    Mismatch {
+        model: String,
+        field: &'static str,
+        model_value: String,
+        config_value: String,
+    },
+}
+
+/// A model's weights as a trainable network, with its card (whose
+/// normalisation the weights were learnt in) and the provenance line its
+/// descendants' cards carry as `parent`.
+pub struct WarmStart {
+    pub net: net::Net,
+    pub card: ModelCard,
+    pub parent: String,
+}
+
+/// Load `source` as a warm start (calibration's warm start and
+/// `train.init` share this, so both read a base model the same way).
+pub fn load_warm_start(source: &crate::forecast::ModelSource) -> Result<WarmStart, WarmStartError> {
+    let f = Forecaster::load_source(source, 32, Engine::Native)?;
+    let net = net::Net::from_forecaster(&f).map_err(|reason| WarmStartError::NotTrainable {
+        model: source.name(),
+        reason,
+    })?;
+    let card = f.card().clone();
+    let parent = format!(
+        "{} (sha256 {})",
+        source.name(),
+        &card.onnx_sha256[..12.min(card.onnx_sha256.len())]
+    );
+    Ok(WarmStart { net, card, parent })
+}
+
+/// `train.init`'s model, checked against the configured architecture
+/// (`None`: no warm start, a fresh initialisation).
+pub fn warm_start_for(cfg: &TrainConfig) -> Result<Option<WarmStart>, WarmStartError> {
+    let Some(source) = &cfg.init else {
+        return Ok(None);
+    };
+    let w = load_warm_start(source)?;
+    let c = &w.card;
+    let checks: [(&'static str, String, String); 8] = [
+        (
+            "train.layers",
+            c.architecture.layers.to_string(),
+            cfg.layers.to_string(),
+        ),
+        (
+            "train.hidden",
+            c.architecture.hidden.to_string(),
+            cfg.hidden.to_string(),
+        ),
+        (
+            "train.head",
+            c.architecture.head.clone(),
+            cfg.head.name().to_string(),
+        ),
+        ("train.t_in", c.t_in.to_string(), cfg.t_in.to_string()),
+        ("train.t_out", c.t_out.to_string(), cfg.t_out.to_string()),
+        (
+            "train.dt",
+            format!("{} ms", c.dt_ms),
+            format!("{} ms", cfg.dt_ms),
+        ),
+        (
+            "train.order",
+            format!("{:?}", c.output.order),
+            format!("{:?}", cfg.order),
+        ),
+        (
+            "train.residual",
+            c.output.residual.to_string(),
+            cfg.residual.to_string(),
+        ),
+    ];
+    for (field, model_value, config_value) in checks {
+        if model_value != config_value {
+            return Err(WarmStartError::Mismatch {
+                model: source.name(),
+                field,
+                model_value,
+                config_value,
+            });
+        }
+    }
+    Ok(Some(w))
 }
 
 /// Metrics of the model and both baselines on one set of windows.
@@ -237,6 +339,27 @@ fn generate(cfg: &TrainConfig, seed_offset: u64) -> Result<Vec<(String, Series)>
     Ok(out)
 }
 
+/// The network training starts from: the warm start's weights (and its
+/// provenance line), else a fresh initialisation from the training seed.
+fn initial_net(cfg: &TrainConfig, warm: Option<WarmStart>) -> (net::Net, Option<String>) {
+    match warm {
+        Some(w) => (w.net, Some(w.parent)),
+        None => (
+            net::Net::with_head(
+                cfg.layers,
+                cfg.hidden,
+                cfg.t_in,
+                cfg.t_out,
+                cfg.order,
+                cfg.head,
+                cfg.schedule.seed,
+            )
+            .with_residual(cfg.residual),
+            None,
+        ),
+    }
+}
+
 /// Train a model as `cfg` (`[train]`) says, export it to `out` (+ card
 /// and bundle), reload it with tract and check it equals the trained
 /// network.
@@ -246,11 +369,17 @@ pub fn run(
     command: &str,
     mut progress: impl FnMut(&trainer::EpochReport),
 ) -> Result<TrainOutcome, TrainError> {
+    // Checked before the (long) simulation so a mismatch fails at once.
+    let warm = warm_start_for(cfg)?;
     let labelled = generate(cfg, 0)?;
     let series: Vec<Series> = labelled.iter().map(|(_, s)| s.clone()).collect();
     let (train_s, val_s, test_s) =
         dataset::split_by_time(&series, cfg.train_fraction, cfg.val_fraction);
-    let norm = dataset::normalization(&train_s);
+    // A warm start keeps the units its weights were learnt in.
+    let norm = match &warm {
+        Some(w) => w.card.normalization,
+        None => dataset::normalization(&train_s),
+    };
     let mut train_w = Windows::cut(&train_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
     train_w.add_input_noise((cfg.input_noise_mv / norm.v_std) as f32, cfg.schedule.seed);
     let val_w = Windows::cut(&val_s, cfg.t_in, cfg.t_out, cfg.stride, &norm);
@@ -266,16 +395,7 @@ pub fn run(
             val_w.len()
         )));
     }
-    let mut net = net::Net::with_head(
-        cfg.layers,
-        cfg.hidden,
-        cfg.t_in,
-        cfg.t_out,
-        cfg.order,
-        cfg.head,
-        cfg.schedule.seed,
-    )
-    .with_residual(cfg.residual);
+    let (mut net, parent) = initial_net(cfg, warm);
     let epochs = trainer::fit_weighted(
         &mut net,
         (&train_w, train_wt.as_deref()),
@@ -332,7 +452,7 @@ pub fn run(
         provenance: provenance(cfg, command, &labelled, &epochs, train_w.len()),
         validation: Some(validation(cfg, &comparisons, &epochs)),
         onnx_sha256: sha256_hex(&bytes),
-        parent: None,
+        parent,
     };
     let card_file = card_path(out);
     let text = serde_json::to_string_pretty(&card).expect("a card serialises");

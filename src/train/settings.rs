@@ -53,4 +53,10 @@ pub struct TrainConfig {
     /// (never the held-out ones), so a step where the network does not help
     /// falls back towards the AR baseline (`net::Skip::gain`).
     pub ar_blend: bool,
+    /// `train.init`: a warm start. Training begins from this model's
+    /// weights and keeps its normalisation (the weights were learnt in its
+    /// units), so a base model can be specialised rather than relearnt.
+    /// Its architecture must match the configuration's (checked by
+    /// [`crate::train::warm_start_for`]).
+    pub init: Option<crate::forecast::ModelSource>,
 }
