@@ -645,7 +645,6 @@ mod tests {
             command: 0.0,
             cause: None,
             forecast: f32::NAN,
-            off_plan: false,
         }
     }
 

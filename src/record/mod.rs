@@ -55,11 +55,6 @@ pub struct Record {
     /// What the plan in use forecast for the end of this sample's model
     /// step, mV (NaN without a plan).
     pub forecast: f32,
-    /// The loop put its own current in place of the plan's (MPC's spike
-    /// reflex): every forecast made before this sample assumed another
-    /// current from here on, so the forecast monitors stop scoring it here
-    /// (a forecast is judged only on the currents it was asked about).
-    pub off_plan: bool,
 }
 
 /// Records are equal when every field is: the forecast bit for bit, so
@@ -75,7 +70,6 @@ impl PartialEq for Record {
             && self.command.to_bits() == o.command.to_bits()
             && self.cause == o.cause
             && self.forecast.to_bits() == o.forecast.to_bits()
-            && self.off_plan == o.off_plan
     }
 }
 
