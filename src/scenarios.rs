@@ -235,7 +235,8 @@ pub struct ScenarioResult {
     pub policies: Vec<PolicyResult>,
     /// The baseline MPC is judged against (see the module docs).
     pub best_baseline: Option<String>,
-    /// 1 − MPC error / best baseline's error (`None`: both at zero).
+    /// 1 − MPC error / best baseline's error, that error floored at
+    /// `ZERO_ERROR` (`None`: both at zero).
     pub mpc_error_reduction: Option<f64>,
     /// MPC charge / best baseline's charge.
     pub mpc_charge_ratio: Option<f64>,
@@ -703,7 +704,10 @@ fn judge(result: &mut ScenarioResult) {
     if let (Some(m), Some(b)) = (mpc, best) {
         let both_zero = m.mean_error < ZERO_ERROR && b.mean_error < ZERO_ERROR;
         result.best_baseline = Some(b.policy.clone());
-        result.mpc_error_reduction = (!both_zero).then(|| 1.0 - m.mean_error / b.mean_error);
+        // A best baseline at zero error counts as ZERO_ERROR, so that MPC
+        // above it reads as a finite excess (+900% at 0.01), not −∞.
+        result.mpc_error_reduction =
+            (!both_zero).then(|| 1.0 - m.mean_error / b.mean_error.max(ZERO_ERROR));
         result.mpc_charge_ratio = Some(if b.mean_charge_nc_cm2 > 0.0 {
             m.mean_charge_nc_cm2 / b.mean_charge_nc_cm2
         } else if m.mean_charge_nc_cm2 > 0.0 {
