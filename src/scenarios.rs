@@ -776,6 +776,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mpc_above_a_zero_error_baseline_reads_as_a_finite_excess() {
+        let pol = |policy: &str, kind: &'static str, e: f64, c: f64| PolicyResult {
+            policy: policy.into(),
+            kind,
+            mean_error: e,
+            mean_true_error: None,
+            mean_charge_nc_cm2: c,
+            mean_interventions: 1.0,
+            seeds: Vec::new(),
+        };
+        let mut r = ScenarioResult {
+            scenario: "burst",
+            preset: "bursting".into(),
+            error_unit: "",
+            duration_s: 12.0,
+            seed_base: 1,
+            policies: vec![
+                pol("mpc", "mpc", 0.01, 1645.0),
+                pol("pi", "pid", 0.574, 1756.0),
+                pol("pulse", "pid", 0.0, 848.0),
+            ],
+            best_baseline: None,
+            mpc_error_reduction: None,
+            mpc_charge_ratio: None,
+        };
+        judge(&mut r);
+        assert_eq!(r.best_baseline.as_deref(), Some("pulse"));
+        let red = r.mpc_error_reduction.unwrap();
+        assert!((red - (1.0 - 0.01 / ZERO_ERROR)).abs() < 1e-9, "{red}");
+        assert_eq!(r.meets_target(), Some(false));
+        // Both at zero: no reduction, judged on charge.
+        r.policies[0].mean_error = 0.0;
+        judge(&mut r);
+        assert_eq!(r.mpc_error_reduction, None);
+        assert_eq!(r.meets_target(), Some(false));
+    }
+
+    #[test]
     fn every_scenario_parses_and_the_calibrated_ones_say_how() {
         for sc in SCENARIOS {
             let p = parse(&sc).unwrap_or_else(|e| panic!("{}: {e}", sc.name));
