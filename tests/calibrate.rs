@@ -386,7 +386,7 @@ fn a_warm_ar_skip_start_with_a_shrunk_blend_keeps_its_gains_below_the_shrink() {
     c.arg("calibrate")
         .arg("--data")
         .arg(fixture())
-        .args(["--epochs", "1", "--start", "warm"])
+        .args(["--budget", "8s", "--start", "warm"])
         .args(["--set", "train.ar_skip_warm=true"])
         .args(["--set", "train.ar_blend=true"])
         .args(["--set", "train.ar_blend_shrink=0.5"])
@@ -425,7 +425,7 @@ fn an_ar_blend_shrink_outside_zero_to_one_is_refused() {
         c.arg("calibrate")
             .arg("--data")
             .arg(fixture())
-            .args(["--epochs", "1", "--start", "scratch"])
+            .args(["--budget", "2s", "--start", "scratch"])
             .args(["--set", &format!("train.ar_blend_shrink={bad}")])
             .args(["--no-registry", "--out"])
             .arg(&out);
