@@ -370,3 +370,69 @@ fn an_ar_blend_calibration_records_its_gains_and_runs_natively() {
     assert!(info.status.success(), "{info_text}");
     assert!(info_text.contains("native (encode once"), "{info_text}");
 }
+
+/// The warm start with the AR skip (`train.ar_skip_warm`) and the shrunk
+/// AR blend (`train.ar_blend_shrink`) on the real-cell fixture: the base
+/// model's LSTM keeps its weights, its head starts at zero over AR's map,
+/// and the blend's gains are the validation gains times the shrink, so
+/// none exceeds it; the card names the parent and the blended head, and
+/// the model runs on the native engine. (Plumbing only; the figures with a
+/// full budget are in docs/calibration.md, "Step 1, reliably".)
+#[test]
+fn a_warm_ar_skip_start_with_a_shrunk_blend_keeps_its_gains_below_the_shrink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("warm.onnx"), tmp.path().join("state"));
+    let mut c = bin();
+    c.arg("calibrate")
+        .arg("--data")
+        .arg(fixture())
+        .args(["--budget", "8s", "--start", "warm"])
+        .args(["--set", "train.ar_skip_warm=true"])
+        .args(["--set", "train.ar_blend=true"])
+        .args(["--set", "train.ar_blend_shrink=0.5"])
+        .args(["--no-registry", "--out"])
+        .arg(&out);
+    common(&mut c, &state);
+    let o = c.output().unwrap();
+    check_verdict(&o, &out.with_extension("evaluation.json"));
+    let card = json(&out.with_extension("json"));
+    assert_eq!(card["architecture"]["head"], "linear+ar_blend");
+    assert!(card["parent"].is_string(), "{card}");
+    let tried = &card["provenance"]["starts_tried"][0];
+    assert!(
+        tried["start"].as_str().unwrap().contains("warm start from")
+            && tried["start"].as_str().unwrap().ends_with(", AR skip"),
+        "{tried}"
+    );
+    let gains = tried["ar_blend_gains"].as_array().unwrap();
+    for g in gains {
+        let g = g.as_f64().unwrap();
+        assert!((0.0..=0.5 + 1e-6).contains(&g), "gain {g}");
+    }
+    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
+    let info_text = text(&info);
+    assert!(info.status.success(), "{info_text}");
+    assert!(info_text.contains("native (encode once"), "{info_text}");
+}
+
+/// `train.ar_blend_shrink` outside (0, 1] is refused before any training.
+#[test]
+fn an_ar_blend_shrink_outside_zero_to_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, state) = (tmp.path().join("x.onnx"), tmp.path().join("state"));
+    for bad in ["0", "1.5", "-0.2"] {
+        let mut c = bin();
+        c.arg("calibrate")
+            .arg("--data")
+            .arg(fixture())
+            .args(["--budget", "2s", "--start", "scratch"])
+            .args(["--set", &format!("train.ar_blend_shrink={bad}")])
+            .args(["--no-registry", "--out"])
+            .arg(&out);
+        common(&mut c, &state);
+        let o = c.output().unwrap();
+        assert!(!o.status.success(), "{bad}: {}", text(&o));
+        assert!(text(&o).contains("ar_blend_shrink"), "{bad}: {}", text(&o));
+        assert!(!out.exists());
+    }
+}

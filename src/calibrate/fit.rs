@@ -109,9 +109,14 @@ fn prepare(
     let (t_in, t_out) = (net.t_in, net.t_out);
     let stride = train_stride(opts, t_in + t_out);
     let mut train_w = Windows::cut(&a, t_in, t_out, stride, &norm);
-    if opts.train.ar_skip && parent.is_none() && !train_w.is_empty() {
+    let skip_here = match parent {
+        None => opts.train.ar_skip,
+        Some(_) => opts.train.ar_skip_warm,
+    };
+    if skip_here && !train_w.is_empty() {
         // The baseline's own fit (same order q and ridge as `compare`'s),
         // on clean inputs; the head starts at zero, so the start is AR.
+        // A warm start keeps its LSTM (its features) and drops its head.
         let (w, b) = crate::train::baselines::LinearAr::fit(&train_w, 10, 1e-6).linear_map();
         net.skip = Some(crate::train::net::Skip::from_forward(
             &w, &b, t_out, net.order,
@@ -170,7 +175,15 @@ fn starts(opts: &Options) -> Result<Vec<StartSpec>, CalibrateError> {
         use crate::train::{load_warm_start, WarmStartError};
         match load_warm_start(&opts.base) {
             Ok(w) => out.push((
-                format!("warm start from {}", opts.base.name()),
+                format!(
+                    "warm start from {}{}",
+                    opts.base.name(),
+                    if opts.train.ar_skip_warm {
+                        ", AR skip"
+                    } else {
+                        ""
+                    }
+                ),
                 w.net,
                 Some(w.card.normalization),
                 w.card.dt_ms,
@@ -330,7 +343,7 @@ fn spike_threshold(p: &Prepared) -> Option<SpikeThreshold> {
 
 /// The network's normalised forecasts on `w`, `[windows][t_out]`, forward
 /// order.
-fn forward_preds(net: &Net, w: &Windows) -> Vec<f32> {
+pub(super) fn forward_preds(net: &Net, w: &Windows) -> Vec<f32> {
     let mut ws = Workspace::default();
     let (steps, t_out) = (net.t_in + net.t_out, net.t_out);
     let mut out = Vec::with_capacity(w.len() * t_out);
@@ -348,11 +361,14 @@ fn forward_preds(net: &Net, w: &Windows) -> Vec<f32> {
 /// `AR_j + g_j·(net_j − AR_j)` per horizon step j, with AR the very
 /// baseline `compare` scores against (fitted on the training windows) and
 /// the gains fitted on the validation windows only
-/// ([`crate::train::baselines::blend_gains`]). In the network's terms: the
+/// ([`crate::train::baselines::blend_gains`]) and multiplied by `shrink`
+/// (`train.ar_blend_shrink`: on a recording whose newest part holds
+/// stronger currents than validation, validation over-trusts the network;
+/// docs/calibration.md, "Step 1, reliably"). In the network's terms: the
 /// head's output times `g`, plus a fixed linear map of the input that holds
 /// `g`·(the network's own skip or residual) + (1 − `g`)·AR, so the export
 /// is one constant `Mul` before the skip's `Add` (docs/model-contract.md).
-fn blend_with_ar(p: &mut Prepared) {
+fn blend_with_ar(p: &mut Prepared, shrink: f64) {
     use crate::train::baselines::{blend_gains, LinearAr};
     use crate::train::net::Skip;
     let net = &p.net;
@@ -366,7 +382,10 @@ fn blend_with_ar(p: &mut Prepared) {
     for (k, out) in a.chunks_exact_mut(t_out).enumerate() {
         ar.predict(p.val_w.example(k).0, out);
     }
-    let g = blend_gains(&m, &a, &p.val_w.y, t_out);
+    let g: Vec<f32> = blend_gains(&m, &a, &p.val_w.y, t_out)
+        .iter()
+        .map(|g| g * shrink as f32)
+        .collect();
     let (aw, ab) = ar.linear_map();
     let ar = Skip::from_forward(&aw, &ab, t_out, net.order);
     // The network's own linear part, model order.
@@ -477,7 +496,8 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
             // Reported only (the paired comparison in docs/calibration.md);
             // the held-out windows play no part in the blend.
             let before = score(p, &p.hold_w, "before the AR blend").model;
-            blend_with_ar(p);
+            super::blend_diag::log(&p.net, &p.train_w, &p.val_w, &p.hold_w, &p.norm, &p.label);
+            blend_with_ar(p, opts.train.ar_blend_shrink);
             tracing::info!(
                 target: "neurostimd::calibrate",
                 start = %p.label,

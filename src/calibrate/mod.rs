@@ -29,6 +29,7 @@
 //!    model that passes becomes a new version in the model registry
 //!    (`retrain.state_dir`), as an adopted retrained model does.
 
+mod blend_diag;
 pub mod fit;
 pub mod handover;
 pub mod live;

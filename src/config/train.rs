@@ -44,6 +44,12 @@ pub(super) struct RawTrain {
     /// of a fresh initialisation.
     #[serde(default)]
     pub(super) init: Option<String>,
+    /// Calibration's warm start also carries the AR skip.
+    #[serde(default)]
+    pub(super) ar_skip_warm: bool,
+    /// The AR blend's validation gains are multiplied by this, in (0, 1].
+    #[serde(default = "one")]
+    pub(super) ar_blend_shrink: f64,
     pub(super) data: RawTrainData,
 }
 
@@ -63,6 +69,20 @@ pub(super) struct RawTrainData {
     pub(super) max_amplitude: Quantity<Current>,
     pub(super) train_fraction: f64,
     pub(super) val_fraction: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `train.ar_blend_shrink` must lie in (0, 1]: 1 is the validation gains
+/// as fitted, smaller trusts the network less than validation says.
+fn blend_shrink(cx: &Cx, s: f64) -> Result<f64, ConfigError> {
+    if s > 0.0 && s <= 1.0 {
+        Ok(s)
+    } else {
+        Err(cx.err("train.ar_blend_shrink", format!("{s} must be in (0, 1]")))
+    }
 }
 
 impl RawTrain {
@@ -156,6 +176,8 @@ impl RawTrain {
             ar_skip: t.ar_skip,
             ar_blend: t.ar_blend,
             init: t.init.as_deref().map(crate::forecast::ModelSource::parse),
+            ar_skip_warm: t.ar_skip_warm,
+            ar_blend_shrink: blend_shrink(cx, t.ar_blend_shrink)?,
         })
     }
 }
