@@ -330,7 +330,21 @@ name=qemu-leave
 say "$name: mps2-an386 image, 3 s of PID at $qrate Hz, then the daemon leaves"
 start_rig "$name" "$fw/run-qemu.sh" --board mps2-an386 --rate "$qrate" --diag "$work/$name.diag"
 daemon "$name" 3 --policy pid
-sleep 3 # commands still queued in the pty drain, then expire
+# Commands still queued in the pty drain, then the last one expires. On a
+# loaded host the backlog can outlast a fixed wait (a fresh-clone run saw
+# 2829 queued frames and the output still following them 3 s later), so
+# wait until a new counter line (one per second of rig time) shows no new
+# command since the line before (at most 20 s); the output must then be
+# at zero.
+prev_line="" prev_cmd=""
+for _ in $(seq 40); do
+    sleep 0.5
+    line=$(diag_last "$work/$name.diag")
+    [ "$line" = "$prev_line" ] && continue
+    cmd=$(printf '%s\n' "$line" | tr ' ' '\n' | grep '^commands=' || true)
+    [ -n "$cmd" ] && [ "$cmd" = "$prev_cmd" ] && break
+    prev_line=$line prev_cmd=$cmd
+done
 echo "$name: firmware: $(diag_last "$work/$name.diag")"
 stop_rig "$name"
 [ "$rc" = 0 ] || { tail -20 "$work/$name.err" >&2; fail "$name: daemon exited $rc"; }
