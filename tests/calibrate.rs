@@ -321,10 +321,7 @@ fn an_ar_skip_calibration_beats_ar_at_step_1_on_a_held_out_cell() {
     );
     assert!(passed, "{}", text(&o));
     assert_eq!(card["architecture"]["head"], "linear+ar_skip");
-    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
-    let info_text = text(&info);
-    assert!(info.status.success(), "{info_text}");
-    assert!(info_text.contains("native (encode once"), "{info_text}");
+    assert_runs_natively(&out);
 }
 
 /// Calibration's AR blend (`train.ar_blend`) on the real-cell fixture: a
@@ -365,10 +362,7 @@ fn an_ar_blend_calibration_records_its_gains_and_runs_natively() {
         let g = g.as_f64().unwrap();
         assert!((0.0..=1.0).contains(&g), "gain {g}");
     }
-    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
-    let info_text = text(&info);
-    assert!(info.status.success(), "{info_text}");
-    assert!(info_text.contains("native (encode once"), "{info_text}");
+    assert_runs_natively(&out);
 }
 
 /// The warm start with the AR skip (`train.ar_skip_warm`) and the shrunk
@@ -409,10 +403,7 @@ fn a_warm_ar_skip_start_with_a_shrunk_blend_keeps_its_gains_below_the_shrink() {
         let g = g.as_f64().unwrap();
         assert!((0.0..=0.5 + 1e-6).contains(&g), "gain {g}");
     }
-    let info = bin().args(["model", "info"]).arg(&out).output().unwrap();
-    let info_text = text(&info);
-    assert!(info.status.success(), "{info_text}");
-    assert!(info_text.contains("native (encode once"), "{info_text}");
+    assert_runs_natively(&out);
 }
 
 /// `train.ar_blend_shrink` outside (0, 1] is refused before any training.
@@ -435,4 +426,13 @@ fn an_ar_blend_shrink_outside_zero_to_one_is_refused() {
         assert!(text(&o).contains("ar_blend_shrink"), "{bad}: {}", text(&o));
         assert!(!out.exists());
     }
+}
+
+/// `model info` loads `model` and reports the native engine (it recognised
+/// every node the calibration exported).
+fn assert_runs_natively(model: &std::path::Path) {
+    let info = bin().args(["model", "info"]).arg(model).output().unwrap();
+    let info_text = text(&info);
+    assert!(info.status.success(), "{info_text}");
+    assert!(info_text.contains("native (encode once"), "{info_text}");
 }

@@ -32,12 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::ModelStore;
 
-/// The trainable network holding the weights of a loaded contract model
-/// (`Net::from_forecaster`, kept here under the name callers know).
-pub fn net_from_forecaster(f: &Forecaster) -> Result<Net, String> {
-    Net::from_forecaster(f)
-}
-
 /// A fine-tuned candidate and the scores of both models on the held-out
 /// data.
 pub struct Candidate {
@@ -430,7 +424,7 @@ impl Supervisor {
             decimation: s.decimation,
             t_out: card.t_out,
         });
-        let net = net_from_forecaster(s.model)?;
+        let net = Net::from_forecaster(s.model)?;
         let sh = shared.clone();
         let cfg = s.config;
         let avoid = s.avoid_cpu;
