@@ -135,6 +135,7 @@ pub(super) struct RawMpc {
     pub(super) bias_gain: f64,
     pub(super) seed: u64,
     pub(super) actuation_delay: Quantity<Time>,
+    pub(super) plan_reflex: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,6 +481,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         bias_gain: m.bias_gain,
         seed: m.seed,
         actuation_delay_ms: m.actuation_delay.get(),
+        plan_reflex: m.plan_reflex,
     })
 }
 

@@ -631,6 +631,7 @@ impl Running {
             c.mpc.max_amplitude.min(max_amplitude),
             delay_samples as usize,
         )
+        .with_reflex(&c.feedback)
         .with_window(g.t_in);
         let budget = rt_rules.then(|| Duration::from_secs_f64(c.mpc.time_budget_ms / 1000.0));
         std::thread::Builder::new()

@@ -281,6 +281,12 @@ pub struct PlanContext {
     /// How much later real spikes come than the forecast's crossings,
     /// ms (negative: earlier), as learnt from past plans.
     pub spike_lag_ms: f64,
+    /// The loop's spike reflex replaces the plan's current this long
+    /// after every spike (`mpc.plan_reflex`), ms; `None`: no reflex. A
+    /// forecast did not see the reflex after its own first spike, so what
+    /// it forecasts from there on (the burst the reflex cuts short) is not
+    /// what the candidate will bring about, and is not scored.
+    pub reflex_after_ms: Option<f64>,
 }
 
 /// Weights of the MPC cost beyond the objective term.
@@ -323,7 +329,12 @@ impl Objective {
             }
             prev = x;
         }
-        let crossings = &crossings[..n_cross];
+        let mut crossings = &crossings[..n_cross];
+        if let (Some(after), Some(&first)) = (ctx.reflex_after_ms, crossings.first()) {
+            let until = t_at(first) + after;
+            let keep = crossings.iter().take_while(|&&j| t_at(j) < until).count();
+            crossings = &crossings[..keep];
+        }
         match self.kind {
             ObjectiveKind::Voltage => {
                 let mut acc = 0.0;
@@ -540,6 +551,7 @@ mod tests {
             last_spike_ms: last,
             spike_threshold_mv: -30.0,
             spike_lag_ms: 0.0,
+            reflex_after_ms: None,
         }
     }
 

@@ -80,6 +80,12 @@ pub struct MpcConfig {
     /// forecast sees each candidate this much later (rounded to model
     /// steps), after the commands already on their way.
     pub actuation_delay_ms: f64,
+    /// Forecast each candidate with the spike reflex's pulse
+    /// (`control.feedback.spike_pulse`) where the loop will apply it, after
+    /// the last detected spike: the loop replaces the plan's current
+    /// there, so a forecast that does not see the pulse foresees the burst
+    /// the pulse prevents, and the plan spends charge against it.
+    pub plan_reflex: bool,
 }
 
 /// Who drives when the guard takes control from MPC (`control.guard.fallback`).
@@ -269,6 +275,9 @@ pub struct Mpc {
     lag_steps: usize,
     felt_window: Vec<f32>,
     felt_steps: Vec<f32>,
+    /// The spike reflex the loop applies (pulse µA/cm², from ms, to ms
+    /// after the last spike), when the plan is to see it.
+    reflex: Option<(f64, f64, f64)>,
     mean: Vec<f64>,
     spread: Vec<f64>,
     rng: Xoshiro256PlusPlus,
@@ -294,6 +303,7 @@ impl Mpc {
             lag_steps,
             felt_window: Vec::new(),
             felt_steps: vec![0.0; if lag_steps > 0 { k * t_out } else { 0 }],
+            reflex: None,
             committed: committed.min(n),
             head: vec![0.0; n],
             prev_samples: vec![0.0; n],
@@ -354,6 +364,19 @@ impl Mpc {
 
     /// Size the actuation-delay buffer for a model window of `t_in` steps,
     /// so that [`Mpc::plan`] allocates nothing.
+    /// The loop's spike reflex (`control.feedback`), which candidates are
+    /// forecast with if `mpc.plan_reflex` is set.
+    pub fn with_reflex(mut self, f: &FeedbackConfig) -> Mpc {
+        self.reflex = (self.cfg.plan_reflex && f.spike_pulse != 0.0).then(|| {
+            (
+                f.spike_pulse.clamp(-self.amplitude, self.amplitude),
+                f.spike_pulse_delay_ms,
+                f.spike_pulse_delay_ms + f.spike_pulse_width_ms,
+            )
+        });
+        self
+    }
+
     pub fn with_window(mut self, t_in: usize) -> Mpc {
         if self.lag_steps > 0 {
             self.felt_window = vec![0.0; t_in];
@@ -523,6 +546,7 @@ impl Mpc {
             last_spike_ms: input.last_spike_ms,
             spike_threshold_mv: self.spike_threshold_mv,
             spike_lag_ms: self.spike_lag,
+            reflex_after_ms: self.reflex.map(|(_, from, _)| from),
         };
         let iterations = self.cfg.iterations.max(1);
         for it in 0..iterations {
@@ -532,7 +556,7 @@ impl Mpc {
                 }
                 self.refit_and_sample();
             }
-            self.project(&input.limiter);
+            self.project(input);
             let t0 = Instant::now();
             self.fill_felt(input.window_i);
             let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
@@ -759,20 +783,32 @@ impl Mpc {
 
     /// Pass every candidate through a copy of the limiter; record the
     /// per-sample currents and their per-step means.
-    fn project(&mut self, limiter: &SafetyLimiter) {
+    fn project(&mut self, input: &PlanInput) {
         let (k, t_out, d) = (self.cfg.candidates, self.t_out, self.decimation);
         let n = t_out * d;
+        let dt_sample = self.dt_model / d as f64;
+        // Samples (from, to) the reflex after the last spike will hold,
+        // as the loop decides it (same slack).
+        let reflex = self.reflex.and_then(|(pulse, from, to)| {
+            let since0 = input.t_ms - input.last_spike_ms;
+            if !since0.is_finite() {
+                return None;
+            }
+            let at = |ms: f64| ((ms - since0 - 1e-9) / dt_sample - 1.0).ceil().max(0.0) as usize;
+            let (a, b) = (at(from), at(to).min(n));
+            (a < b).then_some((pulse as f32, a, b))
+        });
         for c in 0..k {
-            let mut lim = limiter.clone();
+            let mut lim = input.limiter.clone();
             for j in 0..t_out {
                 let want = self.raw[c * t_out + j] as f64;
                 let mut acc = 0.0;
                 for s in 0..d {
                     let k = j * d + s;
-                    let want = if k < self.committed {
-                        self.head[k] as f64
-                    } else {
-                        want
+                    let want = match reflex {
+                        Some((pulse, a, b)) if (a..b).contains(&k) => pulse as f64,
+                        _ if k < self.committed => self.head[k] as f64,
+                        _ => want,
                     };
                     let got = lim.limit(want, None).command;
                     self.samples[c * n + j * d + s] = got as f32;
@@ -812,6 +848,63 @@ mod tests {
         cfg.actuation_delay_ms = 0.0;
         let m = Mpc::new(cfg, c.objective, t_out, 5, 0.5, 6.0, 0).with_window(t_in);
         assert_eq!((m.lag_steps, m.felt_steps.len()), (0, 0));
+    }
+
+    /// With `mpc.plan_reflex`, the candidates are forecast with the reflex's
+    /// pulse on exactly the samples where the loop's reflex will replace the
+    /// plan (0.5 ms to 1.5 ms after the last spike, through the limiter),
+    /// the committed head elsewhere; without it (or with the reflex off),
+    /// as before.
+    #[test]
+    fn with_plan_reflex_the_candidates_carry_the_reflex_after_the_last_spike() {
+        let c = Config::defaults();
+        let mut fb = c.control.feedback;
+        fb.spike_pulse = -6.0;
+        fb.spike_pulse_delay_ms = 0.5;
+        fb.spike_pulse_width_ms = 1.0;
+        let mut cfg = c.control.mpc;
+        cfg.candidates = 2;
+        let limiter = SafetyLimiter::new(c.safety, 0.1).unwrap();
+        // 0.5 ms model steps of 5 samples; 3 samples committed.
+        let plan = |plan_reflex: bool, fb: &FeedbackConfig| {
+            let mut cfg = cfg;
+            cfg.plan_reflex = plan_reflex;
+            let mut m = Mpc::new(cfg, c.control.objective, 4, 5, 0.5, 6.0, 3).with_reflex(fb);
+            m.raw.fill(1.0);
+            let input = PlanInput {
+                window_v: &[],
+                window_i: &[],
+                base_index: 100,
+                t_ms: 10.0,
+                v_now: -65.0,
+                // The plan's first sample is 0.3 ms after the spike.
+                last_spike_ms: 9.8,
+                limiter: limiter.clone(),
+            };
+            m.project(&input);
+            m.samples[..20].to_vec()
+        };
+        let with = plan(true, &fb);
+        // Samples 0.5 ms ..< 1.5 ms after the spike: indices 2 ..< 12.
+        // (Through the limiter, as the loop applies it: its slew limit
+        // shapes the pulse's edge.)
+        let limited = |want: &dyn Fn(usize) -> f64| -> Vec<f32> {
+            let mut lim = limiter.clone();
+            (0..20)
+                .map(|k| lim.limit(want(k), None).command as f32)
+                .collect()
+        };
+        let want = limited(&|k| match k {
+            2..=11 => -6.0,
+            0 | 1 => 0.0,
+            _ => 1.0,
+        });
+        assert_eq!(with, want);
+        assert!(with[3..12].iter().all(|&x| x == -6.0));
+        let without = limited(&|k| if k < 3 { 0.0 } else { 1.0 });
+        assert_eq!(plan(false, &fb), without);
+        fb.spike_pulse = 0.0;
+        assert_eq!(plan(true, &fb), without);
     }
 
     #[test]
