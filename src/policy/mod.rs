@@ -607,6 +607,32 @@ mod tests {
         assert_eq!(o.forecast_cost(&ctx(0.0, -1000.0), &spike_at(None)), 0.5);
     }
 
+    /// With the spike reflex planned for (`mpc.plan_reflex`), a forecast's
+    /// burst after its own first spike is not scored (the forecast did not
+    /// see the reflex that follows that spike), but a first forecast spike
+    /// too close to the last real one still is.
+    #[test]
+    fn burst_cost_stops_at_the_reflex_after_the_first_forecast_spike() {
+        let o = objective(ObjectiveKind::Burst);
+        // Crossings at steps 1 and 5 (1 and 3 ms into the horizon).
+        let mut v = vec![-65.0f32; 20];
+        v[1] = 0.0;
+        v[5] = 0.0;
+        let plain = ctx(0.0, -50.0);
+        assert_eq!(o.forecast_cost(&plain, &v), 1.0);
+        let reflex = PlanContext {
+            reflex_after_ms: Some(0.5),
+            ..plain
+        };
+        assert_eq!(o.forecast_cost(&reflex, &v), 0.0);
+        // The first forecast spike 3 ms after a real one is still a burst spike.
+        let close = PlanContext {
+            reflex_after_ms: Some(0.5),
+            ..ctx(0.0, -2.0)
+        };
+        assert_eq!(o.forecast_cost(&close, &v), 1.0);
+    }
+
     #[test]
     fn voltage_and_silence_costs() {
         let o = objective(ObjectiveKind::Voltage);
