@@ -102,11 +102,13 @@ fn live_calibration_records_through_the_limiter_and_writes_model_card_and_evalua
         .as_str()
         .unwrap()
         .contains("cell-calibration"));
-    assert_eq!(
-        p["starts_tried"].as_array().unwrap().len(),
-        2,
-        "warm and scratch"
-    );
+    // --start auto: plain warm, warm with the AR skip (blended), scratch
+    // (train.auto_ar_skip_warm, on by default).
+    let tried = p["starts_tried"].as_array().unwrap();
+    assert_eq!(tried.len(), 3, "warm, warm AR skip and scratch: {tried:?}");
+    assert!(tried[1]["start"].as_str().unwrap().ends_with(", AR skip"));
+    assert!(tried[1]["ar_blend_gains"].is_array(), "{tried:?}");
+    assert!(tried[0]["ar_blend_gains"].is_null(), "{tried:?}");
     let steps = card["validation"]["per_source"][0]["rmse_mv_per_step"]
         .as_array()
         .unwrap()

@@ -231,6 +231,9 @@ pub struct CandidateReport {
     pub train_windows: usize,
     /// RMS over horizon steps of the validation RMSE, mV (the choice).
     pub validation_rmse_mv: f64,
+    /// Horizon steps at which it beats persistence and AR on the
+    /// validation windows (after the AR blend, if any).
+    pub validation_steps_won: usize,
     /// The AR blend's per-step gains (`train.ar_blend`, forward order),
     /// fitted on the validation windows.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -283,11 +286,12 @@ impl Calibration {
         );
         for c in &self.candidates {
             s.push_str(&format!(
-                "  start {:<40} {:>3} epochs {:>6.1} s  validation RMSE {:.3} mV  held-out RMSE {:.3} mV\n",
+                "  start {:<40} {:>3} epochs {:>6.1} s  validation RMSE {:.3} mV ({} steps beat both)  held-out RMSE {:.3} mV\n",
                 c.start,
                 c.epochs,
                 c.training_s,
                 c.validation_rmse_mv,
+                c.validation_steps_won,
                 crate::retrain::rms(&c.heldout.model.rmse_mv)
             ));
             if let Some(g) = &c.ar_blend_gains {

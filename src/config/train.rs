@@ -50,6 +50,10 @@ pub(super) struct RawTrain {
     /// The AR blend's validation gains are multiplied by this, in (0, 1].
     #[serde(default = "one")]
     pub(super) ar_blend_shrink: f64,
+    /// `--start auto` also tries the warm AR-skip start (blended with AR)
+    /// and chooses by the gate on validation first.
+    #[serde(default = "yes")]
+    pub(super) auto_ar_skip_warm: bool,
     pub(super) data: RawTrainData,
 }
 
@@ -73,6 +77,10 @@ pub(super) struct RawTrainData {
 
 fn one() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `train.ar_blend_shrink` must lie in (0, 1]: 1 is the validation gains
@@ -178,6 +186,7 @@ impl RawTrain {
             init: t.init.as_deref().map(crate::forecast::ModelSource::parse),
             ar_skip_warm: t.ar_skip_warm,
             ar_blend_shrink: blend_shrink(cx, t.ar_blend_shrink)?,
+            auto_ar_skip_warm: t.auto_ar_skip_warm,
         })
     }
 }

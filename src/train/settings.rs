@@ -72,4 +72,17 @@ pub struct TrainConfig {
     /// the calibration sweeps alone shows the same (docs/calibration.md,
     /// "Step 1, reliably"); 1 (the default) keeps the gains as fitted.
     pub ar_blend_shrink: f64,
+    /// `train.auto_ar_skip_warm` (default on): calibration's `--start auto`
+    /// tries three starts, the plain warm one, the warm one with the AR
+    /// skip (as `ar_skip_warm` gives it) blended with AR (as `ar_blend`
+    /// does), and scratch, and chooses the one that beats persistence and
+    /// AR at every step *on the validation windows* (the gate's own
+    /// criterion, never the held-out ones), with the widest margin (the
+    /// worst step's RMSE over the better baseline's) among those, or among
+    /// all when none does. Off: the two starts by
+    /// validation RMSE alone, as before. On the real-cell fixture the warm
+    /// AR-skip start is the only one that wins step 1; on simulated cells
+    /// the plain warm one is better (docs/calibration.md, "Step 1 with the
+    /// defaults").
+    pub auto_ar_skip_warm: bool,
 }
