@@ -968,7 +968,9 @@ unsafe fn gemm_acc_avx512(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usiz
     // rows, 0–4 % slower at 32.
     // SAFETY: bounds asserted above; AVX-512F enabled on this fn.
     unsafe {
-        if m >= 48 {
+        if m4 == 0 || n16 == 0 {
+            // Nothing for the tiles (the batch-1 encoder's steps): no call.
+        } else if m >= 48 {
             tiles_avx512::<true>(c, a, b, m4, n16, k, n)
         } else {
             tiles_avx512::<false>(c, a, b, m4, n16, k, n)
