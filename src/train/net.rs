@@ -335,6 +335,165 @@ fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// One step's LSTM cell over the batch on sixteen lanes: from the gate
+/// pre-activations `gates` (`[B][4H]`, i, o, f, c order) and the previous
+/// cell state `c_prev` (`[B][H]`, `None` for zeros), the step's activations
+/// into the cache rows (each `[B][H]`). The same arithmetic, in the same
+/// order, as the scalar loop in `forward_layer`, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F and FMA; `hd` a multiple of 16; `gates` holds
+/// `4·len` values and every other slice `len` (a multiple of `hd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cell_forward_avx512(
+    gates: &[f32],
+    hd: usize,
+    c_prev: Option<&[f32]>,
+    i_out: &mut [f32],
+    o_out: &mut [f32],
+    f_out: &mut [f32],
+    g_out: &mut [f32],
+    c_out: &mut [f32],
+    tc_out: &mut [f32],
+    h_out: &mut [f32],
+) {
+    use crate::forecast::lstm::{sigmoid_avx512, tanh_avx512};
+    use std::arch::x86_64::*;
+    let len = h_out.len();
+    assert!(hd.is_multiple_of(16) && len.is_multiple_of(hd) && gates.len() >= 4 * len);
+    assert!([
+        i_out.len(),
+        o_out.len(),
+        f_out.len(),
+        g_out.len(),
+        c_out.len(),
+        tc_out.len()
+    ]
+    .iter()
+    .all(|&l| l == len));
+    assert!(c_prev.is_none_or(|c| c.len() == len));
+    let gp = gates.as_ptr();
+    // SAFETY (pointers): every offset is below `len` (outputs, c_prev) or
+    // `4·len` (gates), asserted above.
+    for b in 0..len / hd {
+        let g = gp.add(b * 4 * hd);
+        for u in (0..hd).step_by(16) {
+            let at = b * hd + u;
+            let i = sigmoid_avx512(_mm512_loadu_ps(g.add(u)));
+            let o = sigmoid_avx512(_mm512_loadu_ps(g.add(hd + u)));
+            let f = sigmoid_avx512(_mm512_loadu_ps(g.add(2 * hd + u)));
+            let gg = tanh_avx512(_mm512_loadu_ps(g.add(3 * hd + u)));
+            let cp = match c_prev {
+                Some(cp) => _mm512_loadu_ps(cp.as_ptr().add(at)),
+                None => _mm512_setzero_ps(),
+            };
+            let c = _mm512_add_ps(_mm512_mul_ps(f, cp), _mm512_mul_ps(i, gg));
+            let tc = tanh_avx512(c);
+            _mm512_storeu_ps(i_out.as_mut_ptr().add(at), i);
+            _mm512_storeu_ps(o_out.as_mut_ptr().add(at), o);
+            _mm512_storeu_ps(f_out.as_mut_ptr().add(at), f);
+            _mm512_storeu_ps(g_out.as_mut_ptr().add(at), gg);
+            _mm512_storeu_ps(c_out.as_mut_ptr().add(at), c);
+            _mm512_storeu_ps(tc_out.as_mut_ptr().add(at), tc);
+            _mm512_storeu_ps(h_out.as_mut_ptr().add(at), _mm512_mul_ps(o, tc));
+        }
+    }
+}
+
+/// The cached activations of one step (each `[B][H]`) for the backward
+/// element loop.
+struct StepCache<'a> {
+    i: &'a [f32],
+    o: &'a [f32],
+    f: &'a [f32],
+    g: &'a [f32],
+    tc: &'a [f32],
+    /// The previous step's cell state; `None` for zeros (the first step).
+    c_prev: Option<&'a [f32]>,
+}
+
+/// One step's gate gradients over the batch on sixteen lanes: `dg`
+/// (`[B][4H]`) from dL/dh (`dh_above + dh_next`) and the carried dL/dc
+/// (`dc_next`, updated to the previous step's). The same arithmetic, in
+/// the same order, as the scalar loop in `backward_layer`, so the same
+/// bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `hd` a multiple of 16; `dg` holds `4·len`
+/// values and every other slice `len` (a multiple of `hd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cell_backward_avx512(
+    s: &StepCache,
+    hd: usize,
+    dh_above: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    dg: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let len = dc_next.len();
+    assert!(hd.is_multiple_of(16) && len.is_multiple_of(hd) && dg.len() >= 4 * len);
+    assert!([
+        s.i.len(),
+        s.o.len(),
+        s.f.len(),
+        s.g.len(),
+        s.tc.len(),
+        dh_above.len(),
+        dh_next.len()
+    ]
+    .iter()
+    .all(|&l| l == len));
+    assert!(s.c_prev.is_none_or(|c| c.len() == len));
+    let one = _mm512_set1_ps(1.0);
+    let ld = |x: &[f32], at: usize| _mm512_loadu_ps(x.as_ptr().add(at));
+    // SAFETY (pointers): offsets below `len`, or `4·len` in `dg`.
+    for b in 0..len / hd {
+        let d = dg.as_mut_ptr().add(b * 4 * hd);
+        for u in (0..hd).step_by(16) {
+            let at = b * hd + u;
+            let dh = _mm512_add_ps(ld(dh_above, at), ld(dh_next, at));
+            let (i, o, f, g, tc) = (
+                ld(s.i, at),
+                ld(s.o, at),
+                ld(s.f, at),
+                ld(s.g, at),
+                ld(s.tc, at),
+            );
+            let c_prev = match s.c_prev {
+                Some(c) => ld(c, at),
+                None => _mm512_setzero_ps(),
+            };
+            let dtc = _mm512_sub_ps(one, _mm512_mul_ps(tc, tc));
+            let dc = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(dh, o), dtc), ld(dc_next, at));
+            let di = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_mul_ps(dc, g), i),
+                _mm512_sub_ps(one, i),
+            );
+            let do_ = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_mul_ps(dh, tc), o),
+                _mm512_sub_ps(one, o),
+            );
+            let df = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_mul_ps(dc, c_prev), f),
+                _mm512_sub_ps(one, f),
+            );
+            let dgc = _mm512_mul_ps(
+                _mm512_mul_ps(dc, i),
+                _mm512_sub_ps(one, _mm512_mul_ps(g, g)),
+            );
+            _mm512_storeu_ps(d.add(u), di);
+            _mm512_storeu_ps(d.add(hd + u), do_);
+            _mm512_storeu_ps(d.add(2 * hd + u), df);
+            _mm512_storeu_ps(d.add(3 * hd + u), dgc);
+            _mm512_storeu_ps(dc_next.as_mut_ptr().add(at), _mm512_mul_ps(dc, f));
+        }
+    }
+}
+
 /// Forward and backward passes with reusable buffers, written as batched
 /// matrix products over the forecaster's kernels. Per step, the input and
 /// recurrent projections are one product over `[x_t, h_{t−1}]` (one pass
@@ -379,7 +538,7 @@ impl Workspace {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU reports AVX2 and FMA.
             Simd::Avx2 => unsafe { self.forward_avx2(net, x, batch) },
-            _ => self.forward_impl::<false>(net, x, batch),
+            _ => self.forward_impl::<false, false>(net, x, batch),
         }
         &self.out
     }
@@ -413,20 +572,20 @@ impl Workspace {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU reports AVX2 and FMA.
             Simd::Avx2 => unsafe { self.backward_avx2(net, y, w, batch, grad) },
-            _ => self.backward_impl::<false>(net, y, w, batch, grad),
+            _ => self.backward_impl::<false, false>(net, y, w, batch, grad),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn forward_avx512(&mut self, net: &Net, x: &[f32], batch: usize) {
-        self.forward_impl::<true>(net, x, batch)
+        self.forward_impl::<true, true>(net, x, batch)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn forward_avx2(&mut self, net: &Net, x: &[f32], batch: usize) {
-        self.forward_impl::<true>(net, x, batch)
+        self.forward_impl::<true, false>(net, x, batch)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -439,7 +598,7 @@ impl Workspace {
         batch: usize,
         grad: &mut Net,
     ) -> f64 {
-        self.backward_impl::<true>(net, y, w, batch, grad)
+        self.backward_impl::<true, true>(net, y, w, batch, grad)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -452,11 +611,16 @@ impl Workspace {
         batch: usize,
         grad: &mut Net,
     ) -> f64 {
-        self.backward_impl::<true>(net, y, w, batch, grad)
+        self.backward_impl::<true, false>(net, y, w, batch, grad)
     }
 
     #[inline(always)]
-    fn forward_impl<const FMA: bool>(&mut self, net: &Net, x: &[f32], batch: usize) {
+    fn forward_impl<const FMA: bool, const AVX512: bool>(
+        &mut self,
+        net: &Net,
+        x: &[f32],
+        batch: usize,
+    ) {
         let t_total = net.t_in + net.t_out;
         assert_eq!(x.len(), batch * t_total * 3);
         self.caches.resize_with(net.layers.len(), Cache::default);
@@ -472,7 +636,7 @@ impl Workspace {
             self.zeros = vec![0.0; widest];
         }
         for (l, layer) in net.layers.iter().enumerate() {
-            self.forward_layer::<FMA>(layer, l, t_total, batch);
+            self.forward_layer::<FMA, AVX512>(layer, l, t_total, batch);
         }
         self.forward_head::<FMA>(net, batch);
         if let Some(g) = net.skip.as_ref().and_then(|s| s.gain.as_ref()) {
@@ -511,7 +675,7 @@ impl Workspace {
     /// One LSTM layer over the whole sequence; its input is the batch
     /// (layer 0) or the `h` of the layer below, read in place.
     #[inline(always)]
-    fn forward_layer<const FMA: bool>(
+    fn forward_layer<const FMA: bool, const AVX512: bool>(
         &mut self,
         layer: &Layer,
         l: usize,
@@ -568,6 +732,24 @@ impl Workspace {
             }
             // Step t's input and recurrent projections in one product.
             matmul_acc(&mut self.gates, &self.xh, &self.wrt, batch, kx, g4);
+            #[cfg(target_arch = "x86_64")]
+            if AVX512 && hd.is_multiple_of(16) {
+                let step = t * batch * hd..(t + 1) * batch * hd;
+                let (c_done, c_rest) = cache.c.split_at_mut(step.start);
+                let c_prev = (t > 0).then(|| &c_done[step.start - batch * hd..]);
+                let c_out = &mut c_rest[..batch * hd];
+                let (i, o, f, g) = (
+                    &mut cache.i[step.clone()],
+                    &mut cache.o[step.clone()],
+                    &mut cache.f[step.clone()],
+                    &mut cache.g[step.clone()],
+                );
+                let (tc, h) = (&mut cache.tc[step.clone()], &mut cache.h[step]);
+                // SAFETY: AVX512 is true only in `forward_avx512` (the CPU
+                // reports AVX-512F and FMA); shapes as the kernel requires.
+                unsafe { cell_forward_avx512(&self.gates, hd, c_prev, i, o, f, g, c_out, tc, h) }
+                continue;
+            }
             for b in 0..batch {
                 let gb = &self.gates[b * g4..(b + 1) * g4];
                 let base = (t * batch + b) * hd;
@@ -645,7 +827,7 @@ impl Workspace {
     }
 
     #[inline(always)]
-    fn backward_impl<const FMA: bool>(
+    fn backward_impl<const FMA: bool, const AVX512: bool>(
         &mut self,
         net: &Net,
         y: &[f32],
@@ -661,7 +843,7 @@ impl Workspace {
         dh_above.resize(t_total * batch * net.hidden(), 0.0);
         let loss = self.backward_head(net, y, w, batch, grad, &mut dh_above);
         for l in (0..net.layers.len()).rev() {
-            self.backward_layer(net, l, batch, grad, &mut dh_above);
+            self.backward_layer::<AVX512>(net, l, batch, grad, &mut dh_above);
         }
         self.scratch = dh_above;
         loss / n as f64
@@ -726,7 +908,7 @@ impl Workspace {
     /// Back-propagation through time of layer `l`: its weight gradients
     /// into `grad`, and `dh_above` replaced by dL/dx for the layer below.
     #[inline(always)]
-    fn backward_layer(
+    fn backward_layer<const AVX512: bool>(
         &mut self,
         net: &Net,
         l: usize,
@@ -762,7 +944,27 @@ impl Workspace {
         }
         for t in (0..t_total).rev() {
             let dgt = &mut self.dg[t * batch * g4..(t + 1) * batch * g4];
-            for b in 0..batch {
+            let vector = cfg!(target_arch = "x86_64") && AVX512 && hd.is_multiple_of(16);
+            #[cfg(target_arch = "x86_64")]
+            if vector {
+                let step = t * batch * hd..(t + 1) * batch * hd;
+                let s = StepCache {
+                    i: &cache.i[step.clone()],
+                    o: &cache.o[step.clone()],
+                    f: &cache.f[step.clone()],
+                    g: &cache.g[step.clone()],
+                    tc: &cache.tc[step.clone()],
+                    c_prev: (t > 0).then(|| &cache.c[step.start - batch * hd..step.start]),
+                };
+                // SAFETY: AVX512 is true only in `backward_avx512` (the CPU
+                // reports AVX-512F); shapes as the kernel requires.
+                unsafe {
+                    cell_backward_avx512(&s, hd, &dh_above[step], &dh_next, &mut dc_next, dgt)
+                };
+            }
+            // The scalar loop, where the vector kernel did not run.
+            let scalar_rows = if vector { 0 } else { batch };
+            for b in 0..scalar_rows {
                 let base = (t * batch + b) * hd;
                 let dgb = &mut dgt[b * g4..(b + 1) * g4];
                 let (dgi, rest) = dgb.split_at_mut(hd);
@@ -891,6 +1093,35 @@ mod tests {
         let a = Workspace::default().forward(&mlp, &x, 2).to_vec();
         let b = Workspace::default().forward(&lin, &x, 2).to_vec();
         assert_ne!(a, b);
+    }
+
+    /// The AVX-512 cell kernels (forward and backward element loops) give
+    /// the bits of the scalar loops they replace.
+    #[test]
+    fn vector_cells_equal_the_scalar_loops() {
+        if detect_simd() != Simd::Avx512 {
+            return;
+        }
+        for (layers, hidden, residual) in [(2, 16, false), (1, 32, true)] {
+            let net =
+                Net::new(layers, hidden, 6, 4, OutputOrder::Reversed, 3).with_residual(residual);
+            let (x, y) = batch(&net, 5, 9);
+            let mut fast = Workspace::default();
+            let mut grad_fast = net.zeros_like();
+            let out_fast = fast.forward(&net, &x, 5).to_vec();
+            let loss_fast = fast.backward(&net, &y, 5, &mut grad_fast);
+            let mut slow = Workspace::default();
+            let mut grad_slow = net.zeros_like();
+            slow.forward_impl::<true, false>(&net, &x, 5);
+            let loss_slow = slow.backward_impl::<true, false>(&net, &y, None, 5, &mut grad_slow);
+            assert_eq!(out_fast, slow.out);
+            assert_eq!(loss_fast.to_bits(), loss_slow.to_bits());
+            for (a, b) in fast.caches.iter().zip(&slow.caches) {
+                assert_eq!((&a.i, &a.o, &a.f, &a.g), (&b.i, &b.o, &b.f, &b.g));
+                assert_eq!((&a.c, &a.tc, &a.h), (&b.c, &b.tc, &b.h));
+            }
+            assert_eq!(grad_fast, grad_slow, "{layers} layers, H {hidden}");
+        }
     }
 
     /// Backpropagation agrees with central finite differences on every
