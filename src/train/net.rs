@@ -963,39 +963,19 @@ impl Workspace {
                 };
             }
             // The scalar loop, where the vector kernel did not run.
-            let scalar_rows = if vector { 0 } else { batch };
-            for b in 0..scalar_rows {
-                let base = (t * batch + b) * hd;
-                let dgb = &mut dgt[b * g4..(b + 1) * g4];
-                let (dgi, rest) = dgb.split_at_mut(hd);
-                let (dgo, rest) = rest.split_at_mut(hd);
-                let (dgf, dgc) = rest.split_at_mut(hd);
-                let row = base..base + hd;
-                let (ci, co, cf, cg, ctc) = (
-                    &cache.i[row.clone()],
-                    &cache.o[row.clone()],
-                    &cache.f[row.clone()],
-                    &cache.g[row.clone()],
-                    &cache.tc[row.clone()],
+            if !vector {
+                let zeros = &self.zeros[..hd];
+                cell_backward_scalar(
+                    cache,
+                    zeros,
+                    t,
+                    batch,
+                    hd,
+                    dh_above,
+                    &dh_next,
+                    &mut dc_next,
+                    dgt,
                 );
-                let c_prev: &[f32] = if t > 0 {
-                    &cache.c[base - batch * hd..base - batch * hd + hd]
-                } else {
-                    &self.zeros[..hd]
-                };
-                let dh_row = &dh_above[row];
-                let dhn = &dh_next[b * hd..(b + 1) * hd];
-                let dcn = &mut dc_next[b * hd..(b + 1) * hd];
-                for u in 0..hd {
-                    let dh = dh_row[u] + dhn[u];
-                    let (i, o, f, g, tc) = (ci[u], co[u], cf[u], cg[u], ctc[u]);
-                    let dc = dh * o * (1.0 - tc * tc) + dcn[u];
-                    dgi[u] = dc * g * i * (1.0 - i);
-                    dgo[u] = dh * tc * o * (1.0 - o);
-                    dgf[u] = dc * c_prev[u] * f * (1.0 - f);
-                    dgc[u] = dc * i * (1.0 - g * g);
-                    dcn[u] = dc * f;
-                }
             }
             let dgt = &self.dg[t * batch * g4..(t + 1) * batch * g4];
             if l == 0 {
@@ -1020,26 +1000,86 @@ impl Workspace {
         self.wgrad.clear();
         self.wgrad.resize((kx + 1) * g4, 0.0);
         matmul_acc(&mut self.wgrad, &cache.xt, &self.dg, kx + 1, rows, g4);
-        for (k, row) in self.wgrad.chunks_exact(g4).enumerate() {
-            if k < inp {
-                for (g, v) in row.iter().enumerate() {
-                    gl.w[g * inp + k] += v;
-                }
-            } else if k < kx {
-                for (g, v) in row.iter().enumerate() {
-                    gl.r[g * hd + k - inp] += v;
-                }
-            } else {
-                for (g, v) in row.iter().enumerate() {
-                    gl.wb[g] += v;
-                    gl.rb[g] += v;
-                }
-            }
-        }
+        add_weight_grads(&self.wgrad, gl, inp, hd);
         self.dh_next = dh_next;
         self.dc_next = dc_next;
         if l > 0 {
             std::mem::swap(dh_above, &mut self.below);
+        }
+    }
+}
+
+/// The scalar gate-gradient loop of step `t` (every row of the batch):
+/// `dgt` gets dL/d(gates), `dc_next` becomes dL/dc of the step before.
+/// `zeros`: the cell state before the first step (`hd` zeros).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn cell_backward_scalar(
+    cache: &Cache,
+    zeros: &[f32],
+    t: usize,
+    batch: usize,
+    hd: usize,
+    dh_above: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    dgt: &mut [f32],
+) {
+    let g4 = 4 * hd;
+    for b in 0..batch {
+        let base = (t * batch + b) * hd;
+        let dgb = &mut dgt[b * g4..(b + 1) * g4];
+        let (dgi, rest) = dgb.split_at_mut(hd);
+        let (dgo, rest) = rest.split_at_mut(hd);
+        let (dgf, dgc) = rest.split_at_mut(hd);
+        let row = base..base + hd;
+        let (ci, co, cf, cg, ctc) = (
+            &cache.i[row.clone()],
+            &cache.o[row.clone()],
+            &cache.f[row.clone()],
+            &cache.g[row.clone()],
+            &cache.tc[row.clone()],
+        );
+        let c_prev: &[f32] = if t > 0 {
+            &cache.c[base - batch * hd..base - batch * hd + hd]
+        } else {
+            zeros
+        };
+        let dh_row = &dh_above[row];
+        let dhn = &dh_next[b * hd..(b + 1) * hd];
+        let dcn = &mut dc_next[b * hd..(b + 1) * hd];
+        for u in 0..hd {
+            let dh = dh_row[u] + dhn[u];
+            let (i, o, f, g, tc) = (ci[u], co[u], cf[u], cg[u], ctc[u]);
+            let dc = dh * o * (1.0 - tc * tc) + dcn[u];
+            dgi[u] = dc * g * i * (1.0 - i);
+            dgo[u] = dh * tc * o * (1.0 - o);
+            dgf[u] = dc * c_prev[u] * f * (1.0 - f);
+            dgc[u] = dc * i * (1.0 - g * g);
+            dcn[u] = dc * f;
+        }
+    }
+}
+
+/// Add the whole sequence's weight-gradient product (`[x, h, 1]ᵀ · dG`,
+/// `inp + hd + 1` rows of `4·hd`) into the layer's gradients: input
+/// weights, recurrent weights, and both biases.
+fn add_weight_grads(wgrad: &[f32], gl: &mut Layer, inp: usize, hd: usize) {
+    let (g4, kx) = (4 * hd, inp + hd);
+    for (k, row) in wgrad.chunks_exact(g4).enumerate() {
+        if k < inp {
+            for (g, v) in row.iter().enumerate() {
+                gl.w[g * inp + k] += v;
+            }
+        } else if k < kx {
+            for (g, v) in row.iter().enumerate() {
+                gl.r[g * hd + k - inp] += v;
+            }
+        } else {
+            for (g, v) in row.iter().enumerate() {
+                gl.wb[g] += v;
+                gl.rb[g] += v;
+            }
         }
     }
 }
