@@ -44,6 +44,7 @@ fn bursting_records(seconds: f64, seed: u64, noise_mv: f64, stimulate: bool) -> 
             command: u,
             cause: None,
             forecast: f32::NAN,
+            off_plan: false,
         });
     }
     out

@@ -31,6 +31,7 @@ pub(super) struct RawGuard {
     pub(super) objective_margin: f64,
     pub(super) first_window: Quantity<Time>,
     pub(super) probation: Quantity<Time>,
+    pub(super) score_off_plan: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +255,7 @@ fn guard(
         first_window_ms: first_window,
         min_error_mv: g.min_error.get(),
         objective_margin: g.objective_margin,
+        score_off_plan: g.score_off_plan,
     })
 }
 

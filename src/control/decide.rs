@@ -66,6 +66,9 @@ pub struct Decider {
     /// Index of the last spike's sample: plans computed before it are
     /// stale.
     spike_index: u64,
+    /// This sample's request is the loop's own, not the plan's (the spike
+    /// reflex): the record says so, for the forecast monitors.
+    off_plan: bool,
     replan: bool,
     model_steps: u64,
     expected_index: Option<u64>,
@@ -142,6 +145,7 @@ impl Decider {
             window,
             last_spike_ms: f64::NEG_INFINITY,
             spike_index: 0,
+            off_plan: false,
             replan: false,
             model_steps: 0,
             expected_index: None,
@@ -388,6 +392,7 @@ impl Decider {
                 command: d.command,
                 cause: d.cause,
                 forecast,
+                off_plan: std::mem::take(&mut self.off_plan),
             },
             step_done,
         }
@@ -492,6 +497,7 @@ impl Decider {
         let out = f.spike_pulse.clamp(-self.mpc_amplitude, self.mpc_amplitude);
         if out != u {
             self.counters.feedback_samples += 1;
+            self.off_plan = true;
         }
         out
     }
@@ -860,11 +866,23 @@ mod tests {
         }
         // The spike is detected on its upward crossing at sample 10.
         let mut out = Vec::new();
+        let mut off_plan = Vec::new();
         for k in 10..40 {
-            out.push(at(k, if k < 12 { 10.0 } else { -65.0 }));
+            let r = d
+                .tick(
+                    &sample(k, if k < 12 { 10.0 } else { -65.0 }),
+                    |_| {},
+                    |_| {},
+                )
+                .record;
+            out.push(r.requested);
+            off_plan.push(r.off_plan);
         }
         let pulsed: Vec<usize> = (0..out.len()).filter(|&i| out[i] == -6.0).collect();
         assert_eq!(pulsed, (5..15).collect::<Vec<_>>(), "{out:?}");
+        // The records say which samples carried the loop's own current.
+        let flagged: Vec<usize> = (0..off_plan.len()).filter(|&i| off_plan[i]).collect();
+        assert_eq!(flagged, pulsed);
         assert!(out[..5].iter().all(|&u| u <= 0.0), "{out:?}");
         // After it, the plan made before the spike: its depolarising
         // current is withheld (it knew nothing of the spike).

@@ -240,6 +240,7 @@ impl Guard {
                 multiple: f64::INFINITY,
                 enabled: false,
                 online_reference: false,
+                score_off_plan: cfg.score_off_plan,
             },
             live.clone(),
         );
@@ -624,6 +625,7 @@ mod tests {
             objective_margin: 0.25,
             first_window_ms: 100.0,
             probation_ms: 0.0,
+            score_off_plan: true,
         }
     }
 
@@ -645,6 +647,7 @@ mod tests {
             command: 0.0,
             cause: None,
             forecast: f32::NAN,
+            off_plan: false,
         }
     }
 

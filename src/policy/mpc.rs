@@ -141,6 +141,12 @@ pub struct GuardConfig {
     /// fraction of a window, and every sample of harm stays in the score
     /// (and in the trajectory after it).
     pub first_window_ms: f64,
+    /// Score each forecast on every target of its horizon (true), or only
+    /// up to the first sample where the loop applied a current of its own
+    /// in place of the plan's (MPC's spike reflex; false): a forecast is
+    /// then judged only on the currents it was asked about. The guard's
+    /// `model_ratio` was chosen scoring every target.
+    pub score_off_plan: bool,
     /// Probation start, ms after the objective's settle span (0: none):
     /// the fallback drives first so that its objective error on this cell
     /// is measured before MPC may act, and MPC is judged against it.

@@ -55,6 +55,12 @@ pub struct Record {
     /// What the plan in use forecast for the end of this sample's model
     /// step, mV (NaN without a plan).
     pub forecast: f32,
+    /// The loop put its own current in place of the plan's (MPC's spike
+    /// reflex): every forecast made before this sample assumed another
+    /// current from here on; with `control.guard.score_off_plan = false`
+    /// the guard's forecast monitor stops scoring them here (a forecast is
+    /// then judged only on the currents it was asked about).
+    pub off_plan: bool,
 }
 
 /// Records are equal when every field is: the forecast bit for bit, so
@@ -70,6 +76,7 @@ impl PartialEq for Record {
             && self.command.to_bits() == o.command.to_bits()
             && self.cause == o.cause
             && self.forecast.to_bits() == o.forecast.to_bits()
+            && self.off_plan == o.off_plan
     }
 }
 

@@ -173,6 +173,9 @@ pub struct DriftRule {
     pub enabled: bool,
     /// The reference is measured online (see [`DriftMonitor`]).
     pub online_reference: bool,
+    /// Score forecasts also on targets after the loop replaced the plan's
+    /// current (else stop each forecast there).
+    pub score_off_plan: bool,
 }
 
 /// Rolling forecast error and the drift rule.
@@ -181,6 +184,11 @@ pub struct DriftMonitor {
     t_out: usize,
     /// V by sample index (ring).
     v: Vec<f32>,
+    /// By sample index (ring): 1 + the newest off-plan sample at or before
+    /// it (0: none yet). A forecast is scored only up to the first sample
+    /// after its base where the loop applied a current of its own.
+    off_plan: Vec<u64>,
+    newest_off_plan: u64,
     newest: Option<u64>,
     oldest_held: u64,
     pending: VecDeque<(u64, Box<[f32]>)>,
@@ -218,12 +226,15 @@ impl DriftMonitor {
             multiple,
             enabled,
             online_reference,
+            score_off_plan,
         } = rule;
         let per_second = (1000.0 / period_ms).round().max(1.0) as u64;
         DriftMonitor {
             decimation: decimation.max(1) as u64,
             t_out,
             v: vec![f32::NAN; RING],
+            off_plan: vec![0; if score_off_plan { 0 } else { RING }],
+            newest_off_plan: 0,
             newest: None,
             oldest_held: 0,
             pending: VecDeque::new(),
@@ -272,6 +283,12 @@ impl DriftMonitor {
                 self.oldest_held = r.index;
             }
             self.v[(r.index as usize) % RING] = r.v_mv as f32;
+            if !self.off_plan.is_empty() {
+                if r.off_plan {
+                    self.newest_off_plan = r.index + 1;
+                }
+                self.off_plan[(r.index as usize) % RING] = self.newest_off_plan;
+            }
             self.newest = Some(r.index);
             self.oldest_held = self
                 .oldest_held
@@ -309,6 +326,11 @@ impl DriftMonitor {
             let mut n = 0;
             for (j, &f) in values.iter().enumerate() {
                 let at = base + (j as u64 + 1) * self.decimation;
+                if !self.off_plan.is_empty() && self.off_plan[(at as usize) % RING] > base + 1 {
+                    // The current this forecast assumed was not applied
+                    // from some sample after its base on.
+                    break;
+                }
                 let v = self.v[(at as usize) % RING];
                 if f.is_finite() && v.is_finite() && v0.is_finite() {
                     se += ((f - v) as f64).powi(2);
@@ -403,6 +425,7 @@ mod tests {
             command: 0.0,
             cause: None,
             forecast: f32::NAN,
+            off_plan: false,
         }
     }
 
@@ -415,6 +438,7 @@ mod tests {
             multiple: 2.0,
             enabled: true,
             online_reference: online,
+            score_off_plan: true,
         };
         let mut m = DriftMonitor::new(5, 4, 0.1, rule(false), live.clone());
         let mut index = 0u64;
@@ -443,6 +467,51 @@ mod tests {
     }
 
     #[test]
+    fn a_forecast_is_scored_only_up_to_the_loops_own_current() {
+        // Steps 1-2 miss by 1 mV, steps 3-4 by 5 mV; with the loop's own
+        // current (the spike reflex) from between steps 2 and 3 on, only
+        // steps 1-2 asked about what was applied.
+        let rule = |score_off_plan| DriftRule {
+            window_ms: 100.0,
+            multiple: 2.0,
+            enabled: true,
+            online_reference: false,
+            score_off_plan,
+        };
+        let run = |off_plan_at: Option<u64>, score_off_plan: bool| {
+            let live = Arc::new(LiveForecast::new(1.0));
+            let mut m = DriftMonitor::new(5, 4, 0.1, rule(score_off_plan), live);
+            let mut index = 0u64;
+            for _ in 0..200 {
+                let base = index;
+                m.forecast(base, vec![-64.0, -64.0, -60.0, -60.0].into_boxed_slice());
+                let block: Vec<Record> = (0..20)
+                    .map(|k| Record {
+                        off_plan: off_plan_at == Some(k + 1),
+                        ..rec(base + 1 + k, -65.0)
+                    })
+                    .collect();
+                index += 20;
+                m.records(&block);
+            }
+            m.rolling()
+        };
+        let rolling = |off_plan_at| run(off_plan_at, false);
+        let all = ((1.0 + 1.0 + 25.0 + 25.0) / 4.0f64).sqrt();
+        // Scoring off-plan targets too (the default), the flag changes
+        // nothing.
+        assert!((run(Some(11), true) - all).abs() < 1e-6);
+        assert!((rolling(None) - all).abs() < 1e-6, "{}", rolling(None));
+        assert!(
+            (rolling(Some(11)) - 1.0).abs() < 1e-6,
+            "{}",
+            rolling(Some(11))
+        );
+        // Off plan at step 2's own sample: step 1 only.
+        assert!((rolling(Some(10)) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
     fn the_online_reference_is_the_first_full_window() {
         let live = Arc::new(LiveForecast::new(f64::NAN));
         let rule = DriftRule {
@@ -450,6 +519,7 @@ mod tests {
             multiple: 2.0,
             enabled: true,
             online_reference: true,
+            score_off_plan: true,
         };
         let mut m = DriftMonitor::new(5, 4, 0.1, rule, live.clone());
         let mut index = 0u64;

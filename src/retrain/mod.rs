@@ -277,6 +277,7 @@ impl Shared {
                 multiple: self.drift_multiple,
                 enabled: self.on_drift,
                 online_reference: self.online_reference,
+                score_off_plan: true,
             },
             self.live.clone(),
         )
