@@ -433,6 +433,8 @@ fn the_spike_recipe_warm_starts_from_the_family_model() {
     .unwrap();
     assert!(c.train.spike_weight.is_some());
     assert!(c.train.sources.iter().all(|s| s.sim.cell.is_none()));
+    // Noise-free, as the presets are evaluated (the family model saw 0.2 mV).
+    assert!(c.train.sources.iter().all(|s| s.sim.noise_sd_mv == 0.0));
     let mut train = c.train.clone();
     train.init = Some(neurostimd::forecast::ModelSource::File(repo(
         "models/ca1_lstm_family.onnx",
@@ -445,4 +447,37 @@ fn the_spike_recipe_warm_starts_from_the_family_model() {
         .unwrap()
         .expect("a warm start");
     assert_eq!(warm.card.name, "ca1_lstm_family");
+}
+
+/// The shipped spike-aware preset model (issue 16): trained by
+/// `config/train-ca1-spike.toml` from the family model on the nominal presets
+/// only, noise-free, with the spike-weighted loss; the native engine runs it
+/// and it reproduces its bundle. Its F1 is measured in docs/calibration.md.
+#[test]
+fn the_spike_model_is_what_its_card_says() {
+    let model = repo("models/ca1_lstm_spike.onnx");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("models/ca1_lstm_spike.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["name"], "ca1_lstm_spike");
+    let parent = card["parent"].as_str().unwrap();
+    assert!(
+        parent.starts_with("models/ca1_lstm_family.onnx"),
+        "{parent}"
+    );
+    let p = &card["provenance"];
+    assert_eq!(p["measurement_noise_sd_mv"].as_f64(), Some(0.0));
+    assert!(p["spike_weight"]["extra"].as_f64().unwrap() > 0.0);
+    let data: Vec<&str> = p["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(data.iter().all(|d| !d.contains("cell ")), "{data:?}");
+    native_matches_bundle(
+        &model,
+        &repo("models/ca1_lstm_spike.input.npy"),
+        &repo("models/ca1_lstm_spike.expected.npy"),
+    );
 }
