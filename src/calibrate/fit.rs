@@ -766,7 +766,7 @@ fn card_for(
     name: &str,
     bytes: &[u8],
 ) -> Result<ModelCard, CalibrateError> {
-    let mut card = ModelSource::Embedded
+    let mut card = ModelSource::DEFAULT
         .read()
         .map_err(CalibrateError::Base)?
         .card;

@@ -205,7 +205,9 @@ impl Options {
     /// (docs/calibration.md).
     pub fn from_config(config: &crate::config::Config, budget_s: f64, command: String) -> Options {
         let base = match &config.control.model {
-            crate::forecast::ModelSource::Embedded => crate::forecast::ModelSource::EmbeddedFamily,
+            m if *m == crate::forecast::ModelSource::DEFAULT => {
+                crate::forecast::ModelSource::FAMILY
+            }
             other => other.clone(),
         };
         Options {

@@ -11,28 +11,55 @@ use super::{parse_card, ForecastError, ModelCard};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-/// The shipped model's ONNX bytes.
-pub const EMBEDDED_ONNX: &[u8] = include_bytes!("../../models/ca1_lstm.onnx");
-/// The shipped model's card.
-pub const EMBEDDED_CARD: &str = include_str!("../../models/ca1_lstm.json");
-/// How configuration and status name the embedded model.
-pub const EMBEDDED_NAME: &str = "embedded:ca1_lstm";
+/// A model compiled into the binary.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EmbeddedModel {
+    /// Its file stem in `models/` (and its card's name).
+    pub stem: &'static str,
+    /// How configuration and status name it: `embedded:STEM`.
+    pub name: &'static str,
+    pub onnx: &'static [u8],
+    pub card: &'static str,
+}
+
+/// The shipped default forecaster (`models/ca1_lstm.onnx`).
+pub static CA1_LSTM: EmbeddedModel = EmbeddedModel {
+    stem: "ca1_lstm",
+    name: "embedded:ca1_lstm",
+    onnx: include_bytes!("../../models/ca1_lstm.onnx"),
+    card: include_str!("../../models/ca1_lstm.json"),
+};
 /// The family base model (`models/ca1_lstm_family.onnx`: randomised CA1
 /// cells, measurement noise), embedded because it is `calibrate`'s default
 /// warm start: a user's first command must not need the source tree.
-pub const FAMILY_ONNX: &[u8] = include_bytes!("../../models/ca1_lstm_family.onnx");
-/// The family base model's card.
-pub const FAMILY_CARD: &str = include_str!("../../models/ca1_lstm_family.json");
+pub static CA1_LSTM_FAMILY: EmbeddedModel = EmbeddedModel {
+    stem: "ca1_lstm_family",
+    name: "embedded:ca1_lstm_family",
+    onnx: include_bytes!("../../models/ca1_lstm_family.onnx"),
+    card: include_str!("../../models/ca1_lstm_family.json"),
+};
+/// The spike-aware preset model (`models/ca1_lstm_spike.onnx`), embedded
+/// because a shipped scenario (`burst`) runs MPC with it from any
+/// directory.
+pub static CA1_LSTM_SPIKE: EmbeddedModel = EmbeddedModel {
+    stem: "ca1_lstm_spike",
+    name: "embedded:ca1_lstm_spike",
+    onnx: include_bytes!("../../models/ca1_lstm_spike.onnx"),
+    card: include_str!("../../models/ca1_lstm_spike.json"),
+};
+/// Every embedded model, the default first.
+pub static EMBEDDED: [&EmbeddedModel; 3] = [&CA1_LSTM, &CA1_LSTM_FAMILY, &CA1_LSTM_SPIKE];
+
+/// How configuration and status name the embedded default model.
+pub const EMBEDDED_NAME: &str = "embedded:ca1_lstm";
 /// How configuration and status name the embedded family base model.
 pub const FAMILY_NAME: &str = "embedded:ca1_lstm_family";
 
 /// A model's origin, as configured (`control.model`, `--model`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
-    /// The shipped model compiled into this binary.
-    Embedded,
-    /// The family base model compiled into this binary.
-    EmbeddedFamily,
+    /// A model compiled into this binary.
+    Embedded(&'static EmbeddedModel),
     /// `NAME.onnx` with its card `NAME.json` beside it.
     File(PathBuf),
 }
@@ -45,38 +72,48 @@ pub struct ModelFiles {
 }
 
 impl ModelSource {
-    /// `embedded` or `embedded:ca1_lstm` name the embedded model,
-    /// `embedded:ca1_lstm_family` the family base model; anything else is a
-    /// path.
+    /// The embedded default model.
+    pub const DEFAULT: ModelSource = ModelSource::Embedded(&CA1_LSTM);
+    /// The embedded family base model.
+    pub const FAMILY: ModelSource = ModelSource::Embedded(&CA1_LSTM_FAMILY);
+
+    /// `embedded` or `embedded:STEM` name an embedded model (`ca1_lstm`,
+    /// `ca1_lstm_family`, `ca1_lstm_spike`); anything else is a path.
     pub fn parse(s: &str) -> ModelSource {
-        if s == "embedded" || s == EMBEDDED_NAME {
-            ModelSource::Embedded
-        } else if s == FAMILY_NAME {
-            ModelSource::EmbeddedFamily
-        } else {
-            ModelSource::File(PathBuf::from(s))
+        if s == "embedded" {
+            return ModelSource::DEFAULT;
+        }
+        match EMBEDDED.iter().find(|m| m.name == s) {
+            Some(m) => ModelSource::Embedded(m),
+            None => ModelSource::File(PathBuf::from(s)),
         }
     }
 
-    /// The name errors and status use: the path, or `embedded:ca1_lstm`.
+    /// The name errors and status use: the path, or `embedded:STEM`.
     pub fn name(&self) -> String {
         match self {
-            ModelSource::Embedded => EMBEDDED_NAME.into(),
-            ModelSource::EmbeddedFamily => FAMILY_NAME.into(),
+            ModelSource::Embedded(m) => m.name.into(),
             ModelSource::File(p) => p.display().to_string(),
+        }
+    }
+
+    /// The stem a registry or a card calls it by.
+    pub fn stem(&self) -> String {
+        match self {
+            ModelSource::Embedded(m) => m.stem.into(),
+            ModelSource::File(p) => p
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
         }
     }
 
     /// Where it came from, for `model info` and `GET /status`.
     pub fn origin(&self) -> String {
         match self {
-            ModelSource::Embedded => format!(
-                "compiled into neurostimd {} (models/ca1_lstm.onnx of its source)",
-                env!("CARGO_PKG_VERSION")
-            ),
-            ModelSource::EmbeddedFamily => format!(
-                "compiled into neurostimd {} (models/ca1_lstm_family.onnx of its source)",
-                env!("CARGO_PKG_VERSION")
+            ModelSource::Embedded(m) => format!(
+                "compiled into neurostimd {} (models/{}.onnx of its source)",
+                env!("CARGO_PKG_VERSION"),
+                m.stem
             ),
             ModelSource::File(p) => match std::fs::canonicalize(p) {
                 Ok(abs) => format!("file {}", abs.display()),
@@ -88,7 +125,7 @@ impl ModelSource {
     /// The file path, if this is a file.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            ModelSource::Embedded | ModelSource::EmbeddedFamily => None,
+            ModelSource::Embedded(_) => None,
             ModelSource::File(p) => Some(p),
         }
     }
@@ -97,15 +134,10 @@ impl ModelSource {
     /// file asked for, not its card.
     pub fn read(&self) -> Result<ModelFiles, ForecastError> {
         match self {
-            ModelSource::Embedded => Ok(ModelFiles {
-                onnx: Cow::Borrowed(EMBEDDED_ONNX),
-                card_text: Cow::Borrowed(EMBEDDED_CARD),
-                card: parse_card(EMBEDDED_NAME, EMBEDDED_CARD)?,
-            }),
-            ModelSource::EmbeddedFamily => Ok(ModelFiles {
-                onnx: Cow::Borrowed(FAMILY_ONNX),
-                card_text: Cow::Borrowed(FAMILY_CARD),
-                card: parse_card(FAMILY_NAME, FAMILY_CARD)?,
+            ModelSource::Embedded(m) => Ok(ModelFiles {
+                onnx: Cow::Borrowed(m.onnx),
+                card_text: Cow::Borrowed(m.card),
+                card: parse_card(m.name, m.card)?,
             }),
             ModelSource::File(path) => {
                 let io = |p: &Path| {
@@ -145,32 +177,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_embedded_model_is_the_shipped_file_and_matches_its_card() {
-        let m = ModelSource::Embedded.read().unwrap();
-        assert_eq!(super::super::sha256_hex(&m.onnx), m.card.onnx_sha256);
+    fn every_embedded_model_is_its_file_and_matches_its_card() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        assert_eq!(
-            &*m.onnx,
-            &std::fs::read(root.join("models/ca1_lstm.onnx")).unwrap()[..]
-        );
-    }
-
-    #[test]
-    fn the_embedded_family_model_is_its_file_and_matches_its_card() {
-        let m = ModelSource::EmbeddedFamily.read().unwrap();
-        assert_eq!(super::super::sha256_hex(&m.onnx), m.card.onnx_sha256);
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        assert_eq!(
-            &*m.onnx,
-            &std::fs::read(root.join("models/ca1_lstm_family.onnx")).unwrap()[..]
-        );
+        for m in EMBEDDED {
+            let f = ModelSource::Embedded(m).read().unwrap();
+            assert_eq!(super::super::sha256_hex(&f.onnx), f.card.onnx_sha256);
+            assert_eq!(f.card.name, m.stem);
+            assert_eq!(m.name, format!("embedded:{}", m.stem));
+            let file = root.join(format!("models/{}.onnx", m.stem));
+            assert_eq!(&*f.onnx, &std::fs::read(file).unwrap()[..], "{}", m.stem);
+        }
     }
 
     #[test]
     fn names_parse_to_sources() {
-        assert_eq!(ModelSource::parse("embedded"), ModelSource::Embedded);
-        assert_eq!(ModelSource::parse(EMBEDDED_NAME), ModelSource::Embedded);
-        assert_eq!(ModelSource::parse(FAMILY_NAME), ModelSource::EmbeddedFamily);
+        assert_eq!(ModelSource::parse("embedded"), ModelSource::DEFAULT);
+        assert_eq!(ModelSource::parse(EMBEDDED_NAME), ModelSource::DEFAULT);
+        assert_eq!(ModelSource::parse(FAMILY_NAME), ModelSource::FAMILY);
+        assert_eq!(
+            ModelSource::parse("embedded:ca1_lstm_spike"),
+            ModelSource::Embedded(&CA1_LSTM_SPIKE)
+        );
         assert_eq!(
             ModelSource::parse("m/x.onnx"),
             ModelSource::File("m/x.onnx".into())

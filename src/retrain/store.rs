@@ -170,13 +170,7 @@ impl ModelStore {
             let cur = cur.clone();
             return Ok((self.path_of(&cur), cur));
         }
-        let name = match configured {
-            crate::forecast::ModelSource::Embedded => "ca1_lstm".to_string(),
-            crate::forecast::ModelSource::EmbeddedFamily => "ca1_lstm_family".to_string(),
-            crate::forecast::ModelSource::File(p) => p
-                .file_stem()
-                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
-        };
+        let name = configured.stem();
         let parent = self.registry.current;
         let v = self.write_version(
             &name,
@@ -259,7 +253,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("m.onnx");
         std::fs::write(&cfg, b"onnx-1").unwrap();
-        std::fs::write(card_path(&cfg), crate::forecast::source::EMBEDDED_CARD).unwrap();
+        std::fs::write(card_path(&cfg), crate::forecast::source::CA1_LSTM.card).unwrap();
         let src = crate::forecast::ModelSource::File(cfg.clone());
         let state = tmp.path().join("state");
         let mut s = ModelStore::open(&state).unwrap();
