@@ -39,7 +39,7 @@ pub static CA1_LSTM_FAMILY: EmbeddedModel = EmbeddedModel {
     card: include_str!("../../models/ca1_lstm_family.json"),
 };
 /// The spike-aware preset model (`models/ca1_lstm_spike.onnx`), embedded
-/// because a shipped scenario (`burst`) runs MPC with it from any
+/// because shipped scenarios (`burst`, `timing`) run MPC with it from any
 /// directory.
 pub static CA1_LSTM_SPIKE: EmbeddedModel = EmbeddedModel {
     stem: "ca1_lstm_spike",
