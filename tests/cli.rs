@@ -413,7 +413,11 @@ fn daemon_runs_the_closed_loop_and_says_where_its_report_went() {
     .unwrap();
     assert_eq!(j["samples"], 10_001);
     assert_eq!(j["policy"], "mpc");
-    assert!(j["plans_adopted"].as_u64().unwrap() > 100, "{j}");
+    // MPC planned and its plans were used. How many depends on the CPU the
+    // planner got (about 300 in this 1 s on a quiet 2-core machine, 40 with
+    // the suite and a scenario run beside it), so the bound only says it
+    // kept planning, not how fast.
+    assert!(j["plans_adopted"].as_u64().unwrap() >= 10, "{j}");
     assert!(j["charge_delivered_nc_cm2"].as_f64().unwrap() > 0.0, "{j}");
     for key in [
         "plan_misses",
