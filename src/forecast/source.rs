@@ -12,20 +12,25 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// A model compiled into the binary.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct EmbeddedModel {
-    /// Its file stem in `models/` (and its card's name).
+    /// Its file stem in `models/` and its card's name; configuration and
+    /// status call it `embedded:STEM`.
     pub stem: &'static str,
-    /// How configuration and status name it: `embedded:STEM`.
-    pub name: &'static str,
     pub onnx: &'static [u8],
     pub card: &'static str,
+}
+
+/// Its name, not its bytes: configurations and errors print it.
+impl std::fmt::Debug for EmbeddedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "embedded:{}", self.stem)
+    }
 }
 
 /// The shipped default forecaster (`models/ca1_lstm.onnx`).
 pub static CA1_LSTM: EmbeddedModel = EmbeddedModel {
     stem: "ca1_lstm",
-    name: "embedded:ca1_lstm",
     onnx: include_bytes!("../../models/ca1_lstm.onnx"),
     card: include_str!("../../models/ca1_lstm.json"),
 };
@@ -34,7 +39,6 @@ pub static CA1_LSTM: EmbeddedModel = EmbeddedModel {
 /// warm start: a user's first command must not need the source tree.
 pub static CA1_LSTM_FAMILY: EmbeddedModel = EmbeddedModel {
     stem: "ca1_lstm_family",
-    name: "embedded:ca1_lstm_family",
     onnx: include_bytes!("../../models/ca1_lstm_family.onnx"),
     card: include_str!("../../models/ca1_lstm_family.json"),
 };
@@ -43,7 +47,6 @@ pub static CA1_LSTM_FAMILY: EmbeddedModel = EmbeddedModel {
 /// directory.
 pub static CA1_LSTM_SPIKE: EmbeddedModel = EmbeddedModel {
     stem: "ca1_lstm_spike",
-    name: "embedded:ca1_lstm_spike",
     onnx: include_bytes!("../../models/ca1_lstm_spike.onnx"),
     card: include_str!("../../models/ca1_lstm_spike.json"),
 };
@@ -83,7 +86,8 @@ impl ModelSource {
         if s == "embedded" {
             return ModelSource::DEFAULT;
         }
-        match EMBEDDED.iter().find(|m| m.name == s) {
+        let stem = s.strip_prefix("embedded:");
+        match EMBEDDED.iter().find(|m| Some(m.stem) == stem) {
             Some(m) => ModelSource::Embedded(m),
             None => ModelSource::File(PathBuf::from(s)),
         }
@@ -92,7 +96,7 @@ impl ModelSource {
     /// The name errors and status use: the path, or `embedded:STEM`.
     pub fn name(&self) -> String {
         match self {
-            ModelSource::Embedded(m) => m.name.into(),
+            ModelSource::Embedded(m) => format!("embedded:{}", m.stem),
             ModelSource::File(p) => p.display().to_string(),
         }
     }
@@ -137,7 +141,7 @@ impl ModelSource {
             ModelSource::Embedded(m) => Ok(ModelFiles {
                 onnx: Cow::Borrowed(m.onnx),
                 card_text: Cow::Borrowed(m.card),
-                card: parse_card(m.name, m.card)?,
+                card: parse_card(&self.name(), m.card)?,
             }),
             ModelSource::File(path) => {
                 let io = |p: &Path| {
@@ -183,10 +187,21 @@ mod tests {
             let f = ModelSource::Embedded(m).read().unwrap();
             assert_eq!(super::super::sha256_hex(&f.onnx), f.card.onnx_sha256);
             assert_eq!(f.card.name, m.stem);
-            assert_eq!(m.name, format!("embedded:{}", m.stem));
+            assert_eq!(
+                ModelSource::parse(&ModelSource::Embedded(m).name()),
+                ModelSource::Embedded(m)
+            );
             let file = root.join(format!("models/{}.onnx", m.stem));
             assert_eq!(&*f.onnx, &std::fs::read(file).unwrap()[..], "{}", m.stem);
         }
+    }
+
+    #[test]
+    fn an_embedded_source_debug_prints_its_name() {
+        assert_eq!(
+            format!("{:?}", ModelSource::FAMILY),
+            "Embedded(embedded:ca1_lstm_family)"
+        );
     }
 
     #[test]
