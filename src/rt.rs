@@ -54,9 +54,49 @@ fn errno_text() -> String {
     std::io::Error::last_os_error().to_string()
 }
 
-/// Number of CPUs this process may run on.
+/// The CPUs this process may run on, read once, on first use, before any
+/// loop pinned itself: [`apply`] then moves every other thread off the
+/// loop's CPU, and threads spawned later inherit that narrower affinity.
+/// Asked again from such a thread (the calling thread's affinity is what
+/// `available_parallelism` reports), the answer would be one CPU short, and
+/// the next run in the same process (a scenario's second seed, a service's
+/// second session) would pin its SCHED_FIFO loop onto the very CPU its
+/// planner and everything else had been moved to.
+pub fn allowed_cpus() -> &'static [usize] {
+    static ALLOWED: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    ALLOWED.get_or_init(|| {
+        let fallback =
+            || (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        #[cfg(target_os = "linux")]
+        // SAFETY: cpu_set_t is plain data; the calling thread's affinity
+        // is queried, and CPU_ISSET indexes within the set.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if libc::sched_getaffinity(0, size, &mut set) == 0 {
+                let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &set))
+                    .collect();
+                if !cpus.is_empty() {
+                    return cpus;
+                }
+            }
+            fallback()
+        }
+        #[cfg(not(target_os = "linux"))]
+        fallback()
+    })
+}
+
+/// Number of CPUs this process may run on ([`allowed_cpus`]).
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    allowed_cpus().len()
+}
+
+/// The CPU `cpu = "last"` names: the highest one this process may run on
+/// (in a container limited to CPUs 4-7 that is 7, not `count - 1`).
+pub fn last_cpu() -> usize {
+    allowed_cpus().last().copied().unwrap_or(0)
 }
 
 /// The CPU latency request while it is held: the open
@@ -182,7 +222,7 @@ pub fn apply(cfg: &RealtimeConfig) -> (RtReport, CpuLatencyRequest) {
         };
         let cpu = match cfg.cpu {
             CpuChoice::None => None,
-            CpuChoice::Last => Some(cpu_count().saturating_sub(1)),
+            CpuChoice::Last => Some(last_cpu()),
             CpuChoice::Index(i) => Some(i),
         };
         r.pinned = match cpu {
@@ -252,11 +292,15 @@ pub fn pin_to(_cpus: &[usize]) -> Result<(), String> {
 /// CPU's ordinary threads, which the balancer then moves onto the loop's).
 pub fn exclude_cpu(cpu: usize) -> bool {
     normal_priority();
-    let others: Vec<usize> = (0..cpu_count()).filter(|&c| c != cpu).collect();
+    let others: Vec<usize> = allowed_cpus()
+        .iter()
+        .copied()
+        .filter(|&c| c != cpu)
+        .collect();
     !others.is_empty() && pin_to(&others).is_ok()
 }
 
-/// Let the calling thread run on every online CPU at normal priority
+/// Let the calling thread run on every CPU this process may use, at normal priority
 /// again: work that follows a loop on the same thread (calibration's
 /// training after its live excitation) is not real-time work and must not
 /// stay on the loop's CPU, where it competes with whatever else is pinned
@@ -264,10 +308,7 @@ pub fn exclude_cpu(cpu: usize) -> bool {
 pub fn release_calling_thread() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: a plain query.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        let all: Vec<usize> = (0..online.max(1) as usize).collect();
-        let _ = pin_to(&all);
+        let _ = pin_to(allowed_cpus());
     }
     normal_priority();
 }

@@ -151,7 +151,7 @@ fn loop_cpu(config: &Config) -> Option<usize> {
     use crate::config::CpuChoice;
     match config.control.realtime.cpu {
         CpuChoice::None => None,
-        CpuChoice::Last => Some(crate::control::rt::cpu_count().saturating_sub(1)),
+        CpuChoice::Last => Some(crate::control::rt::last_cpu()),
         CpuChoice::Index(n) => Some(n),
     }
 }
