@@ -62,7 +62,7 @@ BURST_PULSE = {
     "pid.burst_pulse": [f'"{x} uA/cm2"' for x in (-2, -4, -6)],
     "pid.burst_pulse_delay": [f'"{x} ms"' for x in (0, 0.5, 1, 2)],
     "pid.burst_pulse_width": [f'"{x} ms"' for x in (1, 2, 4, 8)],
-    "pid.burst_hold": [f'"{x} uA/cm2"' for x in (-0.5, 0, 0.5)],
+    "pid.burst_hold": [f'"{x} uA/cm2"' for x in (-1, -0.5, 0, 0.5)],
 }
 # The feed-forward map's currents are identified at these constant levels,
 # and listed at these rates.

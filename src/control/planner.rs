@@ -57,14 +57,14 @@ impl PlannerLinks {
     }
 }
 
-/// Plan until the loop hangs up. `budget`: stop refining after this much
-/// time per plan (paced clock); `None` runs every iteration (free clock,
-/// deterministic).
 /// How long the planner naps between looks for a snapshot: it never
 /// parks, so the loop's `try_send` never has to wake it (see [`crate::poll`]);
 /// a nap adds at most this to a plan's latency.
 const NAP: std::time::Duration = std::time::Duration::from_micros(250);
 
+/// Plan until the loop hangs up. `budget`: stop refining after this much
+/// time per plan (paced clock); `None` runs every iteration (free clock,
+/// deterministic).
 pub fn run(
     ends: PlannerEnds,
     mut forecaster: Forecaster,
