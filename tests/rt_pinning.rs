@@ -4,7 +4,7 @@
 //! process's other threads off its CPU, so later threads start with one CPU
 //! fewer; a second loop that asked its own thread for "the last CPU" found
 //! CPU 0 and pinned its SCHED_FIFO loop onto the CPU its planner and every
-//! other thread had been moved to (scenario runs took ~20x longer, idle on
+//! other thread had been moved to (scenario runs took ~40x longer, idle on
 //! the other core). Its own test binary: the process-wide affinity it
 //! changes must not leak into other tests.
 
