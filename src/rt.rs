@@ -99,6 +99,16 @@ pub fn last_cpu() -> usize {
     allowed_cpus().last().copied().unwrap_or(0)
 }
 
+/// The CPU a loop with this choice is pinned to, if any: what [`apply`]
+/// pins, and what other threads (the retrainer) keep off.
+pub fn loop_cpu(choice: CpuChoice) -> Option<usize> {
+    match choice {
+        CpuChoice::None => None,
+        CpuChoice::Last => Some(last_cpu()),
+        CpuChoice::Index(i) => Some(i),
+    }
+}
+
 /// The CPU latency request while it is held: the open
 /// `/dev/cpu_dma_latency`. The kernel drops the request when the file is
 /// closed, so keep this alive exactly as long as the loop runs and drop it
@@ -220,11 +230,7 @@ pub fn apply(cfg: &RealtimeConfig) -> (RtReport, CpuLatencyRequest) {
         } else {
             "not asked".into()
         };
-        let cpu = match cfg.cpu {
-            CpuChoice::None => None,
-            CpuChoice::Last => Some(last_cpu()),
-            CpuChoice::Index(i) => Some(i),
-        };
+        let cpu = loop_cpu(cfg.cpu);
         r.pinned = match cpu {
             None => "not asked".into(),
             Some(c) => match pin_to(&[c]) {
@@ -300,8 +306,8 @@ pub fn exclude_cpu(cpu: usize) -> bool {
     !others.is_empty() && pin_to(&others).is_ok()
 }
 
-/// Let the calling thread run on every CPU this process may use, at normal priority
-/// again: work that follows a loop on the same thread (calibration's
+/// Let the calling thread run on every CPU this process may use, at
+/// normal priority again: work that follows a loop on the same thread (calibration's
 /// training after its live excitation) is not real-time work and must not
 /// stay on the loop's CPU, where it competes with whatever else is pinned
 /// there. The next loop applies its own settings again.

@@ -145,17 +145,6 @@ pub fn state_dir(config: &Config) -> PathBuf {
     }
 }
 
-/// The CPU the control thread will be pinned to, if any (to keep the
-/// retraining thread off it).
-fn loop_cpu(config: &Config) -> Option<usize> {
-    use crate::config::CpuChoice;
-    match config.control.realtime.cpu {
-        CpuChoice::None => None,
-        CpuChoice::Last => Some(crate::control::rt::last_cpu()),
-        CpuChoice::Index(n) => Some(n),
-    }
-}
-
 /// Load the forecaster the configuration names, for its MPC batch.
 pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
     Forecaster::load_source(
@@ -382,7 +371,7 @@ fn start_retraining(
         period_ms,
         swaps: swap_tx,
         notes: note_tx.clone(),
-        avoid_cpu: loop_cpu(config),
+        avoid_cpu: crate::control::rt::loop_cpu(config.control.realtime.cpu),
     })
     .map_err(SessionError::Retrain)?;
     if let Some(slot) = &opts.retrain_slot {
