@@ -173,6 +173,80 @@ impl RateSchedule {
         r
     }
 
+    /// The scored error of an interspike interval `[p, s)` ms: the
+    /// squared difference of its rate, 1000 / (s − p), from the target,
+    /// integrated over the interval (`quality`'s rate error, Hz² · ms).
+    fn interval_error(&self, p: f64, s: f64) -> f64 {
+        let r = 1000.0 / (s - p);
+        let mut acc = 0.0;
+        for (k, &(from, hz)) in self.steps().iter().enumerate() {
+            let to = self.steps().get(k + 1).map_or(f64::INFINITY, |x| x.0);
+            let len = to.min(s) - from.max(p);
+            if len > 0.0 {
+                acc += len * (r - hz) * (r - hz);
+            }
+        }
+        acc
+    }
+
+    /// When the spike after one at `p_ms` is due, ms: the time that makes
+    /// the intervals up to the next change of target score best. Far from
+    /// a change that is `p + 1000 / target`. An interval that spans a
+    /// change is scored against both targets, and waiting for the old
+    /// target's interval there cost MPC half its rate error on `rate`; the
+    /// schedule is known, so the spikes before a change are spread evenly
+    /// to put one on it (n intervals of (change − p) / n, n the nearest
+    /// whole number of target intervals), unless less than one interval is
+    /// left and spanning the change scores better (searched in 0.25 ms
+    /// steps, coarser over a span longer than 200 ms). `-inf` (no spike
+    /// yet) stays `-inf`.
+    pub fn due(&self, p_ms: f64) -> f64 {
+        if !p_ms.is_finite() {
+            return p_ms;
+        }
+        let h = self.at(p_ms);
+        let plain = if h > 0.0 {
+            p_ms + 1000.0 / h
+        } else {
+            f64::INFINITY
+        };
+        let Some(&(change, after)) = self.steps().iter().find(|x| x.0 > p_ms) else {
+            return plain;
+        };
+        let left = change - p_ms;
+        let n = (left * h / 1000.0).round();
+        if n >= 1.0 && plain <= change {
+            return p_ms + left / n;
+        }
+        // Less than about one interval to the change: a spike on it (one
+        // short or long interval), or one interval across it.
+        let on_change = if h > 0.0 {
+            left * (1000.0 / left - h).powi(2)
+        } else {
+            f64::INFINITY
+        };
+        let fastest = h.max(after).max(1e-3);
+        let lo = p_ms + 500.0 / fastest;
+        let hi = if after > 0.0 {
+            plain.min(p_ms + 2000.0).max(change + 1000.0 / after)
+        } else {
+            plain.min(p_ms + 2000.0)
+        };
+        // At most `DUE_SEARCH_POINTS` (each plan computes this).
+        let from = lo.max(change);
+        let step = ((hi - from) / DUE_SEARCH_POINTS as f64).max(0.25);
+        let (mut best, mut best_err) = (change, on_change);
+        let mut s = from;
+        while s <= hi {
+            let e = self.interval_error(p_ms, s);
+            if e < best_err {
+                (best, best_err) = (s, e);
+            }
+            s += step;
+        }
+        best
+    }
+
     /// Mean target over `[a, b)` ms.
     pub fn mean(&self, a: f64, b: f64) -> f64 {
         let mut acc = 0.0;
@@ -281,6 +355,9 @@ pub struct PlanContext {
     /// How much later real spikes come than the forecast's crossings,
     /// ms (negative: earlier), as learnt from past plans.
     pub spike_lag_ms: f64,
+    /// `rate`: when the next spike is due, ms ([`RateSchedule::due`] of
+    /// the last spike; once per plan, not per candidate).
+    pub rate_due_ms: f64,
     /// The loop's spike reflex replaces the plan's current this long
     /// after every spike (`mpc.plan_reflex`), ms; `None`: no reflex. A
     /// forecast did not see the reflex after its own first spike, so what
@@ -304,6 +381,11 @@ const TIMING_SCALE_MS: f64 = 2.0;
 /// spends above `spike_threshold − PREMATURE_MARGIN_MV`.
 const PREMATURE_MARGIN_MV: f64 = 10.0;
 const PREMATURE_WEIGHT: f64 = 0.01;
+/// `rate`: most points [`RateSchedule::due`] scores across a change.
+const DUE_SEARCH_POINTS: usize = 800;
+/// `rate`: what a horizon without the due spike costs beyond a spike at the
+/// same lateness, so that a spike beats none.
+const NOT_YET_COST: f64 = 0.05;
 
 impl Objective {
     /// The objective term of the MPC cost for one forecast `v` (mV, one per
@@ -377,8 +459,7 @@ impl Objective {
                 if hz <= 0.0 {
                     return crossings.len() as f64;
                 }
-                let isi = 1000.0 / hz;
-                let due = (ctx.last_spike_ms + isi).max(ctx.t_ms);
+                let due = ctx.rate_due_ms.max(ctx.t_ms);
                 let end = t_at(h - 1);
                 if due > end + TIMING_SCALE_MS {
                     // The next spike is due after the horizon: any spike in
@@ -405,12 +486,19 @@ impl Objective {
                         timing + (crossings.len() - 1) as f64
                     }
                     None => {
-                        // Due but not forecast: grade by how close the
-                        // forecast comes to threshold, and by how overdue.
+                        // Due but not forecast: the spike comes after the
+                        // horizon at the earliest, so cost at least what a
+                        // spike that late would (a later plan can still fire
+                        // on time when the due time is near the horizon's
+                        // end: charging a full miss there made an early
+                        // spike look better than waiting, and MPC fired
+                        // 1.5 ms early on average); more the further the
+                        // forecast stays from threshold, to draw the search
+                        // toward firing once overdue.
                         let peak = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
                         let gap = ((th - peak) / 20.0).clamp(0.0, 1.0);
-                        let late = ((end - due) / TIMING_SCALE_MS).clamp(0.0, 4.0);
-                        1.0 + 0.5 * gap + 0.25 * late
+                        let late = ((end + dt - due) / TIMING_SCALE_MS).max(0.0);
+                        (late * late).min(0.9) * (1.0 + 0.5 * gap) + NOT_YET_COST
                     }
                 }
             }
@@ -551,6 +639,7 @@ mod tests {
             last_spike_ms: last,
             spike_threshold_mv: -30.0,
             spike_lag_ms: 0.0,
+            rate_due_ms: objective(ObjectiveKind::Rate).rate.due(last),
             reflex_after_ms: None,
         }
     }
@@ -595,6 +684,49 @@ mod tests {
             on_time < 0.01 && on_time < late && late < none,
             "{on_time} {late} {none}"
         );
+    }
+
+    /// Due times: one target interval away from a change; spread evenly to
+    /// land a spike on a change that is coming; across a change when less
+    /// than an interval is left and that scores better than a spike on it.
+    #[test]
+    fn due_spreads_spikes_onto_a_change_of_target() {
+        let s = RateSchedule::new(&[(0.0, 8.0), (4000.0, 20.0)]).unwrap();
+        assert_eq!(s.due(f64::NEG_INFINITY), f64::NEG_INFINITY);
+        // After the last change: plain intervals.
+        assert!((s.due(5000.0) - 5050.0).abs() < 1e-9);
+        // 8 Hz with 1010 ms to the change: 8 intervals of 126.25 ms, not
+        // 125 (which would leave 10 ms across the change).
+        assert!((s.due(2990.0) - 3116.25).abs() < 1e-9);
+        // 66 ms before the change (0.53 of an interval): a spike on the
+        // change scores (66 ms at 15.2 Hz against 8) worse than one interval
+        // across it, found near 4014 ms (the interval's scored error there
+        // is 2123 Hz²·ms against 3376 on the change).
+        let d = s.due(3934.0);
+        assert!((d - 4014.25).abs() <= 0.25, "{d}");
+        assert!(s.interval_error(3934.0, d) < s.interval_error(3934.0, 4000.0));
+        // 110 ms before it: one slightly short interval onto the change.
+        assert!((s.due(3890.0) - 4000.0).abs() < 1e-9);
+    }
+
+    /// A horizon without the due spike costs at least what a spike at its
+    /// end would, so that, with the due time near the horizon's end,
+    /// waiting for a later plan beats firing early, and once overdue any
+    /// spike still beats none.
+    #[test]
+    fn rate_cost_waits_rather_than_fire_early_when_due_at_the_horizon() {
+        let o = objective(ObjectiveKind::Rate);
+        // Last spike at 0, due at 100; the horizon is 90.5 ..= 100 ms.
+        let c = ctx(90.0, 0.0);
+        let early = o.forecast_cost(&c, &spike_at(Some(16))); // 98.5 ms
+        let none = o.forecast_cost(&c, &spike_at(None));
+        let on_time = o.forecast_cost(&c, &spike_at(Some(19)));
+        assert!(on_time < none && none < early, "{on_time} {none} {early}");
+        // Overdue by 6 ms at the horizon's end: a late spike beats none.
+        let late = ctx(96.5, 0.0);
+        let spike = o.forecast_cost(&late, &spike_at(Some(19)));
+        let none = o.forecast_cost(&late, &spike_at(None));
+        assert!(spike < none, "{spike} {none}");
     }
 
     #[test]

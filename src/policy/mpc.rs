@@ -552,6 +552,10 @@ impl Mpc {
             last_spike_ms: input.last_spike_ms,
             spike_threshold_mv: self.spike_threshold_mv,
             spike_lag_ms: self.spike_lag,
+            rate_due_ms: match self.objective.kind {
+                super::ObjectiveKind::Rate => self.objective.rate.due(input.last_spike_ms),
+                _ => f64::NAN,
+            },
             reflex_after_ms: self.reflex.map(|(_, from, _)| from),
         };
         let iterations = self.cfg.iterations.max(1);
