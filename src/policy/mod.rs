@@ -221,7 +221,7 @@ impl RateSchedule {
         // Less than about one interval to the change: a spike on it (one
         // short or long interval), or one interval across it.
         let on_change = if h > 0.0 {
-            left * (1000.0 / left - h).powi(2)
+            self.interval_error(p_ms, change)
         } else {
             f64::INFINITY
         };
