@@ -43,6 +43,7 @@ pub(super) struct RawFeedback {
     pub(super) max_correction: Quantity<Current>,
     pub(super) max_deviation: Quantity<Voltage>,
     pub(super) ceiling: Quantity<Voltage>,
+    pub(super) filter: Quantity<Time>,
     pub(super) spike_pulse: Quantity<Current>,
     pub(super) spike_pulse_delay: Quantity<Time>,
     pub(super) spike_pulse_width: Quantity<Time>,
@@ -149,6 +150,7 @@ pub(super) struct RawPid {
     pub(super) voltage_kp: f64,
     pub(super) voltage_ki: f64,
     pub(super) voltage_kd: f64,
+    pub(super) voltage_filter: Quantity<Time>,
     pub(super) silence_margin: Quantity<Voltage>,
     pub(super) rate_ff: Vec<[f64; 2]>,
     pub(super) rate_ff_tau: Quantity<Time>,
@@ -280,6 +282,7 @@ fn feedback(
     }
     positive(f.max_deviation.get()).map_err(|m| cx.err("control.feedback.max_deviation", m))?;
     finite(f.ceiling.get()).map_err(|m| cx.err("control.feedback.ceiling", m))?;
+    non_negative(f.filter.get()).map_err(|m| cx.err("control.feedback.filter", m))?;
     let pulse = f.spike_pulse.get();
     finite(pulse).map_err(|m| cx.err("control.feedback.spike_pulse", m))?;
     if pulse.abs() > safety.max_amplitude {
@@ -302,6 +305,7 @@ fn feedback(
         max_correction: max,
         max_deviation_mv: f.max_deviation.get(),
         ceiling_mv: f.ceiling.get(),
+        filter_ms: f.filter.get(),
         spike_pulse: pulse,
         spike_pulse_delay_ms: f.spike_pulse_delay.get(),
         spike_pulse_width_ms: f.spike_pulse_width.get(),
@@ -495,6 +499,7 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         ("pid.voltage_kp", p.voltage_kp),
         ("pid.voltage_ki", p.voltage_ki),
         ("pid.voltage_kd", p.voltage_kd),
+        ("pid.voltage_filter", p.voltage_filter.get()),
         ("pid.silence_margin", p.silence_margin.get()),
         ("pid.burst_target", p.burst_target.get()),
         ("pid.pulse_amplitude", p.pulse_amplitude.get()),
@@ -520,6 +525,7 @@ fn pid(p: &RawPid, cx: &Cx) -> Result<crate::policy::pid::PidGains, ConfigError>
         voltage_kp: p.voltage_kp,
         voltage_ki: p.voltage_ki,
         voltage_kd: p.voltage_kd,
+        voltage_filter_ms: p.voltage_filter.get(),
         silence_margin_mv: p.silence_margin.get(),
         burst_target_hz: p.burst_target.get(),
         rate_ff,

@@ -16,6 +16,7 @@ use crate::config::ControlConfig;
 use crate::forecast::WindowRing;
 use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
 use crate::plant::Sample;
+use crate::policy::filter::LowPass;
 use crate::policy::mpc::{FeedbackConfig, FeedbackTarget, GuardFallback};
 use crate::policy::pid::Baseline;
 use crate::policy::{Objective, ObjectiveKind, PolicyKind};
@@ -97,6 +98,9 @@ pub struct Decider {
     /// guard's fallback, when the deviation it summed no longer describes
     /// the plans to come.
     feedback_integral: f64,
+    /// The measured V the feedback's deviation is taken from, low-passed
+    /// (`control.feedback.filter`); updated on every sample.
+    feedback_filter: LowPass,
     /// The guard's fallback policy (MPC with the guard on), and whether it
     /// drives now.
     fallback: Option<GuardFallback>,
@@ -161,6 +165,7 @@ impl Decider {
             feedback: c.feedback,
             mpc_amplitude: c.mpc.max_amplitude.min(max_amplitude),
             feedback_integral: 0.0,
+            feedback_filter: LowPass::new(c.feedback.filter_ms, period_ms),
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
@@ -358,6 +363,7 @@ impl Decider {
             None => false,
         };
         self.last_t_ms = s.t_ms;
+        let v_filtered = self.feedback_filter.push(s.v_mv);
         let step_done = self.window.push(s.v_mv, s.i_applied);
 
         let requested = if self.timing.is_some() {
@@ -368,7 +374,7 @@ impl Decider {
                 self.counters.guard_fallback_samples += 1;
                 self.fallback_policy.step(s.t_ms, s.v_mv, spiked)
             } else {
-                self.plan_step(s.index, s.v_mv, &mut fault)
+                self.plan_step(s.index, v_filtered, &mut fault)
             }
         } else {
             self.baseline.step(s.t_ms, s.v_mv, spiked)
@@ -422,7 +428,8 @@ impl Decider {
     }
 
     /// MPC's request for sample `index`: the active plan's current, or
-    /// zero with the fault that says why not.
+    /// zero with the fault that says why not. `v_mv` is the measured V as
+    /// the feedback between plans sees it (low-passed if so configured).
     fn plan_step(&mut self, index: u64, v_mv: f64, fault: &mut Option<Fault>) -> f64 {
         if self.planner_gone {
             *fault = fault.or(Some(Fault::ModelError));
@@ -806,6 +813,7 @@ mod tests {
             max_correction: 2.0,
             max_deviation_mv: 3.0,
             ceiling_mv: -50.0,
+            filter_ms: 0.0,
             spike_pulse: 0.0,
             spike_pulse_delay_ms: 0.5,
             spike_pulse_width_ms: 1.0,

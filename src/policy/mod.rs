@@ -14,6 +14,7 @@
 //! Everything here is pure computation: no I/O, no threads.
 
 pub mod budget;
+pub mod filter;
 pub mod mpc;
 pub mod pid;
 pub mod quality;

@@ -184,6 +184,9 @@ pub struct FeedbackConfig {
     /// No correction when the prediction or the measurement is above this,
     /// mV (within a spike the deviation is one of timing).
     pub ceiling_mv: f64,
+    /// Time constant of the low-pass on the measured V the deviation is
+    /// taken from, ms (0: the raw sample; see [`super::filter`]).
+    pub filter_ms: f64,
     /// The spike reflex: the current that replaces the plan's from
     /// `spike_pulse_delay_ms` after each detected spike for
     /// `spike_pulse_width_ms`, µA/cm² (0: off). A plan acts a compute delay

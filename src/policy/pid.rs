@@ -29,6 +29,7 @@
 //! (conditional anti-windup), so a long saturation does not leave a large
 //! stored error to unwind. Nothing here allocates.
 
+use super::filter::LowPass;
 use super::{Objective, ObjectiveKind, Waveform};
 use serde::Serialize;
 
@@ -48,6 +49,9 @@ pub struct PidGains {
     pub voltage_ki: f64,
     /// µA/cm² per mV/ms.
     pub voltage_kd: f64,
+    /// Time constant of the low-pass on the measured V the voltage and
+    /// silence clamps act on, ms (0: the raw sample).
+    pub voltage_filter_ms: f64,
     /// `silence`: the PID holds V this far below the ceiling, mV.
     pub silence_margin_mv: f64,
     /// `burst`: the PI's target rate, Hz (the single spikes to keep).
@@ -370,6 +374,7 @@ pub struct VoltagePid {
     limit: f64,
     integral: f64,
     last_v: Option<f64>,
+    filter: LowPass,
 }
 
 impl VoltagePid {
@@ -381,11 +386,13 @@ impl VoltagePid {
             limit,
             integral: 0.0,
             last_v: None,
+            filter: LowPass::new(gains.voltage_filter_ms, dt_ms),
         }
     }
 
     #[inline]
     pub fn step(&mut self, t_ms: f64, v_mv: f64) -> f64 {
+        let v_mv = self.filter.push(v_mv);
         let g = &self.gains;
         let (reference, one_sided) = match self.objective.kind {
             ObjectiveKind::Silence => (self.objective.ceiling_mv - g.silence_margin_mv, true),
@@ -426,6 +433,7 @@ mod tests {
             voltage_kp: 1.0,
             voltage_ki: 0.01,
             voltage_kd: 0.0,
+            voltage_filter_ms: 0.0,
             silence_margin_mv: 2.0,
             burst_target_hz: 5.0,
             rate_ff: FeedForward::NONE,
@@ -534,5 +542,33 @@ mod tests {
         // Silence never depolarises.
         assert_eq!(s.step(0.0, -80.0), 0.0);
         assert!(s.step(0.1, -55.0) < 0.0);
+    }
+
+    #[test]
+    fn the_voltage_filter_keeps_measurement_noise_out_of_the_current() {
+        // V sits on the reference's mean with ±0.2 mV of alternating
+        // "noise"; proportional action only.
+        let sd_of_current = |filter_ms: f64| {
+            let mut g = gains();
+            g.voltage_ki = 0.0;
+            g.voltage_kp = 0.2;
+            g.voltage_filter_ms = filter_ms;
+            let o = objective(ObjectiveKind::Voltage);
+            let mut pid = VoltagePid::new(g, o, 0.1, 10.0);
+            let u: Vec<f64> = (0..2000)
+                .map(|k| {
+                    let t = k as f64 * 0.1;
+                    let noise = if k % 2 == 0 { 0.2 } else { -0.2 };
+                    pid.step(t, o.reference.at(t) + noise)
+                })
+                .skip(200)
+                .collect();
+            let mean = u.iter().sum::<f64>() / u.len() as f64;
+            (u.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / u.len() as f64).sqrt()
+        };
+        let raw = sd_of_current(0.0);
+        let filtered = sd_of_current(1.0);
+        assert!((raw - 0.04).abs() < 0.005, "{raw}");
+        assert!(filtered < 0.2 * raw, "{filtered} against {raw}");
     }
 }
