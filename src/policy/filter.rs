@@ -5,8 +5,9 @@
 //! Why: a proportional term on a raw sample turns the amplifier's
 //! measurement noise (0.2 mV SD in the scenarios) straight into injected
 //! current, and that current moves the true membrane. A time constant of
-//! a fraction of a millisecond removes most of that noise while adding a
-//! lag far below the time scale of a subthreshold reference. Both clamps
+//! a millisecond or less removes most of that noise while adding a lag
+//! far below the time scale of a subthreshold reference (the voltage
+//! scenario's clamp was tuned to 1 ms; longer ones lag, docs/control.md). Both clamps
 //! get the same filter so that neither is compared against a handicapped
 //! other.
 
