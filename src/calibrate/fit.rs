@@ -888,9 +888,6 @@ mod tests {
             .collect()
     }
 
-    /// `--start auto` by default: plain warm, warm AR skip (always blended),
-    /// scratch; the options switch the extra start off, and `--start warm`
-    /// or `scratch` train the one start as before.
     #[test]
     fn a_near_tie_goes_to_the_ar_skip_start_a_clear_win_does_not() {
         // (fails the validation gate, margin) of warm, warm AR skip, scratch.
@@ -924,6 +921,9 @@ mod tests {
         );
     }
 
+    /// `--start auto` by default: plain warm, warm AR skip (always blended),
+    /// scratch; the options switch the extra start off, and `--start warm`
+    /// or `scratch` train the one start as before.
     #[test]
     fn auto_tries_the_warm_ar_skip_start_unless_switched_off() {
         let (warm, warm_skip, scratch) = (

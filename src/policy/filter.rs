@@ -7,18 +7,19 @@
 //! current, and that current moves the true membrane. A time constant of
 //! a millisecond or less removes most of that noise while adding a lag
 //! far below the time scale of a subthreshold reference (the voltage
-//! scenario's clamp was tuned to 1 ms; longer ones lag, docs/control.md). Both clamps
-//! get the same filter so that neither is compared against a handicapped
-//! other.
+//! scenario's clamp was tuned to 1 ms; longer ones lag, docs/control.md).
+//! Both clamps get the same filter so that neither is compared against a
+//! handicapped other.
 
 /// Exponential smoothing with time constant `tau_ms` at a sample period
 /// `dt_ms`: `y += a·(x − y)`, `a = 1 − exp(−dt/τ)`. A time constant of 0
-/// passes samples through unchanged. The first sample primes the state.
+/// passes samples through unchanged. The first sample (or the first after
+/// a non-finite one) primes the state.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LowPass {
     a: f64,
+    /// NaN until primed.
     y: f64,
-    primed: bool,
 }
 
 impl LowPass {
@@ -28,11 +29,7 @@ impl LowPass {
         } else {
             1.0
         };
-        LowPass {
-            a,
-            y: 0.0,
-            primed: false,
-        }
+        LowPass { a, y: f64::NAN }
     }
 
     /// Feed one sample; the filtered value.
@@ -40,9 +37,8 @@ impl LowPass {
     pub fn push(&mut self, x: f64) -> f64 {
         // Exactly the sample (not y + (x − y), which rounds): with no
         // filter the clamps act on the raw sample bit for bit.
-        if self.a >= 1.0 || !self.primed || !self.y.is_finite() {
+        if self.a >= 1.0 || !self.y.is_finite() {
             self.y = x;
-            self.primed = true;
         } else {
             self.y += self.a * (x - self.y);
         }
