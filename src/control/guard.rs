@@ -367,7 +367,12 @@ impl Guard {
         // the model is judged on this cell before MPC acts.
         let judging_model = self.mode == Mode::Mpc || self.probation_windows > 0;
         if judging_model {
-            self.monitor.records(block);
+            // Not over the objective's settle span either: the model's
+            // window is still filling there, and every policy starts from
+            // the same transient (on `voltage` it put the first verdict
+            // over `min_error` by itself).
+            let settled = block.partition_point(|r| r.t_ms < self.objective.settle_ms);
+            self.monitor.records(&block[settled..]);
         }
         let mut objective_verdict = None;
         for r in block {
@@ -667,6 +672,28 @@ mod tests {
             out.extend(g.block(&block));
         }
         out
+    }
+
+    /// The objective's settle span is not held against the model: its
+    /// forecasts there (a window still filling, the start transient) do
+    /// not count. The same feed with no settle span hands over.
+    #[test]
+    fn forecasts_in_the_settle_span_are_not_judged() {
+        for settle_ms in [0.0, 50.0] {
+            let (mut g, _) = guard(ObjectiveKind::Voltage);
+            g.cfg.objective_margin = 1e9;
+            g.objective.settle_ms = settle_ms;
+            let mut at = 0;
+            // 24 blocks (to sample 480, targets before 50 ms) 0.5 mV off,
+            // then a model that beats persistence.
+            let mut h = feed(&mut g, &mut at, 24, 0.5);
+            h.extend(feed(&mut g, &mut at, 200, 0.001));
+            assert_eq!(
+                h.len(),
+                usize::from(settle_ms == 0.0),
+                "settle {settle_ms}: {h:?}"
+            );
+        }
     }
 
     #[test]
