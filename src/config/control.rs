@@ -44,6 +44,7 @@ pub(super) struct RawFeedback {
     pub(super) max_deviation: Quantity<Voltage>,
     pub(super) ceiling: Quantity<Voltage>,
     pub(super) filter: Quantity<Time>,
+    pub(super) plan_filter: Quantity<Time>,
     pub(super) spike_pulse: Quantity<Current>,
     pub(super) spike_pulse_delay: Quantity<Time>,
     pub(super) spike_pulse_width: Quantity<Time>,
@@ -283,6 +284,7 @@ fn feedback(
     positive(f.max_deviation.get()).map_err(|m| cx.err("control.feedback.max_deviation", m))?;
     finite(f.ceiling.get()).map_err(|m| cx.err("control.feedback.ceiling", m))?;
     non_negative(f.filter.get()).map_err(|m| cx.err("control.feedback.filter", m))?;
+    non_negative(f.plan_filter.get()).map_err(|m| cx.err("control.feedback.plan_filter", m))?;
     let pulse = f.spike_pulse.get();
     finite(pulse).map_err(|m| cx.err("control.feedback.spike_pulse", m))?;
     if pulse.abs() > safety.max_amplitude {
@@ -306,6 +308,7 @@ fn feedback(
         max_deviation_mv: f.max_deviation.get(),
         ceiling_mv: f.ceiling.get(),
         filter_ms: f.filter.get(),
+        plan_filter_ms: f.plan_filter.get(),
         spike_pulse: pulse,
         spike_pulse_delay_ms: f.spike_pulse_delay.get(),
         spike_pulse_width_ms: f.spike_pulse_width.get(),

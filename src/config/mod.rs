@@ -864,6 +864,18 @@ mod tests {
         );
     }
 
+    /// The plan filter is off by default (plans pass as they came) and a
+    /// negative time constant is refused by name.
+    #[test]
+    fn the_plan_filter_is_off_by_default_and_checked() {
+        assert_eq!(Config::defaults().control.feedback.plan_filter_ms, 0.0);
+        let e = invalid("[control.feedback]\nplan_filter = \"-1 ms\"\n");
+        assert_eq!(e.key(), Some("control.feedback.plan_filter"), "{e}");
+        let c = Config::from_str_named("t.toml", "[control.feedback]\nplan_filter = \"30 ms\"\n")
+            .unwrap();
+        assert_eq!(c.control.feedback.plan_filter_ms, 30.0);
+    }
+
     #[test]
     fn negative_conductance_is_refused() {
         let e = invalid("[plant.sim.overrides]\ng_m = -0.5\n");

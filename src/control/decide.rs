@@ -101,6 +101,16 @@ pub struct Decider {
     /// The measured V the feedback's deviation is taken from, low-passed
     /// (`control.feedback.filter`); updated on every sample.
     feedback_filter: LowPass,
+    /// What that V is compared with (the plan's expectation or the
+    /// reference), through the same low-pass: the filter's lag then delays
+    /// both sides alike instead of becoming a tracking error (1 ms on the
+    /// 2 Hz, 3 mV reference is 0.04 mV of phase error). Updated while the
+    /// deviation is trusted, restarted where it is not.
+    target_filter: LowPass,
+    /// The plan's current as applied, low-passed
+    /// (`control.feedback.plan_filter`); restarts wherever the plan stops
+    /// driving (a fault, a miss, the fallback).
+    plan_filter: LowPass,
     /// The guard's fallback policy (MPC with the guard on), and whether it
     /// drives now.
     fallback: Option<GuardFallback>,
@@ -166,6 +176,8 @@ impl Decider {
             mpc_amplitude: c.mpc.max_amplitude.min(max_amplitude),
             feedback_integral: 0.0,
             feedback_filter: LowPass::new(c.feedback.filter_ms, period_ms),
+            target_filter: LowPass::new(c.feedback.filter_ms, period_ms),
+            plan_filter: LowPass::new(c.feedback.plan_filter_ms, period_ms),
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
@@ -196,6 +208,7 @@ impl Decider {
         } else {
             self.counters.guard_to_mpc += 1;
             self.feedback_integral = 0.0;
+            self.plan_filter.reset();
         }
         true
     }
@@ -301,6 +314,7 @@ impl Decider {
         self.counters.plant_interruptions += 1;
         self.window.clear();
         self.feedback_integral = 0.0;
+        self.plan_filter.reset();
         if self.timing.is_some() {
             if let Some(old) = self.active.take() {
                 recycle(old);
@@ -439,6 +453,7 @@ impl Decider {
             return 0.0;
         };
         let mut deviation = None;
+        let mut planned = false;
         let u = match p.status {
             PlanStatus::ModelError => {
                 *fault = fault.or(Some(Fault::ModelError));
@@ -451,6 +466,7 @@ impl Decider {
             PlanStatus::Ok => {
                 let off = index.saturating_sub(p.base_index + 1) as usize;
                 if index > p.base_index && off < p.currents.len() {
+                    planned = true;
                     let u = p.currents[off] as f64;
                     // A plan made before the last spike did not know of it:
                     // its depolarising current (meant to bring that spike
@@ -475,9 +491,21 @@ impl Decider {
                 }
             }
         };
+        let u = if planned {
+            self.plan_filter.push(u)
+        } else {
+            self.plan_filter.reset();
+            u
+        };
         let u = match deviation {
-            Some(dev) => self.correct(u, dev),
-            None => u,
+            Some(target) => {
+                let dev = self.target_filter.push(target) - v_mv;
+                self.correct(u, dev)
+            }
+            None => {
+                self.target_filter.reset();
+                u
+            }
         };
         if fault.is_none() {
             self.spike_reflex(u)
@@ -530,9 +558,9 @@ impl Decider {
         out
     }
 
-    /// The deviation the feedback between plans corrects for the plan's
-    /// sample `off` (0: the one after its snapshot) given the measured
-    /// `v_mv`: what the plan expected − what came, mV; `None` with the
+    /// What the feedback between plans holds V to at the plan's sample
+    /// `off` (0: the one after its snapshot), given the measured `v_mv`:
+    /// the plan's expected V (or the reference), mV; `None` with the
     /// feedback off or where the expectation is not to be trusted (within
     /// a spike, or a deviation too large to be the plan's own error). The
     /// expectation between model steps is interpolated linearly from V at
@@ -570,7 +598,7 @@ impl Decider {
             && v_pred <= f.ceiling_mv
             && v_mv <= f.ceiling_mv
             && dev.abs() <= f.max_deviation_mv;
-        trusted.then_some(dev)
+        trusted.then_some(v_pred)
     }
 
     /// What the plan in use forecast for sample `index`'s model step.
@@ -814,6 +842,7 @@ mod tests {
             max_deviation_mv: 3.0,
             ceiling_mv: -50.0,
             filter_ms: 0.0,
+            plan_filter_ms: 0.0,
             spike_pulse: 0.0,
             spike_pulse_delay_ms: 0.5,
             spike_pulse_width_ms: 1.0,
@@ -849,6 +878,53 @@ mod tests {
         // A spike: the plan no longer describes the cell, the sum restarts.
         at(&mut d, 1004, 20.0);
         assert_eq!(d.feedback_integral, 0.0);
+    }
+
+    /// The plan filter smooths a jittering plan and restarts where the plan
+    /// stops driving; at 0 ms the plan's current passes bit for bit.
+    #[test]
+    fn the_plan_filter_smooths_the_plan_and_restarts_after_a_miss() {
+        let t = PlanTiming {
+            decimation: 5,
+            steps_per_period: 4,
+            delay_samples: 0,
+            pool: 4,
+        };
+        let jitter: Vec<f32> = (0..200)
+            .map(|k| if k % 2 == 0 { 1.5 } else { 0.5 })
+            .collect();
+        let run = |plan_filter_ms: f64| {
+            let mut d = decider(PolicyKind::Mpc, Some(t));
+            d.plan_filter = LowPass::new(plan_filter_ms, 0.1);
+            d.receive(plan(0, &jitter), 0);
+            (1..=240)
+                .map(|k| d.tick(&sample(k, -65.0), |_| {}, |_| {}).record.requested)
+                .collect::<Vec<f64>>()
+        };
+        let raw = run(0.0);
+        assert!(raw[..200].iter().zip(&jitter).all(|(&u, &c)| u == c as f64));
+        let smooth = run(1.0);
+        // Primed on the first sample, then near the plan's mean (1.0) with
+        // a ripple far below the plan's ±0.5.
+        assert_eq!(smooth[0], 1.5);
+        let tail = &smooth[100..200];
+        let (lo, hi) = tail
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &u| (l.min(u), h.max(u)));
+        assert!(lo > 0.9 && hi < 1.1, "{lo} {hi}");
+        // The plan ran out: zero, not the filter's memory of it.
+        assert_eq!(smooth[200], 0.0);
+        // A new plan after the miss starts from its own current, not from
+        // a blend with the old plan's.
+        let mut d = decider(PolicyKind::Mpc, Some(t));
+        d.plan_filter = LowPass::new(1.0, 0.1);
+        d.receive(plan(0, &jitter), 0);
+        for k in 1..=210 {
+            d.tick(&sample(k, -65.0), |_| {}, |_| {});
+        }
+        d.receive(plan(210, &[3.0; 50]), 210);
+        let u = d.tick(&sample(211, -65.0), |_| {}, |_| {}).record.requested;
+        assert_eq!(u, 3.0);
     }
 
     /// The spike reflex replaces the plan's current from its delay after a

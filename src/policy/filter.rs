@@ -1,6 +1,7 @@
 //! A first-order low-pass on the measured membrane potential, for the
 //! clamps that act on every sample (the PID voltage clamp and MPC's
-//! feedback between plans).
+//! feedback between plans), and on MPC's plan current as the loop applies
+//! it (`control.feedback.plan_filter`).
 //!
 //! Why: a proportional term on a raw sample turns the amplifier's
 //! measurement noise (0.2 mV SD in the scenarios) straight into injected
@@ -30,6 +31,11 @@ impl LowPass {
             1.0
         };
         LowPass { a, y: f64::NAN }
+    }
+
+    /// Forget the state: the next sample primes it again.
+    pub fn reset(&mut self) {
+        self.y = f64::NAN;
     }
 
     /// Feed one sample; the filtered value.

@@ -187,6 +187,12 @@ pub struct FeedbackConfig {
     /// Time constant of the low-pass on the measured V the deviation is
     /// taken from, ms (0: the raw sample; see [`super::filter`]).
     pub filter_ms: f64,
+    /// Time constant of a low-pass on the plan's current as the loop
+    /// applies it, ms (0: the plan as it came). Each plan is re-optimised
+    /// from a window whose newest sample carries the measurement noise, so
+    /// successive plans jitter; on a subthreshold task that jitter moves
+    /// the true membrane.
+    pub plan_filter_ms: f64,
     /// The spike reflex: the current that replaces the plan's from
     /// `spike_pulse_delay_ms` after each detected spike for
     /// `spike_pulse_width_ms`, µA/cm² (0: off). A plan acts a compute delay
