@@ -185,7 +185,9 @@ pub struct FeedbackConfig {
     /// mV (within a spike the deviation is one of timing).
     pub ceiling_mv: f64,
     /// Time constant of the low-pass on the measured V the deviation is
-    /// taken from, ms (0: the raw sample; see [`super::filter`]).
+    /// taken from, and on the target it is compared with (so that the lag
+    /// does not become a tracking error), ms (0: the raw sample; see
+    /// [`super::filter`]).
     pub filter_ms: f64,
     /// Time constant of a low-pass on the plan's current as the loop
     /// applies it, ms (0: the plan as it came). Each plan is re-optimised
