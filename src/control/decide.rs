@@ -186,6 +186,15 @@ impl Decider {
         }
     }
 
+    /// After a spell in which MPC's plans did not drive (the guard's
+    /// fallback, an interruption): what the feedback and its filters
+    /// remember describes the plans of before, not those to come.
+    fn restart_feedback(&mut self) {
+        self.feedback_integral = 0.0;
+        self.plan_filter.reset();
+        self.target_filter.reset();
+    }
+
     /// The guard's decision as the loop applies it: `true` hands control
     /// to the fallback, `false` gives it back to MPC. Either way the
     /// request still passes the limiter, whose slew limit smooths the
@@ -207,8 +216,7 @@ impl Decider {
             };
         } else {
             self.counters.guard_to_mpc += 1;
-            self.feedback_integral = 0.0;
-            self.plan_filter.reset();
+            self.restart_feedback();
         }
         true
     }
@@ -313,8 +321,7 @@ impl Decider {
         let command = self.zero(Fault::PlantFault);
         self.counters.plant_interruptions += 1;
         self.window.clear();
-        self.feedback_integral = 0.0;
-        self.plan_filter.reset();
+        self.restart_feedback();
         if self.timing.is_some() {
             if let Some(old) = self.active.take() {
                 recycle(old);
