@@ -139,6 +139,7 @@ pub(super) struct RawMpc {
     pub(super) seed: u64,
     pub(super) actuation_delay: Quantity<Time>,
     pub(super) plan_reflex: bool,
+    pub(super) silence_margin: Quantity<Voltage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +469,13 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
     if !(m.spread > 0.0 && m.spread <= 2.0) {
         return Err(cx.err("mpc.spread", format!("{} is outside (0, 2]", m.spread)));
     }
+    let margin = m.silence_margin.get();
+    if !(-10.0..=10.0).contains(&margin) {
+        return Err(cx.err(
+            "mpc.silence_margin",
+            format!("{margin} mV is outside -10 ..= 10 mV"),
+        ));
+    }
     if !(0.0..=1.0).contains(&m.bias_gain) {
         return Err(cx.err(
             "mpc.bias_gain",
@@ -491,6 +499,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         seed: m.seed,
         actuation_delay_ms: m.actuation_delay.get(),
         plan_reflex: m.plan_reflex,
+        silence_margin_mv: m.silence_margin.get(),
     })
 }
 

@@ -876,6 +876,17 @@ mod tests {
         assert_eq!(c.control.feedback.plan_filter_ms, 30.0);
     }
 
+    /// MPC's silence aim is the ceiling itself by default and refused
+    /// by name beyond ±10 mV.
+    #[test]
+    fn the_mpc_silence_margin_defaults_to_zero_and_is_checked() {
+        assert_eq!(Config::defaults().control.mpc.silence_margin_mv, 0.0);
+        let e = invalid("[mpc]\nsilence_margin = \"12 mV\"\n");
+        assert_eq!(e.key(), Some("mpc.silence_margin"), "{e}");
+        let c = Config::from_str_named("t.toml", "[mpc]\nsilence_margin = \"-0.35 mV\"\n").unwrap();
+        assert_eq!(c.control.mpc.silence_margin_mv, -0.35);
+    }
+
     #[test]
     fn negative_conductance_is_refused() {
         let e = invalid("[plant.sim.overrides]\ng_m = -0.5\n");

@@ -86,6 +86,18 @@ pub struct MpcConfig {
     /// there, so a forecast that does not see the pulse foresees the burst
     /// the pulse prevents, and the plan spends charge against it.
     pub plan_reflex: bool,
+    /// `silence`: the plans aim this far below the objective's ceiling, mV
+    /// (negative: above). The objective's own ceiling still scores the
+    /// run; this only moves where the plans aim, because where they land
+    /// relative to that aim depends on the model and the noise.
+    pub silence_margin_mv: f64,
+}
+
+/// `objective` as MPC's plans pursue it: the silence ceiling moved down by
+/// `mpc.silence_margin`.
+fn aimed(mut objective: Objective, cfg: &MpcConfig) -> Objective {
+    objective.ceiling_mv -= cfg.silence_margin_mv;
+    objective
 }
 
 /// Who drives when the guard takes control from MPC (`control.guard.fallback`).
@@ -314,6 +326,7 @@ impl Mpc {
     ) -> Mpc {
         let k = cfg.candidates;
         let n = t_out * decimation;
+        let objective = aimed(objective, &cfg);
         let lag_steps = ((cfg.actuation_delay_ms / dt_model).round().max(0.0) as usize).min(t_out);
         Mpc {
             spike_threshold_mv: cfg.spike_threshold_mv,
@@ -449,7 +462,7 @@ impl Mpc {
 
     /// Pursue `objective` from the next plan on (an operator's change).
     pub fn set_objective(&mut self, objective: Objective) {
-        self.objective = objective;
+        self.objective = aimed(objective, &self.cfg);
     }
 
     /// RMS of recent subthreshold forecast errors (what the previous plan
@@ -869,6 +882,31 @@ mod tests {
         cfg.actuation_delay_ms = 0.0;
         let m = Mpc::new(cfg, c.objective, t_out, 5, 0.5, 6.0, 0).with_window(t_in);
         assert_eq!((m.lag_steps, m.felt_steps.len()), (0, 0));
+    }
+
+    /// `mpc.silence_margin` moves only the ceiling MPC plans against, from
+    /// the start and across an operator's change of objective; the
+    /// objective the run is scored with keeps its own.
+    #[test]
+    fn the_silence_margin_moves_the_aim_not_the_objective() {
+        let c = Config::defaults().control;
+        let mut cfg = c.mpc;
+        cfg.candidates = 2;
+        let scored = c.objective;
+        assert_eq!(scored.ceiling_mv, -60.0);
+        let m = Mpc::new(cfg, scored, 4, 5, 0.5, 6.0, 0);
+        assert_eq!(
+            m.objective.ceiling_mv, -60.0,
+            "default margin 0: bit for bit"
+        );
+        cfg.silence_margin_mv = -0.35;
+        let mut m = Mpc::new(cfg, scored, 4, 5, 0.5, 6.0, 0);
+        assert!((m.objective.ceiling_mv - -59.65).abs() < 1e-12);
+        let mut changed = scored;
+        changed.ceiling_mv = -65.0;
+        m.set_objective(changed);
+        assert!((m.objective.ceiling_mv - -64.65).abs() < 1e-12);
+        assert_eq!(scored.ceiling_mv, -60.0);
     }
 
     /// With `mpc.plan_reflex`, the candidates are forecast with the reflex's
