@@ -48,6 +48,7 @@ pub(super) struct RawFeedback {
     pub(super) spike_pulse: Quantity<Current>,
     pub(super) spike_pulse_delay: Quantity<Time>,
     pub(super) spike_pulse_width: Quantity<Time>,
+    pub(super) spike_pulse_lead: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +302,13 @@ fn feedback(
         .map_err(|m| cx.err("control.feedback.spike_pulse_delay", m))?;
     positive(f.spike_pulse_width.get())
         .map_err(|m| cx.err("control.feedback.spike_pulse_width", m))?;
+    let lead = f.spike_pulse_lead.get();
+    if !(0.0..=50.0).contains(&lead) {
+        return Err(cx.err(
+            "control.feedback.spike_pulse_lead",
+            format!("{lead} ms is outside 0 ..= 50 ms"),
+        ));
+    }
     Ok(crate::policy::mpc::FeedbackConfig {
         gain: f.gain,
         integral_gain: f.integral_gain,
@@ -313,6 +321,7 @@ fn feedback(
         spike_pulse: pulse,
         spike_pulse_delay_ms: f.spike_pulse_delay.get(),
         spike_pulse_width_ms: f.spike_pulse_width.get(),
+        spike_pulse_lead_ms: lead,
     })
 }
 

@@ -831,6 +831,7 @@ mod tests {
     #[test]
     fn the_spike_reflex_is_off_by_default_and_bounded() {
         assert_eq!(Config::defaults().control.feedback.spike_pulse, 0.0);
+        assert_eq!(Config::defaults().control.feedback.spike_pulse_lead_ms, 0.0);
         for (text, key) in [
             (
                 "spike_pulse = \"-11 uA/cm2\"",
@@ -843,6 +844,10 @@ mod tests {
             (
                 "spike_pulse_delay = \"-1 ms\"",
                 "control.feedback.spike_pulse_delay",
+            ),
+            (
+                "spike_pulse_lead = \"-1 ms\"",
+                "control.feedback.spike_pulse_lead",
             ),
         ] {
             let e = invalid(&format!("[control.feedback]\n{text}\n"));

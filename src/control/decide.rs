@@ -111,6 +111,10 @@ pub struct Decider {
     /// (`control.feedback.plan_filter`); restarts wherever the plan stops
     /// driving (a fault, a miss, the fallback).
     plan_filter: LowPass,
+    /// The anticipating reflex (`control.feedback.spike_pulse_lead`): when
+    /// it last fired, and for which forecast spike, plant ms.
+    reflex_fired_ms: f64,
+    reflex_spike_ms: f64,
     /// The guard's fallback policy (MPC with the guard on), and whether it
     /// drives now.
     fallback: Option<GuardFallback>,
@@ -178,6 +182,8 @@ impl Decider {
             feedback_filter: LowPass::new(c.feedback.filter_ms, period_ms),
             target_filter: LowPass::new(c.feedback.filter_ms, period_ms),
             plan_filter: LowPass::new(c.feedback.plan_filter_ms, period_ms),
+            reflex_fired_ms: f64::NEG_INFINITY,
+            reflex_spike_ms: f64::NEG_INFINITY,
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
@@ -461,6 +467,7 @@ impl Decider {
         };
         let mut deviation = None;
         let mut planned = false;
+        let mut spike_at = f64::NAN;
         let u = match p.status {
             PlanStatus::ModelError => {
                 *fault = fault.or(Some(Fault::ModelError));
@@ -479,6 +486,7 @@ impl Decider {
                     // its depolarising current (meant to bring that spike
                     // about) would only evoke another. Hyperpolarising
                     // current stays.
+                    spike_at = p.spike_at_ms;
                     if p.base_index < self.spike_index {
                         u.min(0.0)
                     } else {
@@ -498,6 +506,7 @@ impl Decider {
                 }
             }
         };
+        self.anticipate(spike_at);
         let u = if planned {
             self.plan_filter.push(u)
         } else {
@@ -529,7 +538,7 @@ impl Decider {
         if f.spike_pulse == 0.0 {
             return u;
         }
-        let since = self.last_t_ms - self.last_spike_ms;
+        let since = self.last_t_ms - self.last_spike_ms.max(self.reflex_fired_ms);
         // A little slack: sample times are sums of floats.
         let on = since >= f.spike_pulse_delay_ms - 1e-9
             && since < f.spike_pulse_delay_ms + f.spike_pulse_width_ms - 1e-9;
@@ -542,6 +551,27 @@ impl Decider {
             self.off_plan = true;
         }
         out
+    }
+
+    /// The anticipating reflex: fire `spike_pulse_lead` before the spike
+    /// the active plan forecasts at `spike_at_ms` (not yet due), once per
+    /// forecast spike (successive plans move it by a model step or two, so
+    /// a forecast spike within one reflex span of the last one fired for
+    /// is the same spike).
+    fn anticipate(&mut self, spike_at_ms: f64) {
+        let f = &self.feedback;
+        if f.spike_pulse == 0.0 || f.spike_pulse_lead_ms == 0.0 || !spike_at_ms.is_finite() {
+            return;
+        }
+        let now = self.last_t_ms;
+        let span = f.spike_pulse_lead_ms + f.spike_pulse_delay_ms + f.spike_pulse_width_ms;
+        if spike_at_ms >= now
+            && now >= spike_at_ms - f.spike_pulse_lead_ms - 1e-9
+            && spike_at_ms > self.reflex_spike_ms + span
+        {
+            self.reflex_fired_ms = now;
+            self.reflex_spike_ms = spike_at_ms;
+        }
     }
 
     /// The plan's current `u` corrected for the deviation `dev` (mV, what
@@ -694,6 +724,7 @@ mod tests {
             forecast: vec![-60.0; 2],
             expected: vec![-60.0; 2],
             v_base: -60.0,
+            spike_at_ms: f64::NAN,
             forecast_error_mv: 1.5,
         })
     }
@@ -853,6 +884,7 @@ mod tests {
             spike_pulse: 0.0,
             spike_pulse_delay_ms: 0.5,
             spike_pulse_width_ms: 1.0,
+            spike_pulse_lead_ms: 0.0,
         };
         let mut p = plan(0, &[0.0; 2000]);
         p.expected = vec![-60.0; 400];
@@ -993,6 +1025,50 @@ mod tests {
         for k in 61..80 {
             assert_ne!(at(k, -65.0), -6.0);
         }
+    }
+
+    /// With a lead, the reflex fires that long before the spike the active
+    /// plan forecasts (a command that reaches the cell late then lands
+    /// where the reflex on the detected spike would have, had it been on
+    /// time); the same forecast spike, moved a little by the next plan,
+    /// does not fire it again; without a lead nothing is anticipated.
+    #[test]
+    fn with_a_lead_the_reflex_fires_before_the_forecast_spike_once() {
+        let t = PlanTiming {
+            decimation: 5,
+            steps_per_period: 4,
+            delay_samples: 0,
+            pool: 4,
+        };
+        let run = |lead_ms: f64| {
+            let mut d = decider(PolicyKind::Mpc, Some(t));
+            d.feedback.spike_pulse = -6.0;
+            d.feedback.spike_pulse_delay_ms = 0.5;
+            d.feedback.spike_pulse_width_ms = 1.0;
+            d.feedback.spike_pulse_lead_ms = lead_ms;
+            let mut p = plan(0, &[1.0; 400]);
+            // A spike forecast at 3 ms (sample 30).
+            p.spike_at_ms = 3.0;
+            d.receive(p, 0);
+            let mut out = Vec::new();
+            for k in 1..60 {
+                if k == 20 {
+                    // The next plan puts the same spike at 3.2 ms.
+                    let mut p = plan(19, &[1.0; 400]);
+                    p.spike_at_ms = 3.2;
+                    d.receive(p, 19);
+                }
+                out.push(d.tick(&sample(k, -65.0), |_| {}, |_| {}).record.requested);
+            }
+            (1..60u64)
+                .zip(out)
+                .filter(|&(_, u)| u == -6.0)
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        // Fired at 1 ms (sample 10): the pulse from 1.5 ms for 1 ms.
+        assert_eq!(run(2.0), (15..25).collect::<Vec<_>>());
+        assert_eq!(run(0.0), Vec::<u64>::new());
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct Plan {
     /// reference for the feedback between plans.
     pub expected: Vec<f32>,
     pub v_base: f32,
+    /// When the plan's forecast puts its first spike, plant ms, corrected
+    /// by the learnt spike-timing lag (NaN: none in the horizon). What the
+    /// anticipating spike reflex fires on (`control.feedback.spike_pulse_lead`).
+    pub spike_at_ms: f64,
     /// The planner's running RMS forecast error, mV (NaN: not measured
     /// yet); for the service's metrics.
     pub forecast_error_mv: f64,
@@ -164,6 +168,7 @@ pub fn build(
                     forecast: vec![f32::NAN; t_out],
                     expected: vec![f32::NAN; t_out],
                     v_base: f32::NAN,
+                    spike_at_ms: f64::NAN,
                     forecast_error_mv: f64::NAN,
                 });
                 used_plans.try_send(p).expect("pool fits its channel");

@@ -134,6 +134,7 @@ pub fn run(
                 plan.forecast.copy_from_slice(mpc.model_forecast());
                 plan.expected.copy_from_slice(mpc.best_forecast());
                 plan.v_base = snap.v_now as f32;
+                plan.spike_at_ms = mpc.best_spike_ms();
                 links.note(&mut totals, || Note::Forecast {
                     base_index: snap.index,
                     t_ms: snap.t_ms,
@@ -179,6 +180,7 @@ fn forecast_for_guard(
     plan.forecast.copy_from_slice(v);
     plan.expected.copy_from_slice(v);
     plan.v_base = input.v_now as f32;
+    plan.spike_at_ms = f64::NAN;
     links.note(totals, || Note::Forecast {
         base_index: input.base_index,
         t_ms: input.t_ms,
@@ -248,5 +250,6 @@ fn fail_plan(plan: &mut Plan, mpc: &mut Mpc, totals: &mut PlannerTotals, e: &For
     plan.cost = f64::NAN;
     plan.forecast.fill(f32::NAN);
     plan.expected.fill(f32::NAN);
+    plan.spike_at_ms = f64::NAN;
     mpc.reset();
 }

@@ -214,6 +214,10 @@ pub struct FeedbackConfig {
     pub spike_pulse: f64,
     pub spike_pulse_delay_ms: f64,
     pub spike_pulse_width_ms: f64,
+    /// Anticipation: the reflex also fires this long before the spike the
+    /// active plan forecasts, ms (0: off), for a command that reaches the
+    /// cell late.
+    pub spike_pulse_lead_ms: f64,
 }
 
 /// What the feedback between plans holds V to (`control.feedback.target`).
@@ -292,6 +296,8 @@ pub struct Mpc {
     /// Spike-timing bias: real spike − forecast crossing, ms; the last
     /// plan's forecast crossing (absolute ms) and the last spike seen.
     spike_lag: f64,
+    /// The last plan's first forecast spike, lag-corrected, plant ms.
+    best_spike: f64,
     /// Recent plans' (plan time, first forecast spike) ring.
     predictions: [(f64, f64); PREDICTIONS],
     next_prediction: usize,
@@ -357,6 +363,7 @@ impl Mpc {
             bias: 0.0,
             error_sq: f64::NAN,
             spike_lag: 0.0,
+            best_spike: f64::NAN,
             predictions: [(f64::NEG_INFINITY, f64::NAN); PREDICTIONS],
             next_prediction: 0,
             seen_spike: f64::NEG_INFINITY,
@@ -483,6 +490,12 @@ impl Mpc {
     /// Model step, ms.
     pub fn dt_model(&self) -> f64 {
         self.dt_model
+    }
+
+    /// When the last plan's forecast puts its first spike, plant ms,
+    /// corrected by the learnt spike-timing lag (NaN: none forecast).
+    pub fn best_spike_ms(&self) -> f64 {
+        self.best_spike
     }
 
     /// The learnt spike-timing bias, ms.
@@ -746,6 +759,7 @@ impl Mpc {
             }
             prev_v = v;
         }
+        self.best_spike = predicted + self.spike_lag;
         self.predictions[self.next_prediction] = (input.t_ms, predicted);
         self.next_prediction = (self.next_prediction + 1) % PREDICTIONS;
         // Store the forecast without the bias, which is re-added next time.
