@@ -118,11 +118,14 @@ fn the_control_loop_does_not_allocate_in_steady_state() {
     let pulses = "objective = \"burst\"\n";
     let pulses_more = "[pid]\nburst_pulse = \"-6 uA/cm2\"\n[plant.sim]\npreset = \"bursting\"\n";
     for (policy, control_more, more) in [
-        // MPC with the spike reflex replacing its plans after each spike.
+        // MPC with the spike reflex replacing its plans after each spike,
+        // also fired ahead of each forecast spike (`spike_pulse_lead`), and
+        // its plans low-passed (`plan_filter`).
         (
             "mpc",
             "",
-            "[control.feedback]\nspike_pulse = \"-6 uA/cm2\"\n[plant.sim]\n",
+            "[control.feedback]\nspike_pulse = \"-6 uA/cm2\"\nspike_pulse_lead = \"2 ms\"\n\
+             plan_filter = \"5 ms\"\n[plant.sim]\n",
         ),
         ("pid", "", "[plant.sim]\n"),
         ("pid", pulses, pulses_more),
