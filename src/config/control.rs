@@ -141,6 +141,7 @@ pub(super) struct RawMpc {
     pub(super) actuation_delay: Quantity<Time>,
     pub(super) plan_reflex: bool,
     pub(super) silence_margin: Quantity<Voltage>,
+    pub(super) window_filter: Quantity<Time>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +479,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
     if !(m.spread > 0.0 && m.spread <= 2.0) {
         return Err(cx.err("mpc.spread", format!("{} is outside (0, 2]", m.spread)));
     }
+    non_negative(m.window_filter.get()).map_err(|e| cx.err("mpc.window_filter", e))?;
     let margin = m.silence_margin.get();
     if !(-10.0..=10.0).contains(&margin) {
         return Err(cx.err(
@@ -509,6 +511,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         actuation_delay_ms: m.actuation_delay.get(),
         plan_reflex: m.plan_reflex,
         silence_margin_mv: m.silence_margin.get(),
+        window_filter_ms: m.window_filter.get(),
     })
 }
 

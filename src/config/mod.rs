@@ -892,6 +892,15 @@ mod tests {
         assert_eq!(c.control.mpc.silence_margin_mv, -0.35);
     }
 
+    /// The planner's state filter is off by default and a negative time
+    /// constant is refused by name.
+    #[test]
+    fn the_window_filter_is_off_by_default_and_checked() {
+        assert_eq!(Config::defaults().control.mpc.window_filter_ms, 0.0);
+        let e = invalid("[mpc]\nwindow_filter = \"-1 ms\"\n");
+        assert_eq!(e.key(), Some("mpc.window_filter"), "{e}");
+    }
+
     #[test]
     fn negative_conductance_is_refused() {
         let e = invalid("[plant.sim.overrides]\ng_m = -0.5\n");

@@ -111,6 +111,10 @@ pub struct Decider {
     /// (`control.feedback.plan_filter`); restarts wherever the plan stops
     /// driving (a fault, a miss, the fallback).
     plan_filter: LowPass,
+    /// The measured V as the planner's window and state get it, low-passed
+    /// (`mpc.window_filter`), and its newest value.
+    window_filter: LowPass,
+    v_state: f64,
     /// The anticipating reflex (`control.feedback.spike_pulse_lead`): when
     /// it last fired, and for which forecast spike, plant ms.
     reflex_fired_ms: f64,
@@ -184,6 +188,8 @@ impl Decider {
             plan_filter: LowPass::new(c.feedback.plan_filter_ms, period_ms),
             reflex_fired_ms: f64::NEG_INFINITY,
             reflex_spike_ms: f64::NEG_INFINITY,
+            window_filter: LowPass::new(c.mpc.window_filter_ms, period_ms),
+            v_state: f64::NAN,
             fallback: (c.policy == PolicyKind::Mpc && c.guard.enabled).then_some(c.guard.fallback),
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
@@ -327,6 +333,7 @@ impl Decider {
         let command = self.zero(Fault::PlantFault);
         self.counters.plant_interruptions += 1;
         self.window.clear();
+        self.window_filter.reset();
         self.restart_feedback();
         if self.timing.is_some() {
             if let Some(old) = self.active.take() {
@@ -391,7 +398,8 @@ impl Decider {
         };
         self.last_t_ms = s.t_ms;
         let v_filtered = self.feedback_filter.push(s.v_mv);
-        let step_done = self.window.push(s.v_mv, s.i_applied);
+        self.v_state = self.window_filter.push(s.v_mv);
+        let step_done = self.window.push(self.v_state, s.i_applied);
 
         let requested = if self.timing.is_some() {
             self.adopt_due(s.index, &mut on_adopt, &mut recycle);
@@ -674,7 +682,11 @@ impl Decider {
         self.window.snapshot(&mut snap.v, &mut snap.i);
         snap.index = s.index;
         snap.t_ms = s.t_ms;
-        snap.v_now = s.v_mv;
+        snap.v_now = if self.v_state.is_finite() {
+            self.v_state
+        } else {
+            s.v_mv
+        };
         snap.last_spike_ms = self.last_spike_ms;
         snap.limiter = self.limiter.clone();
         snap.taken = arrived;
@@ -1069,6 +1081,59 @@ mod tests {
         // Fired at 1 ms (sample 10): the pulse from 1.5 ms for 1 ms.
         assert_eq!(run(2.0), (15..25).collect::<Vec<_>>());
         assert_eq!(run(0.0), Vec::<u64>::new());
+    }
+
+    /// With `mpc.window_filter` the planner's window and starting V are the
+    /// low-passed measurement (a 1 mV step is still on its way after one
+    /// time constant); without it, the raw samples bit for bit.
+    #[test]
+    fn the_window_filter_gives_the_planner_a_de_noised_state() {
+        let run = |tau_ms: f64| {
+            let mut c = Config::defaults().control;
+            c.policy = PolicyKind::Mpc;
+            c.mpc.window_filter_ms = tau_ms;
+            let limiter = SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap();
+            let t = PlanTiming {
+                decimation: 5,
+                steps_per_period: 4,
+                delay_samples: 0,
+                pool: 4,
+            };
+            let mut d = Decider::new(
+                &c,
+                0.1,
+                limiter.clone(),
+                Some(t),
+                WindowRing::new(4, 5),
+                true,
+                true,
+            );
+            let mut last = sample(0, -65.0);
+            for k in 0..40 {
+                last = sample(k, if k < 30 { -65.0 } else { -64.0 });
+                d.tick(&last, |_| {}, |_| {});
+            }
+            let mut snap = Snapshot {
+                index: 0,
+                t_ms: 0.0,
+                v_now: 0.0,
+                last_spike_ms: f64::NEG_INFINITY,
+                v: vec![0.0; 4],
+                i: vec![0.0; 4],
+                limiter,
+                taken: Instant::now(),
+                objective: None,
+                in_fallback: false,
+            };
+            d.fill_snapshot(&mut snap, &last, Instant::now());
+            (snap.v_now, snap.v[3])
+        };
+        assert_eq!(run(0.0), (-64.0, -64.0));
+        // 10 samples of 0.1 ms after the step, tau 1 ms: 1 − e^−1 of it.
+        let (v_now, newest) = run(1.0);
+        let expected = -65.0 + (1.0 - (-1.0f64).exp());
+        assert!((v_now - expected).abs() < 1e-9, "{v_now} vs {expected}");
+        assert!((f64::from(newest) - v_now).abs() < 1e-5);
     }
 
     #[test]

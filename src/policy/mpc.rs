@@ -91,6 +91,10 @@ pub struct MpcConfig {
     /// run; this only moves where the plans aim, because where they land
     /// relative to that aim depends on the model and the noise.
     pub silence_margin_mv: f64,
+    /// Time constant of a low-pass on the measured V the loop fills the
+    /// model's window (and the plan's starting state) with, ms (0: the raw
+    /// samples).
+    pub window_filter_ms: f64,
 }
 
 /// `objective` as MPC's plans pursue it: the silence ceiling moved down by
