@@ -682,11 +682,9 @@ impl Decider {
         self.window.snapshot(&mut snap.v, &mut snap.i);
         snap.index = s.index;
         snap.t_ms = s.t_ms;
-        snap.v_now = if self.v_state.is_finite() {
-            self.v_state
-        } else {
-            s.v_mv
-        };
+        // The sample's V as the window got it (`mpc.window_filter`; the
+        // raw sample bit for bit when off).
+        snap.v_now = self.v_state;
         snap.last_spike_ms = self.last_spike_ms;
         snap.limiter = self.limiter.clone();
         snap.taken = arrived;
