@@ -193,14 +193,18 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
 /// spike reflex (the scenario's `control.feedback.spike_pulse`) is off,
 /// since it changes what those plans do to the cell, and the probation
 /// start is one window, as the scenario had it before the reflex (with the
-/// reflex the scenario starts MPC at once; docs/control.md). A later
-/// `--set` of the same key in `extra` wins.
+/// reflex the scenario starts MPC at once; docs/control.md). MPC's credit
+/// for isolated forecast spikes (`mpc.burst_single_credit`, set by the
+/// scenario since) is off for the same reason. A later `--set` of the same
+/// key in `extra` wins.
 fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     let mut args = vec![
         "--set",
         "control.feedback.spike_pulse=\"0 uA/cm2\"",
         "--set",
         "control.guard.probation=\"1 s\"",
+        "--set",
+        "mpc.burst_single_credit=0",
     ];
     args.extend(extra);
     scenario("burst_unseen", seed, &args)

@@ -142,6 +142,7 @@ pub(super) struct RawMpc {
     pub(super) plan_reflex: bool,
     pub(super) silence_margin: Quantity<Voltage>,
     pub(super) window_filter: Quantity<Time>,
+    pub(super) burst_single_credit: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +449,7 @@ fn objective(
         ceiling_mv: o.silence.ceiling.get(),
         timing,
         timing_window_ms: o.timing.window.get(),
+        burst_single_credit: 0.0,
     };
     Ok((objective, open))
 }
@@ -480,6 +482,12 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         return Err(cx.err("mpc.spread", format!("{} is outside (0, 2]", m.spread)));
     }
     non_negative(m.window_filter.get()).map_err(|e| cx.err("mpc.window_filter", e))?;
+    if !(0.0..=10.0).contains(&m.burst_single_credit) {
+        return Err(cx.err(
+            "mpc.burst_single_credit",
+            format!("{} is outside 0 ..= 10", m.burst_single_credit),
+        ));
+    }
     let margin = m.silence_margin.get();
     if !(-10.0..=10.0).contains(&margin) {
         return Err(cx.err(
@@ -512,6 +520,7 @@ fn mpc(m: &RawMpc, cx: &Cx) -> Result<crate::policy::mpc::MpcConfig, ConfigError
         plan_reflex: m.plan_reflex,
         silence_margin_mv: m.silence_margin.get(),
         window_filter_ms: m.window_filter.get(),
+        burst_single_credit: m.burst_single_credit,
     })
 }
 

@@ -892,6 +892,19 @@ mod tests {
         assert_eq!(c.control.mpc.silence_margin_mv, -0.35);
     }
 
+    /// The burst cost's credit for isolated spikes is off by default and
+    /// refused by name outside 0 ..= 10 (NaN included).
+    #[test]
+    fn the_burst_single_credit_is_off_by_default_and_checked() {
+        assert_eq!(Config::defaults().control.mpc.burst_single_credit, 0.0);
+        for bad in ["10.5", "-0.1", "nan"] {
+            let e = invalid(&format!("[mpc]\nburst_single_credit = {bad}\n"));
+            assert_eq!(e.key(), Some("mpc.burst_single_credit"), "{e}");
+        }
+        let c = Config::from_str_named("t.toml", "[mpc]\nburst_single_credit = 0.25\n").unwrap();
+        assert_eq!(c.control.mpc.burst_single_credit, 0.25);
+    }
+
     /// The planner's state filter is off by default and a negative time
     /// constant is refused by name.
     #[test]

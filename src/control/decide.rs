@@ -64,6 +64,11 @@ pub struct Decider {
     detector: SpikeDetector,
     window: WindowRing,
     last_spike_ms: f64,
+    /// Detected spikes in bursts (the objective's `max_isi`), and whether
+    /// the last one was: MPC's burst cost weighs isolated spikes by the
+    /// run's burst fraction.
+    burst_spikes: u64,
+    prev_in_burst: bool,
     /// Index of the last spike's sample: plans computed before it are
     /// stale.
     spike_index: u64,
@@ -166,6 +171,8 @@ impl Decider {
             detector: SpikeDetector::new(DEFAULT_THRESHOLD_MV),
             window,
             last_spike_ms: f64::NEG_INFINITY,
+            burst_spikes: 0,
+            prev_in_burst: false,
             spike_index: 0,
             off_plan: false,
             replan: false,
@@ -387,6 +394,14 @@ impl Decider {
         self.expected_index = Some(s.index.max(self.expected_index.unwrap_or(0)) + 1);
         let spiked = match self.detector.push(s.t_ms, s.v_mv) {
             Some(t) => {
+                // The burst objective's count: a spike within max_isi of the
+                // previous one puts both in a burst.
+                if t - self.last_spike_ms < self.objective.max_isi_ms {
+                    self.burst_spikes += if self.prev_in_burst { 1 } else { 2 };
+                    self.prev_in_burst = true;
+                } else {
+                    self.prev_in_burst = false;
+                }
                 self.last_spike_ms = t;
                 self.counters.spikes += 1;
                 self.replan = true;
@@ -686,6 +701,11 @@ impl Decider {
         // raw sample bit for bit when off).
         snap.v_now = self.v_state;
         snap.last_spike_ms = self.last_spike_ms;
+        snap.burst_fraction = if self.counters.spikes == 0 {
+            0.0
+        } else {
+            self.burst_spikes as f64 / self.counters.spikes as f64
+        };
         snap.limiter = self.limiter.clone();
         snap.taken = arrived;
         snap.objective = (self.objective_seq > 0).then_some((self.objective_seq, self.objective));
@@ -1116,6 +1136,7 @@ mod tests {
                 t_ms: 0.0,
                 v_now: 0.0,
                 last_spike_ms: f64::NEG_INFINITY,
+                burst_fraction: 0.0,
                 v: vec![0.0; 4],
                 i: vec![0.0; 4],
                 limiter,
@@ -1132,6 +1153,50 @@ mod tests {
         let expected = -65.0 + (1.0 - (-1.0f64).exp());
         assert!((v_now - expected).abs() < 1e-9, "{v_now} vs {expected}");
         assert!((f64::from(newest) - v_now).abs() < 1e-5);
+    }
+
+    /// The snapshot carries the run's burst fraction as the burst score
+    /// counts it (a spike within `max_isi`, 10 ms, of the previous one
+    /// puts both in a burst): a pair, an isolated spike, a triplet.
+    #[test]
+    fn the_snapshot_carries_the_runs_burst_fraction() {
+        let mut d = decider(PolicyKind::Off, None);
+        let spikes_ms = [1.0, 4.0, 104.0, 200.0, 203.0, 206.0];
+        let mut snap = Snapshot {
+            index: 0,
+            t_ms: 0.0,
+            v_now: 0.0,
+            last_spike_ms: f64::NEG_INFINITY,
+            burst_fraction: -1.0,
+            v: vec![0.0; 4],
+            i: vec![0.0; 4],
+            limiter: SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap(),
+            taken: Instant::now(),
+            objective: None,
+            in_fallback: false,
+        };
+        let mut last = sample(0, -65.0);
+        d.fill_snapshot(&mut snap, &last, Instant::now());
+        assert_eq!(snap.burst_fraction, 0.0);
+        for k in 0..2_500u64 {
+            let t = k as f64 * 0.1;
+            let v = if spikes_ms.iter().any(|&s| (t - s).abs() < 0.05) {
+                20.0
+            } else {
+                -65.0
+            };
+            last = sample(k, v);
+            d.tick(&last, |_| {}, |_| {});
+            if k == 1_500 {
+                // The pair and the isolated spike: 2 of 3.
+                d.fill_snapshot(&mut snap, &last, Instant::now());
+                assert_eq!(d.counters.spikes, 3);
+                assert!((snap.burst_fraction - 2.0 / 3.0).abs() < 1e-12);
+            }
+        }
+        d.fill_snapshot(&mut snap, &last, Instant::now());
+        assert_eq!(d.counters.spikes, 6);
+        assert!((snap.burst_fraction - 5.0 / 6.0).abs() < 1e-12);
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub v_now: f64,
     /// Last spike detected by the loop, ms (`-inf` if none).
     pub last_spike_ms: f64,
+    /// Fraction of the run's detected spikes so far that were in bursts
+    /// (the `burst` objective's `max_isi`; 0 before any spike).
+    pub burst_fraction: f64,
     /// The window, oldest first (model steps).
     pub v: Vec<f32>,
     pub i: Vec<f32>,
@@ -143,6 +146,7 @@ pub fn build(
                     t_ms: 0.0,
                     v_now: 0.0,
                     last_spike_ms: f64::NEG_INFINITY,
+                    burst_fraction: 0.0,
                     v: vec![0.0; t_in],
                     i: vec![0.0; t_in],
                     limiter: limiter.clone(),

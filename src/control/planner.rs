@@ -101,6 +101,7 @@ pub fn run(
             t_ms: snap.t_ms,
             v_now: snap.v_now,
             last_spike_ms: snap.last_spike_ms,
+            burst_fraction: snap.burst_fraction,
             limiter: snap.limiter.clone(),
         };
         plan.base_index = snap.index;

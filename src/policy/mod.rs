@@ -338,6 +338,15 @@ pub struct Objective {
     pub timing: SpikeTrain,
     /// `timing`: a spike this close to a target (either side) hits it, ms.
     pub timing_window_ms: f64,
+    /// `burst`, MPC's cost only: a forecast spike that is in no burst (no
+    /// spike within `max_isi` either side) takes this times the run's
+    /// burst fraction so far off the cost (`mpc.burst_single_credit`). The
+    /// score is the *fraction* of spikes in bursts, F = B/N: an isolated
+    /// spike changes it by −F/N, a burst spike by (1 − F)/N, so a cost that
+    /// counts burst spikes alone lets the plans cut isolated spikes for
+    /// free, which raises the score; and where the cell does not burst
+    /// (F = 0) an evoked isolated spike is worth nothing.
+    pub burst_single_credit: f64,
 }
 
 /// What a forecast is scored against, for one planning step.
@@ -365,6 +374,10 @@ pub struct PlanContext {
     /// it forecasts from there on (the burst the reflex cuts short) is not
     /// what the candidate will bring about, and is not scored.
     pub reflex_after_ms: Option<f64>,
+    /// `burst`: the fraction of the run's detected spikes so far that were
+    /// in bursts (0 before any): what an isolated spike is worth to the
+    /// score, relative to a burst spike (see `burst_single_credit`).
+    pub burst_fraction: f64,
 }
 
 /// Weights of the MPC cost beyond the objective term.
@@ -438,13 +451,20 @@ impl Objective {
                 let mut last = ctx.last_spike_ms;
                 let mut cost = 0.0;
                 let mut singles = 0;
-                for &j in crossings {
-                    if spike_at(j) - last < self.max_isi_ms {
+                for (k, &j) in crossings.iter().enumerate() {
+                    let t = spike_at(j);
+                    if t - last < self.max_isi_ms {
                         cost += 1.0;
                     } else {
                         singles += 1;
+                        let next = crossings.get(k + 1).map(|&n| spike_at(n));
+                        if self.burst_single_credit != 0.0
+                            && next.is_none_or(|n| n - t >= self.max_isi_ms)
+                        {
+                            cost -= self.burst_single_credit * ctx.burst_fraction;
+                        }
                     }
-                    last = spike_at(j);
+                    last = t;
                 }
                 // Keep the cell firing: past the longest allowed gap, a
                 // horizon without a single spike costs half a burst spike.
@@ -622,6 +642,7 @@ pub(crate) mod test_support {
             ceiling_mv: -60.0,
             timing: SpikeTrain::new(&[5.0, 100.0, 300.0]).unwrap(),
             timing_window_ms: 3.0,
+            burst_single_credit: 0.0,
         }
     }
 }
@@ -642,6 +663,7 @@ mod tests {
             spike_lag_ms: 0.0,
             rate_due_ms: objective(ObjectiveKind::Rate).rate.due(last),
             reflex_after_ms: None,
+            burst_fraction: 1.0,
         }
     }
 
@@ -738,6 +760,32 @@ mod tests {
         assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &spike_at(Some(1))), 0.0);
         // Long silence with no spike forecast costs half a burst spike.
         assert_eq!(o.forecast_cost(&ctx(0.0, -1000.0), &spike_at(None)), 0.5);
+    }
+
+    /// `mpc.burst_single_credit`: a forecast spike in no burst (none within
+    /// `max_isi` before or after it) lowers the cost; the first spike of a
+    /// forecast burst and the burst's own spikes do not.
+    #[test]
+    fn burst_cost_credits_isolated_spikes_only() {
+        let mut o = objective(ObjectiveKind::Burst);
+        o.burst_single_credit = 0.25;
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &spike_at(Some(1))), -0.25);
+        // Still a burst spike 3 ms after the last real one: no credit.
+        assert_eq!(o.forecast_cost(&ctx(0.0, -2.0), &spike_at(Some(1))), 1.0);
+        // Crossings 2 ms apart (steps 1 and 5, 0.5 ms a step): a burst's
+        // first spike, not credited, and its second, costing 1.
+        let mut v = vec![-65.0f32; 40];
+        v[1] = 0.0;
+        v[5] = 0.0;
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &v), 1.0);
+        // Two spikes 12.5 ms apart (steps 1 and 26): both isolated.
+        let mut w = vec![-65.0f32; 40];
+        w[1] = 0.0;
+        w[26] = 0.0;
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &w), -0.5);
+        // Without the credit (the default) isolated spikes are free.
+        o.burst_single_credit = 0.0;
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &w), 0.0);
     }
 
     /// With the spike reflex planned for (`mpc.plan_reflex`), a forecast's

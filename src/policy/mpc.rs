@@ -95,12 +95,16 @@ pub struct MpcConfig {
     /// model's window (and the plan's starting state) with, ms (0: the raw
     /// samples).
     pub window_filter_ms: f64,
+    /// `burst`: an isolated forecast spike takes this times the run's burst
+    /// fraction off a plan's cost (0: isolated spikes are free, as before).
+    pub burst_single_credit: f64,
 }
 
 /// `objective` as MPC's plans pursue it: the silence ceiling moved down by
 /// `mpc.silence_margin`.
 fn aimed(mut objective: Objective, cfg: &MpcConfig) -> Objective {
     objective.ceiling_mv -= cfg.silence_margin_mv;
+    objective.burst_single_credit = cfg.burst_single_credit;
     objective
 }
 
@@ -246,6 +250,8 @@ pub struct PlanInput<'a> {
     pub t_ms: f64,
     pub v_now: f64,
     pub last_spike_ms: f64,
+    /// Fraction of the run's detected spikes so far that were in bursts.
+    pub burst_fraction: f64,
     /// The loop's limiter as it was at the snapshot.
     pub limiter: SafetyLimiter,
 }
@@ -598,6 +604,7 @@ impl Mpc {
                 _ => f64::NAN,
             },
             reflex_after_ms: self.reflex.map(|(_, from, _)| from),
+            burst_fraction: input.burst_fraction,
         };
         let iterations = self.cfg.iterations.max(1);
         for it in 0..iterations {
@@ -956,6 +963,7 @@ mod tests {
                 v_now: -65.0,
                 // The plan's first sample is 0.3 ms after the spike.
                 last_spike_ms: 9.8,
+                burst_fraction: 0.0,
                 limiter: limiter.clone(),
             };
             m.project(&input);
