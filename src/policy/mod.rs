@@ -345,7 +345,9 @@ pub struct Objective {
     /// spike changes it by −F/N, a burst spike by (1 − F)/N, so a cost that
     /// counts burst spikes alone lets the plans cut isolated spikes for
     /// free, which raises the score; and where the cell does not burst
-    /// (F = 0) an evoked isolated spike is worth nothing.
+    /// (F = 0) an evoked isolated spike is worth nothing. MPC's setting,
+    /// not the objective's: reports show it under `[mpc]`, not here.
+    #[serde(skip)]
     pub burst_single_credit: f64,
 }
 

@@ -101,7 +101,8 @@ pub struct MpcConfig {
 }
 
 /// `objective` as MPC's plans pursue it: the silence ceiling moved down by
-/// `mpc.silence_margin`.
+/// `mpc.silence_margin`, and the burst cost's credit for isolated spikes
+/// (`mpc.burst_single_credit`).
 fn aimed(mut objective: Objective, cfg: &MpcConfig) -> Objective {
     objective.ceiling_mv -= cfg.silence_margin_mv;
     objective.burst_single_credit = cfg.burst_single_credit;
