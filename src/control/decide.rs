@@ -1155,9 +1155,10 @@ mod tests {
         assert!((f64::from(newest) - v_now).abs() < 1e-5);
     }
 
-    /// The snapshot carries the run's burst fraction as the burst score
-    /// counts it (a spike within `max_isi`, 10 ms, of the previous one
-    /// puts both in a burst): a pair, an isolated spike, a triplet.
+    /// The snapshot carries the run's burst fraction, each burst's first
+    /// spike counted in (a spike within `max_isi`, 10 ms, of the previous
+    /// one puts both in a burst; the score leaves the first out): a pair,
+    /// an isolated spike, a triplet.
     #[test]
     fn the_snapshot_carries_the_runs_burst_fraction() {
         let mut d = decider(PolicyKind::Off, None);

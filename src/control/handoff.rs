@@ -22,7 +22,8 @@ pub struct Snapshot {
     /// Last spike detected by the loop, ms (`-inf` if none).
     pub last_spike_ms: f64,
     /// Fraction of the run's detected spikes so far that were in bursts
-    /// (the `burst` objective's `max_isi`; 0 before any spike).
+    /// (the `burst` objective's `max_isi`, each burst's first spike
+    /// included; 0 before any spike).
     pub burst_fraction: f64,
     /// The window, oldest first (model steps).
     pub v: Vec<f32>,

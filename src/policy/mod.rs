@@ -341,11 +341,13 @@ pub struct Objective {
     /// `burst`, MPC's cost only: a forecast spike that is in no burst (no
     /// spike within `max_isi` either side) takes this times the run's
     /// burst fraction so far off the cost (`mpc.burst_single_credit`). The
-    /// score is the *fraction* of spikes in bursts, F = B/N: an isolated
-    /// spike changes it by −F/N, a burst spike by (1 − F)/N, so a cost that
-    /// counts burst spikes alone lets the plans cut isolated spikes for
-    /// free, which raises the score; and where the cell does not burst
-    /// (F = 0) an evoked isolated spike is worth nothing. MPC's setting,
+    /// score is a fraction, F = B/N (B: spikes within `max_isi` of the
+    /// previous one): a spike outside B changes it by −F/N, one in B by
+    /// (1 − F)/N, so a cost that counts B's spikes alone lets the plans cut
+    /// the others for free, which raises the score; and where the cell
+    /// does not burst (F = 0) an evoked isolated spike is worth nothing.
+    /// (The weight the loop supplies counts each burst's first spike in,
+    /// a little above the score's F; the factor is tuned.) MPC's setting,
     /// not the objective's: reports show it under `[mpc]`, not here.
     #[serde(skip)]
     pub burst_single_credit: f64,
