@@ -64,11 +64,10 @@ pub struct Decider {
     detector: SpikeDetector,
     window: WindowRing,
     last_spike_ms: f64,
-    /// Detected spikes in bursts (the objective's `max_isi`), and whether
-    /// the last one was: MPC's burst cost weighs isolated spikes by the
-    /// run's burst fraction.
+    /// Detected spikes within the objective's `max_isi` of the previous
+    /// one, the score's B: MPC's burst cost weighs a spike outside B by
+    /// the run's burst fraction B/N.
     burst_spikes: u64,
-    prev_in_burst: bool,
     /// Index of the last spike's sample: plans computed before it are
     /// stale.
     spike_index: u64,
@@ -172,7 +171,6 @@ impl Decider {
             window,
             last_spike_ms: f64::NEG_INFINITY,
             burst_spikes: 0,
-            prev_in_burst: false,
             spike_index: 0,
             off_plan: false,
             replan: false,
@@ -397,10 +395,7 @@ impl Decider {
                 // The burst objective's count: a spike within max_isi of the
                 // previous one puts both in a burst.
                 if t - self.last_spike_ms < self.objective.max_isi_ms {
-                    self.burst_spikes += if self.prev_in_burst { 1 } else { 2 };
-                    self.prev_in_burst = true;
-                } else {
-                    self.prev_in_burst = false;
+                    self.burst_spikes += 1;
                 }
                 self.last_spike_ms = t;
                 self.counters.spikes += 1;
@@ -1155,10 +1150,10 @@ mod tests {
         assert!((f64::from(newest) - v_now).abs() < 1e-5);
     }
 
-    /// The snapshot carries the run's burst fraction, each burst's first
-    /// spike counted in (a spike within `max_isi`, 10 ms, of the previous
-    /// one puts both in a burst; the score leaves the first out): a pair,
-    /// an isolated spike, a triplet.
+    /// The snapshot carries the run's burst fraction as the score counts
+    /// it: the spikes within `max_isi` (10 ms) of the previous one, over
+    /// all spikes (a burst's first spike is not in a burst). A pair, an
+    /// isolated spike, a triplet.
     #[test]
     fn the_snapshot_carries_the_runs_burst_fraction() {
         let mut d = decider(PolicyKind::Off, None);
@@ -1189,15 +1184,15 @@ mod tests {
             last = sample(k, v);
             d.tick(&last, |_| {}, |_| {});
             if k == 1_500 {
-                // The pair and the isolated spike: 2 of 3.
+                // The pair and the isolated spike: the pair's second.
                 d.fill_snapshot(&mut snap, &last, Instant::now());
                 assert_eq!(d.counters.spikes, 3);
-                assert!((snap.burst_fraction - 2.0 / 3.0).abs() < 1e-12);
+                assert!((snap.burst_fraction - 1.0 / 3.0).abs() < 1e-12);
             }
         }
         d.fill_snapshot(&mut snap, &last, Instant::now());
         assert_eq!(d.counters.spikes, 6);
-        assert!((snap.burst_fraction - 5.0 / 6.0).abs() < 1e-12);
+        assert!((snap.burst_fraction - 3.0 / 6.0).abs() < 1e-12);
     }
 
     #[test]

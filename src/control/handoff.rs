@@ -22,8 +22,8 @@ pub struct Snapshot {
     /// Last spike detected by the loop, ms (`-inf` if none).
     pub last_spike_ms: f64,
     /// Fraction of the run's detected spikes so far that were in bursts
-    /// (the `burst` objective's `max_isi`, each burst's first spike
-    /// included; 0 before any spike).
+    /// as the score counts them (within the `burst` objective's `max_isi`
+    /// of the previous spike, so not a burst's first; 0 before any).
     pub burst_fraction: f64,
     /// The window, oldest first (model steps).
     pub v: Vec<f32>,

@@ -338,17 +338,16 @@ pub struct Objective {
     pub timing: SpikeTrain,
     /// `timing`: a spike this close to a target (either side) hits it, ms.
     pub timing_window_ms: f64,
-    /// `burst`, MPC's cost only: a forecast spike that is in no burst (no
-    /// spike within `max_isi` either side) takes this times the run's
-    /// burst fraction so far off the cost (`mpc.burst_single_credit`). The
-    /// score is a fraction, F = B/N (B: spikes within `max_isi` of the
-    /// previous one): a spike outside B changes it by −F/N, one in B by
+    /// `burst`, MPC's cost only: a forecast spike outside B takes this
+    /// times the run's burst fraction so far off the cost
+    /// (`mpc.burst_single_credit`). The score is a fraction, F = B/N (B:
+    /// spikes within `max_isi` of the previous one, so not a burst's
+    /// first): a spike outside B changes it by −F/N, one in B by
     /// (1 − F)/N, so a cost that counts B's spikes alone lets the plans cut
     /// the others for free, which raises the score; and where the cell
-    /// does not burst (F = 0) an evoked isolated spike is worth nothing.
-    /// (The weight the loop supplies counts each burst's first spike in,
-    /// a little above the score's F; the factor is tuned.) MPC's setting,
-    /// not the objective's: reports show it under `[mpc]`, not here.
+    /// does not burst (F = 0) an evoked spike is worth nothing. The loop
+    /// counts F by the score's rule. MPC's setting, not the objective's:
+    /// reports show it under `[mpc]`, not here.
     #[serde(skip)]
     pub burst_single_credit: f64,
 }
@@ -379,7 +378,7 @@ pub struct PlanContext {
     /// what the candidate will bring about, and is not scored.
     pub reflex_after_ms: Option<f64>,
     /// `burst`: the fraction of the run's detected spikes so far that were
-    /// in bursts (0 before any): what an isolated spike is worth to the
+    /// in bursts (0 before any): what a spike outside a burst is worth to the
     /// score, relative to a burst spike (see `burst_single_credit`).
     pub burst_fraction: f64,
 }
@@ -455,18 +454,13 @@ impl Objective {
                 let mut last = ctx.last_spike_ms;
                 let mut cost = 0.0;
                 let mut singles = 0;
-                for (k, &j) in crossings.iter().enumerate() {
+                for &j in crossings {
                     let t = spike_at(j);
                     if t - last < self.max_isi_ms {
                         cost += 1.0;
                     } else {
                         singles += 1;
-                        let next = crossings.get(k + 1).map(|&n| spike_at(n));
-                        if self.burst_single_credit != 0.0
-                            && next.is_none_or(|n| n - t >= self.max_isi_ms)
-                        {
-                            cost -= self.burst_single_credit * ctx.burst_fraction;
-                        }
+                        cost -= self.burst_single_credit * ctx.burst_fraction;
                     }
                     last = t;
                 }
@@ -766,28 +760,29 @@ mod tests {
         assert_eq!(o.forecast_cost(&ctx(0.0, -1000.0), &spike_at(None)), 0.5);
     }
 
-    /// `mpc.burst_single_credit`: a forecast spike in no burst (none within
-    /// `max_isi` before or after it) lowers the cost; the first spike of a
-    /// forecast burst and the burst's own spikes do not.
+    /// `mpc.burst_single_credit`: a forecast spike outside a burst (none
+    /// within `max_isi` before it, a forecast burst's first included)
+    /// lowers the cost; the burst's other spikes do not.
     #[test]
-    fn burst_cost_credits_isolated_spikes_only() {
+    fn burst_cost_credits_spikes_outside_bursts() {
         let mut o = objective(ObjectiveKind::Burst);
         o.burst_single_credit = 0.25;
         assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &spike_at(Some(1))), -0.25);
         // Still a burst spike 3 ms after the last real one: no credit.
         assert_eq!(o.forecast_cost(&ctx(0.0, -2.0), &spike_at(Some(1))), 1.0);
         // Crossings 2 ms apart (steps 1 and 5, 0.5 ms a step): a burst's
-        // first spike, not credited, and its second, costing 1.
+        // first spike, credited as the score counts it, and its second,
+        // costing 1.
         let mut v = vec![-65.0f32; 40];
         v[1] = 0.0;
         v[5] = 0.0;
-        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &v), 1.0);
+        assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &v), 0.75);
         // Two spikes 12.5 ms apart (steps 1 and 26): both isolated.
         let mut w = vec![-65.0f32; 40];
         w[1] = 0.0;
         w[26] = 0.0;
         assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &w), -0.5);
-        // Without the credit (the default) isolated spikes are free.
+        // Without the credit (the default) spikes outside bursts are free.
         o.burst_single_credit = 0.0;
         assert_eq!(o.forecast_cost(&ctx(0.0, -50.0), &w), 0.0);
     }

@@ -95,14 +95,15 @@ pub struct MpcConfig {
     /// model's window (and the plan's starting state) with, ms (0: the raw
     /// samples).
     pub window_filter_ms: f64,
-    /// `burst`: an isolated forecast spike takes this times the run's burst
-    /// fraction off a plan's cost (0: isolated spikes are free, as before).
+    /// `burst`: a forecast spike outside a burst (none within `max_isi`
+    /// before it) takes this times the run's burst fraction off a plan's
+    /// cost (0: such spikes are free, as before).
     pub burst_single_credit: f64,
 }
 
 /// `objective` as MPC's plans pursue it: the silence ceiling moved down by
-/// `mpc.silence_margin`, and the burst cost's credit for isolated spikes
-/// (`mpc.burst_single_credit`).
+/// `mpc.silence_margin`, and the burst cost's credit for spikes outside
+/// bursts (`mpc.burst_single_credit`).
 fn aimed(mut objective: Objective, cfg: &MpcConfig) -> Objective {
     objective.ceiling_mv -= cfg.silence_margin_mv;
     objective.burst_single_credit = cfg.burst_single_credit;
@@ -251,7 +252,8 @@ pub struct PlanInput<'a> {
     pub t_ms: f64,
     pub v_now: f64,
     pub last_spike_ms: f64,
-    /// Fraction of the run's detected spikes so far that were in bursts.
+    /// Fraction of the run's detected spikes so far that were in bursts
+    /// (within `max_isi` of the previous spike, as the score counts).
     pub burst_fraction: f64,
     /// The loop's limiter as it was at the snapshot.
     pub limiter: SafetyLimiter,
