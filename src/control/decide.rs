@@ -392,8 +392,8 @@ impl Decider {
         self.expected_index = Some(s.index.max(self.expected_index.unwrap_or(0)) + 1);
         let spiked = match self.detector.push(s.t_ms, s.v_mv) {
             Some(t) => {
-                // The burst objective's count: a spike within max_isi of the
-                // previous one puts both in a burst.
+                // The burst score's B: a spike within max_isi of the
+                // previous one (a burst's first spike is not in B).
                 if t - self.last_spike_ms < self.objective.max_isi_ms {
                     self.burst_spikes += 1;
                 }
