@@ -194,8 +194,8 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
 /// since it changes what those plans do to the cell, and the probation
 /// start is one window, as the scenario had it before the reflex (with the
 /// reflex the scenario starts MPC at once; docs/control.md). MPC's credit
-/// for isolated forecast spikes (`mpc.burst_single_credit`, set by the
-/// scenario since) is off for the same reason. A later `--set` of the same
+/// for forecast spikes outside bursts (`mpc.burst_single_credit`, set by
+/// the scenario since) is off for the same reason. A later `--set` of the same
 /// key in `extra` wins.
 fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     let mut args = vec![
