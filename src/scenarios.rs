@@ -162,9 +162,6 @@ pub struct CalibrationSeed {
     pub spike_threshold_mv: Option<f64>,
     pub spike_f1_at_threshold: Option<f64>,
     pub verdict: String,
-    /// `spike_f1` was below `control.guard.spike_f1_floor`: MPC started on
-    /// probation.
-    pub spike_probation: bool,
 }
 
 /// `[scenario.calibrate]`: before each MPC run the cell is calibrated as a
@@ -570,10 +567,8 @@ fn calibrate_on_cell(
     opts.start = spec.start;
     let out = dir.join("calibrated.onnx");
     let c = cal::calibrate(&data, &opts, &out, None)?;
-    let mut spike_probation = false;
     if c.verdict.passed {
         config.control.model = crate::forecast::ModelSource::File(out);
-        spike_probation = c.guard_after(config).is_some();
     }
     let chosen = c
         .candidates
@@ -602,7 +597,6 @@ fn calibrate_on_cell(
             spike_threshold_mv: c.spike_threshold.map(|t| t.mv),
             spike_f1_at_threshold: c.spike_threshold.map(|t| t.heldout_f1),
             verdict: c.verdict.reason.clone(),
-            spike_probation,
         },
         dir,
     ))

@@ -224,12 +224,6 @@ fn an_amplitude_above_the_safety_limit_is_refused_naming_both() {
 fn calibrate_in_a_run_hands_over_with_events_in_the_recording() {
     let tmp = tempfile::tempdir().unwrap();
     let rec = tmp.path().join("run");
-    // A spike-F1 floor no model reaches: an adopted model whose held-out
-    // part held spikes puts MPC on probation, and the recording says so.
-    let config = write_config(tmp.path());
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str("[control.guard]\nspike_f1_floor = 1.0\n");
-    std::fs::write(&config, toml).unwrap();
     let mut c = bin();
     c.args([
         "--clock",
@@ -242,7 +236,7 @@ fn calibrate_in_a_run_hands_over_with_events_in_the_recording() {
     .args(["--duration", "1", "--policy", "mpc", "--record"])
     .arg(&rec)
     .arg("--config")
-    .arg(&config);
+    .arg(write_config(tmp.path()));
     let o = c.output().unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
@@ -267,15 +261,6 @@ fn calibrate_in_a_run_hands_over_with_events_in_the_recording() {
         path.ends_with("calibrated.onnx"),
         adopted,
         "{path}: {events}"
-    );
-    let eval = json(&calib.join("calibrated.evaluation.json"));
-    let s = &eval["heldout"]["model"]["spikes"];
-    let spikes = s["true_positives"].as_u64().unwrap() + s["false_negatives"].as_u64().unwrap();
-    let below = adopted && spikes > 0 && s["f1"].as_f64().unwrap() < 1.0;
-    assert_eq!(
-        events.contains("MPC starts on probation"),
-        below,
-        "adopted {adopted}, {spikes} held-out spikes, {s}: {events}"
     );
 }
 

@@ -87,19 +87,11 @@ pub fn run(
             .join("calibration")
             .join(format!("calibrated-{}.onnx", unix_s())),
     };
-    let (hand, mut events) = decide(config, c, &req, &excited, model_out)?;
+    let (hand, events) = decide(config, c, &req, &excited, model_out)?;
     let mut cfg = config.clone();
     if hand.adopted {
         if let Some(m) = &hand.model {
             cfg.control.model = ModelSource::File(m.clone());
-        }
-        if let Some(text) = hand
-            .calibration
-            .as_ref()
-            .and_then(|cal| cal.guard_after(&mut cfg))
-        {
-            tracing::info!(target: "neurostimd::calibrate", "{text}");
-            events.push((EventLine::PolicyChange, text));
         }
     }
     let mut second = opts.clone();

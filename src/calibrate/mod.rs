@@ -275,30 +275,6 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// The chosen model's spike F1 (±1 ms) on the held-out calibration
-    /// data, `None` when that part held no spike (nothing to score: an F1
-    /// of 0 there would say nothing about the model).
-    pub fn heldout_spike_f1(&self) -> Option<f64> {
-        let s = &self.heldout.model.spikes;
-        (s.true_positives + s.false_negatives > 0).then_some(s.f1)
-    }
-
-    /// Apply `control.guard.spike_f1_floor` to the run that follows an
-    /// adopted calibration: the event text when it put MPC on probation.
-    pub fn guard_after(&self, config: &mut crate::config::Config) -> Option<String> {
-        let f1 = self.heldout_spike_f1()?;
-        let g = &mut config.control.guard;
-        (self.verdict.passed
-            && config.control.policy == crate::policy::PolicyKind::Mpc
-            && g.after_calibration(f1))
-        .then(|| {
-            format!(
-                "held-out spike F1 {f1:.2} below control.guard.spike_f1_floor {}: MPC starts on probation ({} ms of the fallback first, windows of {} ms)",
-                g.spike_f1_floor, g.probation_ms, g.window_ms
-            )
-        })
-    }
-
     /// The held-out table, both starts and the verdict, as a person reads
     /// them.
     pub fn text(&self) -> String {

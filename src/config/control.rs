@@ -31,8 +31,6 @@ pub(super) struct RawGuard {
     pub(super) objective_margin: f64,
     pub(super) first_window: Quantity<Time>,
     pub(super) probation: Quantity<Time>,
-    pub(super) spike_f1_floor: f64,
-    pub(super) spike_f1_probation: Quantity<Time>,
     pub(super) score_off_plan: bool,
 }
 
@@ -254,26 +252,9 @@ fn guard(
         ));
     }
     non_negative(g.probation.get()).map_err(|m| cx.err("control.guard.probation", m))?;
-    if !(0.0..=1.0).contains(&g.spike_f1_floor) {
-        return Err(cx.err(
-            "control.guard.spike_f1_floor",
-            format!("{} is outside 0 ..= 1 (a spike F1)", g.spike_f1_floor),
-        ));
-    }
-    // The probation becomes the guard's window when it applies, so it must
-    // be a valid window.
-    let poor = g.spike_f1_probation.get();
-    if !(poor >= 100.0 && poor >= 10.0 * control_period_ms && poor.is_finite()) {
-        return Err(cx.err(
-            "control.guard.spike_f1_probation",
-            format!("{poor} ms is too short: at least 100 ms and 10 control periods"),
-        ));
-    }
     Ok(crate::policy::mpc::GuardConfig {
         enabled: g.enabled,
         probation_ms: g.probation.get(),
-        spike_f1_floor: g.spike_f1_floor,
-        spike_f1_probation_ms: poor,
         fallback: g.fallback,
         window_ms: window,
         model_ratio: g.model_ratio,

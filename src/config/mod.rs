@@ -905,25 +905,6 @@ mod tests {
         assert_eq!(c.control.mpc.burst_single_credit, 0.25);
     }
 
-    /// The spike-F1 floor after a calibration is off by default; a floor
-    /// outside 0 ..= 1 and a probation too short to be a guard window are
-    /// refused by name.
-    #[test]
-    fn the_spike_f1_floor_is_off_by_default_and_checked() {
-        let g = Config::defaults().control.guard;
-        assert_eq!(g.spike_f1_floor, 0.0);
-        assert_eq!(g.spike_f1_probation_ms, 500.0);
-        for bad in ["1.5", "-0.1", "nan"] {
-            let e = invalid(&format!("[control.guard]\nspike_f1_floor = {bad}\n"));
-            assert_eq!(e.key(), Some("control.guard.spike_f1_floor"), "{e}");
-        }
-        let e = invalid("[control.guard]\nspike_f1_probation = \"50 ms\"\n");
-        assert_eq!(e.key(), Some("control.guard.spike_f1_probation"), "{e}");
-        let c =
-            Config::from_str_named("t.toml", "[control.guard]\nspike_f1_floor = 0.6\n").unwrap();
-        assert_eq!(c.control.guard.spike_f1_floor, 0.6);
-    }
-
     /// The planner's state filter is off by default and a negative time
     /// constant is refused by name.
     #[test]

@@ -630,8 +630,6 @@ mod tests {
             objective_margin: 0.25,
             first_window_ms: 100.0,
             probation_ms: 0.0,
-            spike_f1_floor: 0.0,
-            spike_f1_probation_ms: 500.0,
             score_off_plan: true,
         }
     }

@@ -173,35 +173,12 @@ pub struct GuardConfig {
     /// the fallback drives first so that its objective error on this cell
     /// is measured before MPC may act, and MPC is judged against it.
     pub probation_ms: f64,
-    /// A calibrated model whose held-out spike F1 is below this (0: never)
-    /// gets a probation start of `spike_f1_probation_ms` (see
-    /// [`GuardConfig::after_calibration`]).
-    pub spike_f1_floor: f64,
-    pub spike_f1_probation_ms: f64,
 }
 
 impl GuardConfig {
     /// Whether the run starts on the fallback (see `probation_ms`).
     pub fn starts_on_fallback(&self) -> bool {
         self.enabled && self.probation_ms > 0.0
-    }
-
-    /// Apply the spike-F1 floor to a model a calibration just adopted:
-    /// below it, a probation start of `spike_f1_probation_ms` with windows
-    /// that long (never a shorter probation than configured). MPC's burst
-    /// and timing costs are read off the forecast's spikes, and on
-    /// calibrated tuning cells whose model missed half of them MPC from the
-    /// first sample did worst (docs/control.md, "A probation start for a
-    /// spike-poor model"). True if it applied.
-    pub fn after_calibration(&mut self, heldout_spike_f1: f64) -> bool {
-        if !(self.enabled && heldout_spike_f1 < self.spike_f1_floor) {
-            return false;
-        }
-        let p = self.spike_f1_probation_ms;
-        self.probation_ms = self.probation_ms.max(p);
-        self.window_ms = p;
-        self.first_window_ms = self.first_window_ms.min(p);
-        true
     }
 }
 
@@ -1016,56 +993,6 @@ mod tests {
         assert_eq!(plan(false, &fb), without);
         fb.spike_pulse = 0.0;
         assert_eq!(plan(true, &fb), without);
-    }
-
-    /// Below the floor a calibrated model's run starts on probation with
-    /// windows of the probation's length (the first window no longer than
-    /// one); at the floor, with the floor at 0 or with the guard off,
-    /// nothing changes.
-    #[test]
-    fn a_spike_poor_calibrated_model_starts_on_probation() {
-        let base = GuardConfig {
-            spike_f1_floor: 0.6,
-            spike_f1_probation_ms: 500.0,
-            first_window_ms: 1000.0,
-            ..Config::defaults().control.guard
-        };
-        assert_eq!(base.probation_ms, 0.0);
-        assert_eq!(base.window_ms, 1000.0);
-        let mut g = base;
-        assert!(g.after_calibration(0.48));
-        assert!(g.starts_on_fallback());
-        assert_eq!(
-            (g.probation_ms, g.window_ms, g.first_window_ms),
-            (500.0, 500.0, 500.0)
-        );
-        for (f1, floor, enabled) in [
-            (0.6, 0.6, true),
-            (0.9, 0.6, true),
-            (0.1, 0.0, true),
-            (0.1, 0.6, false),
-        ] {
-            let mut g = GuardConfig {
-                spike_f1_floor: floor,
-                enabled,
-                ..base
-            };
-            assert!(
-                !g.after_calibration(f1),
-                "F1 {f1}, floor {floor}, enabled {enabled}"
-            );
-            assert_eq!(
-                (g.probation_ms, g.window_ms, g.first_window_ms),
-                (0.0, 1000.0, 1000.0)
-            );
-        }
-        // A longer configured probation is kept.
-        let mut g = GuardConfig {
-            probation_ms: 2000.0,
-            ..base
-        };
-        assert!(g.after_calibration(0.3));
-        assert_eq!(g.probation_ms, 2000.0);
     }
 
     #[test]
