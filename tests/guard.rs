@@ -334,3 +334,34 @@ fn on_held_out_cell_1002_a_short_first_window_keeps_guarded_mpc_no_worse_than_of
         "guarded MPC {e} vs no stimulation {off} (whole first window: {harm})"
     );
 }
+
+/// `delay` (tuning seed 101): the anticipating reflex replaces the plan's
+/// current wherever the forecast puts a spike, and the scenario's charge
+/// weight leaves the plans nearly empty. Judged by the plans' forecasts
+/// (answers about currents the loop never applied) the model looked worse
+/// than persistence and the guard handed over to no stimulation; judged by
+/// its forecasts of what was applied (the scenario's
+/// `control.guard.forecasts`), it is well under persistence's error and
+/// MPC keeps control, far below no stimulation.
+#[test]
+fn on_delay_the_guard_judges_the_model_by_what_was_applied() {
+    let (planned, off) = scenario(
+        "delay",
+        101,
+        &["--set", "control.guard.forecasts=\"planned\""],
+    );
+    assert_eq!(planned["guard"]["handovers_to_fallback"], 1, "{planned}");
+    let (applied, _) = scenario("delay", 101, &[]);
+    let g = &applied["guard"];
+    assert_eq!(g["handovers_to_fallback"], 0, "{g}");
+    let peak = g["max_model_to_persistence"].as_f64().unwrap();
+    assert!(peak < 0.8, "{g}");
+    let (e, e_planned) = (
+        applied["objective_error"].as_f64().unwrap(),
+        planned["objective_error"].as_f64().unwrap(),
+    );
+    assert!(
+        e < e_planned && e < 0.5 * off,
+        "judged by what was applied {e}, by the plans {e_planned}, off {off}"
+    );
+}

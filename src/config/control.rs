@@ -32,6 +32,7 @@ pub(super) struct RawGuard {
     pub(super) first_window: Quantity<Time>,
     pub(super) probation: Quantity<Time>,
     pub(super) score_off_plan: bool,
+    pub(super) forecasts: crate::policy::mpc::GuardForecasts,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +253,12 @@ fn guard(
         ));
     }
     non_negative(g.probation.get()).map_err(|m| cx.err("control.guard.probation", m))?;
+    if g.forecasts == crate::policy::mpc::GuardForecasts::Applied && !g.score_off_plan {
+        return Err(cx.err(
+            "control.guard.score_off_plan",
+            "false only applies to control.guard.forecasts = \"planned\": a forecast of the currents applied is scored on its whole horizon".to_string(),
+        ));
+    }
     Ok(crate::policy::mpc::GuardConfig {
         enabled: g.enabled,
         probation_ms: g.probation.get(),
@@ -263,6 +270,7 @@ fn guard(
         min_error_mv: g.min_error.get(),
         objective_margin: g.objective_margin,
         score_off_plan: g.score_off_plan,
+        forecasts: g.forecasts,
     })
 }
 

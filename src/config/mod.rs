@@ -869,6 +869,25 @@ mod tests {
         );
     }
 
+    /// The guard judges the plans' forecasts by default; the forecasts of
+    /// what was applied are scored whole, so cutting them at the loop's own
+    /// currents is refused by name, and an unknown choice too.
+    #[test]
+    fn the_guard_judges_the_planned_forecasts_by_default() {
+        use crate::policy::mpc::GuardForecasts;
+        assert_eq!(
+            Config::defaults().control.guard.forecasts,
+            GuardForecasts::Planned
+        );
+        let c =
+            Config::from_str_named("t.toml", "[control.guard]\nforecasts = \"applied\"\n").unwrap();
+        assert_eq!(c.control.guard.forecasts, GuardForecasts::Applied);
+        let e = invalid("[control.guard]\nforecasts = \"applied\"\nscore_off_plan = false\n");
+        assert_eq!(e.key(), Some("control.guard.score_off_plan"), "{e}");
+        let e = invalid("[control.guard]\nforecasts = \"hindsight\"\n");
+        assert!(e.to_string().contains("forecasts"), "{e}");
+    }
+
     /// The plan filter is off by default (plans pass as they came) and a
     /// negative time constant is refused by name.
     #[test]

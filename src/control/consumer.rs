@@ -91,11 +91,19 @@ impl ConsumerDuties {
                     if let Some(r) = &mut self.recorder {
                         r.forecast(base_index, &model);
                     }
-                    if let Some(g) = &mut self.guard {
+                    if let Some(g) = self.guard.as_mut().filter(|g| !g.guard.judges_applied()) {
                         g.guard.forecast(base_index, &corrected);
                     }
                     if let Some(m) = &mut self.monitor {
                         m.forecast(base_index, model);
+                    }
+                }
+                Note::Hindcast {
+                    base_index,
+                    corrected,
+                } => {
+                    if let Some(g) = self.guard.as_mut().filter(|g| g.guard.judges_applied()) {
+                        g.guard.forecast(base_index, &corrected);
                     }
                 }
                 Note::ModelSwapped { base_index, label } => {

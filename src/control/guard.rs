@@ -295,7 +295,14 @@ impl Guard {
         }
     }
 
-    /// A plan's forecast as the planner optimised against it.
+    /// Whether it judges the forecasts of what was applied
+    /// ([`Guard::forecast`] takes those, not the plans').
+    pub fn judges_applied(&self) -> bool {
+        self.cfg.forecasts == crate::policy::mpc::GuardForecasts::Applied
+    }
+
+    /// A forecast as the guard judges it: the plan's as the planner
+    /// optimised against it, or the forecast of what was applied.
     pub fn forecast(&mut self, base_index: u64, corrected: &[f32]) {
         self.monitor.forecast(base_index, corrected.into());
     }
@@ -631,6 +638,7 @@ mod tests {
             first_window_ms: 100.0,
             probation_ms: 0.0,
             score_off_plan: true,
+            forecasts: crate::policy::mpc::GuardForecasts::Planned,
         }
     }
 

@@ -483,6 +483,8 @@ impl Running {
                 let links = planner::PlannerLinks {
                     notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
                     swaps: setup.swaps.take(),
+                    hindcasts: guard_link.is_some()
+                        && c.guard.forecasts == crate::policy::mpc::GuardForecasts::Applied,
                 };
                 Some(Self::start_planner(
                     &c,

@@ -37,6 +37,9 @@ pub struct PlannerLinks {
     pub notes: Option<(crossbeam_channel::Sender<Note>, bool)>,
     /// New models, taken between planning ticks.
     pub swaps: Option<crossbeam_channel::Receiver<ModelSwap>>,
+    /// Forecast what the loop applied, for the guard
+    /// (`control.guard.forecasts = "applied"`; needs `notes`).
+    pub hindcasts: bool,
 }
 
 impl PlannerLinks {
@@ -75,9 +78,18 @@ pub fn run(
     let mut totals = PlannerTotals::default();
     let mut objective_seq = 0;
     mpc.adopt_card(forecaster.card());
+    let mut hindcasts = (links.hindcasts && links.notes.is_some()).then(|| {
+        let card = forecaster.card();
+        Hindcasts::new(card.t_in, card.t_out, mpc.decimation())
+    });
     crate::poll::tight_timers();
     while let Ok(mut snap) = crate::poll::recv(&ends.snapshots, NAP) {
+        let swapped = totals.models_swapped;
         take_swaps(&links, &mut forecaster, &mut mpc, &mut totals, snap.index);
+        if let (Some(h), true) = (&mut hindcasts, totals.models_swapped != swapped) {
+            // The old model's plans are not the new model's to answer for.
+            h.clear();
+        }
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
                 .empty_snapshots
@@ -106,6 +118,9 @@ pub fn run(
         };
         plan.base_index = snap.index;
         plan.snapshot_taken = snap.taken;
+        if let Some(h) = &mut hindcasts {
+            h.complete(&input, &mut forecaster, &mut mpc, &mut totals, &links);
+        }
         if snap.in_fallback {
             forecast_for_guard(
                 &mut plan,
@@ -116,6 +131,9 @@ pub fn run(
                 &links,
             );
             plan.forecast_error_mv = f64::NAN;
+            if let (Some(h), PlanStatus::Ok) = (&mut hindcasts, plan.status) {
+                h.push(&input, 0.0);
+            }
             let _ = ends.empty_snapshots.try_send(snap);
             plan.published = Instant::now();
             totals.plans += 1;
@@ -143,6 +161,9 @@ pub fn run(
                     model: plan.forecast.clone().into_boxed_slice(),
                     corrected: mpc.best_forecast().into(),
                 });
+                if let Some(h) = &mut hindcasts {
+                    h.push(&input, mpc.bias_mv());
+                }
             }
             Err(e) => fail_plan(&mut plan, &mut mpc, &mut totals, &e),
         }
@@ -155,6 +176,97 @@ pub fn run(
         }
     }
     totals
+}
+
+/// The plans' windows waiting for the currents the loop applied after
+/// them; each becomes one forecast of those currents (a hindcast) as soon
+/// as a later snapshot's window holds its whole horizon. Preallocated: a
+/// plan's horizon spans a bounded number of later plans.
+struct Hindcasts {
+    t_in: usize,
+    t_out: usize,
+    decimation: u64,
+    /// (base index, the plan's bias, window V, window I), oldest first.
+    pending: std::collections::VecDeque<(u64, f32, Vec<f32>, Vec<f32>)>,
+    spare: Vec<(u64, f32, Vec<f32>, Vec<f32>)>,
+    applied: Vec<f32>,
+}
+
+/// Windows held at most: a horizon of 20 steps replanned every step.
+const HINDCASTS_PENDING: usize = 64;
+
+impl Hindcasts {
+    fn new(t_in: usize, t_out: usize, decimation: usize) -> Hindcasts {
+        Hindcasts {
+            t_in,
+            t_out,
+            decimation: decimation.max(1) as u64,
+            pending: std::collections::VecDeque::with_capacity(HINDCASTS_PENDING),
+            spare: (0..HINDCASTS_PENDING)
+                .map(|_| (0, 0.0, vec![0.0; t_in], vec![0.0; t_in]))
+                .collect(),
+            applied: vec![0.0; t_out],
+        }
+    }
+
+    fn clear(&mut self) {
+        while let Some(slot) = self.pending.pop_front() {
+            self.spare.push(slot);
+        }
+    }
+
+    /// Hold a planned snapshot's window (the oldest is dropped when full).
+    fn push(&mut self, input: &PlanInput, bias: f32) {
+        let mut slot = match self.spare.pop() {
+            Some(s) => s,
+            None => self.pending.pop_front().expect("a full queue holds one"),
+        };
+        slot.0 = input.base_index;
+        slot.1 = bias;
+        slot.2.copy_from_slice(input.window_v);
+        slot.3.copy_from_slice(input.window_i);
+        self.pending.push_back(slot);
+    }
+
+    /// Forecast, and send, every held window whose horizon the newest
+    /// snapshot's window covers; drop those it never will (a gap, or a
+    /// window restarted on another step phase).
+    fn complete(
+        &mut self,
+        input: &PlanInput,
+        forecaster: &mut Forecaster,
+        mpc: &mut Mpc,
+        totals: &mut PlannerTotals,
+        links: &PlannerLinks,
+    ) {
+        let (d, t_in, t_out) = (self.decimation, self.t_in, self.t_out);
+        let now = input.base_index;
+        while let Some(&(base, ..)) = self.pending.front() {
+            let span = t_out as u64 * d;
+            if base + span > now && base <= now {
+                break;
+            }
+            let slot = self.pending.pop_front().expect("checked");
+            let ago = now.wrapping_sub(base);
+            if base < now && ago % d == 0 && ago / d <= t_in as u64 {
+                // Model step j + 1 of the horizon ended `ago - (j + 1) d`
+                // samples before the newest window's last step.
+                let last = t_in as u64 - 1;
+                for j in 0..t_out {
+                    let back = (ago - (j as u64 + 1) * d) / d;
+                    self.applied[j] = input.window_i[(last - back) as usize];
+                }
+                if let Ok(v) = mpc.hindcast(&slot.2, &slot.3, &self.applied, forecaster) {
+                    let bias = slot.1;
+                    links.note(totals, || Note::Hindcast {
+                        base_index: base,
+                        corrected: v.iter().map(|x| x + bias).collect(),
+                    });
+                }
+            }
+            self.spare.push(slot);
+        }
+    }
 }
 
 /// While the guard's fallback drives: no plan (its currents are zero and
@@ -253,4 +365,145 @@ fn fail_plan(plan: &mut Plan, mpc: &mut Mpc, totals: &mut PlannerTotals, e: &For
     plan.expected.fill(f32::NAN);
     plan.spike_at_ms = f64::NAN;
     mpc.reset();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::forecast::Engine;
+    use crate::safety::SafetyLimiter;
+
+    /// A hindcast answers for the model alone: fed exactly the currents a
+    /// plan assumed, read from the right steps of a later snapshot's
+    /// window, it is that plan's forecast (same window, same model, the
+    /// plan's bias added back); fed what the loop put in their place, it
+    /// differs. Windows that can never be completed are dropped unsent.
+    #[test]
+    fn a_hindcast_of_the_planned_currents_is_the_plans_forecast() {
+        let c = Config::defaults();
+        let mut f =
+            Forecaster::load_source(&c.control.model, c.control.mpc.candidates, Engine::Native)
+                .unwrap();
+        let card = f.card().clone();
+        let (t_in, t_out, d) = (card.t_in, card.t_out, 5usize);
+        let mut mpc = Mpc::new(
+            c.control.mpc,
+            c.control.objective,
+            t_out,
+            d,
+            card.dt_ms,
+            6.0,
+            0,
+        )
+        .with_window(t_in);
+        let limiter = SafetyLimiter::new(c.safety, card.dt_ms / d as f64).unwrap();
+        let v: Vec<f32> = (0..t_in).map(|k| -65.0 + (k % 7) as f32 * 0.3).collect();
+        let i = vec![0.0f32; t_in];
+        let base = 10_000u64;
+        let input = PlanInput {
+            window_v: &v,
+            window_i: &i,
+            base_index: base,
+            t_ms: base as f64 * 0.1,
+            v_now: v[t_in - 1] as f64,
+            last_spike_ms: f64::NEG_INFINITY,
+            burst_fraction: 0.0,
+            limiter: limiter.clone(),
+        };
+        mpc.plan(&input, &mut f, None).unwrap();
+        let planned = mpc.model_forecast().to_vec();
+        let bias = mpc.bias_mv();
+        // The plan's per-step mean currents, as the window will hold them.
+        let steps: Vec<f32> = mpc
+            .best()
+            .chunks(d)
+            .map(|s| s.iter().sum::<f32>() / d as f32)
+            .collect();
+        assert!(steps.iter().any(|&x| x != 0.0), "a plan that stimulates");
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let links = PlannerLinks {
+            notes: Some((tx, true)),
+            swaps: None,
+            hindcasts: true,
+        };
+        let mut totals = PlannerTotals::default();
+        // A later snapshot, 3 model steps after the horizon's end: its
+        // window's last t_out + 3 steps are the horizon, then 3 more.
+        let later = |horizon: &[f32]| {
+            let mut wi = vec![0.0f32; t_in];
+            let start = t_in - t_out - 3;
+            wi[start..start + t_out].copy_from_slice(horizon);
+            wi
+        };
+        let wv = vec![-65.0f32; t_in];
+        let mut hindcast = |h: &mut Hindcasts, mpc: &mut Mpc, f: &mut Forecaster, wi: &[f32]| {
+            let now = base + (t_out as u64 + 3) * d as u64;
+            let input = PlanInput {
+                window_v: &wv,
+                window_i: wi,
+                base_index: now,
+                t_ms: now as f64 * 0.1,
+                v_now: -65.0,
+                last_spike_ms: f64::NEG_INFINITY,
+                burst_fraction: 0.0,
+                limiter: limiter.clone(),
+            };
+            h.complete(&input, f, mpc, &mut totals, &links);
+        };
+        let mut h = Hindcasts::new(t_in, t_out, d);
+        h.push(&input, bias);
+        hindcast(&mut h, &mut mpc, &mut f, &later(&steps));
+        let Ok(Note::Hindcast {
+            base_index,
+            corrected,
+        }) = rx.try_recv()
+        else {
+            panic!("no hindcast sent");
+        };
+        assert_eq!(base_index, base);
+        for (j, (&p, &h)) in planned.iter().zip(corrected.iter()).enumerate() {
+            assert!(
+                (p + bias - h).abs() < 1e-4,
+                "step {j}: planned {p} + bias {bias} vs hindcast {h}"
+            );
+        }
+        assert!(h.pending.is_empty());
+
+        // The loop applied something else (a reflex's -6 over the first
+        // steps): the hindcast is the model's answer to that instead.
+        let mut other = steps.clone();
+        other[..4].fill(-6.0);
+        h.push(&input, bias);
+        hindcast(&mut h, &mut mpc, &mut f, &later(&other));
+        let Ok(Note::Hindcast { corrected, .. }) = rx.try_recv() else {
+            panic!("no hindcast sent");
+        };
+        let diff = planned
+            .iter()
+            .zip(corrected.iter())
+            .map(|(&p, &h)| (p + bias - h).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff > 0.1, "the applied currents changed nothing: {diff}");
+
+        // A snapshot on another step phase (the window restarted) can
+        // never complete the plan's horizon: dropped, nothing sent.
+        h.push(&input, bias);
+        let now = base + (t_out as u64 + 3) * d as u64 + 2;
+        let wi = later(&steps);
+        let odd = PlanInput {
+            window_v: &wv,
+            window_i: &wi,
+            base_index: now,
+            t_ms: now as f64 * 0.1,
+            v_now: -65.0,
+            last_spike_ms: f64::NEG_INFINITY,
+            burst_fraction: 0.0,
+            limiter: limiter.clone(),
+        };
+        h.complete(&odd, &mut f, &mut mpc, &mut totals, &links);
+        assert!(rx.try_recv().is_err());
+        assert!(h.pending.is_empty());
+    }
 }

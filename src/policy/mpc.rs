@@ -129,6 +129,20 @@ impl GuardFallback {
     }
 }
 
+/// Which forecasts the guard judges the model by (`control.guard.forecasts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardForecasts {
+    /// The plan's forecast, as the planner optimised against it: the
+    /// currents it assumed, which the loop's own currents (the spike
+    /// reflex and its anticipation, the feedback, the limiter) may replace.
+    Planned,
+    /// The model's forecast of the currents the loop actually applied over
+    /// the horizon, made once they are known (one more forecast per plan,
+    /// on the planner): a test of the model alone, not of the plan.
+    Applied,
+}
+
 /// The MPC guard (validated `[control.guard]`): when MPC hands control to
 /// the fallback and when it takes it back (see `control::guard`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -169,6 +183,8 @@ pub struct GuardConfig {
     /// then judged only on the currents it was asked about. The guard's
     /// `model_ratio` was chosen scoring every target.
     pub score_off_plan: bool,
+    /// Judge the planned forecasts or the forecasts of what was applied.
+    pub forecasts: GuardForecasts,
     /// Probation start, ms after the objective's settle span (0: none):
     /// the fallback drives first so that its objective error on this cell
     /// is measured before MPC may act, and MPC is judged against it.
@@ -410,6 +426,40 @@ impl Mpc {
         };
         forecaster.forecast(input.window_v, window_i, steps, 1, &mut self.out[..t_out])?;
         Ok(&self.out[..t_out])
+    }
+
+    /// The model's forecast (mV, before the bias) of `applied`, the
+    /// currents the loop applied over a horizon (one per model step), from
+    /// the window of the plan it followed: what the guard judges the model
+    /// by with `control.guard.forecasts = "applied"`. The plan's state
+    /// (warm start, bias, lags) is untouched.
+    pub fn hindcast(
+        &mut self,
+        window_v: &[f32],
+        window_i: &[f32],
+        applied: &[f32],
+        forecaster: &mut Forecaster,
+    ) -> Result<&[f32], ForecastError> {
+        let t_out = self.t_out;
+        self.steps[..t_out].copy_from_slice(&applied[..t_out]);
+        self.fill_felt(window_i);
+        let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
+            (&self.felt_window, &self.felt_steps[..t_out])
+        } else {
+            (window_i, &self.steps[..t_out])
+        };
+        forecaster.forecast(window_v, window_i, steps, 1, &mut self.out[..t_out])?;
+        Ok(&self.out[..t_out])
+    }
+
+    /// The output-disturbance estimate the last plan's forecasts carry, mV.
+    pub fn bias_mv(&self) -> f32 {
+        self.bias as f32
+    }
+
+    /// Samples per model step.
+    pub fn decimation(&self) -> usize {
+        self.decimation
     }
 
     /// Size the actuation-delay buffer for a model window of `t_in` steps,

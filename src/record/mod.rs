@@ -97,6 +97,14 @@ pub enum Note {
         model: Box<[f32]>,
         corrected: Box<[f32]>,
     },
+    /// The model's forecast (bias-corrected as the plan's was) of the
+    /// currents the loop applied over the horizon after `base_index`, made
+    /// once they were known: for the guard with `control.guard.forecasts =
+    /// "applied"` only.
+    Hindcast {
+        base_index: u64,
+        corrected: Box<[f32]>,
+    },
     /// The planner took a new model before planning from `base_index`.
     ModelSwapped { base_index: u64, label: String },
     /// Anything else worth an event: stamped with the newest sample.
