@@ -96,7 +96,7 @@ fn train_exports_a_model_that_reloads_and_evaluates() {
 fn model_eval_reads_forecast_spikes_at_the_given_level() {
     let dir = tempfile::tempdir().unwrap();
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/ca1_lstm.onnx");
-    let eval = |level: &str| {
+    let eval_of = |model: &str, level: &str| {
         let o = neurostimd(
             &[
                 "model",
@@ -115,7 +115,12 @@ fn model_eval_reads_forecast_spikes_at_the_given_level() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
+    let eval = |level: &str| eval_of(model, level);
     let (low, high) = (eval("-40"), eval("-20"));
+    // The embedded name is the same model as the shipped file, as
+    // `control.model` takes it.
+    let embedded = eval_of("embedded:ca1_lstm", "-20");
+    assert_eq!(embedded["model"], high["model"]);
     assert_eq!(low["model_spike_threshold_mv"], -40.0);
     assert_eq!(high["model_spike_threshold_mv"], -20.0);
     let forecast_spikes = |e: &serde_json::Value| {

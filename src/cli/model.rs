@@ -175,6 +175,9 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // A file or an embedded name (`embedded:ca1_lstm_spike`), as
+    // `control.model` takes it.
+    let model = neurostimd::forecast::ModelSource::parse(&model.to_string_lossy());
     let c = match (sim, data) {
         _ if recording.is_some() => neurostimd::train::eval_recording(
             &model,

@@ -24,7 +24,9 @@ use crate::forecast::card::{
     Architecture, InputSpec, ModelCard, Normalization, OutputSpec, CARD_FORMAT, CARD_VERSION,
     FEATURES,
 };
-use crate::forecast::{card_path, sha256_hex, Engine, ForecastError, Forecaster, OutputOrder};
+use crate::forecast::{
+    card_path, sha256_hex, Engine, ForecastError, Forecaster, ModelSource, OutputOrder,
+};
 use crate::npy::{NpyError, NpyF32};
 use crate::plant::sim::SimConfig;
 use crate::plant::PlantError;
@@ -44,6 +46,9 @@ pub enum TrainError {
     Npy(#[from] NpyError),
     #[error("the exported model does not reload: {0}")]
     Reload(#[from] ForecastError),
+    /// The model to evaluate (a file or an embedded name) cannot be loaded.
+    #[error("cannot load the model to evaluate: {0}")]
+    Load(ForecastError),
     #[error("the exported model differs from the trained network by {0:e} (normalised units) on the test windows")]
     Mismatch(f32),
     #[error("not enough data: {0}")]
@@ -596,11 +601,11 @@ fn write_bundle(
 /// `model eval --data FILE.csv`: a recorded or simulated trace, split in
 /// time; AR fitted on the first half, everything scored on the second.
 pub fn eval_trace(
-    model: &Path,
+    model: &ModelSource,
     trace: &Path,
     threshold_mv: Option<f64>,
 ) -> Result<Comparison, TrainError> {
-    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let mut f = Forecaster::load_source(model, 32, Engine::Tract).map_err(TrainError::Load)?;
     let segs = segments::read_trace_csv(trace)?.series(f.card().dt_ms)?;
     let label = format!("{}, second half", trace.display());
     score_second_half(&mut f, &segs, label, threshold_mv)
@@ -610,11 +615,11 @@ pub fn eval_trace(
 /// the applied current decimated to the model's step; AR fitted on the
 /// first half, everything scored on the second.
 pub fn eval_recording(
-    model: &Path,
+    model: &ModelSource,
     dir: &Path,
     threshold_mv: Option<f64>,
 ) -> Result<Comparison, TrainError> {
-    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let mut f = Forecaster::load_source(model, 32, Engine::Tract).map_err(TrainError::Load)?;
     let r = crate::record::Recording::open(dir)
         .map_err(|e| TrainError::NotEnoughData(e.to_string()))?;
     let dec = crate::forecast::WindowRing::decimation_for(f.card().dt_ms, r.sample_period_ms())
@@ -637,13 +642,13 @@ pub fn eval_recording(
 /// `sim` is the simulator to draw from (the caller has set its preset);
 /// `max_amplitude` bounds the excitation (`train.data.max_amplitude`).
 pub fn eval_sim(
-    model: &Path,
+    model: &ModelSource,
     sim: &SimConfig,
     max_amplitude: f64,
     (duration_ms, seed): (f64, u64),
     threshold_mv: Option<f64>,
 ) -> Result<Comparison, TrainError> {
-    let mut f = Forecaster::load(model, 32, Engine::Tract)?;
+    let mut f = Forecaster::load_source(model, 32, Engine::Tract).map_err(TrainError::Load)?;
     let card = f.card().clone();
     let mut sim = sim.clone();
     sim.schedule.clear();
