@@ -209,6 +209,8 @@ pub struct GuardSeed {
     pub max_model_to_persistence: Option<f64>,
     /// The first decision's reason, if any.
     pub first_reason: Option<String>,
+    /// Which forecasts the model was judged by (`planned` or `applied`).
+    pub forecasts: &'static str,
 }
 
 /// One policy on one scenario, over the seeds.
@@ -526,6 +528,7 @@ fn run_one(
                     .judged
                     .as_ref()
                     .and_then(|j| j.decisions.first().map(|d| d.reason.clone())),
+                forecasts: g.judged.as_ref().map_or("", |j| j.forecasts),
             }),
             calibration: calibrated.map(|(c, _)| c),
         },

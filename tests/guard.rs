@@ -351,8 +351,10 @@ fn on_delay_the_guard_judges_the_model_by_what_was_applied() {
         &["--set", "control.guard.forecasts=\"planned\""],
     );
     assert_eq!(planned["guard"]["handovers_to_fallback"], 1, "{planned}");
+    assert_eq!(planned["guard"]["forecasts"], "planned", "{planned}");
     let (applied, _) = scenario("delay", 101, &[]);
     let g = &applied["guard"];
+    assert_eq!(g["forecasts"], "applied", "{g}");
     assert_eq!(g["handovers_to_fallback"], 0, "{g}");
     let peak = g["max_model_to_persistence"].as_f64().unwrap();
     assert!(peak < 0.8, "{g}");

@@ -192,6 +192,9 @@ pub struct Guard {
 /// What the guard saw over a run (`summary.json` `guard`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GuardReport {
+    /// Which forecasts the model was judged by (`control.guard.forecasts`:
+    /// `planned` or `applied`), so the ratios below say what they are of.
+    pub forecasts: &'static str,
     /// Every hand-over the guard decided, in order.
     pub decisions: Vec<Decision>,
     /// The highest ratio of the rolling forecast error to persistence's
@@ -278,7 +281,10 @@ impl Guard {
             probation_windows,
             blocks: 0,
             newest: 0,
-            report: GuardReport::default(),
+            report: GuardReport {
+                forecasts: cfg.forecasts.name(),
+                ..GuardReport::default()
+            },
         }
     }
 

@@ -143,6 +143,15 @@ pub enum GuardForecasts {
     Applied,
 }
 
+impl GuardForecasts {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuardForecasts::Planned => "planned",
+            GuardForecasts::Applied => "applied",
+        }
+    }
+}
+
 /// The MPC guard (validated `[control.guard]`): when MPC hands control to
 /// the fallback and when it takes it back (see `control::guard`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
