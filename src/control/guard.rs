@@ -288,6 +288,18 @@ impl Guard {
         }
     }
 
+    /// Plans are made every `samples` (the control period): with
+    /// `control.guard.forecasts = "applied"` each forecast is scored that
+    /// much after its horizon, when it has surely arrived (it is made at
+    /// the first plan after the horizon), so that the judgement does not
+    /// depend on the threads' timing.
+    pub fn with_replan_period(mut self, samples: u64) -> Guard {
+        if self.judges_applied() {
+            self.monitor.delay_scoring(samples);
+        }
+        self
+    }
+
     /// What the guard saw, at the end of the run.
     pub fn report(&self) -> GuardReport {
         let finite = |x: f64| x.is_finite().then_some(x);

@@ -564,7 +564,8 @@ impl Running {
                 g.decimation,
                 g.t_out,
                 link.clone(),
-            ),
+            )
+            .with_replan_period(g.steps_per_period * g.decimation as u64),
             log: guard::RateLimitedLog::new(Duration::from_secs(1)),
             retrain: setup.retrain.clone(),
             hook: setup.guard_hook.take(),

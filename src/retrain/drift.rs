@@ -189,6 +189,9 @@ pub struct DriftMonitor {
     /// after its base where the loop applied a current of its own.
     off_plan: Vec<u64>,
     newest_off_plan: u64,
+    /// Samples past a forecast's horizon before it is scored (see
+    /// [`DriftMonitor::delay_scoring`]).
+    score_delay: u64,
     newest: Option<u64>,
     oldest_held: u64,
     pending: VecDeque<(u64, Box<[f32]>)>,
@@ -235,6 +238,7 @@ impl DriftMonitor {
             v: vec![f32::NAN; RING],
             off_plan: vec![0; if score_off_plan { 0 } else { RING }],
             newest_off_plan: 0,
+            score_delay: 0,
             newest: None,
             oldest_held: 0,
             pending: VecDeque::new(),
@@ -252,6 +256,16 @@ impl DriftMonitor {
             next_timeline: per_second,
             per_second,
         }
+    }
+
+    /// Score each forecast only once the records reach `samples` past its
+    /// horizon. For forecasts that arrive late (the guard's forecasts of
+    /// what was applied, made at the first plan after the horizon): under
+    /// the free clock every record after that plan follows its note, so a
+    /// forecast is scored at the same record whatever the threads' timing
+    /// and the run stays reproducible. `samples`: the replanning period.
+    pub fn delay_scoring(&mut self, samples: u64) {
+        self.score_delay = samples;
     }
 
     /// A planning tick's forecast (mV per model step of the horizon).
@@ -314,7 +328,7 @@ impl DriftMonitor {
         let span = self.t_out as u64 * self.decimation;
         while let Some((base, _)) = self.pending.front() {
             let base = *base;
-            if base + span > newest {
+            if base + span + self.score_delay > newest {
                 break;
             }
             let (_, values) = self.pending.pop_front().expect("checked");
