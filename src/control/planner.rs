@@ -438,23 +438,25 @@ mod tests {
             wi
         };
         let wv = vec![-65.0f32; t_in];
-        let mut hindcast = |h: &mut Hindcasts, mpc: &mut Mpc, f: &mut Forecaster, wi: &[f32]| {
-            let now = base + (t_out as u64 + 3) * d as u64;
-            let input = PlanInput {
-                window_v: &wv,
-                window_i: wi,
-                base_index: now,
-                t_ms: now as f64 * 0.1,
-                v_now: -65.0,
-                last_spike_ms: f64::NEG_INFINITY,
-                burst_fraction: 0.0,
-                limiter: limiter.clone(),
+        // `phase`: samples off the model-step grid of the plan's window.
+        let mut hindcast =
+            |h: &mut Hindcasts, mpc: &mut Mpc, f: &mut Forecaster, wi: &[f32], phase: u64| {
+                let now = base + (t_out as u64 + 3) * d as u64 + phase;
+                let input = PlanInput {
+                    window_v: &wv,
+                    window_i: wi,
+                    base_index: now,
+                    t_ms: now as f64 * 0.1,
+                    v_now: -65.0,
+                    last_spike_ms: f64::NEG_INFINITY,
+                    burst_fraction: 0.0,
+                    limiter: limiter.clone(),
+                };
+                h.complete(&input, f, mpc, &mut totals, &links);
             };
-            h.complete(&input, f, mpc, &mut totals, &links);
-        };
         let mut h = Hindcasts::new(t_in, t_out, d);
         h.push(&input, bias);
-        hindcast(&mut h, &mut mpc, &mut f, &later(&steps));
+        hindcast(&mut h, &mut mpc, &mut f, &later(&steps), 0);
         let Ok(Note::Hindcast {
             base_index,
             corrected,
@@ -476,7 +478,7 @@ mod tests {
         let mut other = steps.clone();
         other[..4].fill(-6.0);
         h.push(&input, bias);
-        hindcast(&mut h, &mut mpc, &mut f, &later(&other));
+        hindcast(&mut h, &mut mpc, &mut f, &later(&other), 0);
         let Ok(Note::Hindcast { corrected, .. }) = rx.try_recv() else {
             panic!("no hindcast sent");
         };
@@ -490,19 +492,7 @@ mod tests {
         // A snapshot on another step phase (the window restarted) can
         // never complete the plan's horizon: dropped, nothing sent.
         h.push(&input, bias);
-        let now = base + (t_out as u64 + 3) * d as u64 + 2;
-        let wi = later(&steps);
-        let odd = PlanInput {
-            window_v: &wv,
-            window_i: &wi,
-            base_index: now,
-            t_ms: now as f64 * 0.1,
-            v_now: -65.0,
-            last_spike_ms: f64::NEG_INFINITY,
-            burst_fraction: 0.0,
-            limiter: limiter.clone(),
-        };
-        h.complete(&odd, &mut f, &mut mpc, &mut totals, &links);
+        hindcast(&mut h, &mut mpc, &mut f, &later(&steps), 2);
         assert!(rx.try_recv().is_err());
         assert!(h.pending.is_empty());
     }
