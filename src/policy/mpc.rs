@@ -424,17 +424,9 @@ impl Mpc {
         forecaster: &mut Forecaster,
     ) -> Result<&[f32], ForecastError> {
         self.reset();
-        let t_out = self.t_out;
         let held = input.window_i.last().copied().unwrap_or(0.0);
         self.steps.fill(held);
-        self.fill_felt(input.window_i);
-        let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
-            (&self.felt_window, &self.felt_steps[..t_out])
-        } else {
-            (input.window_i, &self.steps[..t_out])
-        };
-        forecaster.forecast(input.window_v, window_i, steps, 1, &mut self.out[..t_out])?;
-        Ok(&self.out[..t_out])
+        self.forecast_one(input.window_v, input.window_i, forecaster)
     }
 
     /// The model's forecast (mV, before the bias) of `applied`, the
@@ -451,6 +443,18 @@ impl Mpc {
     ) -> Result<&[f32], ForecastError> {
         let t_out = self.t_out;
         self.steps[..t_out].copy_from_slice(&applied[..t_out]);
+        self.forecast_one(window_v, window_i, forecaster)
+    }
+
+    /// One forecast of the first candidate's steps (`steps[..t_out]`), as
+    /// the cell feels them (the actuation delay).
+    fn forecast_one(
+        &mut self,
+        window_v: &[f32],
+        window_i: &[f32],
+        forecaster: &mut Forecaster,
+    ) -> Result<&[f32], ForecastError> {
+        let t_out = self.t_out;
         self.fill_felt(window_i);
         let (window_i, steps): (&[f32], &[f32]) = if self.lag_steps > 0 {
             (&self.felt_window, &self.felt_steps[..t_out])
@@ -471,8 +475,6 @@ impl Mpc {
         self.decimation
     }
 
-    /// Size the actuation-delay buffer for a model window of `t_in` steps,
-    /// so that [`Mpc::plan`] allocates nothing.
     /// The loop's spike reflex (`control.feedback`), which candidates are
     /// forecast with if `mpc.plan_reflex` is set.
     pub fn with_reflex(mut self, f: &FeedbackConfig) -> Mpc {
@@ -486,6 +488,8 @@ impl Mpc {
         self
     }
 
+    /// Size the actuation-delay buffer for a model window of `t_in` steps,
+    /// so that [`Mpc::plan`] allocates nothing.
     pub fn with_window(mut self, t_in: usize) -> Mpc {
         if self.lag_steps > 0 {
             self.felt_window = vec![0.0; t_in];
