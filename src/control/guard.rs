@@ -316,7 +316,7 @@ impl Guard {
     /// Whether it judges the forecasts of what was applied
     /// ([`Guard::forecast`] takes those, not the plans').
     pub fn judges_applied(&self) -> bool {
-        self.cfg.forecasts == crate::policy::mpc::GuardForecasts::Applied
+        self.cfg.judges_applied()
     }
 
     /// A forecast as the guard judges it: the plan's as the planner

@@ -483,8 +483,7 @@ impl Running {
                 let links = planner::PlannerLinks {
                     notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
                     swaps: setup.swaps.take(),
-                    hindcasts: guard_link.is_some()
-                        && c.guard.forecasts == crate::policy::mpc::GuardForecasts::Applied,
+                    hindcasts: guard_link.is_some() && c.guard.judges_applied(),
                 };
                 Some(Self::start_planner(
                     &c,

@@ -205,6 +205,12 @@ impl GuardConfig {
     pub fn starts_on_fallback(&self) -> bool {
         self.enabled && self.probation_ms > 0.0
     }
+
+    /// Whether the model is judged by its forecasts of what was applied
+    /// (the planner then makes them, the guard takes them).
+    pub fn judges_applied(&self) -> bool {
+        self.forecasts == GuardForecasts::Applied
+    }
 }
 
 /// Ancillary feedback around the plan (validated `[control.feedback]`):
