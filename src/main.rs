@@ -44,8 +44,8 @@ enum Command {
     /// Emulate a bench rig on a pseudo-terminal (the CA1 simulator behind the wire
     /// protocol, paced in real time) and print the path to give `--port`.
     Rig(Box<rig::RigArgs>),
-    /// Run the control-quality scenarios (rate, burst, voltage, silence) with MPC and
-    /// the matching baseline on the same seeds, free clock, and print the table.
+    /// Run the control-quality scenarios (`--only` lists them) with MPC and every
+    /// baseline the scenario names on the same seeds, free clock, and print the table.
     Scenarios(scenarios::ScenariosArgs),
     /// Fit a forecaster to a new cell: live (a seeded excitation through the
     /// safety limiter, recorded) or from a trace CSV or recording; held-out

@@ -534,7 +534,7 @@ impl Guard {
         if fails(model, persistence, self.cfg.model_ratio) {
             let seconds = self.tenure[2] * self.period_ms / 1000.0;
             return Some(format!(
-                "forecast RMS error {model:.2} mV > {:.2} x persistence's {persistence:.2} mV over the model's {seconds:.2} s judged ({} ms windows)",
+                "forecast RMS error {model:.2} mV > {:.2} x persistence's {persistence:.2} mV over the model's tenure (its rolling {} ms errors, averaged over the {seconds:.2} s since its first whole window)",
                 self.cfg.model_ratio, self.cfg.window_ms
             ));
         }

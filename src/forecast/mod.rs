@@ -40,6 +40,10 @@ pub const EQUALITY_TOLERANCE: f32 = 1e-4;
 pub enum ForecastError {
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
+    /// `embedded:NAME` with a NAME this binary does not carry: said as such,
+    /// with the names it does carry, rather than as a missing file.
+    #[error("{name}: no such model compiled into this binary (it carries {known})")]
+    UnknownEmbedded { name: String, known: String },
     #[error("{path}: model card: {message}")]
     Card { path: String, message: String },
     #[error("{path}: sha256 {actual} does not match the card's onnx_sha256 {expected} (wrong or modified file)")]

@@ -156,7 +156,21 @@ impl ModelSource {
                     let name = p.display().to_string();
                     move |error| ForecastError::Io { path: name, error }
                 };
-                let onnx = std::fs::read(path).map_err(io(path))?;
+                let onnx = std::fs::read(path).map_err(|e| {
+                    let name = path.to_string_lossy();
+                    if name.starts_with("embedded:") && e.kind() == std::io::ErrorKind::NotFound {
+                        ForecastError::UnknownEmbedded {
+                            name: name.into_owned(),
+                            known: EMBEDDED
+                                .iter()
+                                .map(|m| format!("embedded:{}", m.stem))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }
+                    } else {
+                        io(path)(e)
+                    }
+                })?;
                 let cp = super::card_path(path);
                 let card_text = std::fs::read_to_string(&cp).map_err(io(&cp))?;
                 let card = parse_card(&cp.display().to_string(), &card_text)?;
@@ -201,6 +215,22 @@ mod tests {
             );
             let file = root.join(format!("models/{}.onnx", m.stem));
             assert_eq!(&*f.onnx, &std::fs::read(file).unwrap()[..], "{}", m.stem);
+        }
+    }
+
+    #[test]
+    fn an_unknown_embedded_name_lists_the_embedded_models() {
+        let e = ModelSource::parse("embedded:ca1_lstm_spikes")
+            .read()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("embedded:ca1_lstm_spikes: no such model"),
+            "{e}"
+        );
+        for m in EMBEDDED {
+            assert!(e.contains(&format!("embedded:{}", m.stem)), "{e}");
         }
     }
 
