@@ -380,6 +380,43 @@ fn model_with_missing_card_is_a_clear_error() {
     assert!(err.contains("m.json: No such file"), "{err}");
 }
 
+/// A misspelt embedded model is a bad request (exit 2, as `calibrate`
+/// keeps 1 for "the gate refused"), and the error lists what the binary
+/// carries instead of saying "No such file".
+#[test]
+fn an_unknown_embedded_model_is_a_bad_request_naming_the_embedded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = neurostimd(&["model", "info", "embedded:ca1_lstm_spikes"], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("embedded:ca1_lstm_spikes: no such model compiled into this binary")
+            && err.contains("embedded:ca1_lstm_spike)"),
+        "{err}"
+    );
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real/ic_steps_17o05028.csv")
+        .display()
+        .to_string();
+    let o = neurostimd(
+        &[
+            "calibrate",
+            "--data",
+            &trace,
+            "--base",
+            "embedded:nope",
+            "--out",
+            "m.onnx",
+            "--no-registry",
+        ],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("embedded:nope: no such model"), "{err}");
+    assert!(!dir.path().join("m.onnx").exists());
+}
+
 fn shipped_model() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/ca1_lstm.onnx")

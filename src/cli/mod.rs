@@ -58,6 +58,33 @@ fn is_usage(e: &anyhow::Error) -> bool {
         )
         || e.downcast_ref::<ctl::CtlRefused>()
             .is_some_and(|r| (400..500).contains(&r.status))
+        || e.chain().any(names_no_embedded_model)
+}
+
+/// A model name this binary cannot carry (`embedded:NAME`) is a bad
+/// request, wherever it was wrapped: `calibrate` keeps exit 1 for "the
+/// gate refused". The wrappers hold the model error as a field, not as a
+/// source, so each is looked into.
+fn names_no_embedded_model(c: &(dyn std::error::Error + 'static)) -> bool {
+    use neurostimd::calibrate::CalibrateError;
+    use neurostimd::forecast::ForecastError;
+    use neurostimd::train::TrainError;
+    let f = c
+        .downcast_ref::<ForecastError>()
+        .or(match c.downcast_ref::<ModelToolError>() {
+            Some(ModelToolError::Forecast(f)) => Some(f),
+            _ => None,
+        })
+        .or(match c.downcast_ref::<CalibrateError>() {
+            Some(CalibrateError::Base(f) | CalibrateError::Reload(f)) => Some(f),
+            Some(CalibrateError::Train(TrainError::Load(f))) => Some(f),
+            _ => None,
+        })
+        .or(match c.downcast_ref::<TrainError>() {
+            Some(TrainError::Load(f)) => Some(f),
+            _ => None,
+        });
+    matches!(f, Some(ForecastError::UnknownEmbedded { .. }))
 }
 
 /// A flag the commands poll, so SIGINT/SIGTERM end a long run cleanly
