@@ -804,7 +804,7 @@ mod tests {
         let mut at = 0;
         let h = feed(&mut g, &mut at, 60, 0.0123);
         assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h[0].reason.contains("judged"), "{}", h[0].reason);
+        assert!(h[0].reason.contains("model's tenure"), "{}", h[0].reason);
         assert!(h[0].index <= 1100, "late: {}", h[0].index);
     }
 
