@@ -163,7 +163,7 @@ impl ModelSource {
                             name: name.into_owned(),
                             known: EMBEDDED
                                 .iter()
-                                .map(|m| format!("embedded:{}", m.stem))
+                                .map(|m| ModelSource::Embedded(m).name())
                                 .collect::<Vec<_>>()
                                 .join(", "),
                         }
