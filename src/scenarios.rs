@@ -117,6 +117,11 @@ pub struct ScenarioRequest {
     pub config: Option<PathBuf>,
     /// Command-line overrides laid over everything.
     pub cli: toml::Table,
+    /// Added to each seed's plant-noise and MPC-sampling seeds (and so to
+    /// a calibration's excitation noise), the randomised cell staying the
+    /// seed's: replicates of one cell, to tell a policy's effect on that
+    /// cell from the run-to-run spread of its noise. 0: the table's runs.
+    pub noise_offset: u64,
 }
 
 /// One policy on one seed.
@@ -234,6 +239,9 @@ pub struct ScenarioResult {
     pub error_unit: &'static str,
     pub duration_s: f64,
     pub seed_base: u64,
+    /// See [`ScenarioRequest::noise_offset`]; absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub noise_offset: u64,
     pub policies: Vec<PolicyResult>,
     /// The baseline MPC is judged against (see the module docs).
     pub best_baseline: Option<String>,
@@ -376,6 +384,10 @@ fn set(t: &mut toml::Table, path: &[&str], key: &str, v: toml::Value) {
     crate::config::overlay_at(t, path).insert(key.into(), v);
 }
 
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
 /// The randomised cell a seed runs on (see the module docs).
 pub fn cell_seed(base: u64, seed: u64) -> u64 {
     if seed < 100 {
@@ -443,8 +455,9 @@ fn run_one(
         set(&mut cli, &["run"], "duration", format!("{d} s").into());
     }
     set(&mut cli, &["control"], "policy", v.kind.name().into());
-    set(&mut cli, &["plant", "sim"], "seed", (seed as i64).into());
-    set(&mut cli, &["mpc"], "seed", (seed as i64).into());
+    let noise_seed = seed.saturating_add(req.noise_offset) as i64;
+    set(&mut cli, &["plant", "sim"], "seed", noise_seed.into());
+    set(&mut cli, &["mpc"], "seed", noise_seed.into());
     if let Some(base) = parsed.cell_seed_base {
         let cell = cell_seed(base, seed) as i64;
         set(
@@ -655,6 +668,7 @@ pub fn run(req: &ScenarioRequest) -> Result<Vec<ScenarioResult>, ScenarioError> 
             error_unit: "",
             duration_s: 0.0,
             seed_base: req.seed_base,
+            noise_offset: req.noise_offset,
             policies: Vec::new(),
             best_baseline: None,
             mpc_error_reduction: None,
@@ -795,6 +809,7 @@ mod tests {
             error_unit: "",
             duration_s: 12.0,
             seed_base: 1,
+            noise_offset: 0,
             policies: vec![
                 pol("mpc", "mpc", 0.01, 1645.0),
                 pol("pi", "pid", 0.574, 1756.0),

@@ -562,6 +562,78 @@ fn scenarios_print_the_comparison_table() {
     assert!(text(&o).1.contains("no scenario named `nope`"));
 }
 
+/// `--noise-offset` replicates a seed's cell with other plant noise and MPC
+/// sampling: the unstimulated cell fires as before (its noise is on the
+/// measurement only), MPC's run changes, and the JSON says which replicate
+/// it is.
+#[test]
+fn scenarios_noise_offset_keeps_the_cell_and_changes_the_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "scenarios",
+            "--only",
+            "burst_unseen",
+            "--duration",
+            "2",
+            "--policy",
+            "off",
+            "--policy",
+            "mpc",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = neurostimd(&args, dir.path());
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    };
+    let field = |r: &serde_json::Value, policy: &str, key: &str| {
+        let p = r["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"] == policy)
+            .unwrap();
+        p["seeds"][0][key].as_f64().unwrap()
+    };
+    let table = run(&["--seed-base", "6"]);
+    let replicate = run(&["--seed-base", "6", "--noise-offset", "1000"]);
+    let other_cell = run(&["--seed-base", "7"]);
+    assert!(table.get("noise_offset").is_none(), "{table}");
+    assert_eq!(replicate["noise_offset"], 1000);
+    let spikes = |r| field(r, "off", "spikes");
+    assert!(
+        (spikes(&table) - spikes(&replicate)).abs() <= 2.0,
+        "the same cell: {} against {} spikes",
+        spikes(&table),
+        spikes(&replicate)
+    );
+    assert!(
+        (spikes(&table) - spikes(&other_cell)).abs() > 10.0,
+        "another cell: {} against {} spikes",
+        spikes(&table),
+        spikes(&other_cell)
+    );
+    assert_ne!(
+        field(&table, "mpc", "charge_nc_cm2"),
+        field(&replicate, "mpc", "charge_nc_cm2")
+    );
+    let o = neurostimd(
+        &[
+            "scenarios",
+            "--only",
+            "burst",
+            "--noise-offset",
+            "18446744073709551615",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--noise-offset"), "{}", text(&o).1);
+}
+
 /// The README's hardware-in-the-loop commands: `neurostimd rig` prints the
 /// path, `neurostimd --plant serial --port PATH` drives it.
 #[test]

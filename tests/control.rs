@@ -250,6 +250,7 @@ fn mpc_suppresses_bursts_better_than_the_pi_baseline_with_less_charge() {
         policies: vec![PolicyKind::Mpc, PolicyKind::Pid, PolicyKind::Off],
         config: None,
         cli,
+        noise_offset: 0,
     })
     .unwrap();
     let get = |p: &str| r[0].policies.iter().find(|x| x.policy == p).unwrap();

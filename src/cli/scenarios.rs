@@ -23,6 +23,11 @@ pub struct ScenariosArgs {
     /// (scripts/tune_baselines.py), so tuning never sees evaluation runs.
     #[arg(long, default_value_t = 1)]
     seed_base: u64,
+    /// Added to every seed's plant-noise and MPC-sampling seeds, each seed
+    /// keeping its cell: replicates of the same cells with other noise, to
+    /// see how far a score moves with the noise alone.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    noise_offset: u64,
     /// Policies to run (repeatable; default mpc, pid, off); pid runs every
     /// baseline the scenario names.
     #[arg(long, value_enum)]
@@ -45,6 +50,7 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         duration,
         seeds,
         seed_base,
+        noise_offset,
         policy,
         config,
         set,
@@ -64,6 +70,18 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let last_noise_seed = seed_base
+        .checked_add(seeds)
+        .and_then(|last| last.checked_add(noise_offset))
+        .filter(|last| *last <= i64::MAX as u64);
+    if last_noise_seed.is_none() {
+        return Err(UsageError(format!(
+            "--noise-offset {noise_offset} with --seed-base {seed_base} and --seeds {seeds} \
+             leaves no room for the noise seeds (at most {})",
+            i64::MAX
+        ))
+        .into());
+    }
     let req = ScenarioRequest {
         only,
         seeds,
@@ -76,6 +94,7 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         },
         config,
         cli: dotted_overlay(&set)?,
+        noise_offset,
     };
     let results = scenarios::run(&req).map_err(|e| match e {
         ScenarioError::Unknown(_) => anyhow::Error::new(UsageError(e.to_string())),
