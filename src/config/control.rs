@@ -208,7 +208,7 @@ pub(super) fn validate_control(
         pid: pid(&raw.pid, cx)?,
         open,
         guard: guard(&c.guard, period, cx)?,
-        feedback: feedback(&c.feedback, safety, cx)?,
+        feedback: feedback(&c.feedback, safety, raw.mpc.max_amplitude.get(), cx)?,
     })
 }
 
@@ -278,6 +278,7 @@ fn guard(
 fn feedback(
     f: &RawFeedback,
     safety: &crate::safety::Limits,
+    mpc_amplitude: f64,
     cx: &Cx,
 ) -> Result<crate::policy::mpc::FeedbackConfig, ConfigError> {
     non_negative(f.gain).map_err(|m| cx.err("control.feedback.gain", m))?;
@@ -305,6 +306,16 @@ fn feedback(
             format!(
                 "|{pulse}| uA/cm2 exceeds safety.max_amplitude ({})",
                 safety.max_amplitude
+            ),
+        ));
+    }
+    // The loop clips the reflex to MPC's own bound: a larger setting would
+    // silently act as that bound, so say so instead.
+    if pulse.abs() > mpc_amplitude {
+        return Err(cx.err(
+            "control.feedback.spike_pulse",
+            format!(
+                "|{pulse}| uA/cm2 exceeds mpc.max_amplitude ({mpc_amplitude}), the largest current MPC applies; the reflex would be clipped to it"
             ),
         ));
     }

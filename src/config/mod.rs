@@ -853,6 +853,16 @@ mod tests {
             let e = invalid(&format!("[control.feedback]\n{text}\n"));
             assert_eq!(e.key(), Some(key), "{e}");
         }
+        // Within the limiter's bound but beyond MPC's own (6 by default):
+        // the loop would clip it, so it is refused by name.
+        let e = invalid("[control.feedback]\nspike_pulse = \"-8 uA/cm2\"\n");
+        assert_eq!(e.key(), Some("control.feedback.spike_pulse"), "{e}");
+        assert!(e.to_string().contains("mpc.max_amplitude"), "{e}");
+        Config::from_str_named(
+            "t.toml",
+            "[mpc]\nmax_amplitude = \"8 uA/cm2\"\n[control.feedback]\nspike_pulse = \"-8 uA/cm2\"\n",
+        )
+        .unwrap();
         let c = Config::from_str_named(
             "t.toml",
             "[control.feedback]\nspike_pulse = \"-6 uA/cm2\"\nspike_pulse_width = \"2 ms\"\n",
