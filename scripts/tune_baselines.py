@@ -64,6 +64,11 @@ BURST_PULSE = {
     "pid.burst_pulse_width": [f'"{x} ms"' for x in (1, 2, 4, 8)],
     "pid.burst_hold": [f'"{x} uA/cm2"' for x in (-1, -0.5, 0, 0.5)],
 }
+# The same within the safety bound (10 uA/cm2), the budget burst_unseen
+# gives MPC too (its plans and its reflex; docs/control.md, "The budget:
+# the safety bound").
+BURST_PULSE_SAFETY = dict(
+    BURST_PULSE, **{"pid.burst_pulse": [f'"{x} uA/cm2"' for x in (-6, -8, -10)]})
 # The feed-forward map's currents are identified at these constant levels,
 # and listed at these rates.
 FF_LEVELS = [x / 4 for x in range(-8, 13)]
@@ -86,7 +91,7 @@ PLAN = {
     "delay": [("pi", "pid", BURST_PI), ("dc", "open", DC),
               ("pulse", "pid", BURST_PULSE)],
     "burst_unseen": [("pi", "pid", BURST_PI), ("dc", "open", DC),
-                     ("pulse", "pid", BURST_PULSE)],
+                     ("pulse", "pid", BURST_PULSE_SAFETY)],
     "voltage": [("pid", "pid", VOLTAGE_PID)],
     "silence": [("pid", "pid", SILENCE_PID), ("dc", "open", DC_SILENCE)],
     "timing": [("pulses", "pid", PULSES)],

@@ -195,12 +195,15 @@ fn guarded_mpc_is_not_worse_than_no_stimulation_on_the_wrong_cell() {
 /// start is one window, as the scenario had it before the reflex (with the
 /// reflex the scenario starts MPC at once; docs/control.md). MPC's credit
 /// for forecast spikes outside bursts (`mpc.burst_single_credit`, set by
-/// the scenario since) is off for the same reason. A later `--set` of the same
-/// key in `extra` wins.
+/// the scenario since) is off for the same reason, and MPC plans within
+/// ±6 µA/cm², the scenario's bound when these cells were measured (10
+/// since, with its reflex). A later `--set` of the same key in `extra` wins.
 fn burst_unseen(seed: u64, extra: &[&str]) -> (serde_json::Value, f64) {
     let mut args = vec![
         "--set",
         "control.feedback.spike_pulse=\"0 uA/cm2\"",
+        "--set",
+        "mpc.max_amplitude=\"6 uA/cm2\"",
         "--set",
         "control.guard.probation=\"1 s\"",
         "--set",
