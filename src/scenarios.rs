@@ -78,6 +78,17 @@ pub enum ScenarioError {
     Config(#[from] ConfigError),
     #[error("{file}: [scenario]: {message}")]
     Table { file: &'static str, message: String },
+    /// The request's seeds do not fit: the noise seeds are `seed +
+    /// noise_offset`, and the config takes them as i64.
+    #[error(
+        "noise offset {noise_offset} with seed base {seed_base} and seed count {seeds} leaves no room for the noise seeds (seed + offset at most {max})",
+        max = i64::MAX
+    )]
+    Seeds {
+        seed_base: u64,
+        seeds: u64,
+        noise_offset: u64,
+    },
     #[error("scenario {scenario}, policy {policy}, seed {seed}: {error}")]
     Run {
         scenario: &'static str,
@@ -455,7 +466,8 @@ fn run_one(
         set(&mut cli, &["run"], "duration", format!("{d} s").into());
     }
     set(&mut cli, &["control"], "policy", v.kind.name().into());
-    let noise_seed = seed.saturating_add(req.noise_offset) as i64;
+    // `run` checked that every seed's noise seed fits an i64.
+    let noise_seed = (seed + req.noise_offset) as i64;
     set(&mut cli, &["plant", "sim"], "seed", noise_seed.into());
     set(&mut cli, &["mpc"], "seed", noise_seed.into());
     if let Some(base) = parsed.cell_seed_base {
@@ -645,6 +657,18 @@ fn mean(seeds: &[SeedResult], f: impl Fn(&SeedResult) -> f64) -> f64 {
 
 /// Run the request, scenario by scenario.
 pub fn run(req: &ScenarioRequest) -> Result<Vec<ScenarioResult>, ScenarioError> {
+    let last_noise_seed = req
+        .seed_base
+        .checked_add(req.seeds)
+        .and_then(|last| last.checked_add(req.noise_offset))
+        .filter(|last| *last <= i64::MAX as u64);
+    if last_noise_seed.is_none() {
+        return Err(ScenarioError::Seeds {
+            seed_base: req.seed_base,
+            seeds: req.seeds,
+            noise_offset: req.noise_offset,
+        });
+    }
     let chosen: Vec<Scenario> = if req.only.is_empty() {
         SCENARIOS.to_vec()
     } else {
@@ -791,6 +815,32 @@ pub fn table(results: &[ScenarioResult], seeds: u64, seed_base: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A library caller gets the same refusal the CLI gives: a noise seed
+    /// past i64 would otherwise reach the config as a negative seed.
+    #[test]
+    fn a_noise_offset_past_the_seed_range_is_refused_before_any_run() {
+        let req = |noise_offset: u64| ScenarioRequest {
+            only: vec!["no such scenario".into()],
+            seeds: 2,
+            seed_base: 1,
+            duration_s: None,
+            policies: vec![PolicyKind::Off],
+            config: None,
+            cli: toml::Table::new(),
+            noise_offset,
+        };
+        let e = run(&req(u64::MAX)).unwrap_err();
+        assert!(matches!(e, ScenarioError::Seeds { .. }), "{e}");
+        assert!(e.to_string().contains("noise offset"), "{e}");
+        let edge = i64::MAX as u64 - 3;
+        assert!(matches!(
+            run(&req(edge + 1)),
+            Err(ScenarioError::Seeds { .. })
+        ));
+        // At the edge the request passes the check and fails on the name.
+        assert!(matches!(run(&req(edge)), Err(ScenarioError::Unknown(_))));
+    }
 
     #[test]
     fn mpc_above_a_zero_error_baseline_reads_as_a_finite_excess() {

@@ -70,18 +70,6 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let last_noise_seed = seed_base
-        .checked_add(seeds)
-        .and_then(|last| last.checked_add(noise_offset))
-        .filter(|last| *last <= i64::MAX as u64);
-    if last_noise_seed.is_none() {
-        return Err(UsageError(format!(
-            "--noise-offset {noise_offset} with --seed-base {seed_base} and --seeds {seeds} \
-             leaves no room for the noise seeds (at most {})",
-            i64::MAX
-        ))
-        .into());
-    }
     let req = ScenarioRequest {
         only,
         seeds,
@@ -100,6 +88,9 @@ pub fn cmd_scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
         ScenarioError::Unknown(_) => anyhow::Error::new(UsageError(e.to_string())),
         ScenarioError::Config(c) => anyhow::Error::new(c),
         e @ ScenarioError::Table { .. } => anyhow::Error::new(UsageError(e.to_string())),
+        e @ ScenarioError::Seeds { .. } => {
+            anyhow::Error::new(UsageError(format!("--noise-offset: {e}")))
+        }
         other => anyhow::Error::new(other),
     })?;
     if json {
