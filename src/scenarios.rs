@@ -178,6 +178,22 @@ pub struct CalibrationSeed {
     pub spike_threshold_mv: Option<f64>,
     pub spike_f1_at_threshold: Option<f64>,
     pub verdict: String,
+    /// The chosen start on the validation windows: RMS over steps of the
+    /// RMSE (mV) and spike F1 at −20 mV.
+    pub validation: [f64; 2],
+    /// The configured model, untrained, on the same windows: validation
+    /// [RMSE, spike F1], held-out step 1 and last step RMSE (mV) and spike
+    /// F1.
+    pub configured: Option<ConfiguredSeed>,
+}
+
+/// [`CalibrationSeed::configured`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfiguredSeed {
+    pub validation: [f64; 2],
+    pub step1_mv: f64,
+    pub last_step_mv: f64,
+    pub spike_f1: f64,
 }
 
 /// `[scenario.calibrate]`: before each MPC run the cell is calibrated as a
@@ -603,6 +619,13 @@ fn calibrate_on_cell(
         .iter()
         .find(|r| r.start == c.chosen)
         .map_or((0, 0.0), |r| (r.epochs, r.training_s));
+    let chosen_val = c
+        .candidates
+        .iter()
+        .find(|r| r.start == c.chosen)
+        .map_or([f64::NAN; 2], |r| {
+            [r.validation_rmse_mv, r.validation_spike_f1]
+        });
     let h = &c.heldout;
     let at = |j: usize| {
         let get = |v: &[f64]| v.get(j).copied().unwrap_or(f64::NAN);
@@ -625,6 +648,13 @@ fn calibrate_on_cell(
             spike_threshold_mv: c.spike_threshold.map(|t| t.mv),
             spike_f1_at_threshold: c.spike_threshold.map(|t| t.heldout_f1),
             verdict: c.verdict.reason.clone(),
+            validation: chosen_val,
+            configured: c.configured.as_ref().map(|b| ConfiguredSeed {
+                validation: [b.validation_rmse_mv, b.validation_spike_f1],
+                step1_mv: b.heldout.model.rmse_mv.first().copied().unwrap_or(f64::NAN),
+                last_step_mv: b.heldout.model.rmse_mv.last().copied().unwrap_or(f64::NAN),
+                spike_f1: b.heldout.model.spikes.f1,
+            }),
         },
         dir,
     ))

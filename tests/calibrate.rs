@@ -117,6 +117,35 @@ fn live_calibration_records_through_the_limiter_and_writes_model_card_and_evalua
     // Where MPC reads this model's spikes: chosen on validation data (when
     // it holds a spike), on the card (version 3) as in the evaluation.
     let ev = json(&out.with_extension("evaluation.json"));
+    // What calibrating gained over the base model as configured: the base
+    // scored untrained on the same held-out forecast times (so the same
+    // persistence figures) as the chosen model.
+    let base = &ev["configured"];
+    let rmse = |c: &serde_json::Value, who: &str| -> Vec<f64> {
+        c[who]["rmse_mv"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{who} in {c}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        rmse(&base["heldout"], "persistence"),
+        rmse(&ev["heldout"], "persistence"),
+        "{base}"
+    );
+    let base_model = rmse(&base["heldout"], "model");
+    assert_eq!(base_model.len(), rmse(&ev["heldout"], "model").len());
+    assert!(
+        base_model.iter().all(|x| x.is_finite() && *x > 0.0),
+        "{base}"
+    );
+    assert!(base["validation_rmse_mv"].as_f64().unwrap() > 0.0, "{base}");
+    assert!(
+        text(&o).contains("as configured, untrained"),
+        "{}",
+        text(&o)
+    );
     let th = &ev["spike_threshold"];
     if th.is_null() {
         assert!(card["output"].get("spike_threshold_mv").is_none());
@@ -183,6 +212,10 @@ fn the_gate_refuses_an_untrained_model_on_the_real_cell_and_says_why() {
     let ev = json(&out.with_extension("evaluation.json"));
     assert_eq!(ev["verdict"]["passed"], false);
     assert_eq!(ev["segments"], 16, "one segment per sweep");
+    assert!(
+        ev.get("configured").is_none(),
+        "scratch only: no base model"
+    );
     // The held-out part is whole sweeps: the newest 5 of 16.
     assert!(ev["heldout"]["data"].as_str().unwrap().contains("held-out"));
     assert!(

@@ -49,6 +49,8 @@ pub struct Outcome {
     pub chosen_label: String,
     pub chosen_heldout: Comparison,
     pub reports: Vec<CandidateReport>,
+    /// The base model as configured, untrained, on the same windows.
+    pub configured: Option<super::ConfiguredReport>,
     pub split: serde_json::Value,
     pub epochs: usize,
     pub train_windows: usize,
@@ -667,11 +669,36 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
     let specs = starts(opts)?;
     let same_dt = specs.windows(2).all(|w| w[0].dt_ms == w[1].dt_ms);
     let longest = specs.iter().map(|s| s.net.t_in).max().unwrap_or(0);
+    // The base model as it stands (before any AR skip or training), scored
+    // on the first warm start's windows, which carry its normalisation.
+    let base = specs
+        .iter()
+        .position(|s| s.parent.is_some())
+        .map(|i| (i, specs[i].net.clone()));
     let mut cands = Vec::new();
     for s in specs {
         let skip = if same_dt { longest - s.net.t_in } else { 0 };
         cands.push(prepare(data, opts, s, skip)?);
     }
+    let configured = base.map(|(i, net)| {
+        let p = &cands[i];
+        let val = score_net(&net, p, &p.val_w, "validation");
+        super::ConfiguredReport {
+            model: opts.base.name(),
+            validation_rmse_mv: crate::retrain::rms(&val.model.rmse_mv),
+            validation_spike_f1: val.model.spikes.f1,
+            heldout: score_net(
+                &net,
+                p,
+                &p.hold_w,
+                &format!(
+                    "{}, held-out, {} as configured",
+                    data.label,
+                    opts.base.name()
+                ),
+            ),
+        }
+    });
     let best = train_all(&mut cands, opts);
     for p in cands.iter_mut().filter(|p| p.ar_blend) {
         // Reported only (the paired comparison in docs/calibration.md);
@@ -694,15 +721,19 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
     );
     let reports: Vec<CandidateReport> = cands
         .iter()
-        .map(|p| CandidateReport {
-            start: p.label.clone(),
-            epochs: p.epochs,
-            training_s: p.training_s,
-            train_windows: p.train_w.len(),
-            validation_rmse_mv: val_rmse(p),
-            validation_steps_won: steps_won(&score(p, &p.val_w, "validation")),
-            ar_blend_gains: p.blend.clone(),
-            heldout: score(p, &p.hold_w, &heldout_label),
+        .map(|p| {
+            let val = score(p, &p.val_w, "validation");
+            CandidateReport {
+                start: p.label.clone(),
+                epochs: p.epochs,
+                training_s: p.training_s,
+                train_windows: p.train_w.len(),
+                validation_rmse_mv: crate::retrain::rms(&val.model.rmse_mv),
+                validation_spike_f1: val.model.spikes.f1,
+                validation_steps_won: steps_won(&val),
+                ar_blend_gains: p.blend.clone(),
+                heldout: score(p, &p.hold_w, &heldout_label),
+            }
         })
         .collect();
     let split = serde_json::json!({
@@ -727,6 +758,7 @@ pub fn train_and_choose(data: &CalibrationData, opts: &Options) -> Result<Outcom
         chosen_label: p.label,
         chosen_heldout,
         reports,
+        configured,
         split,
         epochs: p.epochs,
         train_windows: p.train_w.len(),

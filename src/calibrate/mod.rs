@@ -233,6 +233,9 @@ pub struct CandidateReport {
     pub train_windows: usize,
     /// RMS over horizon steps of the validation RMSE, mV (the choice).
     pub validation_rmse_mv: f64,
+    /// Spike F1 (±1 ms) on the validation windows, forecast spikes read at
+    /// −20 mV.
+    pub validation_spike_f1: f64,
     /// Horizon steps at which it beats persistence and AR on the
     /// validation windows (after the AR blend, if any).
     pub validation_steps_won: usize,
@@ -241,6 +244,18 @@ pub struct CandidateReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ar_blend_gains: Option<Vec<f32>>,
     /// Held-out figures (reported for both; only the chosen one is gated).
+    pub heldout: Comparison,
+}
+
+/// The base model as configured, untrained, on the calibration's own
+/// validation and held-out windows: what calibrating gained over keeping
+/// the model one already had.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfiguredReport {
+    pub model: String,
+    /// RMS over horizon steps of the validation RMSE, mV.
+    pub validation_rmse_mv: f64,
+    pub validation_spike_f1: f64,
     pub heldout: Comparison,
 }
 
@@ -263,6 +278,10 @@ pub struct Calibration {
     pub candidates: Vec<CandidateReport>,
     pub chosen: String,
     pub heldout: Comparison,
+    /// The base model, untrained, on the same windows (absent when
+    /// calibrating from scratch only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configured: Option<ConfiguredReport>,
     /// Where MPC reads this model's forecast spikes (card version 3),
     /// chosen on the validation data; with the held-out spike F1 there.
     pub spike_threshold: Option<fit::SpikeThreshold>,
@@ -306,6 +325,18 @@ impl Calibration {
         }
         s.push_str(&format!("chosen: {}\n", self.chosen));
         s.push_str(&self.heldout.table());
+        if let Some(b) = &self.configured {
+            s.push_str(&format!(
+                "the base model {} as configured, untrained: validation RMSE {:.3} mV, spike F1 {:.2}; held-out RMSE {:.3} mV, spike F1 {:.2} (calibrated: {:.3} mV, {:.2})\n",
+                b.model,
+                b.validation_rmse_mv,
+                b.validation_spike_f1,
+                crate::retrain::rms(&b.heldout.model.rmse_mv),
+                b.heldout.model.spikes.f1,
+                crate::retrain::rms(&self.heldout.model.rmse_mv),
+                self.heldout.model.spikes.f1
+            ));
+        }
         if let Some(t) = &self.spike_threshold {
             s.push_str(&format!(
                 "forecast spikes read at {} mV (chosen on validation, spike F1 {:.2}): held-out spike F1 {:.2} (at -20 mV: {:.2})\n",
@@ -427,6 +458,7 @@ pub fn calibrate(
         candidates: outcome.reports.clone(),
         chosen: outcome.chosen_label.clone(),
         heldout: outcome.chosen_heldout.clone(),
+        configured: outcome.configured.clone(),
         spike_threshold: outcome.spike_threshold,
         verdict,
         onnx: out.to_path_buf(),
