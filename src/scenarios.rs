@@ -614,18 +614,11 @@ fn calibrate_on_cell(
     if c.verdict.passed {
         config.control.model = crate::forecast::ModelSource::File(out);
     }
-    let chosen = c
-        .candidates
-        .iter()
-        .find(|r| r.start == c.chosen)
-        .map_or((0, 0.0), |r| (r.epochs, r.training_s));
-    let chosen_val = c
-        .candidates
-        .iter()
-        .find(|r| r.start == c.chosen)
-        .map_or([f64::NAN; 2], |r| {
-            [r.validation_rmse_mv, r.validation_spike_f1]
-        });
+    let report = c.candidates.iter().find(|r| r.start == c.chosen);
+    let chosen = report.map_or((0, 0.0), |r| (r.epochs, r.training_s));
+    let chosen_val = report.map_or([f64::NAN; 2], |r| {
+        [r.validation_rmse_mv, r.validation_spike_f1]
+    });
     let h = &c.heldout;
     let at = |j: usize| {
         let get = |v: &[f64]| v.get(j).copied().unwrap_or(f64::NAN);
