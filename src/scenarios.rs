@@ -22,6 +22,7 @@
 //! from 1, so no figure is judged on the runs it was tuned on.
 
 use crate::config::{Clock, Config, ConfigError};
+use crate::control::guard::Direction;
 use crate::plant::sim::{SimConfig, SimPlant};
 use crate::plant::{Plant, PlantError};
 use crate::policy::quality::TimingScore;
@@ -239,10 +240,17 @@ pub struct GuardSeed {
     pub fallback_samples: u64,
     /// The highest model/persistence forecast error ratio while MPC drove.
     pub max_model_to_persistence: Option<f64>,
-    /// The first decision's reason, if any.
+    /// The first hand-over's reason, if any.
     pub first_reason: Option<String>,
     /// Which forecasts the model was judged by (`planned` or `applied`).
     pub forecasts: &'static str,
+    /// Spikes the spike reflex's release fired, the sample the guard
+    /// suspended the reflex at for its trial (`control.guard.reflex_rebounds`),
+    /// the trial's errors (with, without) and the sample it was resumed at.
+    pub reflex_rebounds: u64,
+    pub reflex_suspended_at: Option<u64>,
+    pub reflex_trial: Option<[f64; 2]>,
+    pub reflex_resumed_at: Option<u64>,
 }
 
 /// One policy on one scenario, over the seeds.
@@ -565,11 +573,17 @@ fn run_one(
                     .judged
                     .as_ref()
                     .and_then(|j| j.max_model_to_persistence),
-                first_reason: g
-                    .judged
-                    .as_ref()
-                    .and_then(|j| j.decisions.first().map(|d| d.reason.clone())),
+                first_reason: g.judged.as_ref().and_then(|j| {
+                    j.decisions
+                        .iter()
+                        .find(|d| d.direction != Direction::ReflexSuspended.name())
+                        .map(|d| d.reason.clone())
+                }),
                 forecasts: g.judged.as_ref().map_or("", |j| j.forecasts),
+                reflex_rebounds: g.judged.as_ref().map_or(0, |j| j.reflex_rebounds),
+                reflex_suspended_at: g.judged.as_ref().and_then(|j| j.reflex_suspended_at),
+                reflex_trial: g.judged.as_ref().and_then(|j| j.reflex_trial),
+                reflex_resumed_at: g.judged.as_ref().and_then(|j| j.reflex_resumed_at),
             }),
             calibration: calibrated.map(|(c, _)| c),
         },

@@ -374,3 +374,37 @@ fn on_delay_the_guard_judges_the_model_by_what_was_applied() {
         "judged by what was applied {e}, by the plans {e_planned}, off {off}"
     );
 }
+
+/// Held-out cell 1046 (evaluation seed 46), calibrated: MPC's spike reflex
+/// (a -10 uA/cm2 pulse for 4 ms after each spike) fires the cell on its
+/// release, and MPC with it ends above no stimulation (0.612 against
+/// 0.500, git 0d69159) with no hand-over. With the reflex on trial
+/// (`control.guard.reflex_rebounds`, the scenario's 3) the guard scores a
+/// window with it and one without, keeps it off, and MPC ends below no
+/// stimulation. Off (0) the reflex is never judged.
+#[test]
+fn on_held_out_cell_1046_the_reflex_trial_keeps_calibrated_mpc_below_no_stimulation() {
+    let (trial, off) = scenario("burst_unseen_cal", 46, &[]);
+    let g = &trial["guard"];
+    assert!(g["reflex_rebounds"].as_u64().unwrap() >= 3, "{g}");
+    assert!(g["reflex_suspended_at"].as_u64().is_some(), "{g}");
+    let t = g["reflex_trial"].as_array().expect("the trial ran");
+    let (with, without) = (t[0].as_f64().unwrap(), t[1].as_f64().unwrap());
+    assert!(without < with, "kept off because it did better: {g}");
+    assert!(g["reflex_resumed_at"].is_null(), "{g}");
+    let e = trial["objective_error"].as_f64().unwrap();
+    assert!(e < off, "guarded MPC {e} against no stimulation's {off}");
+
+    let (never, _) = scenario(
+        "burst_unseen_cal",
+        46,
+        &["--set", "control.guard.reflex_rebounds=0"],
+    );
+    let g = &never["guard"];
+    assert!(g["reflex_suspended_at"].is_null() && g["reflex_trial"].is_null());
+    let harm = never["objective_error"].as_f64().unwrap();
+    assert!(
+        harm > off,
+        "the reflex's harm on this cell: {harm} against {off}"
+    );
+}

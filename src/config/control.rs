@@ -33,6 +33,7 @@ pub(super) struct RawGuard {
     pub(super) probation: Quantity<Time>,
     pub(super) score_off_plan: bool,
     pub(super) forecasts: crate::policy::mpc::GuardForecasts,
+    pub(super) reflex_rebounds: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +272,7 @@ fn guard(
         objective_margin: g.objective_margin,
         score_off_plan: g.score_off_plan,
         forecasts: g.forecasts,
+        reflex_rebounds: g.reflex_rebounds,
     })
 }
 

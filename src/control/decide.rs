@@ -128,6 +128,8 @@ pub struct Decider {
     fallback: Option<GuardFallback>,
     fallback_policy: Baseline,
     in_fallback: bool,
+    /// The guard suspended the spike reflex.
+    reflex_suspended: bool,
     pub counters: Counters,
 }
 
@@ -199,6 +201,7 @@ impl Decider {
             fallback_policy,
             // A probation start: the fallback drives from the first sample.
             in_fallback: probation,
+            reflex_suspended: false,
             counters: Counters::default(),
         }
     }
@@ -236,6 +239,12 @@ impl Decider {
             self.restart_feedback();
         }
         true
+    }
+
+    /// The guard suspended the spike reflex (its release fires the cell)
+    /// or resumed it; the planner is told with the next snapshot.
+    pub fn set_reflex_suspended(&mut self, suspended: bool) {
+        self.reflex_suspended = suspended;
     }
 
     /// Whether the guard's fallback drives now.
@@ -553,7 +562,7 @@ impl Decider {
     /// detected spike, for its width, clipped to MPC's amplitude.
     fn spike_reflex(&mut self, u: f64) -> f64 {
         let f = &self.feedback;
-        if f.spike_pulse == 0.0 {
+        if f.spike_pulse == 0.0 || self.reflex_suspended {
             return u;
         }
         let since = self.last_t_ms - self.last_spike_ms.max(self.reflex_fired_ms);
@@ -578,7 +587,11 @@ impl Decider {
     /// is the same spike).
     fn anticipate(&mut self, spike_at_ms: f64) {
         let f = &self.feedback;
-        if f.spike_pulse == 0.0 || f.spike_pulse_lead_ms == 0.0 || !spike_at_ms.is_finite() {
+        if f.spike_pulse == 0.0
+            || self.reflex_suspended
+            || f.spike_pulse_lead_ms == 0.0
+            || !spike_at_ms.is_finite()
+        {
             return;
         }
         let now = self.last_t_ms;
@@ -705,6 +718,7 @@ impl Decider {
         snap.taken = arrived;
         snap.objective = (self.objective_seq > 0).then_some((self.objective_seq, self.objective));
         snap.in_fallback = self.in_fallback;
+        snap.reflex_suspended = self.reflex_suspended;
     }
 
     /// Whether real-time rules apply (plans arrive on their own).
@@ -1042,13 +1056,22 @@ mod tests {
             at(k, -65.0);
         }
         assert_eq!(at(45, -65.0), 1.0);
-        // Off (0): no pulse after a spike.
-        d.feedback.spike_pulse = 0.0;
-        d.receive(plan(60, &[1.0; 400]), 60);
-        let mut at = |k: u64, v: f64| d.tick(&sample(k, v), |_| {}, |_| {}).record.requested;
-        at(60, 10.0);
-        for k in 61..80 {
-            assert_ne!(at(k, -65.0), -6.0);
+        // Off (0), or suspended by the guard: no pulse after a spike.
+        for suspended in [false, true] {
+            let mut d = decider(PolicyKind::Mpc, Some(t));
+            d.feedback.spike_pulse = if suspended { -6.0 } else { 0.0 };
+            if suspended {
+                d.set_reflex_suspended(true);
+            }
+            d.receive(plan(60, &[1.0; 400]), 60);
+            let mut at = |k: u64, v: f64| d.tick(&sample(k, v), |_| {}, |_| {}).record;
+            at(60, -65.0);
+            at(61, 10.0);
+            for k in 62..80 {
+                let r = at(k, -65.0);
+                assert_ne!(r.requested, -6.0);
+                assert!(!r.off_plan);
+            }
         }
     }
 
@@ -1138,6 +1161,7 @@ mod tests {
                 taken: Instant::now(),
                 objective: None,
                 in_fallback: false,
+                reflex_suspended: false,
             };
             d.fill_snapshot(&mut snap, &last, Instant::now());
             (snap.v_now, snap.v[3])
@@ -1170,6 +1194,7 @@ mod tests {
             taken: Instant::now(),
             objective: None,
             in_fallback: false,
+            reflex_suspended: false,
         };
         let mut last = sample(0, -65.0);
         d.fill_snapshot(&mut snap, &last, Instant::now());

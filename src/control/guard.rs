@@ -27,7 +27,13 @@
 //!    applies only once the fallback has driven a whole window, i.e. after
 //!    a first hand-over, when a retrained or swapped model is on probation.
 //!
-//! On either count it hands control to the configured fallback (`off` or
+//! 3. **Its spike reflex** (`control.guard.reflex_rebounds`), where the loop
+//!    fires one: spikes that come right after the reflex's pulse ends are
+//!    fired by its release (anode-break excitation). Enough of them put
+//!    the reflex on trial, a window with it and one without while MPC
+//!    keeps control, and the better stays (see [`Guard::with_reflex`]).
+//!
+//! On either of the first two counts it hands control to the configured fallback (`off` or
 //! the objective's baseline), asks the retrainer for a new model and calls
 //! the calibration hook, and takes control back only when a model passes
 //! the retraining gate or the operator swaps one in (the planner's model
@@ -42,19 +48,21 @@
 //! rules it reads it at control-period boundaries and never waits.
 
 use super::handoff::Record;
-use crate::policy::mpc::GuardConfig;
+use crate::neuron::spikes::{SpikeDetector, DEFAULT_THRESHOLD_MV};
+use crate::policy::mpc::{FeedbackConfig, GuardConfig, REBOUND_MS};
 use crate::policy::quality::QualityMeter;
 use crate::policy::Objective;
 use crate::retrain::drift::{DriftMonitor, DriftRule, LiveForecast};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What crosses between the guard (consumer thread) and the loop.
 #[derive(Debug, Default)]
 pub struct GuardLink {
-    /// Guard → loop: the fallback should drive.
-    want_fallback: AtomicBool,
+    /// Guard → loop: what the guard wants now ([`WANT_FALLBACK`],
+    /// [`WANT_NO_REFLEX`]).
+    want: AtomicU8,
     /// Guard → loop: record blocks judged so far.
     blocks_judged: AtomicU64,
     /// Guard → loop: what the guard wanted once it had judged k blocks, at
@@ -63,7 +71,7 @@ pub struct GuardLink {
     /// looks (the guard may have judged one block more): otherwise a
     /// hand-over lands a block earlier or later from run to run (measured:
     /// 12,000 against 12,500 fallback samples on `burst_unseen_cal`).
-    decided: [AtomicBool; DECIDED],
+    decided: [AtomicU8; DECIDED],
     /// Loop → guard: the mode in force and the sample it began at,
     /// `index << 1 | fallback`.
     applied: AtomicU64,
@@ -72,6 +80,27 @@ pub struct GuardLink {
 /// The guard is at most one block ahead of the blocks the free clock's
 /// loop waits for (it judges only blocks the loop has written).
 const DECIDED: usize = 4;
+
+/// The fallback should drive.
+const WANT_FALLBACK: u8 = 1;
+/// MPC's spike reflex is suspended.
+const WANT_NO_REFLEX: u8 = 2;
+
+/// What the guard wants of the loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub fallback: bool,
+    pub no_reflex: bool,
+}
+
+impl Want {
+    fn of(bits: u8) -> Want {
+        Want {
+            fallback: bits & WANT_FALLBACK != 0,
+            no_reflex: bits & WANT_NO_REFLEX != 0,
+        }
+    }
+}
 
 impl GuardLink {
     pub fn new() -> GuardLink {
@@ -82,20 +111,44 @@ impl GuardLink {
     /// `blocks` blocks; call only after [`GuardLink::blocks_judged`] has
     /// reached `blocks`, while the guard is at most one block further.
     #[inline]
-    pub fn wanted_after(&self, blocks: u64) -> bool {
-        self.decided[blocks as usize % DECIDED].load(Ordering::Acquire)
+    pub fn wanted_after(&self, blocks: u64) -> Want {
+        Want::of(self.decided[blocks as usize % DECIDED].load(Ordering::Acquire))
     }
 
-    /// Guard side: the want, now and as of `blocks` judged.
-    fn want(&self, fallback: bool, blocks: u64) {
-        self.want_fallback.store(fallback, Ordering::Release);
-        self.decided[blocks as usize % DECIDED].store(fallback, Ordering::Release);
+    /// Guard side: the want now, and as of `blocks` judged.
+    fn want(&self, blocks: u64) {
+        let bits = self.want.load(Ordering::Acquire);
+        self.decided[blocks as usize % DECIDED].store(bits, Ordering::Release);
+    }
+
+    /// Guard side: the fallback should drive (or MPC).
+    fn want_fallback(&self, fallback: bool) {
+        if fallback {
+            self.want.fetch_or(WANT_FALLBACK, Ordering::AcqRel);
+        } else {
+            self.want.fetch_and(!WANT_FALLBACK, Ordering::AcqRel);
+        }
+    }
+
+    /// Guard side: suspend the spike reflex, or resume it.
+    fn suspend_reflex(&self, suspended: bool) {
+        if suspended {
+            self.want.fetch_or(WANT_NO_REFLEX, Ordering::AcqRel);
+        } else {
+            self.want.fetch_and(!WANT_NO_REFLEX, Ordering::AcqRel);
+        }
     }
 
     /// Loop side: what the guard wants now.
     #[inline]
+    pub fn wants(&self) -> Want {
+        Want::of(self.want.load(Ordering::Acquire))
+    }
+
+    /// Loop side: whether the guard wants the fallback now.
+    #[inline]
     pub fn wants_fallback(&self) -> bool {
-        self.want_fallback.load(Ordering::Acquire)
+        self.wants().fallback
     }
 
     /// Loop side: blocks the guard has judged.
@@ -122,11 +175,14 @@ impl GuardLink {
 /// record consumer; it must not block for long.
 pub type GuardHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Which way control went.
+/// Which way control went, or what became of the spike reflex (MPC keeps
+/// control).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     ToFallback,
     ToMpc,
+    ReflexSuspended,
+    ReflexResumed,
 }
 
 impl Direction {
@@ -134,6 +190,8 @@ impl Direction {
         match self {
             Direction::ToFallback => "to_fallback",
             Direction::ToMpc => "to_mpc",
+            Direction::ReflexSuspended => "reflex_suspended",
+            Direction::ReflexResumed => "reflex_resumed",
         }
     }
 }
@@ -187,6 +245,27 @@ pub struct Guard {
     blocks: u64,
     newest: u64,
     report: GuardReport,
+    /// MPC's spike reflex: the end of its pulse after the spike that fires
+    /// it, ms (`None`: no reflex, or the rule off).
+    reflex_ends_ms: Option<f64>,
+    reflex_trial: ReflexTrial,
+    spikes: SpikeDetector,
+    last_spike_ms: f64,
+    /// The reflex's trial events, until [`Guard::block`] reports them.
+    reflex_notes: std::collections::VecDeque<Handover>,
+}
+
+/// The spike reflex's trial (`control.guard.reflex_rebounds`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ReflexTrial {
+    /// Counting the spikes its pulse's release fires.
+    Watching,
+    /// Enough of them: the next whole window of MPC's scores the reflex.
+    Armed,
+    /// That window scored `with`; the next is without the reflex.
+    Without { with: f64 },
+    /// Judged: the better of the two stays for the run.
+    Done,
 }
 
 /// What the guard saw over a run (`summary.json` `guard`).
@@ -211,6 +290,16 @@ pub struct GuardReport {
     /// The fallback's measured objective error (mean over its windows).
     pub fallback_error: Option<f64>,
     pub fallback_windows: usize,
+    /// Spikes within [`REBOUND_MS`] of the end of the spike reflex's pulse
+    /// while MPC drove (`control.guard.reflex_rebounds`), and the sample
+    /// the reflex was suspended at.
+    pub reflex_rebounds: u64,
+    pub reflex_suspended_at: Option<u64>,
+    /// The trial's objective errors, over a whole window each: with the
+    /// reflex, then without; and the sample it was resumed at if it did
+    /// better.
+    pub reflex_trial: Option<[f64; 2]>,
+    pub reflex_resumed_at: Option<u64>,
 }
 
 /// A hand-over as the guard decided it.
@@ -250,7 +339,8 @@ impl Guard {
         // A probation start: the fallback drives from the first sample
         // (the loop's decider starts on it too) for whole windows.
         let probation_windows = if cfg.starts_on_fallback() {
-            link.want(true, 0);
+            link.want_fallback(true);
+            link.want(0);
             link.applied(true, 0);
             (cfg.probation_ms / cfg.window_ms).ceil().max(1.0) as usize
         } else {
@@ -285,7 +375,22 @@ impl Guard {
                 forecasts: cfg.forecasts.name(),
                 ..GuardReport::default()
             },
+            reflex_ends_ms: None,
+            reflex_trial: ReflexTrial::Watching,
+            spikes: SpikeDetector::new(DEFAULT_THRESHOLD_MV),
+            last_spike_ms: f64::NEG_INFINITY,
+            reflex_notes: std::collections::VecDeque::new(),
         }
+    }
+
+    /// MPC's spike reflex (`control.feedback.spike_pulse`, if on), which
+    /// the guard suspends if its release fires the cell
+    /// (`control.guard.reflex_rebounds`).
+    pub fn with_reflex(mut self, f: &FeedbackConfig) -> Guard {
+        if self.cfg.reflex_rebounds > 0 && f.spike_pulse != 0.0 {
+            self.reflex_ends_ms = Some(f.spike_pulse_delay_ms + f.spike_pulse_width_ms);
+        }
+        self
     }
 
     /// Plans are made every `samples` (the control period): with
@@ -352,7 +457,7 @@ impl Guard {
     /// The block count is published after the judgement (the free clock's
     /// loop waits on it).
     pub fn block(&mut self, block: &[Record]) -> Option<Handover> {
-        let decision = self.judge(block);
+        let decision = self.judge(block).or_else(|| self.reflex_notes.pop_front());
         if let Some(h) = &decision {
             self.report.decisions.push(Decision {
                 direction: h.direction.name(),
@@ -361,8 +466,7 @@ impl Guard {
             });
         }
         self.blocks += 1;
-        let wanted = self.link.wants_fallback();
-        self.link.want(wanted, self.blocks);
+        self.link.want(self.blocks);
         self.link
             .blocks_judged
             .store(self.blocks, Ordering::Release);
@@ -402,6 +506,7 @@ impl Guard {
         let mut objective_verdict = None;
         for r in block {
             self.newest = r.index;
+            self.rebound(r);
             if r.index < self.since || r.t_ms < self.objective.settle_ms {
                 continue;
             }
@@ -419,6 +524,79 @@ impl Guard {
             Mode::Mpc => self.judge_mpc(objective_verdict),
             Mode::Fallback => self.judge_fallback(),
         }
+    }
+
+    /// Count the spikes that come within [`REBOUND_MS`] of the end of the
+    /// reflex's pulse after the previous spike while MPC drives; at
+    /// `reflex_rebounds`, arm the trial. A spike during the pulse re-arms
+    /// the pulse (as in the loop), so only a pulse that ran its course is
+    /// judged.
+    fn rebound(&mut self, r: &Record) {
+        let Some(ends_ms) = self.reflex_ends_ms else {
+            return;
+        };
+        let Some(t) = self.spikes.push(r.t_ms, r.v_mv) else {
+            return;
+        };
+        let since = t - self.last_spike_ms;
+        self.last_spike_ms = t;
+        if self.reflex_trial != ReflexTrial::Watching
+            || self.mode != Mode::Mpc
+            || !(since >= ends_ms && since < ends_ms + REBOUND_MS)
+        {
+            return;
+        }
+        self.report.reflex_rebounds += 1;
+        if self.report.reflex_rebounds >= u64::from(self.cfg.reflex_rebounds) {
+            self.reflex_trial = ReflexTrial::Armed;
+        }
+    }
+
+    /// A whole window of MPC's ended with objective error `error`: the
+    /// reflex's trial moves on (with it, then without it); the better
+    /// stays, ties keeping the reflex as configured. No margin: on the
+    /// calibrated tuning cells where the trial ran (2038, 2075, 2095 of
+    /// 2001-2100) requiring 25% (`objective_margin`) resumed the reflex on
+    /// 2095 (0.481 without against 0.488 with), which then scored 0.418,
+    /// above no stimulation's 0.409; kept off, 0.391.
+    fn reflex_window(&mut self, error: f64, index: u64) {
+        let (direction, reason) = match self.reflex_trial {
+            ReflexTrial::Armed => {
+                self.reflex_trial = ReflexTrial::Without { with: error };
+                self.report.reflex_suspended_at = Some(index);
+                self.link.suspend_reflex(true);
+                (
+                    Direction::ReflexSuspended,
+                    format!(
+                        "spike reflex on trial: {} spikes came within {REBOUND_MS} ms of the end of its pulse (its release fires this cell); objective error {error:.3} over the last window with it, the next without it",
+                        self.report.reflex_rebounds
+                    ),
+                )
+            }
+            ReflexTrial::Without { with } => {
+                self.reflex_trial = ReflexTrial::Done;
+                self.report.reflex_trial = Some([with, error]);
+                if error < with {
+                    (
+                        Direction::ReflexSuspended,
+                        format!("spike reflex stays suspended: objective error {error:.3} over a window without it against {with:.3} with it"),
+                    )
+                } else {
+                    self.report.reflex_resumed_at = Some(index);
+                    self.link.suspend_reflex(false);
+                    (
+                        Direction::ReflexResumed,
+                        format!("spike reflex resumed: objective error {error:.3} over a window without it against {with:.3} with it"),
+                    )
+                }
+            }
+            ReflexTrial::Watching | ReflexTrial::Done => return,
+        };
+        self.reflex_notes.push_back(Handover {
+            direction,
+            index,
+            reason,
+        });
     }
 
     /// Feed the objective window; at its end, the verdict on MPC (`Some`
@@ -443,6 +621,9 @@ impl Guard {
         self.first_window = false;
         if !error.is_finite() {
             return None;
+        }
+        if self.mode == Mode::Mpc && len == self.window_samples {
+            self.reflex_window(error, r.index);
         }
         match self.mode {
             Mode::Fallback => {
@@ -511,7 +692,7 @@ impl Guard {
         let reason = if judged { self.model_fails() } else { None }.or(objective_verdict)?;
         self.pending = true;
         self.swapped = None;
-        self.link.want_fallback.store(true, Ordering::Release);
+        self.link.want_fallback(true);
         Some(Handover {
             direction: Direction::ToFallback,
             index: self.newest,
@@ -574,7 +755,7 @@ impl Guard {
             format!("model {label} passed the gate and was swapped in; MPC on probation")
         };
         self.pending = true;
-        self.link.want_fallback.store(false, Ordering::Release);
+        self.link.want_fallback(false);
         Some(Handover {
             direction: Direction::ToMpc,
             index: self.newest,
@@ -627,13 +808,20 @@ mod tests {
     #[test]
     fn the_free_clock_reads_the_decision_as_of_the_blocks_it_waited_for() {
         let link = GuardLink::new();
-        link.want(true, 1);
-        link.want(false, 2);
+        link.want_fallback(true);
+        link.want(1);
+        link.want_fallback(false);
+        link.suspend_reflex(true);
+        link.want(2);
         // The guard has judged one block more than the loop waited for:
         // the loop still applies what it wanted after block 1.
-        assert!(link.wanted_after(1));
-        assert!(!link.wanted_after(2));
-        assert!(!link.wants_fallback());
+        let after = |fallback, no_reflex| Want {
+            fallback,
+            no_reflex,
+        };
+        assert_eq!(link.wanted_after(1), after(true, false));
+        assert_eq!(link.wanted_after(2), after(false, true));
+        assert_eq!(link.wants(), after(false, true));
     }
 
     use super::*;
@@ -657,6 +845,7 @@ mod tests {
             probation_ms: 0.0,
             score_off_plan: true,
             forecasts: crate::policy::mpc::GuardForecasts::Planned,
+            reflex_rebounds: 3,
         }
     }
 
@@ -883,5 +1072,93 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[0].direction, Direction::ToFallback);
         assert!(h[0].reason.contains("objective"), "{}", h[0].reason);
+    }
+
+    /// A trace with a spike (a 1 ms excursion to +20 mV) at each of
+    /// `spikes_ms`, in blocks of 20 samples.
+    fn spiking(g: &mut Guard, spikes_ms: &[f64], until_ms: f64) -> Vec<Handover> {
+        let n = (until_ms / 0.1) as u64;
+        let v = |k: u64| {
+            let t = k as f64 * 0.1;
+            if spikes_ms.iter().any(|&s| t >= s && t < s + 1.0) {
+                20.0
+            } else {
+                -65.0
+            }
+        };
+        let records: Vec<Record> = (0..n).map(|k| rec(k, v(k))).collect();
+        records.chunks(20).flat_map(|b| g.block(b)).collect()
+    }
+
+    /// Three spikes within 1 ms of the end of the reflex's pulse (a 4 ms
+    /// pulse at each spike) put it on trial: the next whole window scores
+    /// MPC with it, the one after without it (MPC keeping control), and
+    /// the better stays. Spikes later than that, during the pulse, or
+    /// while the fallback drives do not count.
+    #[test]
+    fn a_reflex_whose_release_fires_the_cell_is_put_on_trial() {
+        let feedback = |pulse: f64| FeedbackConfig {
+            spike_pulse: pulse,
+            spike_pulse_delay_ms: 0.0,
+            spike_pulse_width_ms: 4.0,
+            ..Config::defaults().control.feedback
+        };
+        // Intervals of 4.5 ms (rebounds) three times, among 2 ms (within
+        // the pulse) and 6 ms (later) ones; the first 100 ms window then
+        // has 5 of its 8 spikes in bursts.
+        let rebounding = [10.0, 14.5, 16.5, 21.0, 27.0, 31.5, 60.0, 90.0];
+        // The window without the reflex: isolated spikes (better), or a
+        // burst of four (worse).
+        let isolated = [120.0, 160.0];
+        let burst = [110.0, 112.0, 114.0, 116.0];
+        for (without, resumed) in [(&isolated[..], false), (&burst[..], true)] {
+            let (g, link) = guard(ObjectiveKind::Burst);
+            let mut g = g.with_reflex(&feedback(-10.0));
+            let spikes: Vec<f64> = rebounding.iter().chain(without).copied().collect();
+            let h = spiking(&mut g, &spikes, 250.0);
+            assert_eq!(h.len(), 2, "{h:?}");
+            assert_eq!(h[0].direction, Direction::ReflexSuspended);
+            assert!(h[0].reason.contains("3 spikes"), "{}", h[0].reason);
+            assert_eq!(h[0].index, 999, "at the end of the first window");
+            let r = g.report();
+            assert_eq!((r.reflex_rebounds, r.reflex_suspended_at), (3, Some(999)));
+            let [with, without_error] = r.reflex_trial.unwrap();
+            assert!((with - 0.625).abs() < 1e-9, "{with}");
+            assert_eq!(h[1].index, 1999);
+            assert_eq!(link.wants().no_reflex, !resumed);
+            if resumed {
+                assert!(without_error > with, "{without_error}");
+                assert_eq!(h[1].direction, Direction::ReflexResumed);
+                assert_eq!(r.reflex_resumed_at, Some(1999));
+            } else {
+                assert!(without_error < with, "{without_error}");
+                assert_eq!(h[1].direction, Direction::ReflexSuspended);
+                assert!(h[1].reason.contains("stays suspended"), "{}", h[1].reason);
+                assert_eq!(r.reflex_resumed_at, None);
+            }
+            assert!(!link.wants().fallback);
+        }
+
+        // Two rebounds only; no reflex configured; or the rule off: nothing.
+        let two = [10.0, 14.5, 16.5, 21.0, 27.0, 60.0];
+        let cases = [
+            (&two[..], -10.0, 3),
+            (&rebounding[..], 0.0, 3),
+            (&rebounding[..], -10.0, 0),
+        ];
+        for (spikes, pulse, rebounds) in cases {
+            let (mut g, link) = guard(ObjectiveKind::Burst);
+            g.cfg.reflex_rebounds = rebounds;
+            let mut g = g.with_reflex(&feedback(pulse));
+            assert!(spiking(&mut g, spikes, 250.0).is_empty());
+            assert!(!link.wants().no_reflex);
+        }
+
+        // While the fallback drives the reflex is not MPC's to judge.
+        let (g, link) = guard(ObjectiveKind::Burst);
+        let mut g = g.with_reflex(&feedback(-10.0));
+        link.applied(true, 0);
+        assert!(spiking(&mut g, &rebounding, 250.0).is_empty());
+        assert_eq!(g.report().reflex_rebounds, 0);
     }
 }

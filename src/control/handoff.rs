@@ -39,6 +39,9 @@ pub struct Snapshot {
     /// forecasts what the fallback applies, for the guard to judge the
     /// model before MPC acts, instead of planning.
     pub in_fallback: bool,
+    /// The guard suspended the loop's spike reflex: the planner stops
+    /// planning with it (`mpc.plan_reflex`).
+    pub reflex_suspended: bool,
 }
 
 /// How a planning step ended.
@@ -154,6 +157,7 @@ pub fn build(
                     taken: now,
                     objective: None,
                     in_fallback: false,
+                    reflex_suspended: false,
                 });
                 empty_snapshots.try_send(s).expect("pool fits its channel");
             }

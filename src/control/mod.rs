@@ -564,7 +564,8 @@ impl Running {
                 g.t_out,
                 link.clone(),
             )
-            .with_replan_period(g.steps_per_period * g.decimation as u64),
+            .with_replan_period(g.steps_per_period * g.decimation as u64)
+            .with_reflex(&c.feedback),
             log: guard::RateLimitedLog::new(Duration::from_secs(1)),
             retrain: setup.retrain.clone(),
             hook: setup.guard_hook.take(),
@@ -739,15 +740,16 @@ impl Running {
         if !boundary {
             return;
         }
-        let fallback = if self.rt_rules {
-            link.wants_fallback()
+        let want = if self.rt_rules {
+            link.wants()
         } else {
-            let want = samples / handoff::BLOCK as u64 - 1;
-            clock::await_condition(|| link.blocks_judged() >= want);
-            link.wanted_after(want)
+            let blocks = samples / handoff::BLOCK as u64 - 1;
+            clock::await_condition(|| link.blocks_judged() >= blocks);
+            link.wanted_after(blocks)
         };
-        if self.decider.set_fallback(fallback) {
-            link.applied(fallback, index);
+        self.decider.set_reflex_suspended(want.no_reflex);
+        if self.decider.set_fallback(want.fallback) {
+            link.applied(want.fallback, index);
         }
     }
 

@@ -99,6 +99,7 @@ pub fn run(
         let Ok(mut plan) = crate::poll::recv(&ends.empty_plans, NAP) else {
             break;
         };
+        mpc.set_reflex(!snap.reflex_suspended);
         if let Some((seq, o)) = snap.objective {
             if seq != objective_seq {
                 mpc.set_objective(o);

@@ -198,7 +198,22 @@ pub struct GuardConfig {
     /// the fallback drives first so that its objective error on this cell
     /// is measured before MPC may act, and MPC is judged against it.
     pub probation_ms: f64,
+    /// Put MPC's spike reflex (`control.feedback.spike_pulse`) on trial
+    /// once this many spikes have come within [`REBOUND_MS`] of the end of
+    /// its pulse (0: never): a hyperpolarising pulse whose release fires
+    /// the cell (anode-break excitation) makes spikes of its own. Whether
+    /// that outweighs the bursts it stops differs from cell to cell, so
+    /// the trial measures it: one whole window with the reflex, one
+    /// without, and the better stays.
+    pub reflex_rebounds: u32,
 }
+
+/// How soon after the spike reflex's pulse ends a spike counts as evoked
+/// by its release, ms. In recorded MPC runs on calibrated tuning cells
+/// 2001-2024 (`burst_unseen_cal`, a 4 ms pulse), every such spike on the
+/// two cells with any (2011: 8, 2014: 45) came within 1 ms of the pulse's
+/// end, none 1-3 ms after it; on the 21 others none came within 3 ms.
+pub const REBOUND_MS: f64 = 1.0;
 
 impl GuardConfig {
     /// Whether the run starts on the fallback (see `probation_ms`).
@@ -357,6 +372,8 @@ pub struct Mpc {
     /// The spike reflex the loop applies (pulse µA/cm², from ms, to ms
     /// after the last spike), when the plan is to see it.
     reflex: Option<(f64, f64, f64)>,
+    /// The reflex as configured, while the guard has it suspended.
+    reflex_configured: Option<(f64, f64, f64)>,
     mean: Vec<f64>,
     spread: Vec<f64>,
     rng: Xoshiro256PlusPlus,
@@ -384,6 +401,7 @@ impl Mpc {
             felt_window: Vec::new(),
             felt_steps: vec![0.0; if lag_steps > 0 { k * t_out } else { 0 }],
             reflex: None,
+            reflex_configured: None,
             committed: committed.min(n),
             head: vec![0.0; n],
             prev_samples: vec![0.0; n],
@@ -491,7 +509,14 @@ impl Mpc {
                 f.spike_pulse_delay_ms + f.spike_pulse_width_ms,
             )
         });
+        self.reflex_configured = self.reflex;
         self
+    }
+
+    /// The guard suspended the loop's reflex (its release fires the cell)
+    /// or resumed it: candidates are forecast as the loop will act.
+    pub fn set_reflex(&mut self, on: bool) {
+        self.reflex = if on { self.reflex_configured } else { None };
     }
 
     /// Size the actuation-delay buffer for a model window of `t_in` steps,
