@@ -33,12 +33,13 @@
 //!    the reflex on trial, a window with it and one without while MPC
 //!    keeps control, and the better stays (see [`Guard::with_reflex`]).
 //!
-//! On either of the first two counts it hands control to the configured fallback (`off` or
-//! the objective's baseline), asks the retrainer for a new model and calls
-//! the calibration hook, and takes control back only when a model passes
-//! the retraining gate or the operator swaps one in (the planner's model
-//! swap). Every hand-over is logged (at most one line a second), counted
-//! by the loop (`summary.json` `guard`, metrics), and recorded as an event.
+//! On either of the first two counts it hands control to the configured
+//! fallback (`off` or the objective's baseline), asks the retrainer for a
+//! new model and calls the calibration hook, and takes control back only
+//! when a model passes the retraining gate or the operator swaps one in
+//! (the planner's model swap). Every hand-over is logged (at most one line
+//! a second), counted by the loop (`summary.json` `guard`, metrics), and
+//! recorded as an event.
 //!
 //! The decision reaches the loop through [`GuardLink`]: atomics only, no
 //! allocation, lock or system call on the real-time side. Under the free
