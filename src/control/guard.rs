@@ -293,12 +293,12 @@ pub struct GuardReport {
     pub fallback_windows: usize,
     /// Spikes within [`REBOUND_MS`] of the end of the spike reflex's pulse
     /// while MPC drove (`control.guard.reflex_rebounds`), and the sample
-    /// the reflex was suspended at.
+    /// the reflex was suspended at for its trial.
     pub reflex_rebounds: u64,
     pub reflex_suspended_at: Option<u64>,
     /// The trial's objective errors, over a whole window each: with the
-    /// reflex, then without; and the sample it was resumed at if it did
-    /// better.
+    /// reflex, then without; and the sample it was resumed at if MPC did
+    /// no better without it.
     pub reflex_trial: Option<[f64; 2]>,
     pub reflex_resumed_at: Option<u64>,
 }
@@ -385,7 +385,7 @@ impl Guard {
     }
 
     /// MPC's spike reflex (`control.feedback.spike_pulse`, if on), which
-    /// the guard suspends if its release fires the cell
+    /// the guard puts on trial if its release fires the cell
     /// (`control.guard.reflex_rebounds`).
     pub fn with_reflex(mut self, f: &FeedbackConfig) -> Guard {
         if self.cfg.reflex_rebounds > 0 && f.spike_pulse != 0.0 {
