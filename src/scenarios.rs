@@ -576,7 +576,11 @@ fn run_one(
                 first_reason: g.judged.as_ref().and_then(|j| {
                     j.decisions
                         .iter()
-                        .find(|d| d.direction != Direction::ReflexSuspended.name())
+                        .find(|d| {
+                            [Direction::ToFallback, Direction::ToMpc]
+                                .iter()
+                                .any(|h| d.direction == h.name())
+                        })
                         .map(|d| d.reason.clone())
                 }),
                 forecasts: g.judged.as_ref().map_or("", |j| j.forecasts),
