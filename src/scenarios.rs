@@ -23,6 +23,7 @@
 
 use crate::config::{Clock, Config, ConfigError};
 use crate::control::guard::Direction;
+use crate::control::GuardSummary;
 use crate::plant::sim::{SimConfig, SimPlant};
 use crate::plant::{Plant, PlantError};
 use crate::policy::quality::TimingScore;
@@ -251,6 +252,30 @@ pub struct GuardSeed {
     pub reflex_suspended_at: Option<u64>,
     pub reflex_trial: Option<[f64; 2]>,
     pub reflex_resumed_at: Option<u64>,
+}
+
+impl GuardSeed {
+    fn of(g: &GuardSummary) -> GuardSeed {
+        let j = g.judged.as_ref();
+        GuardSeed {
+            handovers_to_fallback: g.handovers_to_fallback,
+            handovers_to_mpc: g.handovers_to_mpc,
+            fallback_samples: g.fallback_samples,
+            max_model_to_persistence: j.and_then(|j| j.max_model_to_persistence),
+            first_reason: j.and_then(|j| {
+                let handover = [Direction::ToFallback, Direction::ToMpc].map(Direction::name);
+                j.decisions
+                    .iter()
+                    .find(|d| handover.contains(&d.direction))
+                    .map(|d| d.reason.clone())
+            }),
+            forecasts: j.map_or("", |j| j.forecasts),
+            reflex_rebounds: j.map_or(0, |j| j.reflex_rebounds),
+            reflex_suspended_at: j.and_then(|j| j.reflex_suspended_at),
+            reflex_trial: j.and_then(|j| j.reflex_trial),
+            reflex_resumed_at: j.and_then(|j| j.reflex_resumed_at),
+        }
+    }
 }
 
 /// One policy on one scenario, over the seeds.
@@ -565,30 +590,7 @@ fn run_one(
             bursts: s.quality.bursts,
             plan_misses: s.plan_misses,
             timing: s.quality.timing.clone(),
-            guard: s.guard.as_ref().filter(|g| g.enabled).map(|g| GuardSeed {
-                handovers_to_fallback: g.handovers_to_fallback,
-                handovers_to_mpc: g.handovers_to_mpc,
-                fallback_samples: g.fallback_samples,
-                max_model_to_persistence: g
-                    .judged
-                    .as_ref()
-                    .and_then(|j| j.max_model_to_persistence),
-                first_reason: g.judged.as_ref().and_then(|j| {
-                    j.decisions
-                        .iter()
-                        .find(|d| {
-                            [Direction::ToFallback, Direction::ToMpc]
-                                .iter()
-                                .any(|h| d.direction == h.name())
-                        })
-                        .map(|d| d.reason.clone())
-                }),
-                forecasts: g.judged.as_ref().map_or("", |j| j.forecasts),
-                reflex_rebounds: g.judged.as_ref().map_or(0, |j| j.reflex_rebounds),
-                reflex_suspended_at: g.judged.as_ref().and_then(|j| j.reflex_suspended_at),
-                reflex_trial: g.judged.as_ref().and_then(|j| j.reflex_trial),
-                reflex_resumed_at: g.judged.as_ref().and_then(|j| j.reflex_resumed_at),
-            }),
+            guard: s.guard.as_ref().filter(|g| g.enabled).map(GuardSeed::of),
             calibration: calibrated.map(|(c, _)| c),
         },
         RunInfo {
