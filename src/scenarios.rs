@@ -252,6 +252,9 @@ pub struct GuardSeed {
     pub reflex_suspended_at: Option<u64>,
     pub reflex_trial: Option<[f64; 2]>,
     pub reflex_resumed_at: Option<u64>,
+    /// The sample the guard went back to the calibration's base model at
+    /// (`control.guard.revert`).
+    pub model_reverted_at: Option<u64>,
 }
 
 impl GuardSeed {
@@ -274,6 +277,7 @@ impl GuardSeed {
             reflex_suspended_at: j.and_then(|j| j.reflex_suspended_at),
             reflex_trial: j.and_then(|j| j.reflex_trial),
             reflex_resumed_at: j.and_then(|j| j.reflex_resumed_at),
+            model_reverted_at: j.and_then(|j| j.model_reverted_at),
         }
     }
 }
@@ -535,6 +539,7 @@ fn run_one(
     ];
     let mut config = Config::load_stack(&layers, req.config.as_deref(), &cli)?;
     debug_assert_eq!(config.run.clock, Clock::Free);
+    let base_model = config.control.model.clone();
     let calibrated = match (&parsed.calibrate, v.kind) {
         (Some(spec), PolicyKind::Mpc) => {
             let (c, dir) =
@@ -552,6 +557,10 @@ fn run_one(
     let voltage = config.control.objective.kind == ObjectiveKind::Voltage;
     let options = SessionOptions {
         keep_records: voltage,
+        base_model: calibrated
+            .as_ref()
+            .is_some_and(|(c, _)| c.adopted)
+            .then_some(base_model),
         ..SessionOptions::default()
     };
     let run_err = |error| ScenarioError::Run {

@@ -64,6 +64,9 @@ pub struct SessionOptions {
     /// Events to record at the run's first sample (e.g. what a calibration
     /// before the run decided).
     pub events: Vec<(crate::record::EventLine, String)>,
+    /// The model `control.model` replaced (a calibration's base model), for
+    /// MPC's guard to go back to (`control.guard.revert`).
+    pub base_model: Option<crate::forecast::ModelSource>,
 }
 
 /// What the service shares with a run: the loop's controls and live
@@ -154,6 +157,24 @@ pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
     )
 }
 
+/// The base model for MPC's guard to go back to, if it may
+/// (`control.guard.revert`) and there is one.
+fn load_revert(
+    config: &Config,
+    opts: &SessionOptions,
+) -> Result<Option<control::planner::ModelSwap>, SessionError> {
+    let c = &config.control;
+    let wanted = c.policy == PolicyKind::Mpc && c.guard.enabled && c.guard.revert;
+    let Some(base) = opts.base_model.as_ref().filter(|_| wanted) else {
+        return Ok(None);
+    };
+    let forecaster = Forecaster::load_source(base, c.mpc.candidates, Engine::Native)?;
+    Ok(Some(control::planner::ModelSwap {
+        forecaster,
+        label: base.name(),
+    }))
+}
+
 /// Before a paced run: refuse a forecaster that cannot produce a plan
 /// within the planning deadline (the free clock models the delay and does
 /// not care how long a forecast takes).
@@ -239,12 +260,14 @@ pub fn run_on(
         None => (None, None, None),
     };
     let notes = with_events(notes, &opts.events);
+    let revert = load_revert(config, opts)?;
     let setup = RunSetup {
         keep_records: opts.keep_records,
         trace_out: opts.trace_out.clone(),
         recorder,
         notes,
         swaps,
+        revert,
         retrain: supervisor.as_ref().map(|s| s.shared.clone()),
         controls: opts.service.as_ref().map(|s| s.controls.clone()),
         script: opts.script.clone(),

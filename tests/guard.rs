@@ -408,3 +408,85 @@ fn on_held_out_cell_1046_the_reflex_trial_keeps_calibrated_mpc_below_no_stimulat
         "the reflex's harm on this cell: {harm} against {off}"
     );
 }
+
+/// `control.guard.revert` through the library: MPC plans with the family
+/// base model (an 80-step window) and may go back to the shipped model
+/// (160 steps; the loop's window is sized for both, each model reading the
+/// newest steps it takes).
+fn revert_run(model_ratio: f64, revert: bool) -> RunOutcome {
+    let mut cfg = config("mpc", 1);
+    cfg.control.guard.revert = revert;
+    cfg.control.guard.model_ratio = model_ratio;
+    cfg.control.guard.model_ratio_window = model_ratio;
+    cfg.control.guard.objective_margin = 1e9;
+    let family = neurostimd::forecast::ModelSource::parse("embedded:ca1_lstm_family");
+    let f = Forecaster::load_source(&family, cfg.control.mpc.candidates, Engine::Native).unwrap();
+    let base = shipped(&cfg);
+    let mut plant = SimPlant::new(&cfg.sim);
+    control::run(
+        &mut plant,
+        RunSetup {
+            keep_records: true,
+            revert: Some(ModelSwap {
+                forecaster: base,
+                label: "shipped".into(),
+            }),
+            ..RunSetup::new(&cfg, Some(4.0), Some(f))
+        },
+        &AtomicBool::new(false),
+        None,
+    )
+    .unwrap()
+}
+
+/// The first failure of the model count sends the planner back to the
+/// model the running one replaced and MPC keeps control; the model gone
+/// back to gets a whole window of its own before its verdict, and its own
+/// failure hands over. With a model count that never fails, a run with the
+/// rule on is the run with it off, sample for sample (the longer window
+/// changes nothing for the model that plans).
+#[test]
+fn a_failing_model_goes_back_to_the_one_it_replaced_then_hands_over() {
+    // Every forecast fails a count at 1e-3 x persistence's error.
+    let out = revert_run(1e-3, true);
+    assert_eq!(out.summary.models_swapped, 1);
+    let g = out.summary.guard.as_ref().unwrap();
+    let j = g.judged.as_ref().unwrap();
+    let d: Vec<_> = j.decisions.iter().map(|d| d.direction).collect();
+    assert_eq!(d, ["model_reverted", "to_fallback"], "{j:?}");
+    assert!(j.decisions[0].reason.contains("shipped"), "{j:?}");
+    let reverted = j.model_reverted_at.unwrap();
+    assert_eq!(reverted, j.decisions[0].sample);
+    // A window is 1 s, 10,000 samples.
+    assert!(j.decisions[1].sample >= reverted + 10_000, "{j:?}");
+    assert_eq!(g.handovers_to_fallback, 1);
+    // Off: the first failure hands over.
+    let out = revert_run(1e-3, false);
+    assert_eq!(out.summary.models_swapped, 0);
+    let j = out.summary.guard.unwrap().judged.unwrap();
+    assert_eq!(j.decisions[0].direction, "to_fallback", "{j:?}");
+    assert!(j.model_reverted_at.is_none());
+
+    let never = |revert| revert_run(1e9, revert).records.unwrap();
+    let (on, off) = (never(true), never(false));
+    assert_eq!(on.len(), off.len());
+    assert!(on == off, "the rule changed a run where it never fired");
+}
+
+/// Held-out cell 1045 (evaluation seed 45), calibrated: the calibrated
+/// model fails the guard's window check 4 s in, and handed over to no
+/// stimulation MPC scored 0.584 against no stimulation's 0.667 (git
+/// 13aad94), while the shipped model the calibration replaced scores 0
+/// there with the same settings. Going back to it
+/// (`control.guard.revert`, on in `burst_unseen_cal`) MPC keeps control
+/// and ends far below no stimulation.
+#[test]
+fn on_held_out_cell_1045_calibrated_mpc_goes_back_to_the_shipped_model() {
+    let (mpc, off) = scenario("burst_unseen_cal", 45, &[]);
+    let g = &mpc["guard"];
+    assert!(g["model_reverted_at"].as_u64().is_some(), "{g}");
+    assert_eq!(g["handovers_to_fallback"], 0, "{g}");
+    assert_eq!(mpc["calibration"]["adopted"], true, "{mpc}");
+    let e = mpc["objective_error"].as_f64().unwrap();
+    assert!(e < 0.3 * off, "MPC {e} against no stimulation's {off}");
+}

@@ -97,6 +97,9 @@ pub fn run(
     let mut second = opts.clone();
     second.record = main_dir;
     second.events = events;
+    // `control.guard.revert`: the configured model is the one to go back to.
+    second.base_model =
+        (hand.adopted && hand.model.is_some()).then(|| config.control.model.clone());
     let (outcome, _plant) = session::run_on(plant, &cfg, &second, stop)?;
     Ok((outcome, hand))
 }

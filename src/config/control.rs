@@ -34,6 +34,7 @@ pub(super) struct RawGuard {
     pub(super) score_off_plan: bool,
     pub(super) forecasts: crate::policy::mpc::GuardForecasts,
     pub(super) reflex_rebounds: u32,
+    pub(super) revert: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +274,7 @@ fn guard(
         score_off_plan: g.score_off_plan,
         forecasts: g.forecasts,
         reflex_rebounds: g.reflex_rebounds,
+        revert: g.revert,
     })
 }
 

@@ -48,6 +48,12 @@ pub(crate) struct GuardDuty {
 }
 
 impl GuardDuty {
+    /// The model the running one replaced, for the guard to go back to.
+    pub(crate) fn with_revert(mut self, base: Option<String>) -> GuardDuty {
+        self.guard = self.guard.with_revert(base);
+        self
+    }
+
     /// Judge a block; act on a hand-over (log, event, retraining, hook).
     fn block(&mut self, block: &[Record], recorder: Option<&mut crate::record::Recorder>) {
         let Some(h) = self.guard.block(block) else {

@@ -130,6 +130,8 @@ pub struct Decider {
     in_fallback: bool,
     /// The guard suspended the spike reflex.
     reflex_suspended: bool,
+    /// The guard sent the planner back to the replaced model.
+    revert_model: bool,
     pub counters: Counters,
 }
 
@@ -202,6 +204,7 @@ impl Decider {
             // A probation start: the fallback drives from the first sample.
             in_fallback: probation,
             reflex_suspended: false,
+            revert_model: false,
             counters: Counters::default(),
         }
     }
@@ -245,6 +248,12 @@ impl Decider {
     /// or resumed it; the planner is told with the next snapshot.
     pub fn set_reflex_suspended(&mut self, suspended: bool) {
         self.reflex_suspended = suspended;
+    }
+
+    /// The guard sent the planner back to the model the running one
+    /// replaced (`control.guard.revert`); the next snapshot tells it.
+    pub fn set_revert_model(&mut self, revert: bool) {
+        self.revert_model = revert;
     }
 
     /// Whether the guard's fallback drives now.
@@ -719,6 +728,7 @@ impl Decider {
         snap.objective = (self.objective_seq > 0).then_some((self.objective_seq, self.objective));
         snap.in_fallback = self.in_fallback;
         snap.reflex_suspended = self.reflex_suspended;
+        snap.revert_model = self.revert_model;
     }
 
     /// Whether real-time rules apply (plans arrive on their own).
@@ -1162,6 +1172,7 @@ mod tests {
                 objective: None,
                 in_fallback: false,
                 reflex_suspended: false,
+                revert_model: false,
             };
             d.fill_snapshot(&mut snap, &last, Instant::now());
             (snap.v_now, snap.v[3])
@@ -1195,6 +1206,7 @@ mod tests {
             objective: None,
             in_fallback: false,
             reflex_suspended: false,
+            revert_model: false,
         };
         let mut last = sample(0, -65.0);
         d.fill_snapshot(&mut snap, &last, Instant::now());

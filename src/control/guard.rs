@@ -41,6 +41,15 @@
 //! a second), counted by the loop (`summary.json` `guard`, metrics), and
 //! recorded as an event.
 //!
+//! Where the running model replaced another in this session (a
+//! calibration's base model) and `control.guard.revert` is on, the first
+//! failure on the model count sends the planner back to that model instead
+//! and MPC keeps control: a calibrated model forecasts its calibration data
+//! better than its base, yet in closed loop it can lose to persistence
+//! where the base model does not (held-out cells 1045, 1058, 1080). The
+//! model gone back to is judged from a whole window of its own, and its
+//! failure hands over as above.
+//!
 //! The decision reaches the loop through [`GuardLink`]: atomics only, no
 //! allocation, lock or system call on the real-time side. Under the free
 //! clock the loop reads it at each record block, after waiting for the
@@ -86,12 +95,16 @@ const DECIDED: usize = 4;
 const WANT_FALLBACK: u8 = 1;
 /// MPC's spike reflex is suspended.
 const WANT_NO_REFLEX: u8 = 2;
+/// The planner goes back to the model the running one replaced
+/// (`control.guard.revert`).
+const WANT_REVERT: u8 = 4;
 
 /// What the guard wants of the loop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Want {
     pub fallback: bool,
     pub no_reflex: bool,
+    pub revert: bool,
 }
 
 impl Want {
@@ -99,6 +112,7 @@ impl Want {
         Want {
             fallback: bits & WANT_FALLBACK != 0,
             no_reflex: bits & WANT_NO_REFLEX != 0,
+            revert: bits & WANT_REVERT != 0,
         }
     }
 }
@@ -138,6 +152,12 @@ impl GuardLink {
         } else {
             self.want.fetch_and(!WANT_NO_REFLEX, Ordering::AcqRel);
         }
+    }
+
+    /// Guard side: the planner should go back to the model the running
+    /// one replaced (once; never undone).
+    fn want_revert(&self) {
+        self.want.fetch_or(WANT_REVERT, Ordering::AcqRel);
     }
 
     /// Loop side: what the guard wants now.
@@ -184,6 +204,8 @@ pub enum Direction {
     ToMpc,
     ReflexSuspended,
     ReflexResumed,
+    /// MPC keeps control with the model the failing one replaced.
+    ModelReverted,
 }
 
 impl Direction {
@@ -193,6 +215,7 @@ impl Direction {
             Direction::ToMpc => "to_mpc",
             Direction::ReflexSuspended => "reflex_suspended",
             Direction::ReflexResumed => "reflex_resumed",
+            Direction::ModelReverted => "model_reverted",
         }
     }
 }
@@ -254,6 +277,11 @@ pub struct Guard {
     last_spike_ms: f64,
     /// The reflex's trial events, until [`Guard::block`] reports them.
     reflex_notes: std::collections::VecDeque<Handover>,
+    /// The model the running one replaced (`control.guard.revert`), by
+    /// name, until the guard goes back to it.
+    revert_to: Option<String>,
+    /// Gone back at this sample; the planner's swap not yet noted.
+    revert_pending: Option<u64>,
 }
 
 /// The spike reflex's trial (`control.guard.reflex_rebounds`).
@@ -301,6 +329,9 @@ pub struct GuardReport {
     /// no better without it.
     pub reflex_trial: Option<[f64; 2]>,
     pub reflex_resumed_at: Option<u64>,
+    /// The sample the guard went back to the model the failing one
+    /// replaced at (`control.guard.revert`).
+    pub model_reverted_at: Option<u64>,
 }
 
 /// A hand-over as the guard decided it.
@@ -381,7 +412,18 @@ impl Guard {
             spikes: SpikeDetector::new(DEFAULT_THRESHOLD_MV),
             last_spike_ms: f64::NEG_INFINITY,
             reflex_notes: std::collections::VecDeque::new(),
+            revert_to: None,
+            revert_pending: None,
         }
+    }
+
+    /// The model the running one replaced (a calibration's base model),
+    /// which MPC goes back to the first time its model fails the model
+    /// count, instead of handing over (`control.guard.revert`; `None`:
+    /// nothing to go back to, or the rule off).
+    pub fn with_revert(mut self, base: Option<String>) -> Guard {
+        self.revert_to = base.filter(|_| self.cfg.revert);
+        self
     }
 
     /// MPC's spike reflex (`control.feedback.spike_pulse`, if on), which
@@ -436,7 +478,14 @@ impl Guard {
     pub fn model_swapped(&mut self, index: u64, label: &str) {
         self.monitor.model_swapped(index, 0.0);
         self.tenure = [0.0; 3];
-        self.swapped = Some(label.to_string());
+        if self.revert_pending.take().is_none() {
+            self.swapped = Some(label.to_string());
+        } else {
+            // The model gone back to is judged after a whole window of its
+            // own, as a model taking control is.
+            self.since = self.since.max(index);
+            self.window = None;
+        }
     }
 
     /// The rolling forecast errors the guard judges by (model, persistence),
@@ -690,7 +739,20 @@ impl Guard {
             let m = self.report.max_model_to_persistence.get_or_insert(r);
             *m = m.max(r);
         }
-        let reason = if judged { self.model_fails() } else { None }.or(objective_verdict)?;
+        // Going back to the replaced model: its swap is noted within a plan
+        // or two; should the note be lost, the model count resumes after a
+        // window (judging whichever model then plans).
+        if let Some(at) = self.revert_pending {
+            if self.newest < at + self.window_samples {
+                return None;
+            }
+            self.revert_pending = None;
+        }
+        let model_verdict = if judged { self.model_fails() } else { None };
+        if let (Some(why), Some(base)) = (&model_verdict, &self.revert_to) {
+            return Some(self.revert(why, &base.clone()));
+        }
+        let reason = model_verdict.or(objective_verdict)?;
         self.pending = true;
         self.swapped = None;
         self.link.want_fallback(true);
@@ -699,6 +761,23 @@ impl Guard {
             index: self.newest,
             reason,
         })
+    }
+
+    /// MPC's model failed the model count (`why`): the planner goes back to
+    /// `base`, the model it replaced, and MPC keeps control; the new
+    /// model's tenure starts when the swap is noted.
+    fn revert(&mut self, why: &str, base: &str) -> Handover {
+        self.revert_to = None;
+        self.revert_pending = Some(self.newest);
+        self.report.model_reverted_at = Some(self.newest);
+        self.tenure = [0.0; 3];
+        self.monitor.model_swapped(self.newest, 0.0);
+        self.link.want_revert();
+        Handover {
+            direction: Direction::ModelReverted,
+            index: self.newest,
+            reason: format!("{why}; back to the model it replaced, {base}: MPC keeps control"),
+        }
     }
 
     /// The model check: `Some(reason)` when the forecast error over the
@@ -819,6 +898,7 @@ mod tests {
         let after = |fallback, no_reflex| Want {
             fallback,
             no_reflex,
+            revert: false,
         };
         assert_eq!(link.wanted_after(1), after(true, false));
         assert_eq!(link.wanted_after(2), after(false, true));
@@ -847,6 +927,7 @@ mod tests {
             score_off_plan: true,
             forecasts: crate::policy::mpc::GuardForecasts::Planned,
             reflex_rebounds: 3,
+            revert: false,
         }
     }
 
@@ -951,6 +1032,75 @@ mod tests {
         assert!(feed(&mut g, &mut at, 300, 0.001).is_empty());
         assert_eq!(g.blocks, 851);
         assert_eq!(link.blocks_judged(), 851);
+    }
+
+    /// `control.guard.revert`: the first failure of the model count sends
+    /// the planner back to the model the failing one replaced, MPC keeping
+    /// control; the base model's tenure starts when its swap is noted, and
+    /// its own failure hands over. Without a base model, or with the rule
+    /// off, the first failure hands over.
+    #[test]
+    fn a_failing_model_goes_back_to_the_one_it_replaced_once() {
+        let (g, link) = guard(ObjectiveKind::Voltage);
+        let mut g = g.with_revert(Some("embedded:base".into()));
+        assert!(g.revert_to.is_none(), "the rule is off by default");
+        g.cfg.revert = true;
+        let mut g = g.with_revert(Some("embedded:base".into()));
+        g.cfg.objective_margin = 1e9;
+        let mut at = 0;
+        assert!(feed(&mut g, &mut at, 200, 0.001).is_empty());
+        let mut h = Vec::new();
+        for _ in 0..200 {
+            h = feed(&mut g, &mut at, 1, 0.5);
+            if !h.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ModelReverted);
+        assert!(h[0].reason.contains("embedded:base"), "{}", h[0].reason);
+        assert!(h[0].reason.contains("persistence"), "{}", h[0].reason);
+        let w = link.wants();
+        assert!(w.revert && !w.fallback, "{w:?}");
+        let reverted = h[0].index;
+        assert_eq!(g.report().model_reverted_at, Some(reverted));
+        // The planner's swap is noted; the base model is good: MPC keeps
+        // control, and the swap is not mistaken for one that ends a
+        // hand-over.
+        g.model_swapped(at, "embedded:base");
+        assert!(g.swapped.is_none());
+        assert!(feed(&mut g, &mut at, 300, 0.001).is_empty());
+        // The base model fails too: now the guard hands over.
+        let h = feed(&mut g, &mut at, 200, 0.5);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].direction, Direction::ToFallback);
+        assert!(link.wants().fallback);
+        assert_eq!(g.report().model_reverted_at, Some(reverted));
+        // Should the swap's note never come, the model count resumes after
+        // a window and hands over.
+        let (mut g, link) = guard(ObjectiveKind::Voltage);
+        g.cfg.revert = true;
+        let mut g = g.with_revert(Some("embedded:base".into()));
+        g.cfg.objective_margin = 1e9;
+        let mut at = 0;
+        let h = feed(&mut g, &mut at, 200, 0.5);
+        let d: Vec<_> = h.iter().map(|h| h.direction).collect();
+        assert_eq!(
+            d,
+            [Direction::ModelReverted, Direction::ToFallback],
+            "{h:?}"
+        );
+        assert!(h[1].index >= h[0].index + g.window_samples, "{h:?}");
+        assert!(link.wants().fallback);
+        // No base model: the first failure hands over.
+        let (mut g, link) = guard(ObjectiveKind::Voltage);
+        g.cfg.revert = true;
+        let mut g = g.with_revert(None);
+        g.cfg.objective_margin = 1e9;
+        let mut at = 0;
+        let h = feed(&mut g, &mut at, 200, 0.5);
+        assert_eq!(h[0].direction, Direction::ToFallback, "{h:?}");
+        assert!(link.wants().fallback && !link.wants().revert);
     }
 
     /// The model count judges the model's tenure against `model_ratio` and

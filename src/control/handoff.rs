@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// The guard suspended the loop's spike reflex: the planner stops
     /// planning with it (`mpc.plan_reflex`).
     pub reflex_suspended: bool,
+    /// The guard sent the planner back to the model the running one
+    /// replaced (`control.guard.revert`).
+    pub revert_model: bool,
 }
 
 /// How a planning step ended.
@@ -158,6 +161,7 @@ pub fn build(
                     objective: None,
                     in_fallback: false,
                     reflex_suspended: false,
+                    revert_model: false,
                 });
                 empty_snapshots.try_send(s).expect("pool fits its channel");
             }

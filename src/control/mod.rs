@@ -253,6 +253,9 @@ pub struct RunSetup {
     pub notes: Option<(Sender<Note>, Receiver<Note>)>,
     /// New models for the planner (retraining, rollback).
     pub swaps: Option<Receiver<planner::ModelSwap>>,
+    /// The model the configured one replaced (a calibration's base), for
+    /// the guard to go back to (`control.guard.revert`).
+    pub revert: Option<planner::ModelSwap>,
     /// Retraining's shared state: the consumer feeds its recent data and
     /// drift monitor; the loop splits its latency on `training`.
     pub retrain: Option<std::sync::Arc<crate::retrain::Shared>>,
@@ -288,6 +291,7 @@ impl RunSetup {
             recorder: None,
             notes: None,
             swaps: None,
+            revert: None,
             retrain: None,
             controls: None,
             script: None,
@@ -439,16 +443,13 @@ impl Running {
             .forecaster
             .as_ref()
             .map(|f| f.path().display().to_string());
-        let geo = geometry(&c, setup.forecaster.as_ref(), period_ms)?;
+        let (geo, window, revert) = Self::geometry_with_revert(&c, &mut setup, period_ms)?;
         // Free clock with a modelled delay: plans of every snapshot taken
         // during the delay (at most one per model step) are in flight.
         let delay_samples = (c.compute_delay_ms / period_ms).round() as u64;
         let dec = geo.map_or(1, |g| g.decimation);
         let plan_pool = 4 + delay_samples.div_ceil(dec as u64) as usize;
-        let (window, t_in, plan_len) = match geo {
-            Some(g) => (WindowRing::new(g.t_in, dec), g.t_in, g.t_out * dec),
-            None => (WindowRing::new(1, 1), 1, 1),
-        };
+        let (t_in, plan_len) = geo.map_or((1, 1), |g| (g.t_in, g.t_out * dec));
         let t_out = geo.map_or(1, |g| g.t_out);
         let (ends, planner_ends, consumer_ends) = handoff::build(
             mpc_on.then(|| (t_in, t_out, plan_len, plan_pool, limiter.clone())),
@@ -458,7 +459,9 @@ impl Running {
             (mpc_on && c.guard.enabled).then(|| std::sync::Arc::new(guard::GuardLink::new()));
         let (notes_tx, mut duties) =
             Self::consumer_duties(&mut setup, mpc_on, guard_link.is_some())?;
-        duties.guard = Self::guard_duty(&c, &mut setup, guard_link.as_ref(), geo, period_ms);
+        let revert_label = revert.as_ref().map(|r| r.label.clone());
+        duties.guard = Self::guard_duty(&c, &mut setup, guard_link.as_ref(), geo, period_ms)
+            .map(|d| d.with_revert(revert_label));
         let training_flag = setup.retrain.as_ref().map(|r| r.training.clone());
         let trace = match &setup.trace_out {
             Some(p) => Some((p.clone(), create(p)?)),
@@ -484,6 +487,7 @@ impl Running {
                     notes: notes_tx.clone().map(|tx| (tx, !rt_rules)),
                     swaps: setup.swaps.take(),
                     hindcasts: guard_link.is_some() && c.guard.judges_applied(),
+                    revert,
                 };
                 Some(Self::start_planner(
                     &c,
@@ -544,6 +548,45 @@ impl Running {
             start: Instant::now(),
             start_mono: 0,
         })
+    }
+
+    /// The model's geometry and the loop's window, long enough for the
+    /// model to go back to as well (the planner gives each model the newest
+    /// `t_in` of it; snapshots start once the running model's are in), and
+    /// that model.
+    fn geometry_with_revert(
+        c: &ControlConfig,
+        setup: &mut RunSetup,
+        period_ms: f64,
+    ) -> Result<(Option<Geometry>, WindowRing, Option<planner::ModelSwap>), ControlError> {
+        let geo = geometry(c, setup.forecaster.as_ref(), period_ms)?;
+        let revert = Self::revert_model(c, setup);
+        let Some(mut g) = geo else {
+            return Ok((None, WindowRing::new(1, 1), revert));
+        };
+        let ready = g.t_in;
+        if let Some(r) = &revert {
+            g.t_in = g.t_in.max(r.forecaster.card().t_in);
+        }
+        let window = WindowRing::new(g.t_in, g.decimation).ready_at(ready);
+        Ok((Some(g), window, revert))
+    }
+
+    /// The model to go back to (`control.guard.revert`), if the guard is on
+    /// and it plans as the running model does (the plans and the batch are
+    /// sized for that one; the window is sized for both).
+    fn revert_model(c: &ControlConfig, setup: &mut RunSetup) -> Option<planner::ModelSwap> {
+        let r = setup
+            .revert
+            .take()
+            .filter(|_| c.guard.enabled && c.guard.revert)?;
+        let f = setup.forecaster.as_ref()?;
+        let (a, b) = (f.card(), r.forecaster.card());
+        if (a.t_out, a.dt_ms) != (b.t_out, b.dt_ms) || r.forecaster.max_batch() < f.max_batch() {
+            tracing::warn!(model = %r.label, "control.guard.revert: the model to go back to differs from the running one in horizon, step or batch; the guard will hand over instead");
+            return None;
+        }
+        Some(r)
     }
 
     /// The guard's work on the record consumer (MPC with the guard on).
@@ -748,6 +791,7 @@ impl Running {
             link.wanted_after(blocks)
         };
         self.decider.set_reflex_suspended(want.no_reflex);
+        self.decider.set_revert_model(want.revert);
         if self.decider.set_fallback(want.fallback) {
             link.applied(want.fallback, index);
         }

@@ -40,6 +40,11 @@ pub struct PlannerLinks {
     /// Forecast what the loop applied, for the guard
     /// (`control.guard.forecasts = "applied"`; needs `notes`).
     pub hindcasts: bool,
+    /// The model the running one replaced, swapped in when a snapshot says
+    /// the guard went back to it (`control.guard.revert`): the snapshot
+    /// carries the decision so that it lands at the same sample in every
+    /// run under the free clock.
+    pub revert: Option<ModelSwap>,
 }
 
 impl PlannerLinks {
@@ -73,7 +78,7 @@ pub fn run(
     mut forecaster: Forecaster,
     mut mpc: Mpc,
     budget: Option<Duration>,
-    links: PlannerLinks,
+    mut links: PlannerLinks,
 ) -> PlannerTotals {
     let mut totals = PlannerTotals::default();
     let mut objective_seq = 0;
@@ -84,12 +89,14 @@ pub fn run(
     });
     crate::poll::tight_timers();
     while let Ok(mut snap) = crate::poll::recv(&ends.snapshots, NAP) {
-        let swapped = totals.models_swapped;
-        take_swaps(&links, &mut forecaster, &mut mpc, &mut totals, snap.index);
-        if let (Some(h), true) = (&mut hindcasts, totals.models_swapped != swapped) {
-            // The old model's plans are not the new model's to answer for.
-            h.clear();
-        }
+        take_models(
+            &mut links,
+            &snap,
+            &mut forecaster,
+            &mut mpc,
+            &mut totals,
+            &mut hindcasts,
+        );
         while let Ok(newer) = ends.snapshots.try_recv() {
             let _ = ends
                 .empty_snapshots
@@ -107,9 +114,12 @@ pub fn run(
             }
         }
         let deadline = budget.map(|b| snap.taken + b);
+        // The loop's window may be longer than this model's (sized for the
+        // model `control.guard.revert` goes back to as well).
+        let from = snap.v.len() - forecaster.card().t_in;
         let input = PlanInput {
-            window_v: &snap.v,
-            window_i: &snap.i,
+            window_v: &snap.v[from..],
+            window_i: &snap.i[from..],
             base_index: snap.index,
             t_ms: snap.t_ms,
             v_now: snap.v_now,
@@ -210,12 +220,6 @@ impl Hindcasts {
         }
     }
 
-    fn clear(&mut self) {
-        while let Some(slot) = self.pending.pop_front() {
-            self.spare.push(slot);
-        }
-    }
-
     /// Hold a planned snapshot's window (the oldest is dropped when full).
     fn push(&mut self, input: &PlanInput, bias: f32) {
         let mut slot = match self.spare.pop() {
@@ -304,45 +308,64 @@ fn forecast_for_guard(
     });
 }
 
-/// Take the models waiting to be swapped in. A swap happens between ticks
-/// only, and only to a model of the same geometry (the loop's window and
-/// plans are sized for it).
-fn take_swaps(
+/// Take the models waiting to be swapped in, and the one the guard went
+/// back to if `snap` says so (`control.guard.revert`). A swap happens
+/// between ticks only; the hindcasts start afresh (the old model's plans
+/// are not the new model's to answer for).
+fn take_models(
+    links: &mut PlannerLinks,
+    snap: &super::handoff::Snapshot,
+    forecaster: &mut Forecaster,
+    mpc: &mut Mpc,
+    totals: &mut PlannerTotals,
+    hindcasts: &mut Option<Hindcasts>,
+) {
+    let (swapped, index, window) = (totals.models_swapped, snap.index, snap.v.len());
+    if let Some(rx) = &links.swaps {
+        while let Ok(swap) = rx.try_recv() {
+            swap_in(links, swap, forecaster, mpc, totals, index, window);
+        }
+    }
+    if let Some(swap) = links.revert.take_if(|_| snap.revert_model) {
+        swap_in(links, swap, forecaster, mpc, totals, index, window);
+    }
+    if let (Some(h), true) = (hindcasts, totals.models_swapped != swapped) {
+        let card = forecaster.card();
+        *h = Hindcasts::new(card.t_in, card.t_out, mpc.decimation());
+    }
+}
+
+/// Plan with `swap`'s model from `index` on, if it fits the loop as the
+/// running model does; the recorder and the guard are told.
+fn swap_in(
     links: &PlannerLinks,
+    swap: ModelSwap,
     forecaster: &mut Forecaster,
     mpc: &mut Mpc,
     totals: &mut PlannerTotals,
     index: u64,
+    window: usize,
 ) {
-    let Some(rx) = &links.swaps else {
-        return;
+    let (a, b) = (forecaster.card(), swap.forecaster.card());
+    let text = if (a.t_out, a.dt_ms) != (b.t_out, b.dt_ms)
+        || b.t_in > window
+        || swap.forecaster.max_batch() < forecaster.max_batch()
+    {
+        tracing::warn!(model = %swap.label, "model swap refused: its horizon, step or batch differ from the running model's, or its window is longer than the loop's");
+        None
+    } else {
+        *forecaster = swap.forecaster;
+        mpc.reset();
+        mpc.adopt_card(forecaster.card());
+        totals.models_swapped += 1;
+        tracing::info!(model = %swap.label, sample = index, "model swapped in");
+        Some(swap.label)
     };
-    while let Ok(swap) = rx.try_recv() {
-        let (a, b) = (forecaster.card(), swap.forecaster.card());
-        let text = if (a.t_in, a.t_out, a.dt_ms) != (b.t_in, b.t_out, b.dt_ms)
-            || swap.forecaster.max_batch() < forecaster.max_batch()
-        {
-            tracing::warn!(model = %swap.label, "model swap refused: its window, horizon, step or batch differ from the running model's");
-            None
-        } else {
-            *forecaster = swap.forecaster;
-            mpc.reset();
-            mpc.adopt_card(forecaster.card());
-            totals.models_swapped += 1;
-            tracing::info!(model = %swap.label, sample = index, "model swapped in");
-            Some(swap.label)
-        };
-        if let (Some(label), Some((tx, _))) = (text, &links.notes) {
-            if tx
-                .try_send(Note::ModelSwapped {
-                    base_index: index,
-                    label,
-                })
-                .is_err()
-            {
-                totals.notes_dropped += 1;
-            }
-        }
+    if let Some(label) = text {
+        links.note(totals, || Note::ModelSwapped {
+            base_index: index,
+            label,
+        });
     }
 }
 
@@ -428,6 +451,7 @@ mod tests {
             notes: Some((tx, true)),
             swaps: None,
             hindcasts: true,
+            revert: None,
         };
         let mut totals = PlannerTotals::default();
         // A later snapshot, 3 model steps after the horizon's end: its

@@ -14,6 +14,8 @@ pub struct WindowRing {
     i: Vec<f32>,
     head: usize,
     len: usize,
+    /// Steps seen before a snapshot is taken (≤ the capacity).
+    ready: usize,
     acc_i: f64,
     acc_n: usize,
 }
@@ -28,9 +30,19 @@ impl WindowRing {
             i: vec![0.0; t_in],
             head: 0,
             len: 0,
+            ready: t_in,
             acc_i: 0.0,
             acc_n: 0,
         }
+    }
+
+    /// Snapshots from `steps` steps seen on, before the ring is full (the
+    /// running model's window, in a ring sized for a longer one as well:
+    /// the model `control.guard.revert` goes back to). The steps not yet
+    /// seen read as 0, oldest.
+    pub fn ready_at(mut self, steps: usize) -> WindowRing {
+        self.ready = steps.clamp(1, self.v.len());
+        self
     }
 
     /// Samples per model step for a model step `dt_ms` and a sample period,
@@ -59,9 +71,10 @@ impl WindowRing {
         true
     }
 
-    /// True once `t_in` steps have been seen.
+    /// True once `t_in` steps (or those of [`WindowRing::ready_at`]) have
+    /// been seen.
     pub fn is_full(&self) -> bool {
-        self.len == self.v.len()
+        self.len >= self.ready
     }
 
     pub fn clear(&mut self) {
@@ -106,6 +119,13 @@ mod tests {
         let mut fresh = WindowRing::new(3, 1);
         fresh.push(1.0, 0.0);
         assert!(!fresh.snapshot(&mut v, &mut i));
+        // Ready at 2 of 3: the step not yet seen reads as 0, oldest.
+        let mut early = WindowRing::new(3, 1).ready_at(2);
+        early.push(1.0, 1.0);
+        assert!(!early.snapshot(&mut v, &mut i));
+        early.push(2.0, 1.0);
+        assert!(early.snapshot(&mut v, &mut i));
+        assert_eq!((v, i), ([0.0, 1.0, 2.0], [0.0, 1.0, 1.0]));
     }
 
     #[test]

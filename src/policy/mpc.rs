@@ -206,6 +206,14 @@ pub struct GuardConfig {
     /// the trial measures it: one whole window with the reflex, one
     /// without, and the better stays.
     pub reflex_rebounds: u32,
+    /// The first time the model fails the model count, go back to the
+    /// model it replaced (the base model a calibration in the same session
+    /// or scenario started from) with MPC keeping control, instead of
+    /// handing over; a second failure hands over as usual. A calibrated
+    /// model forecasts its calibration data better than the base model
+    /// (on every calibrated tuning cell), yet in closed loop it can lose
+    /// to persistence where the base model does not.
+    pub revert: bool,
 }
 
 /// How soon after the spike reflex's pulse ends a spike counts as evoked
