@@ -581,8 +581,7 @@ impl Running {
             .take()
             .filter(|_| c.guard.enabled && c.guard.revert)?;
         let f = setup.forecaster.as_ref()?;
-        let (a, b) = (f.card(), r.forecaster.card());
-        if (a.t_out, a.dt_ms) != (b.t_out, b.dt_ms) || r.forecaster.max_batch() < f.max_batch() {
+        if !planner::plans_alike(f, &r.forecaster) {
             tracing::warn!(model = %r.label, "control.guard.revert: the model to go back to differs from the running one in horizon, step or batch; the guard will hand over instead");
             return None;
         }

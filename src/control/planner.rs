@@ -335,6 +335,14 @@ fn take_models(
     }
 }
 
+/// Whether `new` plans as `running` does: the same horizon and step, and
+/// at least its batch (the loop's plans and the planner's batch are sized
+/// for `running`; the window is checked where its length is known).
+pub(super) fn plans_alike(running: &Forecaster, new: &Forecaster) -> bool {
+    let (a, b) = (running.card(), new.card());
+    (a.t_out, a.dt_ms) == (b.t_out, b.dt_ms) && new.max_batch() >= running.max_batch()
+}
+
 /// Plan with `swap`'s model from `index` on, if it fits the loop as the
 /// running model does; the recorder and the guard are told.
 fn swap_in(
@@ -346,10 +354,7 @@ fn swap_in(
     index: u64,
     window: usize,
 ) {
-    let (a, b) = (forecaster.card(), swap.forecaster.card());
-    let text = if (a.t_out, a.dt_ms) != (b.t_out, b.dt_ms)
-        || b.t_in > window
-        || swap.forecaster.max_batch() < forecaster.max_batch()
+    let text = if !plans_alike(forecaster, &swap.forecaster) || swap.forecaster.card().t_in > window
     {
         tracing::warn!(model = %swap.label, "model swap refused: its horizon, step or batch differ from the running model's, or its window is longer than the loop's");
         None
