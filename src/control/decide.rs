@@ -712,6 +712,7 @@ impl Decider {
     /// Fill `snap` with the state at sample `s` (arrived at `arrived`).
     pub fn fill_snapshot(&self, snap: &mut Snapshot, s: &Sample, arrived: Instant) {
         self.window.snapshot(&mut snap.v, &mut snap.i);
+        snap.steps_seen = self.window.seen();
         snap.index = s.index;
         snap.t_ms = s.t_ms;
         // The sample's V as the window got it (`mpc.window_filter`; the
@@ -1167,6 +1168,7 @@ mod tests {
                 burst_fraction: 0.0,
                 v: vec![0.0; 4],
                 i: vec![0.0; 4],
+                steps_seen: 0,
                 limiter,
                 taken: Instant::now(),
                 objective: None,
@@ -1201,6 +1203,7 @@ mod tests {
             burst_fraction: -1.0,
             v: vec![0.0; 4],
             i: vec![0.0; 4],
+            steps_seen: 0,
             limiter: SafetyLimiter::new(Config::defaults().safety, 0.1).unwrap(),
             taken: Instant::now(),
             objective: None,

@@ -28,6 +28,11 @@ pub struct Snapshot {
     /// The window, oldest first (model steps).
     pub v: Vec<f32>,
     pub i: Vec<f32>,
+    /// Newest steps of `v` and `i` seen since the loop's window was last
+    /// cleared (a plant interruption); the older ones are stale. A model
+    /// whose window is longer waits for these (the ring may be sized for
+    /// a longer model than the running one: `control.guard.revert`).
+    pub steps_seen: usize,
     /// The limiter as it was, so plans are feasible from this state.
     pub limiter: SafetyLimiter,
     /// When the sample arrived.
@@ -156,6 +161,7 @@ pub fn build(
                     burst_fraction: 0.0,
                     v: vec![0.0; t_in],
                     i: vec![0.0; t_in],
+                    steps_seen: 0,
                     limiter: limiter.clone(),
                     taken: now,
                     objective: None,

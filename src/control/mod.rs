@@ -488,6 +488,7 @@ impl Running {
                     swaps: setup.swaps.take(),
                     hindcasts: guard_link.is_some() && c.guard.judges_applied(),
                     revert,
+                    waiting: None,
                 };
                 Some(Self::start_planner(
                     &c,

@@ -45,6 +45,9 @@ pub struct PlannerLinks {
     /// carries the decision so that it lands at the same sample in every
     /// run under the free clock.
     pub revert: Option<ModelSwap>,
+    /// A swap whose model reads more steps than the loop has seen since
+    /// its window was last cleared: it waits for them (starts `None`).
+    pub waiting: Option<ModelSwap>,
 }
 
 impl PlannerLinks {
@@ -321,12 +324,25 @@ fn take_models(
     hindcasts: &mut Option<Hindcasts>,
 ) {
     let (swapped, index, window) = (totals.models_swapped, snap.index, snap.v.len());
+    // After an interruption cleared the loop's window, a model reading
+    // more steps than seen since would read the time before it: it waits
+    // (at most its window's length; one that can never fit is refused).
+    let seen = |s: &ModelSwap| s.forecaster.card().t_in <= snap.steps_seen;
     if let Some(rx) = &links.swaps {
         while let Ok(swap) = rx.try_recv() {
-            swap_in(links, swap, forecaster, mpc, totals, index, window);
+            // A newer swap supersedes one still waiting.
+            links.waiting = None;
+            if seen(&swap) || swap.forecaster.card().t_in > window {
+                swap_in(links, swap, forecaster, mpc, totals, index, window);
+            } else {
+                links.waiting = Some(swap);
+            }
         }
     }
-    if let Some(swap) = links.revert.take_if(|_| snap.revert_model) {
+    if let Some(swap) = links.waiting.take_if(|s| seen(s)) {
+        swap_in(links, swap, forecaster, mpc, totals, index, window);
+    }
+    if let Some(swap) = links.revert.take_if(|s| snap.revert_model && seen(s)) {
         swap_in(links, swap, forecaster, mpc, totals, index, window);
     }
     if let (Some(h), true) = (hindcasts, totals.models_swapped != swapped) {
@@ -457,6 +473,7 @@ mod tests {
             swaps: None,
             hindcasts: true,
             revert: None,
+            waiting: None,
         };
         let mut totals = PlannerTotals::default();
         // A later snapshot, 3 model steps after the horizon's end: its
@@ -525,5 +542,97 @@ mod tests {
         hindcast(&mut h, &mut mpc, &mut f, &later(&steps), 2);
         assert!(rx.try_recv().is_err());
         assert!(h.pending.is_empty());
+    }
+
+    /// After an interruption cleared the loop's window, a model reading
+    /// more steps than seen since waits for them: the model the guard
+    /// goes back to (160 steps, in a ring sized for it, behind a running
+    /// 80-step model) and a swap from the retrainer alike. Nothing is
+    /// lost: each lands once its window is the cell's own.
+    #[test]
+    fn a_longer_model_waits_for_its_window_after_a_clear() {
+        use crate::forecast::ModelSource;
+        let c = Config::defaults();
+        let batch = c.control.mpc.candidates;
+        let load = |name: &str| {
+            Forecaster::load_source(&ModelSource::parse(name), batch, Engine::Native).unwrap()
+        };
+        let mut f = load("embedded:ca1_lstm_family");
+        let card = f.card().clone();
+        let long = load("embedded:ca1_lstm");
+        let t_long = long.card().t_in;
+        assert!(t_long > card.t_in, "{t_long} vs {}", card.t_in);
+        let mut mpc = Mpc::new(
+            c.control.mpc,
+            c.control.objective,
+            card.t_out,
+            5,
+            card.dt_ms,
+            6.0,
+            0,
+        )
+        .with_window(card.t_in);
+        let mut links = PlannerLinks {
+            revert: Some(ModelSwap {
+                forecaster: long,
+                label: "embedded:ca1_lstm".into(),
+            }),
+            ..PlannerLinks::default()
+        };
+        let mut totals = PlannerTotals::default();
+        let mut snap = crate::control::handoff::Snapshot {
+            index: 1_000,
+            t_ms: 100.0,
+            v_now: -65.0,
+            last_spike_ms: f64::NEG_INFINITY,
+            burst_fraction: 0.0,
+            v: vec![-65.0; t_long],
+            i: vec![0.0; t_long],
+            steps_seen: card.t_in,
+            limiter: SafetyLimiter::new(c.safety, card.dt_ms / 5.0).unwrap(),
+            taken: std::time::Instant::now(),
+            objective: None,
+            in_fallback: false,
+            reflex_suspended: false,
+            revert_model: true,
+        };
+        let mut take = |links: &mut PlannerLinks, snap: &_, f: &mut Forecaster| {
+            take_models(links, snap, f, &mut mpc, &mut totals, &mut None);
+            totals.models_swapped
+        };
+        // Enough for the running model, not for the one gone back to.
+        assert_eq!(take(&mut links, &snap, &mut f), 0);
+        assert!(links.revert.is_some(), "the model to go back to is kept");
+        assert_eq!(f.card().t_in, card.t_in);
+        snap.steps_seen = t_long - 1;
+        assert_eq!(take(&mut links, &snap, &mut f), 0);
+        snap.steps_seen = t_long;
+        assert_eq!(take(&mut links, &snap, &mut f), 1);
+        assert_eq!(f.card().t_in, t_long);
+        assert!(links.revert.is_none());
+
+        // A swap from the retrainer waits alike, and a newer one that
+        // fits supersedes it.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        links.swaps = Some(rx);
+        let mut f = load("embedded:ca1_lstm_family");
+        snap.steps_seen = card.t_in;
+        snap.revert_model = false;
+        let swap = |name: &str| ModelSwap {
+            forecaster: load(name),
+            label: name.into(),
+        };
+        tx.send(swap("embedded:ca1_lstm")).unwrap();
+        assert_eq!(take(&mut links, &snap, &mut f), 1, "counts only swaps made");
+        assert!(links.waiting.is_some());
+        snap.steps_seen = t_long;
+        assert_eq!(take(&mut links, &snap, &mut f), 2);
+        assert_eq!(f.card().t_in, t_long);
+        snap.steps_seen = card.t_in;
+        tx.send(swap("embedded:ca1_lstm")).unwrap();
+        tx.send(swap("embedded:ca1_lstm_spike")).unwrap();
+        assert_eq!(take(&mut links, &snap, &mut f), 3);
+        assert!(links.waiting.is_none(), "the newer swap superseded it");
+        assert_eq!(f.card().t_in, card.t_in);
     }
 }

@@ -77,6 +77,13 @@ impl WindowRing {
         self.len >= self.ready
     }
 
+    /// Steps seen since the ring was made or last cleared, up to its
+    /// capacity: a model reading more than these would read steps from
+    /// before an interruption (or zeros), not this stretch of the cell.
+    pub fn seen(&self) -> usize {
+        self.len
+    }
+
     pub fn clear(&mut self) {
         self.head = 0;
         self.len = 0;
@@ -126,6 +133,18 @@ mod tests {
         early.push(2.0, 1.0);
         assert!(early.snapshot(&mut v, &mut i));
         assert_eq!((v, i), ([0.0, 1.0, 2.0], [0.0, 1.0, 1.0]));
+        // After a clear the older slots hold the time before it: `seen`
+        // says how many steps are this stretch's own.
+        for k in 3..6 {
+            early.push(f64::from(k), 0.0);
+        }
+        assert_eq!(early.seen(), 3);
+        early.clear();
+        early.push(9.0, 0.0);
+        early.push(10.0, 0.0);
+        assert_eq!(early.seen(), 2);
+        assert!(early.snapshot(&mut v, &mut i));
+        assert_eq!(v[1..], [9.0, 10.0]);
     }
 
     #[test]
