@@ -330,13 +330,17 @@ fn take_models(
     let seen = |s: &ModelSwap| s.forecaster.card().t_in <= snap.steps_seen;
     if let Some(rx) = &links.swaps {
         while let Ok(swap) = rx.try_recv() {
-            // A newer swap supersedes one still waiting.
-            links.waiting = None;
-            if seen(&swap) || swap.forecaster.card().t_in > window {
-                swap_in(links, swap, forecaster, mpc, totals, index, window);
-            } else {
+            // A newer swap that fits supersedes one still waiting; one
+            // that does not is refused and leaves it be.
+            let fits = fits(forecaster, &swap, window);
+            if fits && !seen(&swap) {
                 links.waiting = Some(swap);
+                continue;
             }
+            if fits {
+                links.waiting = None;
+            }
+            swap_in(links, swap, forecaster, mpc, totals, index, window);
         }
     }
     if let Some(swap) = links.waiting.take_if(|s| seen(s)) {
@@ -359,6 +363,12 @@ pub(super) fn plans_alike(running: &Forecaster, new: &Forecaster) -> bool {
     (a.t_out, a.dt_ms) == (b.t_out, b.dt_ms) && new.max_batch() >= running.max_batch()
 }
 
+/// Whether `swap`'s model can take over from `running` in a loop window
+/// of `window` steps.
+fn fits(running: &Forecaster, swap: &ModelSwap, window: usize) -> bool {
+    plans_alike(running, &swap.forecaster) && swap.forecaster.card().t_in <= window
+}
+
 /// Plan with `swap`'s model from `index` on, if it fits the loop as the
 /// running model does; the recorder and the guard are told.
 fn swap_in(
@@ -370,8 +380,7 @@ fn swap_in(
     index: u64,
     window: usize,
 ) {
-    let text = if !plans_alike(forecaster, &swap.forecaster) || swap.forecaster.card().t_in > window
-    {
+    let text = if !fits(forecaster, &swap, window) {
         tracing::warn!(model = %swap.label, "model swap refused: its horizon, step or batch differ from the running model's, or its window is longer than the loop's");
         None
     } else {
@@ -634,5 +643,23 @@ mod tests {
         assert_eq!(take(&mut links, &snap, &mut f), 3);
         assert!(links.waiting.is_none(), "the newer swap superseded it");
         assert_eq!(f.card().t_in, card.t_in);
+        // A newer swap that cannot plan as the running model does (a
+        // smaller batch) is refused and leaves the waiting one be.
+        tx.send(swap("embedded:ca1_lstm")).unwrap();
+        tx.send(ModelSwap {
+            forecaster: Forecaster::load_source(
+                &ModelSource::parse("embedded:ca1_lstm_spike"),
+                1,
+                Engine::Native,
+            )
+            .unwrap(),
+            label: "batch 1".into(),
+        })
+        .unwrap();
+        assert_eq!(take(&mut links, &snap, &mut f), 3);
+        assert!(links.waiting.is_some(), "a refused swap supersedes nothing");
+        snap.steps_seen = t_long;
+        assert_eq!(take(&mut links, &snap, &mut f), 4);
+        assert_eq!(f.card().t_in, t_long);
     }
 }
