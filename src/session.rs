@@ -150,11 +150,15 @@ pub fn state_dir(config: &Config) -> PathBuf {
 
 /// Load the forecaster the configuration names, for its MPC batch.
 pub fn load_forecaster(config: &Config) -> Result<Forecaster, ForecastError> {
-    Forecaster::load_source(
-        &config.control.model,
-        config.control.mpc.candidates,
-        Engine::Native,
-    )
+    load_for_mpc(config, &config.control.model)
+}
+
+/// Load a model for MPC as the configured one is: its batch, its engine.
+fn load_for_mpc(
+    config: &Config,
+    source: &crate::forecast::ModelSource,
+) -> Result<Forecaster, ForecastError> {
+    Forecaster::load_source(source, config.control.mpc.candidates, Engine::Native)
 }
 
 /// The base model for MPC's guard to go back to, if it may
@@ -168,9 +172,8 @@ fn load_revert(
     let Some(base) = opts.base_model.as_ref().filter(|_| wanted) else {
         return Ok(None);
     };
-    let forecaster = Forecaster::load_source(base, c.mpc.candidates, Engine::Native)?;
     Ok(Some(control::planner::ModelSwap {
-        forecaster,
+        forecaster: load_for_mpc(config, base)?,
         label: base.name(),
     }))
 }
